@@ -1,0 +1,5 @@
+import sys
+
+from tracekit.cli import main
+
+sys.exit(main())
