@@ -28,28 +28,31 @@ def _less(ta, ka, tb, kb):
 
 
 @njit(cache=True)
-def _push(ht, hk, size, t, k):
+def _push(h, size, t, k):
+    """Binary heap of (time, key) pairs stored interleaved in ``h`` for locality."""
     i = size
-    ht[i] = t
-    hk[i] = k
     while i > 0:
         parent = (i - 1) >> 1
-        if _less(ht[i], hk[i], ht[parent], hk[parent]):
-            ht[i], ht[parent] = ht[parent], ht[i]
-            hk[i], hk[parent] = hk[parent], hk[i]
+        pt = h[2 * parent]
+        pk = h[2 * parent + 1]
+        if _less(t, k, pt, pk):
+            h[2 * i] = pt
+            h[2 * i + 1] = pk
             i = parent
         else:
             break
+    h[2 * i] = t
+    h[2 * i + 1] = k
     return size + 1
 
 
 @njit(cache=True)
-def _pop(ht, hk, size):
-    t = ht[0]
-    k = hk[0]
+def _pop(h, size):
+    t0 = h[0]
+    k0 = h[1]
     size -= 1
-    ht[0] = ht[size]
-    hk[0] = hk[size]
+    t = h[2 * size]
+    k = h[2 * size + 1]
     i = 0
     while True:
         left = 2 * i + 1
@@ -57,15 +60,17 @@ def _pop(ht, hk, size):
             break
         small = left
         right = left + 1
-        if right < size and _less(ht[right], hk[right], ht[left], hk[left]):
+        if right < size and _less(h[2 * right], h[2 * right + 1], h[2 * left], h[2 * left + 1]):
             small = right
-        if _less(ht[small], hk[small], ht[i], hk[i]):
-            ht[i], ht[small] = ht[small], ht[i]
-            hk[i], hk[small] = hk[small], hk[i]
+        if _less(h[2 * small], h[2 * small + 1], t, k):
+            h[2 * i] = h[2 * small]
+            h[2 * i + 1] = h[2 * small + 1]
             i = small
         else:
             break
-    return t, k, size
+    h[2 * i] = t
+    h[2 * i + 1] = k
+    return t0, k0, size
 
 
 @njit(cache=True)
@@ -97,21 +102,26 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
     ptail = np.full(npool, -1, np.int64)
     pnext = np.full(n, -1, np.int64)
 
-    cap = 2 * n + 2
-    ht = np.empty(cap, np.int64)
-    hk = np.empty(cap, np.int64)
+    # Sources enter lazily, in (release, id) order, merged with the heap: the heap stays small.
+    src = np.flatnonzero(npred == 0)
+    src = src[np.argsort(release[src], kind="stable")]
+    nsrc = src.shape[0]
+    si = 0
+    h = np.empty(2 * (2 * n + 2), np.int64)
     size = 0
-    for t in range(n):
-        if npred[t] == 0:
-            size = _push(ht, hk, size, release[t], (READY << _SHIFT) | t)
 
-    ws_code = np.empty(4 * n + 16, np.int64)
-    ws_arg = np.empty(4 * n + 16, np.int64)
-    ws_aux = np.empty(4 * n + 16, np.int64)
+    ws_code = np.empty(2 * n + 64, np.int64)
+    ws_arg = np.empty(2 * n + 64, np.int64)
+    ws_aux = np.empty(2 * n + 64, np.int64)
     batch = np.empty(n + 1, np.int64)
     events = 0
-    while size > 0:
-        now, key, size = _pop(ht, hk, size)
+    while size > 0 or si < nsrc:
+        if si < nsrc and (size == 0 or _less(release[src[si]], (READY << _SHIFT) | src[si], h[0], h[1])):
+            now = release[src[si]]
+            key = (READY << _SHIFT) | src[si]
+            si += 1
+        else:
+            now, key, size = _pop(h, size)
         events += 1
         kind = key >> _SHIFT
         task = key & _MASK
@@ -236,7 +246,7 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                     grant[t] = seize[t] if hold[t] else ready[t]
                 start[t] = s
                 finish[t] = s + dur[t]
-                size = _push(ht, hk, size, s + dur[t], (FINISH << _SHIFT) | t)
+                size = _push(h, size, s + dur[t], (FINISH << _SHIFT) | t)
         if kind == FINISH:
             for e in range(succ_ptr[task], succ_ptr[task + 1]):
                 v = succ[e]
@@ -247,7 +257,7 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                         ready_at[v] = arrive
                 npred[v] -= 1
                 if npred[v] == 0:
-                    size = _push(ht, hk, size, ready_at[v], (READY << _SHIFT) | v)
+                    size = _push(h, size, ready_at[v], (READY << _SHIFT) | v)
     return ready, seize, grant, stall, start, finish, binder, bind_kind, events
 
 
