@@ -121,12 +121,12 @@ class SynthConfig:
         for flag, value in (("dispatch-dtype", self.dispatch_dtype), ("combine-dtype", self.combine_dtype)):
             if value not in DTYPES:
                 raise bad(flag, value, f"one of {', '.join(DTYPES)}", f"e.g. --{flag} bf16")
-        if self.experts % self.ep:
-            raise bad("experts", self.experts, f"a multiple of --ep {self.ep} (experts are spread evenly over ranks)",
-                      f"e.g. --experts {max(self.ep, self.experts // self.ep * self.ep)}")
         if self.ep > self.gpus_per_node and self.ep % self.gpus_per_node:
             raise bad("ep", self.ep, f"a multiple of --gpus-per-node {self.gpus_per_node} (whole nodes)",
                       f"e.g. --ep {self.ep // self.gpus_per_node * self.gpus_per_node or self.gpus_per_node}")
+        if self.experts % self.ep:
+            raise bad("experts", self.experts, f"a multiple of --ep {self.ep} (experts are spread evenly over ranks)",
+                      f"e.g. --experts {max(self.ep, self.experts // self.ep * self.ep)}")
         allowed = min(self.max_nodes, self.num_nodes) * (self.experts // self.num_nodes)
         if self.topk > allowed:
             raise bad("topk", self.topk, f"at most {allowed} (experts on --max-nodes {self.max_nodes} nodes)",

@@ -63,9 +63,13 @@ def check_routing(routing: Routing, where: str) -> None:
     experts = routing.topk_expert
     if routing.num_rows == 0:
         return
-    _check_range(experts, -1, m.num_experts, where, "topk_expert", "expert",
-                 f"expert ids are global, in [0, {m.num_experts}) (num_experts in the file metadata); "
-                 "use -1 for a masked entry")
+    bad = (experts != -1) & ((experts < 0) | (experts >= m.num_experts))
+    if bad.any():
+        row = _first(bad)
+        raise _fail(where, "topk_expert", row,
+                    f"expert {int(experts[row][bad[row]][0])} out of range [0, {m.num_experts})",
+                    f"expert ids are global, in [0, num_experts={m.num_experts}) from the file metadata; "
+                    "-1 marks a masked entry")
     if experts.shape[1] > 1:
         srt = np.sort(experts, axis=1)
         dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
