@@ -30,7 +30,7 @@ def _row_key(seed, step, layer, rank, token):
 def _half_normal(u):
     a, b, c, d = S._A, S._B, S._C, S._D
     q = 0.5 * u
-    if q <= 0.47575:
+    if q <= S._Q_CENTRAL:
         r = q * q
         return ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
                 / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0))

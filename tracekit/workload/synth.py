@@ -234,15 +234,23 @@ _C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.
 _D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
 
 
+#: Acklam's central region is p - 0.5 <= 0.47575, i.e. u <= 0.9515 with p = (1 + u) / 2.
+_Q_CENTRAL = 0.47575
+
+
 @njit(cache=True, inline="always")
-def _half_normal(u: float) -> float:
-    """Inverse CDF of |N(0,1)| at u in [0, 1): the standard normal quantile at (1 + u) / 2."""
+def _half_normal_central(u: float) -> float:
+    """Inverse CDF of |N(0,1)| at u, valid for ``0.5 * u <= _Q_CENTRAL`` (branch-free, vectorises)."""
     q = 0.5 * u  # p - 0.5 with p = (1 + u) / 2
-    if q <= 0.47575:
-        r = q * q
-        num = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
-        den = ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0
-        return num / den
+    r = q * q
+    num = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+    den = ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0
+    return num / den
+
+
+@njit(cache=True, inline="always")
+def _half_normal_tail(u: float) -> float:
+    """Inverse CDF of |N(0,1)| at u, for ``0.5 * u > _Q_CENTRAL``."""
     t = math.sqrt(-2.0 * math.log(0.5 * (1.0 - u)))
     num = ((((_C[0] * t + _C[1]) * t + _C[2]) * t + _C[3]) * t + _C[4]) * t + _C[5]
     den = (((_D[0] * t + _D[1]) * t + _D[2]) * t + _D[3]) * t + 1.0
@@ -258,6 +266,7 @@ def _route_chunk(first, last, seed, step, layer, rank, token, bias, use_bias, nu
     grouped = num_groups > max_groups
     scores = np.empty(num_experts, dtype=np.float64)
     score_bits = scores.view(np.uint64)
+    uniform = np.empty(num_experts, dtype=np.float64)
     gmax = np.empty(num_groups, dtype=np.float64)
     allowed = np.ones(num_groups, dtype=np.bool_)
     top_v = np.empty(topk, dtype=np.float64)
@@ -265,9 +274,14 @@ def _route_chunk(first, last, seed, step, layer, rank, token, bias, use_bias, nu
     for row in range(first, last):
         key = _row_key(seed, np.uint64(step), np.uint64(layer), np.uint64(rank[row]), np.uint64(token[row]))
         if use_bias:
+            # two passes: the central formula for all (vectorised), then the ~5% in the tail redone
             for e in range(num_experts):
-                scores[e] = _half_normal(np.float64(_mix(key + np.uint64(e + 1) * _GAMMA) >> _S11) * _TWO_M53) \
-                    + bias[e]
+                u = np.float64(_mix(key + np.uint64(e + 1) * _GAMMA) >> _S11) * _TWO_M53
+                uniform[e] = u
+                scores[e] = _half_normal_central(u) + bias[e]
+            for e in range(num_experts):
+                if 0.5 * uniform[e] > _Q_CENTRAL:
+                    scores[e] = _half_normal_tail(uniform[e]) + bias[e]
         else:
             # order-preserving: 52 random bits as the mantissa of a double in [1, 2)
             for e in range(num_experts):
