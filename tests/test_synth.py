@@ -5,6 +5,7 @@ import pytest
 
 from tracekit.errors import TracekitError
 from tracekit.io.tables import write_table
+from tracekit.workload import _route_kernel as K
 from tracekit.workload import synth as S
 from tracekit.workload.synth import SynthConfig, preset, route, synth
 from tracekit.workload.validate import check_routing
@@ -28,9 +29,9 @@ def _row_key(seed, step, layer, rank, token):
 
 
 def _half_normal(u):
-    a, b, c, d = S._A, S._B, S._C, S._D
+    a, b, c, d = K._A, K._B, K._C, K._D
     q = 0.5 * u
-    if q <= S._Q_CENTRAL:
+    if q <= K._Q_CENTRAL:
         r = q * q
         return ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
                 / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0))
