@@ -17,6 +17,7 @@ The whole table depends only on the config (seed included), never on the thread 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -207,8 +208,9 @@ def route(config: SynthConfig, step: int, layer: int, rank: np.ndarray, token: n
 # The table
 
 
-def synth(config: SynthConfig) -> Routing:
-    """A routing table for ``config``: rows sorted by (step, layer, rank, token)."""
+def synth(config: SynthConfig, on_layer: Callable[[], None] | None = None) -> Routing:
+    """A routing table for ``config``: rows sorted by (step, layer, rank, token). ``on_layer`` is
+    called after each (step, layer) is generated (for a progress bar)."""
     config.check()
     step_counts = [tokens_per_rank(config, s) for s in range(config.steps)]
     per_layer = [int(c.sum()) for c in step_counts]
@@ -243,6 +245,8 @@ def synth(config: SynthConfig) -> Routing:
             if config.masked:
                 _mask(experts[sl], w, counts, starts, config.masked, rng)
             pos += n
+            if on_layer is not None:
+                on_layer()
     return Routing(step=step_col, layer=layer_col, rank=rank_col, token=token_col, topk_expert=experts,
                    topk_weight=weights, meta=config.meta())
 
