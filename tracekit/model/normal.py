@@ -96,21 +96,21 @@ def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunk
     return ret
 
 
-def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: np.ndarray, lag: np.ndarray,
-                    msg: np.ndarray, rank: np.ndarray) -> None:
+def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: np.ndarray, lag: np.ndarray) -> None:
     """Each item (token slot) is consumed by exactly one task: every (consumer, chunk) pair returns the
     slots it consumed when that consumer finishes, so a chunk shared by two consumers frees in parts."""
     radix = int(chunk.max()) + 1 if chunk.size else 1
-    key, count = np.unique(consumer.astype(np.int64) * radix + chunk, return_counts=True)
+    key = np.sort(consumer.astype(np.int64) * radix + chunk)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+    count = np.diff(np.r_[starts, key.size])
+    key = key[starts]
     task, k = key // radix, key % radix
-    ret = cl.add(key.size, "credit_return", rank[k], dur=0, rel_pool=pool[k], rel_amount=count, rel_lag=lag[k],
-                 record=False, msg_id=msg[k])
-    cl.g.add_edges(task, ret)
+    cl.g.add_releases(task, pool[k], count, lag[k])
 
 
 def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.ndarray, lag: object) -> None:
     """One consumer per chunk: it returns the chunk's credits itself, ``lag`` ns after it finishes."""
-    cl.g.update(consumer, rel_pool=pool, rel_amount=amount, rel_lag=lag)
+    cl.g.add_releases(consumer, pool, amount, lag)
 
 
 def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
@@ -342,7 +342,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
         fin_of_row = _final_reduce(cl, built, src, tok, ch, row, item_chunk, arrive, np.where(remote, lat_nvl, 0),
                                    block, m)
         _partial_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, ring,
-                        np.where(remote, lat_nvl, 0), msg, ch_)
+                        np.where(remote, lat_nvl, 0))
         built.flows.append((pack, fin_of_row[row[first]]))
         return
     # 2. reduction at the forwarder: one task per RDMA chunk (source, channel, node)
@@ -376,7 +376,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     cl.g.add_edges(reduce[a2], reduce[b2])
     built.flows.append((pack, reduce[red_of_item[first]]))
     _partial_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, ring,
-                    np.where(remote, lat_nvl, 0), msg, ch_)
+                        np.where(remote, lat_nvl, 0))
     # 3. RDMA from the forwarder to the source (inside the source's own node: a local write)
     rremote = k_f != k_s
     rarrive = reduce.copy()
@@ -395,7 +395,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     fin_of_row = _final_reduce(cl, built, src, tok, ch, nrow, r_item_chunk, rarrive,
                                np.where(rremote, hw.pcie.latency_ns, 0), block, m + rm)
     _partial_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rring,
-                    np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0), rmsg, k_f)
+                    np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0))
 
 
 def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arrival_lag, block, msg_base) -> np.ndarray:
