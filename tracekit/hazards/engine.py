@@ -33,6 +33,7 @@ W_VALUE, W_SEQ, W_VIEW, W_CONSUMED = range(4)
 
 
 _READY = tuple(code not in BLOCKING for code in range(AWAIT + 1))
+_STOP = object()  # a handler's result meaning: do not advance the actor
 
 
 def _join(into: list[int], other: list[int]) -> None:
@@ -67,6 +68,8 @@ class Execution:
         nloc = len(p.locs)
         self.hist: list[list[list]] = [[[loc.init, -1, None, True]] for loc in p.locs]
         self.gview = [0] * nloc
+        self._consumable = [loc.consumable for loc in p.locs]
+        self._capacity = [loc.capacity for loc in p.locs]
         self.inflight_to = [0] * nloc
         self.mapped = [True] * len(p.regions)
         self.crashed = [False] * max(p.ranks, 1)
@@ -74,7 +77,8 @@ class Execution:
         self.seq = 0
         self.version = 0  # bumped by every write, landing, unmap and crash: what can unblock a wait
         self.steps = 0
-        self.nops = 0  # operations executed by actors (not landings)
+        self.landings = 0
+        self.blocked_rows = 0
         self.hazard: Hazard | None = None
         self.rows: list[tuple] | None = [] if record else None
         self.landable: list[_Msg] = []
@@ -85,6 +89,9 @@ class Execution:
             s.spec, s.last, s.unordered, s.last_atomic = q, None, [], None
             s.sq_used, s.cqes, s.unrung = 0, [], []
             self.qstate.append(s)
+        self._handlers = (self._read, self._store, self._rmw, self._read, self._fence, self._nic, self._nic,
+                          self._doorbell, self._cq_poll, self._quiet, self._consume, self._map, self._map,
+                          self._crash)
         self.actors: list[_ActorState] = []
         self.live: list[_ActorState] = []
         for spec in p.actors:
@@ -101,6 +108,11 @@ class Execution:
             self._advance(st, None)
             if not st.done:
                 self.live.append(st)
+
+    @property
+    def nops(self) -> int:
+        """Operations executed by actors so far (landings and end-of-run rows not counted)."""
+        return self.seq - self.landings - self.blocked_rows
 
     # -- driving ------------------------------------------------------------------------------
     def runnable(self) -> list[_ActorState]:
@@ -132,9 +144,12 @@ class Execution:
         land = self.land
         landable = self.landable
         steps = self.steps
+        run: list[_ActorState] = []
+        ver = -1  # the runnable list is rebuilt only when something may have changed it
         while self.hazard is None:
-            ver = self.version
-            run = [st for st in self.live if st.ready or (st.checked != ver and enabled(st))]
+            if ver != self.version:
+                ver = self.version
+                run = [st for st in self.live if st.ready or (st.checked != ver and enabled(st))]
             nr = len(run)
             n = nr + len(landable)
             if n == 0:
@@ -142,7 +157,10 @@ class Execution:
                 break
             c = choose(n) if n > 1 else 0
             if c < nr:
-                step_actor(run[c], choose)
+                st = run[c]
+                step_actor(st, choose)
+                if not st.ready:  # it finished or now waits
+                    ver = -1
             else:
                 land(landable[c - nr])
             steps += 1
@@ -170,9 +188,8 @@ class Execution:
             st.done = True
             st.op = None
             return
-        if type(op) is not tuple or not op or type(op[0]) is not int or not 0 <= op[0] < AWAIT:
-            raise TracekitError(f"{st.name} yielded {op!r}",
-                                fix="yield operations built by the actor handle: a.load(...), a.store(...), ...")
+        if op.__class__ is not tuple or op[0].__class__ is not int:
+            self._bad_op(st, op)
         st.op = op
         st.ready = _READY[op[0]]
         st.checked = -1
@@ -223,23 +240,24 @@ class Execution:
     def _write(self, loc: int, value: int, seq: int, view: list[int] | None, who: str, cause: int = -1) -> int:
         """Append a write to ``loc``'s history, checking slot and credit rules; return its index."""
         h = self.hist[loc]
-        spec = self.program.locs[loc]
-        if spec.consumable:
+        consumable = self._consumable[loc]
+        if consumable and not h[-1][W_CONSUMED]:
             prev = h[-1]
-            if not prev[W_CONSUMED]:
-                self._flag("slot_overwrite", f"{who} wrote {value} to {spec!r} while it still held {prev[0]} "
-                           f"(written at event {prev[W_SEQ]}) that nobody had consumed", prev[W_SEQ], cause, seq)
-        if spec.capacity >= 0:
+            self._flag("slot_overwrite", f"{who} wrote {value} to {self._loc(loc)} while it still held {prev[0]} "
+                       f"(written at event {prev[W_SEQ]}) that nobody had consumed", prev[W_SEQ], cause, seq)
+        cap = self._capacity[loc]
+        if cap >= 0 and (value < 0 or value > cap):
             if value < 0:
-                self._flag("credit_underflow", f"{who} took {spec!r} to {value}, below zero", cause, seq)
-            elif value > spec.capacity:
-                self._flag("credit_overflow", f"{who} took {spec!r} to {value}, above its capacity "
-                           f"{spec.capacity}", cause, seq)
+                self._flag("credit_underflow", f"{who} took {self._loc(loc)} to {value}, below zero", cause, seq)
+            else:
+                self._flag("credit_overflow", f"{who} took {self._loc(loc)} to {value}, above its capacity "
+                           f"{cap}", cause, seq)
+        n = len(h)
         if view is not None:
-            view[loc] = len(h)
-        h.append([value, seq, view, not spec.consumable])
+            view[loc] = n
+        h.append([value, seq, view, not consumable])
         self.version += 1
-        return len(h) - 1
+        return n
 
     def _fence_view(self, st: _ActorState) -> None:
         v = st.view
@@ -251,159 +269,191 @@ class Execution:
         """Execute ``st``'s pending operation (it must be enabled) and advance its generator."""
         op = st.op
         code = op[0]
-        result: object = None
-        self.nops += 1
-        rec = self.rows is not None
-        if code == AWAIT:  # the fetched value of an atomic came back
-            self.nops -= 1
-            self._advance(st, op[1].old)
-            if st.done:
-                self.live.remove(st)
-            return
-        seq = self.seq
-        self.seq += 1
-        if code == LOAD or code == WAIT:
-            loc = op[1]
-            order = op[2] if code == LOAD else op[4]
-            if self.faulty and not self._access(loc, seq, st.name):
-                if rec:
-                    self._rec(seq, st.id, OP_NAMES[code], loc, 0, order, -1, -1, -1, -1,
-                              op[2] if code == WAIT else -1, op[3] if code == WAIT else 0, -1, -1)
+        if code == AWAIT:  # the reply of a fetching atomic came back
+            result = op[1].old
+        else:
+            seq = self.seq
+            self.seq = seq + 1
+            result = self._handlers[code](st, op, seq, choose)
+            if result is _STOP or self.hazard is not None:
                 return
-            if order == SC:
-                self._fence_view(st)
-            h = self.hist[loc]
-            lo = st.view[loc]
-            if code == LOAD:
-                n = len(h) - lo
-                idx = len(h) - 1 - (choose(n) if n > 1 else 0)
-            else:
-                f = CMP_FN[op[2]]
-                e = op[3]
-                cands = [i for i in range(len(h) - 1, lo - 1, -1) if f(h[i][0], e)]
-                idx = cands[choose(len(cands))] if len(cands) > 1 else cands[0]
-            w = h[idx]
-            st.view[loc] = idx
-            if IS_ACQUIRE[order] and w[W_VIEW] is not None:
-                _join(st.view, w[W_VIEW])
-            st.last_read[loc] = idx
-            result = w[0]
-            if rec:
-                self._rec(seq, st.id, OP_NAMES[code], loc, w[0], order, -1, -1, -1, w[W_SEQ],
-                          op[2] if code == WAIT else -1, op[3] if code == WAIT else 0, -1, -1)
-        elif code == STORE:
-            loc, value, order = op[1], op[2], op[3]
-            if rec:
-                self._rec(seq, st.id, "store", loc, value, order, -1, -1, -1, -1, -1, 0, -1, -1)
-            if self.faulty and not self._access(loc, seq, st.name):
-                return
-            if order == SC:
-                self._fence_view(st)
-            st.view[loc] = len(self.hist[loc])
-            self._write(loc, value, seq, st.view[:] if IS_RELEASE[order] else None, st.name)
-            if order == SC:
-                self._fence_view(st)
-        elif code == RMW:
-            loc, delta, order = op[1], op[2], op[3]
-            h = self.hist[loc]
-            prev = h[-1]
-            if rec:
-                self._rec(seq, st.id, "rmw", loc, prev[0] + delta, order, -1, -1, -1, prev[W_SEQ], -1, 0, -1, -1)
-            if self.faulty and not self._access(loc, seq, st.name):
-                return
-            if order == SC:
-                self._fence_view(st)
-            if IS_ACQUIRE[order] and prev[W_VIEW] is not None:
-                _join(st.view, prev[W_VIEW])
-            st.view[loc] = len(h)
-            if IS_RELEASE[order]:
-                carried = st.view[:]
-                if prev[W_VIEW] is not None:
-                    _join(carried, prev[W_VIEW])
-            else:  # a relaxed RMW continues the release sequence it read from
-                carried = prev[W_VIEW][:] if prev[W_VIEW] is not None else None
-            self._write(loc, prev[0] + delta, seq, carried, st.name)
-            result = prev[0]
-        elif code == FENCE:
-            if rec:
-                self._rec(seq, st.id, "fence", -1, 0, SC, -1, -1, -1, -1, -1, 0, -1, -1)
-            self._fence_view(st)
-            # NIC side: later messages to a rank land after every earlier one to it. Landed
-            # predecessors are folded into a view; the others become dependencies.
-            for t in set(st.sent) | set(st.fenced):
-                fv = st.fence_view.get(t)
-                keep = []
-                for x in st.fenced.get(t, []) + st.sent.get(t, []):
-                    if x.landed:
-                        if fv is None:
-                            fv = [0] * len(self.gview)
-                        _join(fv, x.view)
-                    else:
-                        keep.append(x)
-                if fv is not None:
-                    st.fence_view[t] = fv
-                st.fenced[t] = keep
-            st.sent = {}
-        elif code == PUT or code == ATOMIC:
-            self._post(st, op, seq)
-            if code == ATOMIC and op[4] and self.hazard is None:  # fetching: wait for the reply
-                st.op = (AWAIT, self._last_msg)
-                st.ready = False
-                return
-        elif code == DOORBELL:
-            if rec:
-                self._rec(seq, st.id, "doorbell", -1, 0, 1, self.program.qps[op[1]].index, -1, -1, -1, -1, 0, -1, -1)
-            q = self.qstate[op[1]]
-            for m in q.unrung:
-                m.rung = True
-                if m.ndeps == 0:
-                    self.landable.append(m)
-            q.unrung = []
-        elif code == CQ_POLL:
-            q = self.qstate[op[1]]
-            m = q.cqes.pop(0)
-            q.sq_used -= 1
-            _join(st.view, m.view)
-            if rec:
-                self._rec(seq, st.id, "cq_poll", -1, 0, 2, q.spec.index, -1, m.seq, -1, -1, 0, -1, -1)
-        elif code == QUIET:
-            if rec:
-                self._rec(seq, st.id, "quiet", -1, 0, 2, -1, -1, -1, -1, -1, 0, -1, -1)
-            for m in st.unjoined:
-                _join(st.view, m.view)
-            st.unjoined = []
-            for qi in st.qps:
-                q = self.qstate[qi]
-                q.sq_used -= len(q.cqes)
-                q.cqes = []
-        elif code == CONSUME:
-            self._consume(st, op[1], seq)
-        elif code == MAP or code == UNMAP:
-            if rec:
-                self._rec(seq, st.id, OP_NAMES[code], -1, 0, 1, -1, -1, -1, -1, -1, 0, op[1], -1)
-            self.mapped[op[1]] = code == MAP
-            self.version += 1
-            if code == UNMAP:
-                self.faulty = True
-        elif code == CRASH:
-            if rec:
-                self._rec(seq, st.id, "crash", -1, 0, 1, -1, -1, -1, -1, -1, 0, -1, -1)
-            self.crashed[st.rank] = True
-            self.faulty = True
-            self.version += 1
-            for other in self.live:
-                if other.rank == st.rank:
-                    other.done = True
-                    other.gen.close()
-            self.live = [a for a in self.live if not a.done]
-            return
-        if self.hazard is not None:
-            return
-        self._advance(st, result)
-        if st.done:
+        # advance the generator (as _advance, inlined)
+        try:
+            nxt = st.gen.send(result)
+        except StopIteration:
+            st.done = True
+            st.ready = False
+            st.op = None
             self.live.remove(st)
+            return
+        if nxt.__class__ is not tuple or nxt[0].__class__ is not int:
+            self._bad_op(st, nxt)
+        st.op = nxt
+        st.ready = _READY[nxt[0]]
+        st.checked = -1
 
-    def _consume(self, st: _ActorState, loc: int, seq: int) -> None:
+    def _bad_op(self, st: _ActorState, op: object) -> None:
+        raise TracekitError(f"{st.name} yielded {op!r}",
+                            fix="yield operations built by the actor handle: a.load(...), a.store(...), ...")
+
+    def _read(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        code, loc = op[0], op[1]
+        wait = code == WAIT
+        order = op[4] if wait else op[2]
+        if self.faulty and not self._access(loc, seq, st.name):
+            if self.rows is not None:
+                self._rec(seq, st.id, OP_NAMES[code], loc, 0, order, -1, -1, -1, -1,
+                          op[2] if wait else -1, op[3] if wait else 0, -1, -1)
+            return _STOP
+        if order == SC:
+            self._fence_view(st)
+        h = self.hist[loc]
+        view = st.view
+        lo = view[loc]
+        if wait:
+            f = CMP_FN[op[2]]
+            e = op[3]
+            cands = [i for i in range(len(h) - 1, lo - 1, -1) if f(h[i][0], e)]
+            idx = cands[choose(len(cands))] if len(cands) > 1 else cands[0]
+        else:
+            n = len(h) - lo
+            idx = len(h) - 1 - (choose(n) if n > 1 else 0)
+        w = h[idx]
+        view[loc] = idx
+        if w[W_VIEW] is not None and IS_ACQUIRE[order]:
+            _join(view, w[W_VIEW])
+        st.last_read[loc] = idx
+        if self.rows is not None:
+            self._rec(seq, st.id, OP_NAMES[code], loc, w[0], order, -1, -1, -1, w[W_SEQ],
+                      op[2] if wait else -1, op[3] if wait else 0, -1, -1)
+        return w[0]
+
+    def _store(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        loc, value, order = op[1], op[2], op[3]
+        if self.rows is not None:
+            self._rec(seq, st.id, "store", loc, value, order, -1, -1, -1, -1, -1, 0, -1, -1)
+        if self.faulty and not self._access(loc, seq, st.name):
+            return _STOP
+        if order == SC:
+            self._fence_view(st)
+        st.view[loc] = len(self.hist[loc])
+        self._write(loc, value, seq, st.view[:] if IS_RELEASE[order] else None, st.name)
+        if order == SC:
+            self._fence_view(st)
+        return None
+
+    def _rmw(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        loc, delta, order = op[1], op[2], op[3]
+        h = self.hist[loc]
+        prev = h[-1]
+        if self.rows is not None:
+            self._rec(seq, st.id, "rmw", loc, prev[0] + delta, order, -1, -1, -1, prev[W_SEQ], -1, 0, -1, -1)
+        if self.faulty and not self._access(loc, seq, st.name):
+            return _STOP
+        if order == SC:
+            self._fence_view(st)
+        if IS_ACQUIRE[order] and prev[W_VIEW] is not None:
+            _join(st.view, prev[W_VIEW])
+        st.view[loc] = len(h)
+        if IS_RELEASE[order]:
+            carried = st.view[:]
+            if prev[W_VIEW] is not None:
+                _join(carried, prev[W_VIEW])
+        else:  # a relaxed RMW continues the release sequence it read from
+            carried = prev[W_VIEW][:] if prev[W_VIEW] is not None else None
+        self._write(loc, prev[0] + delta, seq, carried, st.name)
+        return prev[0]
+
+    def _fence(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        if self.rows is not None:
+            self._rec(seq, st.id, "fence", -1, 0, SC, -1, -1, -1, -1, -1, 0, -1, -1)
+        self._fence_view(st)
+        # NIC side: later messages to a rank land after every earlier one to it. Landed
+        # predecessors are folded into a view; the others become dependencies.
+        for t in set(st.sent) | set(st.fenced):
+            fv = st.fence_view.get(t)
+            keep = []
+            for x in st.fenced.get(t, []) + st.sent.get(t, []):
+                if x.landed:
+                    if fv is None:
+                        fv = [0] * len(self.gview)
+                    _join(fv, x.view)
+                else:
+                    keep.append(x)
+            if fv is not None:
+                st.fence_view[t] = fv
+            st.fenced[t] = keep
+        st.sent = {}
+        return None
+
+    def _nic(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        m = self._post(st, op, seq)
+        if op[0] == ATOMIC and op[4] and self.hazard is None:  # fetching: wait for the reply
+            st.op = (AWAIT, m)
+            st.ready = False
+            self.version += 1
+            st.checked = -1
+            return _STOP
+        return None
+
+    def _doorbell(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        q = self.qstate[op[1]]
+        if self.rows is not None:
+            self._rec(seq, st.id, "doorbell", -1, 0, 1, q.spec.index, -1, -1, -1, -1, 0, -1, -1)
+        for m in q.unrung:
+            m.rung = True
+            if m.ndeps == 0:
+                self.landable.append(m)
+        q.unrung = []
+        return None
+
+    def _cq_poll(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        q = self.qstate[op[1]]
+        m = q.cqes.pop(0)
+        q.sq_used -= 1
+        self.version += 1  # another actor polling this CQ may have nothing left
+        _join(st.view, m.view)
+        if self.rows is not None:
+            self._rec(seq, st.id, "cq_poll", -1, 0, 2, q.spec.index, -1, m.seq, -1, -1, 0, -1, -1)
+        return None
+
+    def _quiet(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        if self.rows is not None:
+            self._rec(seq, st.id, "quiet", -1, 0, 2, -1, -1, -1, -1, -1, 0, -1, -1)
+        for m in st.unjoined:
+            _join(st.view, m.view)
+        st.unjoined = []
+        for qi in st.qps:
+            q = self.qstate[qi]
+            q.sq_used -= len(q.cqes)
+            q.cqes = []
+        return None
+
+    def _map(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        code = op[0]
+        if self.rows is not None:
+            self._rec(seq, st.id, OP_NAMES[code], -1, 0, 1, -1, -1, -1, -1, -1, 0, op[1], -1)
+        self.mapped[op[1]] = code == MAP
+        if code == UNMAP:
+            self.faulty = True
+        self.version += 1
+        return None
+
+    def _crash(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        if self.rows is not None:
+            self._rec(seq, st.id, "crash", -1, 0, 1, -1, -1, -1, -1, -1, 0, -1, -1)
+        self.crashed[st.rank] = True
+        self.faulty = True
+        self.version += 1
+        for other in self.live:
+            if other.rank == st.rank:
+                other.done = True
+                other.gen.close()
+        self.live = [a for a in self.live if not a.done]
+        return _STOP
+
+    def _consume(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
+        loc = op[1]
         idx = st.last_read.get(loc)
         if idx is None:
             raise TracekitError(f"{st.name} consumed {self._loc(loc)} without reading it first",
@@ -413,7 +463,7 @@ class Execution:
         if self.rows is not None:
             self._rec(seq, st.id, "slot_release", loc, w[0], 1, -1, -1, -1, w[W_SEQ], -1, 0, -1, -1)
         if self.faulty and not self._access(loc, seq, st.name):
-            return
+            return _STOP
         if w[W_CONSUMED]:
             newer = idx + 1 < len(h) or self.inflight_to[loc] > 0
             if w[W_SEQ] < 0:
@@ -425,12 +475,11 @@ class Execution:
             else:
                 self._flag("duplicated_delivery", f"{st.name} consumed {self._loc(loc)} = {w[0]} (written at "
                            f"event {w[W_SEQ]}) a second time", w[W_SEQ], seq)
-            return
+            return _STOP
         w[W_CONSUMED] = True
+        return None
 
-    _last_msg: _Msg
-
-    def _post(self, st: _ActorState, op: tuple, seq: int) -> None:
+    def _post(self, st: _ActorState, op: tuple, seq: int) -> _Msg:
         code, loc, value, qi = op[0], op[1], op[2], op[3]
         q = self.qstate[qi]
         spec = q.spec
@@ -491,7 +540,7 @@ class Execution:
             q.unrung.append(m)
         elif m.ndeps == 0:
             self.landable.append(m)
-        self._last_msg = m
+        return m
 
     # -- landings -----------------------------------------------------------------------------
     def land(self, m: _Msg) -> None:
@@ -526,6 +575,7 @@ class Execution:
         if ok:
             self._write(loc, value, seq, view, who, m.seq)
         m.landed = True
+        self.landings += 1
         self.version += 1
         self.inflight_to[loc] -= 1
         st = m.actor
@@ -563,6 +613,7 @@ class Execution:
                               op[1].seq if op[0] == AWAIT else -1, -1,
                               op[2] if op[0] == WAIT else -1, op[3] if op[0] == WAIT else 0, -1, -1)
                 self.seq += 1
+                self.blocked_rows += 1
             what = "; ".join(self._blocked_text(st) for st in blocked)
             self._flag("deadlock", f"nothing else can happen and {what}", *seqs)
             return

@@ -156,17 +156,34 @@ def _key(ex: Execution, sizes: dict[str, int], used: list[int]) -> tuple[int, ..
     return (ex.nops, ex.seq, sum(sizes.values()), len(used), sum(used))
 
 
-def shrink(found: Found, *, budget: int = 4000) -> Found:
+def shrink(found: Found, *, budget: int = 4000, tries: int = 200, seed: int = 0) -> Found:
     """A failing schedule with the same hazard name and as few operations as this search finds:
-    smaller sizes first, then deleting and lowering choices (at most ``budget`` re-runs)."""
+    smaller sizes first (keeping the schedule, else trying up to ``tries`` random ones), then
+    deleting and lowering choices; at most ``budget`` re-runs. Deterministic."""
     spec, variant, name = found.spec, found.variant, found.hazard.name
     programs = _Programs(spec, variant)
+    rng = random.Random(seed)
     runs = 0
 
-    def attempt(sizes: dict[str, int], choices: list[int]) -> tuple[tuple[int, ...], list[int], Hazard] | None:
+    def attempt(sizes: dict[str, int], choices: list[int] | None) -> tuple[tuple[int, ...], list[int], Hazard] | None:
         nonlocal runs
         runs += 1
         ex = Execution(programs.get(sizes))
+        if choices is None:  # a random schedule
+            rnd = rng.random
+            used: list[int] = []
+
+            def pick(n: int) -> int:
+                c = int(rnd() * n)
+                used.append(c)
+                return c
+            try:
+                hz = ex.run(pick)
+            except TracekitError:
+                return None
+            if hz is None or hz.name != name:
+                return None
+            return _key(ex, sizes, used), used, hz
         chooser = Replay(choices)
         try:
             hz = ex.run(chooser)
@@ -190,6 +207,10 @@ def shrink(found: Found, *, budget: int = 4000) -> Found:
             for v in range(lo, sizes[k]):
                 trial = {**sizes, k: v}
                 r = attempt(trial, choices)
+                for _ in range(tries):
+                    if r is not None or runs >= budget:
+                        break
+                    r = attempt(trial, None)
                 if r is not None:
                     sizes, (best_key, choices, hazard) = trial, r
                     improved = True

@@ -28,9 +28,11 @@ def _sender(a: Actor, warp: int, bufs: list[list[Loc]], counts: list[Loc], next_
         for t in range(tokens):
             slot = (yield a.add(next_slot[b], 1)) % per_round
             yield a.put(bufs[b][slot], 100 * r + 10 * warp + t + 1, qp)
-        done = yield a.add(finished[b], 1, order="acq_rel")
-        if done == (use + 1) * warps - 1:                          # last warp of the round
-            yield a.atomic_add(counts[b], per_round, qp)            # lands after every put
+        if warps > 1:                                               # the last warp sends the count
+            done = yield a.add(finished[b], 1, order="acq_rel")
+            if done != (use + 1) * warps - 1:
+                continue
+        yield a.atomic_add(counts[b], per_round, qp)                # lands after every put
 
 
 def _receiver(a: Actor, bufs: list[list[Loc]], counts: list[Loc], acks: Loc, qp: QP,

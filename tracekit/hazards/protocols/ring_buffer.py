@@ -119,7 +119,7 @@ def _rdma_receiver(a: Actor, ring: list[Loc], credits: Loc, tail: Loc, credit_qp
         "double_credit": "receiver returns two credits per token",
         "cq_not_drained": "sender never polls its completion queue",
     },
-    sizes={"slots": (1, 8), "messages": (1, 16), "cq_depth": (2, 4)},
+    sizes={"slots": (1, 8), "messages": (1, 16), "cq_depth": (1, 4)},
 )
 def rdma_ring(p: Program, variant: str, slots: int = 8, messages: int = 16, cq_depth: int = 4) -> None:
     """Internode dispatch ring (DeepEP normal kernels, IBGDA): rank 0 writes tokens into a ring on
