@@ -74,6 +74,7 @@ class _Msg:
     src: Key | None
     src_region: str
     vc: list[int]
+    guard: list[int] = field(default_factory=list)  # the poster's latest wait and what it read
     deps: list[int] = field(default_factory=list)  # message seqs it must land after
     groups: list[int] = field(default_factory=list)  # fence groups it must land after
     delivered: int = -1
@@ -231,16 +232,26 @@ class _Checker:
             return False
         return True
 
-    def write(self, i: int, key: Key, value: int, carried: list[int] | None, who: str, extra: list[int]) -> None:
+    def guard_chain(self, a: int) -> list[int]:
+        """Actor ``a``'s latest wait and the write it read (what let it go on)."""
+        g = self.guard.get(a)
+        if g is None:
+            return []
+        return [g, *self.issue_of(self.c["rf"][self.row[g]])]
+
+    def write(self, i: int, key: Key, value: int, carried: list[int] | None, who: str, extra: list[int],
+              guard: list[int] | None = None) -> None:
         c = self.c
         seq = c["seq"][i]
         h = self.hist(key)
         prev = h[-1]
         slot = key[2] >= 0
         if slot and not prev.consumed:
+            if guard is None:
+                guard = self.guard_chain(self.actor_ids[c["actor"][i]])
             self.flag("slot_overwrite", f"{who} wrote {value} to {_name(key)} while it still held {prev.value} "
                       f"(written at event {prev.seq}) that nobody had consumed",
-                      [*self.issue_of(prev.seq), *extra, seq], key)
+                      [*self.issue_of(prev.seq), *guard, *extra, seq], key)
         elif slot and prev.consumer >= 0:
             ev = self.event_of[prev.consumer]
             vc = self.node_vc[seq] if c["op"][i] == "deliver" else self.vc[self.actor_ids[c["actor"][i]]]
@@ -388,7 +399,8 @@ class _Checker:
         c = self.c
         seq, rank, qp, path = c["seq"][i], c["rank"][i], c["qp"][i], c["path"][i]
         src = (rank, c["src_var"][i], c["src_slot"][i]) if c["src_var"][i] else None
-        m = _Msg(seq, a, rank, qp, path, c["op"][i], key, src, c["src_region"][i], list(self.vc[a]))
+        m = _Msg(seq, a, rank, qp, path, c["op"][i], key, src, c["src_region"][i], list(self.vc[a]),
+                 guard=self.guard_chain(a))
         qk = (rank, qp)
         prev = self.qp_last.get((rank, qp, path))
         if prev is not None:
@@ -470,7 +482,7 @@ class _Checker:
         if ok and m.src is not None:
             ok = self.access(i, m.src, m.src_region, f"the NIC executing {who}", [ref])
         if ok:
-            self.write(i, key, c["value"][i], vc, who, [ref])
+            self.write(i, key, c["value"][i], vc, who, [ref], m.guard)
         self.unquieted.setdefault(m.actor, []).append(ref)
         qk = (m.rank, m.qp)
         cqes = self.cq.setdefault(qk, [])

@@ -156,10 +156,11 @@ def _key(ex: Execution, sizes: dict[str, int], used: list[int]) -> tuple[int, ..
     return (ex.nops, ex.seq, sum(sizes.values()), len(used), sum(used))
 
 
-def shrink(found: Found, *, budget: int = 4000, tries: int = 200, seed: int = 0) -> Found:
+def shrink(found: Found, *, budget: int = 6000, tries: int = 200, restarts: int = 1000, seed: int = 0) -> Found:
     """A failing schedule with the same hazard name and as few operations as this search finds:
     smaller sizes first (keeping the schedule, else trying up to ``tries`` random ones), then
-    deleting and lowering choices; at most ``budget`` re-runs. Deterministic."""
+    deleting and lowering choices, then ``restarts`` random schedules at the final sizes to escape
+    a local minimum; at most ``budget`` re-runs. Deterministic for a given seed."""
     spec, variant, name = found.spec, found.variant, found.hazard.name
     programs = _Programs(spec, variant)
     rng = random.Random(seed)
@@ -235,4 +236,12 @@ def shrink(found: Found, *, budget: int = 4000, tries: int = 200, seed: int = 0)
                     best_key, choices, hazard = r
                     improved = True
                     break
+        if not improved and restarts:
+            # 4. local search gets stuck: try random schedules at these sizes, then shrink again
+            for _ in range(restarts):
+                r = attempt(sizes, None)
+                if r is not None and r[0] < best_key:
+                    best_key, choices, hazard = r
+                    improved = True
+            restarts = 0
     return Found(spec, variant, sizes, choices, hazard, found.example)
