@@ -103,7 +103,7 @@ class _Checker:
         self.mem: dict[Key, list[_Write]] = {}
         self.write_at: dict[int, tuple[Key, int]] = {}
         self.msgs: dict[int, _Msg] = {}
-        self.pending_to: dict[Key, int] = {}
+        self.pending_to: dict[Key, list[int]] = {}  # location -> posts to it not yet delivered
         self.mapped: dict[tuple[int, str], bool] = {}
         self.unmap_row: dict[tuple[int, str], int] = {}
         self.crashed: dict[int, int] = {}
@@ -419,7 +419,7 @@ class _Checker:
             m.groups.append(g)
         self.sent.setdefault((a, key[0]), []).append(seq)
         self.msgs[seq] = m
-        self.pending_to[key] = self.pending_to.get(key, 0) + 1
+        self.pending_to.setdefault(key, []).append(seq)
         if qk not in self.actor_qps.setdefault(a, []):
             self.actor_qps[a].append(qk)
         posts = self.sq.setdefault(qk, [])
@@ -457,7 +457,7 @@ class _Checker:
             return
         m.delivered = seq
         self.delivered_msg[seq] = ref
-        self.pending_to[m.key] -= 1
+        self.pending_to[m.key].remove(ref)
         vc = list(m.vc)
         for d in m.deps:
             dd = self.msgs[d].delivered
@@ -519,15 +519,17 @@ class _Checker:
         w = h[idx]
         gw = self.guard_of_load.get(lseq, [])
         if w.consumed:
-            newer = idx + 1 < len(h) or self.pending_to.get(key, 0) > 0
-            nxt = h[idx + 1].seq if idx + 1 < len(h) else -1
+            pending = self.pending_to.get(key, [])
+            newer = idx + 1 < len(h) or bool(pending)
+            # the write the reader should have seen: the next one landed, else the first in flight
+            nxt = self.issue_of(h[idx + 1].seq) if idx + 1 < len(h) else pending[:1]
             if w.seq < 0:
                 self.flag("stale_read_after_flag", f"{c['actor'][i]} consumed {_name(key)} while it was still empty",
-                          [*gw, lseq, seq, *self.issue_of(nxt)], key)
+                          [*gw, lseq, seq, *nxt], key)
             elif newer:
                 self.flag("stale_read_after_flag", f"{c['actor'][i]} consumed {_name(key)} = {w.value} (written at "
                           f"event {w.seq}, already consumed) instead of the newer write",
-                          [*gw, *self.issue_of(w.seq), lseq, seq, *self.issue_of(nxt)], key)
+                          [*gw, *self.issue_of(w.seq), lseq, seq, *nxt], key)
             else:
                 self.flag("duplicated_delivery", f"{c['actor'][i]} consumed {_name(key)} = {w.value} (written at "
                           f"event {w.seq}) a second time", [*self.issue_of(w.seq), w.consumer, lseq, seq], key)
