@@ -35,7 +35,7 @@ from tracekit.hazards.ops import Hazard, ProtocolSpec
 from tracekit.hazards.report import counterexample, describe
 
 __all__ = [
-    "LITMUS", "HazardFound", "Litmus", "assert_no_hazard", "executions", "protocol_machine", "search", "sizes_of",
+    "HazardFound", "LITMUS", "Litmus", "assert_no_hazard", "executions", "protocol_machine", "search", "sizes_of",
 ]
 
 
@@ -140,9 +140,11 @@ def protocol_machine(spec: ProtocolSpec, variant: str | None = None, **sizes: in
 
 
 def search(spec: ProtocolSpec, variant: str | None = None, *, examples: int = 500, seed: int = 0,
-           sizes: dict[str, int] | None = None) -> tuple[Found | None, int]:
+           sizes: dict[str, int] | None = None, polish: bool = True) -> tuple[Found | None, int]:
     """Search for a hazard with Hypothesis (generation, then its shrinking) over at most
-    ``examples`` examples. Returns the shrunk failing schedule (or None) and the examples run."""
+    ``examples`` examples. Returns the shrunk failing schedule (or None) and the examples run.
+    With ``polish``, tracekit's own shrinker (:func:`~tracekit.hazards.explore.shrink`) then
+    shortens Hypothesis' result further (it knows the schedule's structure)."""
     variant = variant or spec.default_variant
     spec.check_variant(variant)
     failures: list[Found] = []
@@ -165,6 +167,8 @@ def search(spec: ProtocolSpec, variant: str | None = None, *, examples: int = 50
     except HazardFound:
         first = failures[0].example
         found = failures[-1]  # Hypothesis replays the shrunk example last
+        if polish:
+            found = shrink(found, seed=seed)
         found.example = first
         return found, calls[0]
     return None, calls[0]

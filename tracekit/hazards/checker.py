@@ -128,7 +128,7 @@ class _Checker:
         self.guard_of_load: dict[int, list[int]] = {}  # load seq -> its guard wait and what it read
         self.blocked: list[int] = []
         self.rf_given = any(x >= 0 for x in self.c["rf"])  # else reads-from is inferred by value
-        self.row = {s: i for i, s in enumerate(self.c["seq"])}
+        self.rf_of: dict[int, int] = {}  # load/wait seq -> seq of the write it read (-1: initial)
 
     # -- reporting ----------------------------------------------------------------------------
     def flag(self, name: str, message: str, events: list[int], where: Any, manifest: bool = True) -> None:
@@ -237,7 +237,7 @@ class _Checker:
         g = self.guard.get(a)
         if g is None:
             return []
-        return [g, *self.issue_of(self.c["rf"][self.row[g]])]
+        return [g, *self.issue_of(self.rf_of.get(g, -1))]
 
     def write(self, i: int, key: Key, value: int, carried: list[int] | None, who: str, extra: list[int],
               guard: list[int] | None = None) -> None:
@@ -246,9 +246,9 @@ class _Checker:
         h = self.hist(key)
         prev = h[-1]
         slot = key[2] >= 0
+        if slot and guard is None and (not prev.consumed or prev.consumer >= 0):
+            guard = self.guard_chain(self.actor_ids[c["actor"][i]])
         if slot and not prev.consumed:
-            if guard is None:
-                guard = self.guard_chain(self.actor_ids[c["actor"][i]])
             self.flag("slot_overwrite", f"{who} wrote {value} to {_name(key)} while it still held {prev.value} "
                       f"(written at event {prev.seq}) that nobody had consumed",
                       [*self.issue_of(prev.seq), *guard, *extra, seq], key)
@@ -259,7 +259,8 @@ class _Checker:
                 self.flag("slot_overwrite", f"{who} wrote {_name(key)} (event {seq}) after "
                           f"{self.actor_names[ev[0]]} consumed its previous content (event {prev.consumer}), but "
                           "nothing orders the write after that: another ordering overwrites it unconsumed",
-                          [*self.issue_of(prev.seq), prev.consumer, *extra, seq], key, manifest=False)
+                          [*self.issue_of(prev.seq), prev.consumer, *(guard or []), *extra, seq], key,
+                          manifest=False)
         cap = c["capacity"][i]
         if cap >= 0 and value < 0:
             self.flag("credit_underflow", f"{who} took {_name(key)} to {value}, below zero",
@@ -290,6 +291,7 @@ class _Checker:
             h = self.hist(key)
             idx = self.read_index(i, key, h, where)
             w = h[idx]
+            self.rf_of[seq] = w.seq
             if order in _ACQ:
                 if w.carried is not None:
                     self.vc[a] = vc = _join(vc, w.carried)  # type: ignore[assignment]
@@ -302,7 +304,7 @@ class _Checker:
                 self.guard[a] = seq
             elif key[2] >= 0 and a in self.guard:
                 g = self.guard[a]
-                self.guard_of_load[seq] = [g, *self.issue_of(self.c["rf"][self.row[g]])]
+                self.guard_of_load[seq] = [g, *self.issue_of(self.rf_of.get(g, -1))]
         elif op == "store":
             if not self.access(i, key, region, who, []):
                 return

@@ -35,7 +35,10 @@ def load_file(path: str | Path) -> list[ProtocolSpec]:
     except Exception as exc:  # the user's code failed to import: report it in one line
         raise TracekitError(f"importing it raised {type(exc).__name__}: {exc}", where=str(path),
                             fix="fix the error in the file (run it with python to see the traceback)") from None
-    found = [v for v in vars(module).values() if isinstance(v, ProtocolSpec)]
+    found: list[ProtocolSpec] = []
+    for v in vars(module).values():
+        if isinstance(v, ProtocolSpec) and all(v is not f for f in found):
+            found.append(v)
     if not found:
         raise TracekitError("defines no protocol", where=str(path),
                             fix="decorate a build function with @tracekit.hazards.protocol(...)")
