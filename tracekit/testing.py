@@ -32,7 +32,6 @@ from tracekit.hazards.engine import Execution
 from tracekit.hazards.explore import Found, explore, shrink
 from tracekit.hazards.litmus import LITMUS, Litmus
 from tracekit.hazards.ops import Hazard, ProtocolSpec
-from tracekit.hazards.report import counterexample, describe
 
 __all__ = [
     "HazardFound", "LITMUS", "Litmus", "assert_no_hazard", "executions", "protocol_machine", "search", "sizes_of",
@@ -182,5 +181,7 @@ def assert_no_hazard(spec: ProtocolSpec, variant: str | None = None, *, examples
     result = explore(spec, variant, examples=examples, seed=seed, sizes=sizes)
     if result.found is None:
         return result.examples
+    from tracekit.hazards.report import counterexample, describe  # needs polars: imported when used
+
     cx = counterexample(shrink(result.found))
     raise HazardFound(cx.hazard, cx.execution, describe(cx))

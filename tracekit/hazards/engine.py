@@ -135,12 +135,21 @@ class Execution:
             self.land(self.landable[c - nr])
         return True
 
-    def run(self, choose: Chooser) -> Hazard | None:
-        """Run to the end or to the first hazard; return the hazard (or None)."""
-        # The body of step(), inlined: this loop is the explorer's hot path.
+    def run(self, choose: Chooser | None = None, *, uniform: Callable[[], float] | None = None) -> Hazard | None:
+        """Run to the end or to the first hazard; return the hazard (or None).
+
+        Choices come from ``choose``, or, with ``uniform`` (a function returning floats in
+        [0, 1), e.g. ``random.Random(s).random``), are ``int(uniform() * n)``: the same schedule
+        as ``choose=lambda n: int(uniform() * n)``, without a Python call per choice."""
+        if uniform is not None:
+            def choose(n: int) -> int:
+                return int(uniform() * n)
+        elif choose is None:
+            raise TypeError("run() needs choose or uniform")
+        # The body of step() and step_actor(), inlined: this loop is the explorer's hot path.
         limit = self.max_steps
         enabled = self._enabled
-        step_actor = self.step_actor
+        handlers = self._handlers
         land = self.land
         landable = self.landable
         steps = self.steps
@@ -152,23 +161,66 @@ class Execution:
                 run = [st for st in self.live if st.ready or (st.checked != ver and enabled(st))]
             nr = len(run)
             n = nr + len(landable)
-            if n == 0:
+            if n > 1:
+                c = int(uniform() * n) if uniform is not None else choose(n)
+            elif n:
+                c = 0
+            else:
                 self.finish()
                 break
-            c = choose(n) if n > 1 else 0
-            if c < nr:
-                st = run[c]
-                step_actor(st, choose)
-                if not st.ready:  # it finished or now waits
-                    ver = -1
-            else:
-                land(landable[c - nr])
             steps += 1
             if steps > limit:
                 raise TracekitError(f"{self.program.name}: no end after {limit} steps",
                                     fix="make every actor finish (a loop without end never finishes)")
+            if c >= nr:
+                land(landable[c - nr])
+                continue
+            st = run[c]
+            op = st.op
+            code = op[0]
+            if code == AWAIT:  # the reply of a fetching atomic came back
+                result = op[1].old
+            else:
+                seq = self.seq
+                self.seq = seq + 1
+                result = handlers[code](st, op, seq, choose)
+                if result is _STOP or self.hazard is not None:
+                    ver = -1
+                    continue
+            try:
+                nxt = st.gen.send(result)
+            except StopIteration:
+                st.done = True
+                st.ready = False
+                st.op = None
+                self.live.remove(st)
+                ver = -1
+                continue
+            if nxt.__class__ is not tuple or nxt[0].__class__ is not int:
+                self._bad_op(st, nxt)
+            st.op = nxt
+            st.checked = -1
+            if not _READY[nxt[0]]:  # it now waits
+                st.ready = False
+                ver = -1
         self.steps = steps
         return self.hazard
+
+    def step_actor(self, st: _ActorState, choose: Chooser) -> None:
+        """Execute ``st``'s pending operation (it must be enabled) and advance its generator."""
+        op = st.op
+        code = op[0]
+        if code == AWAIT:  # the reply of a fetching atomic came back
+            result = op[1].old
+        else:
+            seq = self.seq
+            self.seq = seq + 1
+            result = self._handlers[code](st, op, seq, choose)
+            if result is _STOP or self.hazard is not None:
+                return
+        self._advance(st, result)
+        if st.done:
+            self.live.remove(st)
 
     # -- helpers ------------------------------------------------------------------------------
     def _rec(self, *row: object) -> None:
@@ -186,6 +238,7 @@ class Execution:
             op = st.gen.send(result)
         except StopIteration:
             st.done = True
+            st.ready = False
             st.op = None
             return
         if op.__class__ is not tuple or op[0].__class__ is not int:
@@ -265,33 +318,6 @@ class Execution:
         self.gview = v[:]
 
     # -- actor operations ---------------------------------------------------------------------
-    def step_actor(self, st: _ActorState, choose: Chooser) -> None:
-        """Execute ``st``'s pending operation (it must be enabled) and advance its generator."""
-        op = st.op
-        code = op[0]
-        if code == AWAIT:  # the reply of a fetching atomic came back
-            result = op[1].old
-        else:
-            seq = self.seq
-            self.seq = seq + 1
-            result = self._handlers[code](st, op, seq, choose)
-            if result is _STOP or self.hazard is not None:
-                return
-        # advance the generator (as _advance, inlined)
-        try:
-            nxt = st.gen.send(result)
-        except StopIteration:
-            st.done = True
-            st.ready = False
-            st.op = None
-            self.live.remove(st)
-            return
-        if nxt.__class__ is not tuple or nxt[0].__class__ is not int:
-            self._bad_op(st, nxt)
-        st.op = nxt
-        st.ready = _READY[nxt[0]]
-        st.checked = -1
-
     def _bad_op(self, st: _ActorState, op: object) -> None:
         raise TracekitError(f"{st.name} yielded {op!r}",
                             fix="yield operations built by the actor handle: a.load(...), a.store(...), ...")

@@ -135,18 +135,25 @@ def explore(spec: ProtocolSpec, variant: str, *, examples: int = 10_000, seed: i
         for name, lo, hi in ranges:
             drawn[name] = lo + int(rnd() * (hi - lo + 1))
         program = programs.get(drawn)
-        log: list[int] = []
-
-        def choose(n: int, log: list[int] = log) -> int:
-            c = int(rnd() * n)
-            log.append(c)
-            return c
-
+        # Each example has its own generator, so its choices need not be logged as it runs: a
+        # failing one is replayed from its seed with a logging chooser.
+        example_seed = rng.getrandbits(64)
         ex = Execution(program)
-        hazard = ex.run(choose)
+        hazard = ex.run(uniform=random.Random(example_seed).random)
         result.examples = k + 1
         result.steps += ex.steps
         if hazard is not None:
+            log: list[int] = []
+            r2 = random.Random(example_seed).random
+
+            def logged(n: int) -> int:
+                c = int(r2() * n)
+                log.append(c)
+                return c
+            again = Execution(program)
+            if again.run(logged) != hazard:
+                raise TracekitError(f"{spec.name}/{variant}: a schedule did not replay the same way",
+                                    fix="actors must be deterministic: no randomness or global state in them")
             result.found = Found(spec, variant, drawn, log, hazard, k + 1)
             return result
     return result

@@ -185,12 +185,23 @@ class Actor:
         return qp.id
 
     # -- SM memory operations -----------------------------------------------------------------
+    # The hot operations check their arguments inline; the slow path names what was wrong.
     def load(self, loc: Loc, order: str = "relaxed") -> tuple:
         """Read ``loc``; the generator receives the value."""
+        try:
+            if self._locs[loc.id] is loc:
+                return (LOAD, loc.id, ORDER_CODE[order])
+        except (AttributeError, IndexError, TypeError, KeyError):
+            pass
         return (LOAD, self._loc(loc), self._order(order))
 
     def store(self, loc: Loc, value: int, order: str = "relaxed") -> tuple:
         """Write ``value`` to ``loc`` (local memory, or a peer's over NVLink)."""
+        try:
+            if self._locs[loc.id] is loc and value.__class__ is int:
+                return (STORE, loc.id, value, ORDER_CODE[order])
+        except (AttributeError, IndexError, TypeError, KeyError):
+            pass
         return (STORE, self._loc(loc), _int(value, "store value", self.name), self._order(order))
 
     def add(self, loc: Loc, delta: int, order: str = "relaxed") -> tuple:
@@ -200,6 +211,11 @@ class Actor:
     def wait(self, loc: Loc, cmp: str, value: int, order: str = "acquire") -> tuple:
         """Block until ``loc cmp value`` can be read; the generator receives the value read."""
         code = CMP_CODE.get(cmp)
+        try:
+            if code is not None and self._locs[loc.id] is loc and value.__class__ is int:
+                return (WAIT, loc.id, code, value, ORDER_CODE[order])
+        except (AttributeError, IndexError, TypeError, KeyError):
+            pass
         if code is None:
             raise TracekitError(f"unknown comparison {cmp!r}", where=self.name, fix=f"use one of {' '.join(CMPS)}")
         return (WAIT, self._loc(loc), code, _int(value, "wait value", self.name), self._order(order))
