@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from tracekit.errors import TracekitError
 from tracekit.hazards.ops import (
-    ATOMIC, AWAIT, BLOCKING, CMP_FN, CMPS, CONSUME, CQ_POLL, CRASH, DOORBELL, FENCE, IS_ACQUIRE,
-    IS_RELEASE, LOAD, MAP, OP_NAMES, PUT, QUIET, RMW, SC, STORE, UNMAP, WAIT, Hazard, Program,
+    ATOMIC, AWAIT, BLOCKING, CMP_FN, CMPS, CQ_POLL, IS_ACQUIRE, IS_RELEASE, MAP, OP_NAMES, PUT, QUIET,
+    SC, UNMAP, WAIT, Hazard, Program,
 )
 
 Chooser = Callable[[int], int]
@@ -45,7 +45,7 @@ def _join(into: list[int], other: list[int]) -> None:
 
 class _ActorState:
     __slots__ = ("id", "rank", "name", "gen", "op", "ready", "done", "view", "last_read", "inflight",
-                 "fenced", "fence_view", "sent", "qps", "unjoined", "checked")
+                 "fenced", "fence_view", "sent", "qps", "unjoined", "checked", "watch")
 
 
 class _Msg:
@@ -103,6 +103,7 @@ class Execution:
             st.fenced, st.fence_view, st.sent = {}, {}, {}
             st.done = False
             st.checked = -1
+            st.watch = st.inflight
             st.gen = spec.fn(h, *spec.args)
             self.actors.append(st)
             self._advance(st, None)
@@ -118,7 +119,7 @@ class Execution:
     def runnable(self) -> list[_ActorState]:
         """Actors whose pending operation can execute now, in actor order."""
         ver = self.version
-        return [st for st in self.live if st.ready or (st.checked != ver and self._enabled(st))]
+        return [st for st in self.live if st.ready or (len(st.watch) != st.checked and self._enabled(st))]
 
     def step(self, choose: Chooser) -> bool:
         """Take one step picked by ``choose``; False when nothing can happen (then finished)."""
@@ -158,7 +159,8 @@ class Execution:
         while self.hazard is None:
             if ver != self.version:
                 ver = self.version
-                run = [st for st in self.live if st.ready or (st.checked != ver and enabled(st))]
+                # a waiting actor is looked at again only if what it watches has changed
+                run = [st for st in self.live if st.ready or (len(st.watch) != st.checked and enabled(st))]
             nr = len(run)
             n = nr + len(landable)
             if n > 1:
@@ -248,6 +250,8 @@ class Execution:
         st.checked = -1
 
     def _enabled(self, st: _ActorState) -> bool:
+        """Whether ``st``'s pending operation can run. When it cannot, remember the list whose
+        length must change before it can (``watch``), so that it is not looked at again until then."""
         op = st.op
         code = op[0]
         if code == WAIT:
@@ -260,19 +264,20 @@ class Execution:
             for i in range(st.view[loc], len(h)):
                 if f(h[i][0], e):
                     return True
-            st.checked = self.version
-            return False
-        if code == QUIET:
-            ok = not st.inflight
+            st.watch = h
+        elif code == QUIET or code == AWAIT:  # enabled once its messages have landed
+            if not st.inflight if code == QUIET else op[1].landed:
+                return True
+            st.watch = st.inflight
         elif code == CQ_POLL:
-            ok = bool(self.qstate[op[1]].cqes)
-        elif code == AWAIT:
-            ok = op[1].landed
+            q = self.qstate[op[1]]
+            if q.cqes:
+                return True
+            st.watch = q.cqes
         else:
             return True
-        if not ok:
-            st.checked = self.version
-        return ok
+        st.checked = len(st.watch)
+        return False
 
     def _unreachable(self, loc: int) -> bool:
         spec = self.program.locs[loc]
@@ -452,7 +457,7 @@ class Execution:
         for qi in st.qps:
             q = self.qstate[qi]
             q.sq_used -= len(q.cqes)
-            q.cqes = []
+            q.cqes.clear()  # cleared in place: a waiting poller watches this list
         return None
 
     def _map(self, st: _ActorState, op: tuple, seq: int, choose: Chooser) -> object:
@@ -462,6 +467,8 @@ class Execution:
         self.mapped[op[1]] = code == MAP
         if code == UNMAP:
             self.faulty = True
+            for other in self.live:
+                other.checked = -1  # a wait on the region can now run (and is the hazard)
         self.version += 1
         return None
 
@@ -471,6 +478,8 @@ class Execution:
         self.crashed[st.rank] = True
         self.faulty = True
         self.version += 1
+        for other in self.live:
+            other.checked = -1
         for other in self.live:
             if other.rank == st.rank:
                 other.done = True
