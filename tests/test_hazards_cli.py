@@ -117,3 +117,13 @@ def test_user_files_with_errors(tmp_path, capsys):
     # 'x' is declared correct, but the build function treats it as unfenced: the fuzzer says so
     assert main(["fuzz", f"{two}:other", "--examples", "50"]) == 1
     assert "HAZARD stale_read_after_flag in other/x" in capsys.readouterr().out
+
+
+def test_litmus_table(capsys):
+    assert main(["fuzz", "--litmus"]) == 0
+    out = capsys.readouterr().out
+    assert "MP+rdma              (r1,r2) = (1, 0) allowed" in out
+    assert "MP+rdma+fence        (r1,r2) = (1, 0) forbidden" in out
+    assert main(["fuzz", "--litmus", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["matches_model"] for r in rows) and len(rows) == 17

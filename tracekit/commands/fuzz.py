@@ -1,6 +1,7 @@
 """`tracekit fuzz`: explore the orderings a protocol allows and report the first hazard, shrunk.
 
     tracekit fuzz --list [--format json] [PROTOCOL]
+    tracekit fuzz --litmus [--format json]
     tracekit fuzz PROTOCOL [--variant V] [--examples N] [--seed S] [--size NAME=VALUE] [-o OUTDIR]
 
 PROTOCOL is a built-in name or a Python file defining a protocol (``path/to/my_proto.py``, or
@@ -25,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
                    help="built-in protocol name, or a .py file defining one (path.py or path.py:name)")
     p.add_argument("--list", action="store_true", help="list protocols and their variants (correct or broken)")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format of --list")
+    p.add_argument("--litmus", action="store_true",
+                   help="enumerate every schedule of the litmus tests (MP, SB, LB, IRIW, coherence) and show "
+                        "their outcome sets")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format of --list and --litmus")
     p.add_argument("--variant", help="variant to fuzz (default: the protocol's first correct variant)")
     p.add_argument("--examples", type=int, help="schedules to try (default 10000; 500 with --engine hypothesis)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
@@ -66,9 +70,27 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _litmus(args: argparse.Namespace) -> int:
+    from tracekit.hazards.litmus import table
+
+    rows = table()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, default=list))
+        return 0
+    width = max(len(r["test"]) for r in rows)
+    for r in rows:
+        verdict = "allowed  " if r["interesting_allowed"] else "forbidden"
+        check = "" if r["matches_model"] else "  (MISMATCH with the model's expected set)"
+        print(f"{r['test']:<{width}}  ({r['registers']}) = {r['interesting']} {verdict}  "
+              f"{len(r['outcomes'])} outcomes over {r['schedules']} schedules; {r['textbook']}{check}")
+    return 0 if all(r["matches_model"] for r in rows) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(args)
+    if args.litmus:
+        return _litmus(args)
     if not args.protocol:
         raise TracekitError("no protocol given", fix="name one (tracekit fuzz --list shows them) or pass a .py file")
     from tracekit.hazards.explore import explore, shrink

@@ -159,17 +159,28 @@ class _Checker:
             d[actor] = clock
 
     def frontier(self, node: int, memo: dict[int, dict[int, int]]) -> dict[int, int]:
-        """Earliest event of each actor that ``node`` happens before, through successor edges."""
-        if node in memo:
-            return memo[node]
-        memo[node] = {}
-        out = dict(self.succ_actor.get(node, {}))
-        for nxt in self.succ.get(node, ()):
-            for a, c in self.frontier(nxt, memo).items():
-                if a not in out or c < out[a]:
-                    out[a] = c
-        memo[node] = out
-        return out
+        """Earliest event of each actor that ``node`` happens before, through successor edges
+        (iterative post-order: chains of deliveries and release sequences can be long)."""
+        stack = [node]
+        opened: set[int] = set()
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            todo = [x for x in self.succ.get(n, ()) if x not in memo]
+            if todo and n not in opened:
+                opened.add(n)
+                stack.extend(todo)
+                continue
+            out = dict(self.succ_actor.get(n, {}))
+            for x in self.succ.get(n, ()):
+                for a, c in memo.get(x, {}).items():
+                    if a not in out or c < out[a]:
+                        out[a] = c
+            memo[n] = out
+            stack.pop()
+        return memo[node]
 
     def hb(self, node: int, vc: list[int], memo: dict[int, dict[int, int]]) -> bool:
         """Whether write/delivery ``node`` happens before the actor event whose clock is ``vc``."""
