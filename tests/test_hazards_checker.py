@@ -5,7 +5,7 @@ import random
 import polars as pl
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
@@ -222,7 +222,7 @@ def test_correct_protocols_are_clean_under_happens_before(name):
             assert check_trace(to_memops(ex)) == [], (variant, sizes)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(executions(PROTOCOLS["rdma_ring"], "credit_before_consume"))
 def test_checker_names_the_engines_hazard(ex):
     table = to_memops(ex)

@@ -1,7 +1,7 @@
 """tracekit.testing: the public Hypothesis strategies and state machines, as a user's pytest uses them."""
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import tracekit.testing as tt
@@ -16,7 +16,7 @@ def test_all_is_exactly_the_public_api():
     assert sorted(tt.__all__) == tt.__all__
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(executions(PROTOCOLS["eager"], "correct"))
 def test_executions_of_a_correct_protocol_have_no_hazard(ex):
     assert ex.hazard is None and ex.finished
@@ -48,7 +48,8 @@ def test_search_reports_none_for_a_correct_protocol():
 
 def test_state_machine_runs_clean_on_a_correct_protocol():
     machine = protocol_machine(PROTOCOLS["rdma_ring"], "correct", slots=2, messages=3, cq_depth=2)
-    run_state_machine_as_test(machine, settings=settings(max_examples=30, stateful_step_count=60, deadline=None))
+    run_state_machine_as_test(machine, settings=settings(max_examples=30, stateful_step_count=60, deadline=None,
+                                                            suppress_health_check=list(HealthCheck)))
 
 
 def test_state_machine_finds_the_hazard_of_a_broken_protocol():
@@ -56,6 +57,7 @@ def test_state_machine_finds_the_hazard_of_a_broken_protocol():
     with pytest.raises(HazardFound) as err:
         run_state_machine_as_test(machine, settings=settings(max_examples=200, stateful_step_count=40,
                                                              deadline=None, database=None, derandomize=True,
+                                                             suppress_health_check=list(HealthCheck),
                                                              phases=[Phase.generate]))
     assert err.value.hazard.name == "stale_read_after_flag"
 

@@ -250,28 +250,34 @@ class Execution:
         st.checked = -1
 
     def _enabled(self, st: _ActorState) -> bool:
-        """Whether ``st``'s pending operation can run. When it cannot, remember the list whose
-        length must change before it can (``watch``), so that it is not looked at again until then."""
+        """Whether ``st``'s pending operation can run. Once it can, it stays runnable until it runs
+        (a wait's window only grows, quiet and replies only come closer), so ``ready`` is set. When
+        it cannot, remember the list whose length must change first (``watch``), so that it is not
+        looked at again until then."""
         op = st.op
         code = op[0]
         if code == WAIT:
             loc = op[1]
             if self.faulty and self._unreachable(loc):
-                return True  # the access itself is the hazard
+                st.ready = True  # the access itself is the hazard
+                return True
             h = self.hist[loc]
             f = CMP_FN[op[2]]
             e = op[3]
             for i in range(st.view[loc], len(h)):
                 if f(h[i][0], e):
+                    st.ready = True
                     return True
             st.watch = h
         elif code == QUIET or code == AWAIT:  # enabled once its messages have landed
             if not st.inflight if code == QUIET else op[1].landed:
+                st.ready = True
                 return True
             st.watch = st.inflight
         elif code == CQ_POLL:
             q = self.qstate[op[1]]
             if q.cqes:
+                st.ready = True  # until another actor polls this CQ empty (see _cq_poll)
                 return True
             st.watch = q.cqes
         else:
@@ -442,7 +448,12 @@ class Execution:
         q = self.qstate[op[1]]
         m = q.cqes.pop(0)
         q.sq_used -= 1
-        self.version += 1  # another actor polling this CQ may have nothing left
+        self.version += 1
+        if not q.cqes:  # another actor polling this CQ has nothing left to reap
+            for other in self.live:
+                if other is not st and other.op is not None and other.op[0] == CQ_POLL and other.op[1] == op[1]:
+                    other.ready = False
+                    other.checked = -1
         _join(st.view, m.view)
         if self.rows is not None:
             self._rec(seq, st.id, "cq_poll", -1, 0, 2, q.spec.index, -1, m.seq, -1, -1, 0, -1, -1)
