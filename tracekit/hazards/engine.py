@@ -25,9 +25,8 @@ from tracekit.hazards.ops import (
 
 Chooser = Callable[[int], int]
 
-# Positions in a recorded row (see tracekit.hazards.trace.to_memops).
-(R_SEQ, R_ACTOR, R_OP, R_LOC, R_VALUE, R_ORDER, R_QP, R_PATH, R_REF, R_RF, R_CMP, R_EXPECT, R_REGION,
- R_SRC) = range(14)
+# A recorded row is (seq, actor, op, loc, value, order, qp, path, ref, rf, cmp, expect, region, src):
+# tracekit.hazards.trace.to_memops turns rows into a memops table.
 # Positions in a write record: value, seq of the event that wrote it, carried view, consumed.
 W_VALUE, W_SEQ, W_VIEW, W_CONSUMED = range(4)
 
@@ -51,6 +50,10 @@ class _ActorState:
 class _Msg:
     __slots__ = ("seq", "actor", "kind", "loc", "value", "src", "qp", "path", "view", "deps",
                  "children", "ndeps", "rung", "landed", "old", "fetch")
+
+
+def _who(m: _Msg) -> str:
+    return f"{m.actor.name}'s {OP_NAMES[m.kind]} (event {m.seq})"
 
 
 class _QPState:
@@ -118,7 +121,6 @@ class Execution:
     # -- driving ------------------------------------------------------------------------------
     def runnable(self) -> list[_ActorState]:
         """Actors whose pending operation can execute now, in actor order."""
-        ver = self.version
         return [st for st in self.live if st.ready or (len(st.watch) != st.checked and self._enabled(st))]
 
     def step(self, choose: Chooser) -> bool:
@@ -130,6 +132,7 @@ class Execution:
             self.finish()
             return False
         c = choose(n) if n > 1 else 0
+        self.steps += 1
         if c < nr:
             self.step_actor(run[c], choose)
         else:
@@ -301,10 +304,14 @@ class Execution:
             return False
         return True
 
-    def _write(self, loc: int, value: int, seq: int, view: list[int] | None, who: str, cause: int = -1) -> int:
-        """Append a write to ``loc``'s history, checking slot and credit rules; return its index."""
+    def _write(self, loc: int, value: int, seq: int, view: list[int] | None, who: str | _Msg,
+               cause: int = -1) -> int:
+        """Append a write to ``loc``'s history, checking slot and credit rules; return its index.
+        ``who`` names the writer: an actor name, or the landing message (named only if needed)."""
         h = self.hist[loc]
         consumable = self._consumable[loc]
+        if who.__class__ is _Msg and (consumable or self._capacity[loc] >= 0):
+            who = _who(who)  # type: ignore[arg-type]
         if consumable and not h[-1][W_CONSUMED]:
             prev = h[-1]
             self._flag("slot_overwrite", f"{who} wrote {value} to {self._loc(loc)} while it still held {prev[0]} "
@@ -597,7 +604,6 @@ class Execution:
         loc = m.loc
         h = self.hist[loc]
         q = m.qp
-        who = f"{m.actor.name}'s {OP_NAMES[m.kind]} (event {m.seq})"
         view = m.view
         for d in m.deps:
             _join(view, d.view)
@@ -615,11 +621,11 @@ class Execution:
             self._rec(seq, -1, "deliver", loc, value, 1, q.spec.index, m.path, m.seq, rf, -1, 0, -1, -1)
         ok = True
         if self.faulty:
-            ok = self._access(loc, seq, who, m.seq)
+            ok = self._access(loc, seq, _who(m), m.seq)
             if ok and m.src >= 0:
-                ok = self._access(m.src, seq, f"the NIC executing {who}", m.seq)
+                ok = self._access(m.src, seq, f"the NIC executing {_who(m)}", m.seq)
         if ok:
-            self._write(loc, value, seq, view, who, m.seq)
+            self._write(loc, value, seq, view, m, m.seq)
         m.landed = True
         self.landings += 1
         self.version += 1
@@ -634,7 +640,7 @@ class Execution:
         q.cqes.append(m)
         spec = q.spec
         if spec.cq_depth >= 0 and len(q.cqes) > spec.cq_depth:
-            self._flag("cq_overflow", f"the completion of {who} arrived at {spec!r} with all {spec.cq_depth} "
+            self._flag("cq_overflow", f"the completion of {_who(m)} arrived at {spec!r} with all {spec.cq_depth} "
                        f"CQ entries unreaped", m.seq, seq)
 
     # -- the end ------------------------------------------------------------------------------
