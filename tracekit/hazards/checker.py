@@ -121,6 +121,7 @@ class _Checker:
         self.group_of: dict[tuple[int, int], int] = {}  # (actor, target) -> current fence group node
         self.groups: dict[int, tuple[list[int], int]] = {}  # group node -> (member msgs, previous group)
         self.member_groups: dict[int, list[int]] = {}  # msg seq -> groups it belongs to
+        self.group_cache: dict[int, list[int]] = {}
         self.next_node = self.n and (max(self.c["seq"]) + 1)
         self.stale_checks: list[tuple[int, int, Key, int, int]] = []
         self.delivered_msg: dict[int, int] = {}  # delivery seq -> post seq
@@ -443,18 +444,24 @@ class _Checker:
                       f"{depth} send-queue entries in use", posts[-depth - 1:], qk)
         self.cq_depth[qk] = c["cq_depth"][i]
 
-    def group_vc(self, g: int, memo: dict[int, list[int]]) -> list[int]:
-        if g in memo:
-            return memo[g]
-        members, prevg = self.groups[g]
-        vc = [0] * self.A
-        for m in members:
-            d = self.msgs[m].delivered
-            if d >= 0:
-                vc = _join(vc, self.node_vc[d])  # type: ignore[assignment]
-        if prevg >= 0:
-            vc = _join(vc, self.group_vc(prevg, memo))  # type: ignore[assignment]
-        memo[g] = vc
+    def group_vc(self, g: int) -> list[int]:
+        """Vector clock of fence group ``g``: the join of its members' deliveries and of the groups
+        before it (walked iteratively; cached once every member has landed)."""
+        chain = []
+        while g >= 0 and g not in self.group_cache:
+            chain.append(g)
+            g = self.groups[g][1]
+        vc = list(self.group_cache[g]) if g >= 0 else [0] * self.A
+        complete = True
+        for node in reversed(chain):
+            for m in self.groups[node][0]:
+                d = self.msgs[m].delivered
+                if d >= 0:
+                    vc = _join(vc, self.node_vc[d])  # type: ignore[assignment]
+                else:
+                    complete = False  # the trace landed a later message first: join what has landed
+            if complete:
+                self.group_cache[node] = list(vc)
         return vc
 
     def deliver(self, i: int, where: str) -> None:
@@ -478,7 +485,7 @@ class _Checker:
                 vc = _join(vc, self.node_vc[dd])  # type: ignore[assignment]
                 self.add_succ(dd, seq)
         for g in m.groups:
-            vc = _join(vc, self.group_vc(g, {}))  # type: ignore[assignment]
+            vc = _join(vc, self.group_vc(g))  # type: ignore[assignment]
             self.add_succ(g, seq)
         for g in self.member_groups.get(ref, []):
             self.add_succ(seq, g)
