@@ -160,9 +160,11 @@ def to_events(memops: pa.Table | pl.DataFrame, hazards: list[Hazard] | tuple[Haz
         out["flow_out"].append(flow_out)
         out["flow_in"].append(flow_in)
         args: dict[str, Any] = {"seq": r["seq"], "op": op}
-        for k in ("var", "value", "ordering", "rf"):
+        for k in ("var", "value", "rf"):
             if r[k] not in ("", -1) or k == "value":
                 args[k] = r[k]
+        if op in _ORDERED or op == "fence":
+            args["ordering"] = r["ordering"]
         if r["slot"] >= 0:
             args["slot"] = r["slot"]
         if r["seq"] in witness:
