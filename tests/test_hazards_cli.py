@@ -66,10 +66,6 @@ def test_bad_input_exits_2_with_one_line(args, message, capsys):
 def test_output_directory(tmp_path, capsys):
     out = tmp_path / "cx"
     rc = main(["fuzz", "rdma_ring", "--variant", "credit_before_consume", "--examples", "500", "-o", str(out)])
-    if not HAVE_PERFETTO_WRITER:  # nothing is written unless all three files can be
-        assert rc == 2 and not out.exists()
-        assert "no Perfetto writer" in capsys.readouterr().err
-        pytest.skip("tracekit.io.perfetto has not landed in this build")
     assert rc == 1
     events, meta, _ = read_table(out / "events.parquet", "events")
     memops, mmeta, _ = read_table(out / "memops.parquet", "memops")
@@ -80,6 +76,10 @@ def test_output_directory(tmp_path, capsys):
     flows_in = {f for f in events.column("flow_in").to_pylist() if f is not None}
     assert flows_out and flows_out == flows_in
     assert any("slot_overwrite" in a for a in events.column("args").to_pylist())
+    if not HAVE_PERFETTO_WRITER:
+        assert not (out / "counterexample.pftrace").exists()
+        assert "no Perfetto writer" in capsys.readouterr().out
+        pytest.skip("tracekit.io.perfetto has not landed in this build: the timeline is not written")
     assert (out / "counterexample.pftrace").stat().st_size > 0
 
 

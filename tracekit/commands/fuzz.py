@@ -124,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
     cx = counterexample(found)
     print(describe(cx))
     if args.output:
-        from tracekit.io.counterexample import write_counterexample
+        from tracekit.io.counterexample import has_perfetto_writer, write_counterexample
 
-        paths = write_counterexample(cx, args.output)
+        timeline = has_perfetto_writer()
+        paths = write_counterexample(cx, args.output, timeline=timeline)
         print("  wrote " + ", ".join(str(p) for p in paths))
+        if not timeline:
+            print("  (no counterexample.pftrace: this build has no Perfetto writer, tracekit.io.perfetto)")
     sys.stdout.flush()
     return 1

@@ -6,25 +6,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tracekit.errors import TracekitError
 from tracekit.hazards.report import Counterexample
 from tracekit.io.atomic import atomic_dir
 from tracekit.io.tables import write_table
 
 
-def write_counterexample(cx: Counterexample, outdir: str | os.PathLike[str]) -> list[Path]:
-    """Write the counterexample's tables and Perfetto trace into ``outdir``; return the paths."""
+def has_perfetto_writer() -> bool:
+    """Whether this build has the Perfetto writer (``tracekit.io.perfetto``)."""
     try:
-        from tracekit.io.perfetto import write_trace
+        import tracekit.io.perfetto  # noqa: F401
     except ImportError:
-        raise TracekitError("this tracekit has no Perfetto writer (tracekit.io.perfetto)", where=str(outdir),
-                            fix="run without -o to print the counterexample, or update tracekit") from None
+        return False
+    return True
+
+
+def write_counterexample(cx: Counterexample, outdir: str | os.PathLike[str], *, timeline: bool = True) -> list[Path]:
+    """Write the counterexample's events and memops tables and (if ``timeline``) its Perfetto
+    trace into ``outdir``; nothing appears there unless every file was written. Returns the paths."""
     meta = cx.meta()
-    names = ("events.parquet", "memops.parquet", "counterexample.pftrace")
+    f = cx.found
+    written = []
     with atomic_dir(outdir) as tmp:
-        write_table(cx.events, tmp / names[0], "events",
-                    {"source": "fuzz", "ep_size": cx.found.program().ranks, "config": meta["config"]})
-        write_table(cx.memops, tmp / names[1], "memops", meta)
-        f = cx.found
-        write_trace(tmp / names[2], cx.events, title=f"tracekit fuzz: {cx.hazard.name} in {f.spec.name}/{f.variant}")
-    return [Path(outdir) / n for n in names]
+        write_table(cx.events, tmp / "events.parquet", "events",
+                    {"source": "fuzz", "ep_size": f.program().ranks, "config": meta["config"]})
+        write_table(cx.memops, tmp / "memops.parquet", "memops", meta)
+        written += [Path(outdir) / "events.parquet", Path(outdir) / "memops.parquet"]
+        if timeline:
+            from tracekit.io.perfetto import write_trace
+
+            write_trace(tmp / "counterexample.pftrace", cx.events,
+                        title=f"tracekit fuzz: {cx.hazard.name} in {f.spec.name}/{f.variant}")
+            written.append(Path(outdir) / "counterexample.pftrace")
+    return written
