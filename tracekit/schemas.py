@@ -49,6 +49,7 @@ class Field:
     required: bool = True
     nullable: bool = False
     default: Any = None
+    section: str = ""
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -84,11 +85,11 @@ class Schema:
     def column_names(self) -> list[str]:
         return [f.name for f in self.fields]
 
-    def field(self, name: str) -> Field:
+    def field(self, name: str, section: str = "") -> Field:
         for f in self.fields:
-            if f.name == name:
+            if f.name == name and f.section == section:
                 return f
-        raise KeyError(name)
+        raise KeyError(f"{section}.{name}" if section else name)
 
     def arrow_schema(self, meta: dict[str, Any] | None = None) -> pa.Schema:
         """The Arrow schema, with the schema id and ``meta`` attached as file metadata."""
@@ -124,6 +125,7 @@ def _parse(doc: dict[str, Any]) -> Schema:
                 required=not has_default,
                 nullable=bool(f.get("nullable", False)),
                 default=f.get("default"),
+                section=f.get("section", ""),
             )
         )
     meta = tuple(

@@ -1,0 +1,1 @@
+"""Analysis of replays and captures: results are polars DataFrames and plain dicts, no plotting."""

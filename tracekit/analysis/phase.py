@@ -1,0 +1,369 @@
+"""One replayed phase (dispatch or combine of one layer): conservation check, critical path,
+DeepEP-style bandwidths, bottleneck, stalls, analytical bound, and its events/counters tables."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tracekit.engine import BindKind, Schedule
+from tracekit.errors import ConservationError
+from tracekit.model.cluster import STAGE, STAGES
+from tracekit.model.normal import Built
+from tracekit.workload.layout import DispatchLayout
+from tracekit.workload.routing import Routing
+
+_SYNC = {STAGE[s] for s in ("layout", "notify", "cpu_sync", "launch")}
+_BOOKKEEPING = {STAGE[s] for s in ("credit_return", "cq_poll")}
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    step: int
+    layer: int
+    t0: int
+    end_ns: int
+    summary: dict[str, Any]
+    rank_finish: np.ndarray  # per rank, ns after the phase start
+    scale: dict[str, Any]
+
+
+def resource_kind(name: str) -> str:
+    """Coarse kind of a resource path: sm, nvlink_tx, nvlink_rx, nvlink, hbm, pcie_rd, pcie_wr, nic_tx,
+    nic_rx, switch_port, switch_uplink, spine_port, cpu_proxy."""
+    parts = name.split("/")
+    last = parts[-1]
+    if "sm" in parts:
+        return "sm"
+    if parts[-2:-1] == ["nvlink"]:
+        return f"nvlink_{last}" if last in ("tx", "rx") else "nvlink"
+    if last == "hbm":
+        return "hbm"
+    if parts[-2:-1] == ["pcie"]:
+        return f"pcie_{last}"
+    if parts[-2:-1] == ["nic0"]:
+        return f"nic_{last}"
+    if parts[0].startswith("spine"):
+        return "spine_port"
+    if last.startswith("up"):
+        return "switch_uplink"
+    if last.startswith("port"):
+        return "switch_port"
+    if last == "proxy":
+        return "cpu_proxy"
+    return last
+
+
+def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing) -> None:
+    """Every token reaches exactly the ranks (and experts) its routing names, once, on the right GPU,
+    and bytes sent equal bytes received per rank pair. Raises :class:`ConservationError`."""
+    g = built.graph
+    phase = built.phase
+    rank_attr = g.attr("rank")
+    tokens_attr = g.attr("tokens")
+    R = layout.ep_size
+    row, where, task = built.delivery_row, built.delivery_rank, built.delivery_task
+    expected = np.argwhere(layout.is_token_in_rank)
+    if row.shape[0] != expected.shape[0]:
+        raise ConservationError(f"{phase}: {row.shape[0]} deliveries for {expected.shape[0]} (token, rank) pairs")
+    key = row * R + where
+    counts = np.bincount(key, minlength=layout.is_token_in_rank.size)
+    if counts.max(initial=0) > 1 or not np.array_equal(np.flatnonzero(counts), np.flatnonzero(layout.is_token_in_rank.reshape(-1))):
+        raise ConservationError(f"{phase}: a (token, rank) pair was delivered twice or not at all")
+    if (sched.finish[task] < 0).any():
+        raise ConservationError(f"{phase}: a delivery never completed")
+    # the delivering task must run on the receiving GPU: the destination in dispatch, the token's
+    # source in combine
+    src = layout.src_rank.astype(np.int64)
+    receiver = where if phase == "dispatch" else src[row]
+    wrong = rank_attr[task] != receiver
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise ConservationError(f"{phase}: token row {int(row[i])} for rank {int(where[i])} landed on rank "
+                                f"{int(rank_attr[task[i]])}")
+    if phase == "dispatch":
+        # each delivering task carries exactly the tokens mapped to it
+        per_task = np.bincount(task, minlength=g.num_tasks)
+        if not np.array_equal(per_task[task], tokens_attr[task]):
+            raise ConservationError(f"{phase}: a copy-out's token count differs from the tokens mapped to it")
+        # experts: selections landing on each rank equal the layout's count of expert selections
+        e = routing.topk_expert[row]
+        epr = routing.meta.num_experts // R
+        ok = (e >= 0) & (e // epr == where[:, None])
+        got = np.bincount(e[ok], minlength=routing.meta.num_experts)
+        if not np.array_equal(got, layout.num_tokens_per_expert.sum(axis=0)):
+            raise ConservationError(f"{phase}: expert selections delivered differ from the layout's counts")
+        pair = np.bincount(src[row] * R + where, minlength=R * R).reshape(R, R)
+        if not np.array_equal(pair, layout.num_tokens_per_rank):
+            raise ConservationError(f"{phase}: tokens per rank pair differ from the layout")
+    # bytes on the wire: what NICs send equals what NICs receive, per (src, dst)
+    stage = g.attr("stage")
+    nbytes = g.attr("bytes")
+    s_attr, d_attr = g.attr("src_rank"), g.attr("dst_rank")
+    for a, b in (("nic_send", "nic_recv"),):
+        ma, mb = stage == STAGE[a], stage == STAGE[b]
+        ma &= nbytes > 0
+        mb &= nbytes > 0
+        if ma.any() or mb.any():
+            sa = np.bincount(s_attr[ma] * R + d_attr[ma], weights=nbytes[ma], minlength=R * R)
+            sb = np.bincount(s_attr[mb] * R + d_attr[mb], weights=nbytes[mb], minlength=R * R)
+            if not np.array_equal(sa, sb):
+                raise ConservationError(f"{phase}: bytes sent by NICs differ from bytes received per rank pair")
+
+
+def _critical_path(built: Built, sched: Schedule, end_task: int) -> tuple[list[int], dict[str, int]]:
+    """Walk back from ``end_task`` through the binders; charge each interval to the stage of the task
+    that ends it."""
+    stage = built.graph.attr("stage")
+    path = []
+    stages: dict[str, int] = {}
+    t = end_task
+    while t >= 0:
+        path.append(t)
+        b = int(sched.binder[t])
+        begin = int(sched.finish[b]) if b >= 0 else int(sched.start[t])
+        name = STAGES[int(stage[t])]
+        stages[name] = stages.get(name, 0) + int(sched.finish[t]) - begin
+        if b < 0:
+            break
+        t = b
+    return path, stages
+
+
+def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing, *, step: int,
+                  layer: int, t0: int) -> PhaseResult:
+    g = built.graph
+    cl = built.cluster
+    f = g.freeze()
+    R = cl.R
+    rank_attr = g.attr("rank")
+    stage = g.attr("stage")
+    first_start = int(sched.start[built.first_data].min()) if built.first_data.size else 0
+    task = built.delivery_task
+    last = int(task[np.argmax(sched.finish[task])]) if task.size else int(np.argmax(sched.finish))
+    last_finish = int(sched.finish[last])
+    latency = last_finish - first_start
+    src = layout.src_rank.astype(np.int64)
+    receiver = built.delivery_rank if built.phase == "dispatch" else src[built.delivery_row]
+    rank_finish = np.zeros(R, np.int64)
+    np.maximum.at(rank_finish, receiver, sched.finish[task])
+    # per-rank kernel time: from its launch to the last task it runs
+    data = np.ones(g.num_tasks, bool)
+    data[list(np.flatnonzero(np.isin(stage, list(_SYNC | _BOOKKEEPING))))] = False
+    data &= rank_attr >= 0
+    rank_end = np.zeros(R, np.int64)
+    np.maximum.at(rank_end, rank_attr[data], sched.finish[data])
+    rank_end = np.maximum(rank_end, rank_finish)
+    kernel_ns = np.maximum(rank_end - sched.finish[built.start], 1)
+    bpt = built.bytes_per_token
+    recv_tokens = layout.num_tokens_per_rank.sum(axis=0)  # tokens each rank receives in dispatch
+    node_pairs = layout.num_tokens_per_node.sum(axis=1)  # (token, node) pairs per source rank
+    bandwidth = {
+        "nvlink": float(np.mean(recv_tokens * bpt / kernel_ns)),
+        "rdma": float(np.mean(node_pairs * bpt / kernel_ns)) if cl.N > 1 else 0.0,
+        "unit": "GB/s (DeepEP definitions: NVL = bytes received per rank, RDMA = (token, node) pairs "
+                "x bytes per token, each over the rank's kernel time, averaged over ranks)",
+    }
+    path, stages = _critical_path(built, sched, last)
+    # utilisation of every resource over the phase's data window
+    res = f["res"]
+    busy = np.bincount(res[res >= 0], weights=(sched.finish - sched.start)[res >= 0], minlength=len(g.res_names))
+    busy = busy / np.asarray(g.res_servers, dtype=np.float64)
+    util = busy / max(latency, 1)
+    on_path = np.unique(res[np.asarray(path)])
+    on_path = on_path[on_path >= 0]
+    pick = int(on_path[np.argmax(util[on_path])]) if on_path.size else int(np.argmax(util))
+    top = int(np.argmax(util))
+    bottleneck = {
+        "resource": g.res_names[pick], "resource_kind": resource_kind(g.res_names[pick]),
+        "utilisation": round(float(util[pick]), 4),
+        "busiest_resource": g.res_names[top], "busiest_kind": resource_kind(g.res_names[top]),
+        "busiest_utilisation": round(float(util[top]), 4),
+    }
+    # stalls by cause
+    pool = f["pool"]
+    has = (pool >= 0) & (sched.stall > 0)
+    causes = np.asarray(g.pool_cause, dtype=object)
+    stalls: dict[str, int] = {c: 0 for c in ("credit", "send_queue", "cq", "switch_buffer")}
+    stall_counts: dict[str, int] = {c: 0 for c in stalls}
+    if has.any():
+        for c in stalls:
+            sel = has & (causes[np.maximum(pool, 0)] == c) if len(causes) else has & False
+            stalls[c] = int(sched.stall[sel].sum())
+            stall_counts[c] = int(sel.sum())
+    # analytical bound: the busiest resource's work, which fits in no less time
+    bound = int(busy.max()) if busy.size else 0
+    if latency < bound:
+        raise ConservationError(f"{built.phase}: replay latency {latency} ns is below the analytical bound {bound} ns")
+    tail_rank = int(np.argmax(rank_finish))
+    bytes_total = int(built.delivery_row.shape[0] * bpt)
+    summary = {
+        "latency_ns": int(latency),
+        "bytes": bytes_total,
+        "stages": dict(sorted(stages.items())),
+        "rank_finish_ns": {
+            "p50": int(np.percentile(rank_finish, 50)), "p99": int(np.percentile(rank_finish, 99)),
+            "max": int(rank_finish.max()),
+        },
+        "bandwidth_gbps": bandwidth,
+        "bottleneck": bottleneck,
+        "stalls": stalls,
+        "stall_counts": stall_counts,
+        "bound_ns": bound,
+        "bound_ratio": float(latency / max(bound, 1)),
+        "tail_rank": tail_rank,
+        "critical_path_tasks": len(path),
+        "tasks": int(g.num_tasks),
+        "events_processed": int(sched.events),
+    }
+    scale = {
+        "qps_per_nic": int(getattr(cl, "qps_per_nic", 0)),
+        "max_qps": int(cl.hw.nic.max_qps),
+        "pools": len(g.pool_names),
+        "routing_table_bytes": int(routing.num_rows * routing.topk * 8),
+        "notify_bytes_per_rank": int(R * 8 + routing.meta.num_experts * 4),
+    }
+    return PhaseResult(built.phase, step, layer, t0, t0 + int(sched.finish.max()), summary, rank_finish, scale)
+
+
+_VIRTUAL = {
+    "layout": "stream", "notify": "stream", "launch": "stream", "cpu_sync": "cpu/host", "rdma_post": "nic0/qp{qp}",
+    "cq_poll": "nic0/qp{qp}", "rdma_atomic": "nic0/atomic", "credit_return": "credits",
+}
+
+
+def _resource_names(built: Built) -> pl.Series:
+    """The resource path of every task; tasks without a resource get a per-rank virtual track."""
+    g = built.graph
+    f = g.freeze()
+    res = f["res"]
+    stage = g.attr("stage")
+    rank = g.attr("rank")
+    qp = g.attr("qp")
+    names = pl.Series(g.res_names + [""], dtype=pl.String)
+    out = names.gather(np.where(res >= 0, res, len(g.res_names))).to_numpy().astype(object)
+    missing = np.flatnonzero(res < 0)
+    if missing.size:
+        prefix = np.asarray(built.cluster.prefix + ["fabric"], dtype=object)
+        st = stage[missing]
+        pre = prefix[np.where(rank[missing] >= 0, rank[missing], len(built.cluster.prefix))]
+        tail = np.array([_VIRTUAL.get(STAGES[int(s)], STAGES[int(s)]) for s in range(len(STAGES))], dtype=object)[st]
+        has_qp = np.char.find(tail.astype(str), "{qp}") >= 0
+        qp_txt = qp[missing].astype(str)
+        tail = np.where(has_qp, np.char.replace(tail.astype(str), "{qp}", qp_txt), tail.astype(str))
+        out[missing] = np.char.add(np.char.add(pre.astype(str), "/"), tail)
+    return pl.Series(out.astype(str), dtype=pl.String)
+
+
+def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing, result: PhaseResult, *,
+                 t0: int, ids: dict[str, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Events (schema events.v1) and counters (counters.v1) of one phase, times offset by ``t0``.
+    ``ids`` holds the next free flow and message ids (``{"flow": .., "msg": ..}``) and is advanced."""
+    from tracekit.analysis.counters import phase_counters
+
+    g = built.graph
+    f = g.freeze()
+    rec = g.attr("record").astype(bool) & (sched.start >= 0)
+    stage = g.attr("stage")
+    flow_out = np.full(g.num_tasks, -1, np.int64)
+    flow_in = np.full(g.num_tasks, -1, np.int64)
+    nid = ids["flow"]
+    msg_base = ids["msg"]
+    for a, b in built.flows:
+        ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
+        a, b = a[ok], b[ok]
+        # a task may start at most one flow and end at most one: keep the first of duplicates
+        _, ua = np.unique(a, return_index=True)
+        keep = np.zeros(a.size, bool)
+        keep[ua] = True
+        _, ub = np.unique(b, return_index=True)
+        keep2 = np.zeros(b.size, bool)
+        keep2[ub] = True
+        keep &= keep2
+        a, b = a[keep], b[keep]
+        new = nid + np.arange(a.size)
+        flow_out[a] = new
+        flow_in[b] = new
+        nid += a.size
+    idx = np.flatnonzero(rec)
+    pool = f["pool"]
+    causes = pl.Series(g.pool_cause + [""], dtype=pl.String)
+    stall = sched.stall[idx]
+    cause = causes.gather(np.where((pool[idx] >= 0) & (stall > 0), pool[idx], len(g.pool_cause)))
+    names = _resource_names(built).gather(idx)
+    stage_names = pl.Series(STAGES, dtype=pl.String).gather(stage[idx])
+
+    def attr(name: str, default: int = -1) -> np.ndarray:
+        v = g.attr(name)[idx]
+        return np.where(v < 0, default, v)
+
+    kind = np.where(np.isin(stage[idx], list(_SYNC)), "sync", "comm")
+    events = pl.DataFrame({
+        "ts_ns": sched.start[idx] + t0,
+        "dur_ns": sched.finish[idx] - sched.start[idx],
+        "rank": g.attr("rank")[idx].astype(np.int32),
+        "resource": names,
+        "stage": stage_names,
+        "name": stage_names,
+        "phase": pl.Series([built.phase] * idx.size, dtype=pl.String),
+        "kind": pl.Series(kind, dtype=pl.String),
+        "step": np.full(idx.size, result.step, np.int32),
+        "layer": np.full(idx.size, result.layer, np.int32),
+        "msg_id": np.where(attr("msg_id") >= 0, attr("msg_id") + msg_base, -1),
+        "channel": attr("channel").astype(np.int32),
+        "tokens": attr("tokens", 0),
+        "bytes": attr("bytes", 0),
+        "src_rank": attr("src_rank").astype(np.int32),
+        "dst_rank": attr("dst_rank").astype(np.int32),
+        "qp": attr("qp").astype(np.int32),
+        "stall_ns": stall,
+        "stall_cause": cause,
+        "flow_out": pl.Series(flow_out[idx]).replace(-1, None),
+        "flow_in": pl.Series(flow_in[idx]).replace(-1, None),
+        "args": pl.Series([""] * idx.size, dtype=pl.String),
+    })
+    if built.phase == "dispatch":
+        events = pl.concat([events, _expert_queue(built, sched, routing, result, t0)], how="vertical_relaxed")
+    counters = phase_counters(built, sched, t0, result)
+    ids["flow"] = nid
+    ids["msg"] = msg_base + int(max(g.attr("msg_id").max(initial=-1), -1)) + 1
+    return events, counters
+
+
+def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: PhaseResult, t0: int) -> pl.DataFrame:
+    """Per (rank, local expert): from its first token's arrival until the rank's dispatch completes,
+    when the expert's GEMM may start."""
+    R = built.cluster.R
+    epr = routing.meta.num_experts // R
+    row, dst, task = built.delivery_row, built.delivery_rank, built.delivery_task
+    arrive = sched.finish[task]
+    e = routing.topk_expert[row]
+    ok = (e >= 0) & (e // epr == dst[:, None])
+    ii, kk = np.nonzero(ok)
+    expert = e[ii, kk].astype(np.int64)
+    t = arrive[ii]
+    first = np.full(routing.meta.num_experts, np.iinfo(np.int64).max)
+    np.minimum.at(first, expert, t)
+    count = np.bincount(expert, minlength=routing.meta.num_experts)
+    have = np.flatnonzero(count > 0)
+    owner = have // epr
+    done = result.rank_finish[owner]
+    prefix = np.asarray(built.cluster.prefix, dtype=object)[owner].astype(str)
+    res = np.char.add(np.char.add(prefix, "/expert"), (have % epr).astype(str))
+    n = have.size
+    return pl.DataFrame({
+        "ts_ns": first[have] + t0, "dur_ns": np.maximum(done - first[have], 0), "rank": owner.astype(np.int32),
+        "resource": pl.Series(res, dtype=pl.String), "stage": ["expert_queue"] * n, "name": ["expert_queue"] * n,
+        "phase": ["dispatch"] * n, "kind": ["comm"] * n, "step": np.full(n, result.step, np.int32),
+        "layer": np.full(n, result.layer, np.int32), "msg_id": np.full(n, -1, np.int64),
+        "channel": np.full(n, -1, np.int32), "tokens": count[have].astype(np.int64), "bytes": np.zeros(n, np.int64),
+        "src_rank": np.full(n, -1, np.int32), "dst_rank": owner.astype(np.int32), "qp": np.full(n, -1, np.int32),
+        "stall_ns": np.zeros(n, np.int64), "stall_cause": [""] * n,
+        "flow_out": pl.Series([None] * n, dtype=pl.Int64), "flow_in": pl.Series([None] * n, dtype=pl.Int64),
+        "args": [""] * n,
+    })

@@ -1,0 +1,60 @@
+"""Vectorised bookkeeping for building task graphs: chunking, grouping and edge lists."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def combine_keys(*cols: np.ndarray) -> np.ndarray:
+    """One int64 key per row from several non-negative integer columns (mixed radix, order kept)."""
+    key = np.zeros(len(cols[0]), dtype=np.int64)
+    for c in cols:
+        c = np.asarray(c, dtype=np.int64)
+        radix = int(c.max()) + 1 if c.size else 1
+        key = key * radix + c
+    return key
+
+
+def chunk_items(group: np.ndarray, order: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split items into chunks of at most ``size`` consecutive items (by ``order``) per group.
+
+    Returns ``(item_chunk, chunk_group, chunk_items, chunk_index)``: the chunk id of every item
+    (chunk ids run in (group, order) order), each chunk's group, item count and index within its group.
+    """
+    n = group.shape[0]
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z, z
+    idx = np.lexsort((order, group))
+    g = group[idx]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    k = (np.arange(n) - group_start) // size
+    new_chunk = new_group | np.r_[True, k[1:] != k[:-1]]
+    chunk_sorted = np.cumsum(new_chunk) - 1
+    item_chunk = np.empty(n, np.int64)
+    item_chunk[idx] = chunk_sorted
+    m = int(chunk_sorted[-1]) + 1
+    chunk_group = g[new_chunk]
+    chunk_index = k[new_chunk]
+    chunk_items_ = np.bincount(chunk_sorted, minlength=m)
+    return item_chunk, chunk_group, chunk_items_.astype(np.int64), chunk_index.astype(np.int64)
+
+
+def chain_edges(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges i -> i+1 between consecutive entries with the same group (entries already in order)."""
+    same = np.flatnonzero(group[1:] == group[:-1])
+    return same, same + 1
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs, sorted."""
+    if a.size == 0:
+        return a.astype(np.int64), b.astype(np.int64)
+    pairs = np.unique(np.stack([a.astype(np.int64), b.astype(np.int64)], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def ceil_div(a: np.ndarray | int, b: float) -> np.ndarray:
+    """Integer ceil(a / b) for non-negative a and positive b (b may be a float rate)."""
+    return np.ceil(np.asarray(a, dtype=np.float64) / b).astype(np.int64)

@@ -1,0 +1,130 @@
+"""Replay configuration: DeepEP-like kernel settings, granularity and model switches.
+
+Defaults follow DeepEP V1's ``Buffer.get_dispatch_config`` / ``get_combine_config`` tables (20 SMs;
+NVL chunk, NVL buffer, RDMA chunk and RDMA buffer sizes in tokens, by EP size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tracekit.errors import TracekitError
+
+#: DeepEP V1 config tables: ep_size -> (nvl_send_chunk, nvl_recv_buffer, rdma_send_chunk, rdma_recv_buffer).
+DEEPEP_DISPATCH = {
+    2: (24, 256, 6, 128), 4: (6, 256, 6, 128), 8: (6, 256, 6, 128), 16: (36, 288, 20, 128),
+    24: (32, 288, 8, 128), 32: (32, 288, 8, 128), 48: (32, 288, 8, 128), 64: (32, 288, 8, 128),
+    96: (20, 480, 12, 128), 128: (20, 560, 12, 128), 144: (32, 720, 12, 128), 160: (28, 720, 12, 128),
+}
+DEEPEP_COMBINE = {
+    2: (10, 256, 6, 128), 4: (9, 256, 6, 128), 8: (4, 256, 6, 128), 16: (4, 288, 12, 128),
+    24: (1, 288, 8, 128), 32: (1, 288, 8, 128), 48: (1, 288, 8, 128), 64: (1, 288, 8, 128),
+    96: (1, 480, 8, 128), 128: (1, 560, 8, 128), 144: (2, 720, 8, 128), 160: (2, 720, 8, 128),
+}
+DEFAULT_NUM_SMS = 20
+
+MODES = ("normal",)
+GRANULARITIES = ("chunk", "token", "packet")
+DOORBELLS = ("gpu", "cpu_proxy")
+CREDIT_RETURN = ("after_consume", "early")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """Ring and chunk sizes of one phase, in tokens."""
+
+    nvl_send_chunk: int
+    nvl_recv_buffer: int
+    rdma_send_chunk: int
+    rdma_recv_buffer: int
+
+
+def deepep_defaults(ep_size: int, phase: str) -> PhaseConfig:
+    """DeepEP's recommended config for ``ep_size`` ranks (nearest table entry at or above)."""
+    table = DEEPEP_DISPATCH if phase == "dispatch" else DEEPEP_COMBINE
+    keys = sorted(table)
+    key = next((k for k in keys if k >= ep_size), keys[-1])
+    return PhaseConfig(*table[key])
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Everything a replay needs besides the routing table and the hardware profile.
+
+    * ``granularity``: ``chunk`` (default) moves DeepEP chunks through every stage; ``token`` uses
+      chunks of one token (slow, finest SM/NVLink detail); ``packet`` keeps chunks on the GPUs but
+      splits each RDMA chunk into MTU packets on the NIC and switch ports (queueing, buffers and
+      flow control at packet level).
+    * ``doorbell``: ``gpu`` (IBGDA: the GPU posts WQEs and rings) or ``cpu_proxy`` (one proxy thread
+      per GPU posts every RDMA message, serially).
+    * ``adaptive_routing``: packets of one QP may take different paths, so the tail update (an RDMA
+      atomic) must wait for the write's acknowledgement: one extra round trip per chunk.
+    * ``credit_return``: ``after_consume`` (correct) or ``early`` (receivers return ring credits
+      before copying out: a deliberately broken protocol for the hazard checker).
+    * ``cached``: reuse the previous layout (DeepEP cached mode): no notify, no CPU sync.
+    """
+
+    mode: str = "normal"
+    num_sms: int = DEFAULT_NUM_SMS
+    dispatch: PhaseConfig | None = None
+    combine: PhaseConfig | None = None
+    granularity: str = "chunk"
+    doorbell: str = "gpu"
+    adaptive_routing: bool = False
+    credit_return: str = "after_consume"
+    cached: bool = False
+    dispatch_dtype: str | None = None
+    combine_dtype: str | None = None
+    meta_bytes_per_token: int | None = None
+    seed: int = 0
+    hardware_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return max(self.num_sms // 2, 1)
+
+    def resolved(self, ep_size: int) -> "ReplayConfig":
+        """Fill DeepEP defaults for ``ep_size`` and check consistency."""
+        cfg = replace(
+            self,
+            dispatch=self.dispatch or deepep_defaults(ep_size, "dispatch"),
+            combine=self.combine or deepep_defaults(ep_size, "combine"),
+        )
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        def bad(flag: str, value: Any, expected: str) -> TracekitError:
+            return TracekitError(f"{flag}={value!r}: expected {expected}", fix=f"pass {flag} {expected}")
+
+        if self.mode not in MODES:
+            raise bad("--mode", self.mode, f"one of {', '.join(MODES)}")
+        if self.granularity not in GRANULARITIES:
+            raise bad("--granularity", self.granularity, f"one of {', '.join(GRANULARITIES)}")
+        if self.doorbell not in DOORBELLS:
+            raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}")
+        if self.credit_return not in CREDIT_RETURN:
+            raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}")
+        if self.num_sms < 2 or self.num_sms % 2:
+            raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)")
+        for phase in ("dispatch", "combine"):
+            pc: PhaseConfig | None = getattr(self, phase)
+            if pc is None:
+                continue
+            for name in ("nvl_send_chunk", "nvl_recv_buffer", "rdma_send_chunk", "rdma_recv_buffer"):
+                if getattr(pc, name) < 1:
+                    raise bad(f"--{phase}-{name.replace('_', '-')}", getattr(pc, name), "a positive number of tokens")
+            if pc.nvl_recv_buffer < pc.nvl_send_chunk:
+                raise TracekitError(
+                    f"{phase}: NVLink ring of {pc.nvl_recv_buffer} tokens is smaller than its chunk of "
+                    f"{pc.nvl_send_chunk} tokens", fix="make the ring at least one chunk (DeepEP requires several)",
+                )
+            if pc.rdma_recv_buffer < pc.rdma_send_chunk:
+                raise TracekitError(
+                    f"{phase}: RDMA ring of {pc.rdma_recv_buffer} tokens is smaller than its chunk of "
+                    f"{pc.rdma_send_chunk} tokens", fix="make the ring at least one chunk",
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

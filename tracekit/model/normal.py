@@ -1,0 +1,369 @@
+"""DeepEP-like normal kernels (training, prefill) as task graphs: one builder per phase.
+
+Dispatch inside a node: each channel's sender SM copies chunks of ``nvl_send_chunk`` tokens into a
+ring of ``nvl_recv_buffer`` token slots on the receiver (over NVLink), the receiver SM copies them out
+and returns credits. Between nodes: a token goes by RDMA (write + atomic tail, GPU-initiated) to the
+GPU with the same local index on each destination node, whose forwarder SM copies it over NVLink to
+the GPUs hosting its experts; RDMA and NVLink rings are credit-controlled. Combine runs the path
+backwards and reduces (at the forwarder across the node's GPUs, at the source across nodes).
+Channels split each rank's tokens into contiguous ranges; destinations are visited in rotated order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracekit.engine import TaskGraph
+from tracekit.hardware import Profile
+from tracekit.model.chunks import chain_edges, chunk_items, combine_keys, unique_pairs
+from tracekit.model.cluster import Cluster
+from tracekit.model.config import ReplayConfig
+from tracekit.workload.layout import DispatchLayout
+from tracekit.workload.routing import Routing, bytes_per_token
+
+
+@dataclass
+class Built:
+    """A phase's task graph plus what the replay needs to check and summarise it."""
+
+    phase: str
+    graph: TaskGraph
+    cluster: Cluster
+    bytes_per_token: int  # payload bytes per token (DeepEP's bandwidth accounting)
+    wire_bytes_per_token: int  # bytes actually copied per token (payload + metadata)
+    start: np.ndarray  # per rank: the task after which data may move (kernel launched)
+    first_data: np.ndarray  # tasks that start moving data
+    delivery_row: np.ndarray  # per delivered item: routing row (token)
+    delivery_rank: np.ndarray  # ... and the rank it was delivered to
+    delivery_task: np.ndarray  # ... and the task that delivered it
+    flows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per routing row: source rank, token index, channel (contiguous token ranges per channel)."""
+    src = layout.src_rank.astype(np.int64)
+    tok = layout.token.astype(np.int64)
+    per_rank = np.bincount(src, minlength=layout.ep_size)
+    ch = tok * channels // np.maximum(per_rank[src], 1)
+    return src, tok, np.minimum(ch, channels - 1)
+
+
+def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, topk: int, cached: bool, phase: str) -> np.ndarray:
+    """Layout, notify (count exchange + barrier), CPU sync and kernel launch per rank; returns, per
+    rank, the task after which the phase's data movement may start."""
+    hw = cl.hw
+    R = cl.R
+    ranks = np.arange(R)
+    launch_ns = hw.gpu.kernel_launch_ns
+    if cached or phase == "combine":
+        return cl.add(R, "launch", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
+    layout = cl.add(R, "layout", ranks, dur=launch_ns + (tokens_per_rank * topk * 8 * cl.ns_hbm).astype(np.int64))
+    notify = cl.add(R, "notify", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
+    # every rank needs every other rank's counts: NVLink inside a node, RDMA between nodes
+    lag = hw.nvlink.latency_ns + (cl.one_way_ns + 2 * hw.pcie.latency_ns if cl.N > 1 else 0)
+    src = np.repeat(ranks, R)
+    dst = np.tile(ranks, R)
+    cl.g.add_edges(layout[src], notify[dst], lag=np.where(src == dst, 0, lag))
+    sync = cl.add(R, "cpu_sync", ranks, dur=2 * hw.pcie.latency_ns)
+    cl.g.add_edges(notify, sync)
+    launch = cl.add(R, "launch", ranks, dur=launch_ns)
+    cl.g.add_edges(sync, launch)
+    return launch
+
+
+def _ring_pools(cl: Cluster, owner: np.ndarray, channel: np.ndarray, peer: np.ndarray, kind: str,
+                capacity: int, group: np.ndarray) -> np.ndarray:
+    """One pool per distinct group: ring ``kind`` on rank ``owner`` for ``channel`` from ``peer``
+    (``nic0/sq*`` and ``nic0/cq*`` kinds are send and completion queues of the QP to ``peer``'s node)."""
+    cause = "send_queue" if "/sq" in kind else "cq" if "/cq" in kind else "credit"
+    uniq, first, inv = np.unique(group, return_index=True, return_inverse=True)
+    ids = np.array([cl.g.pool(f"{cl.prefix[int(owner[i])]}/{kind}/ch{int(channel[i])}/{'node' if cause != 'credit' else 'from'}{int(peer[i])}",
+                              capacity, cause) for i in first], dtype=np.int64)
+    return ids[inv.reshape(-1)]
+
+
+def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunks: int, pool: np.ndarray,
+                   amount: np.ndarray, rank: np.ndarray, lag: object, **attrs: object) -> np.ndarray:
+    """A zero-time task per chunk returning ``amount`` credits once every consumer task has finished."""
+    ret = cl.add(nchunks, "credit_return", rank, dur=0, rel_pool=pool, rel_amount=amount, record=False, **attrs)
+    a, b = unique_pairs(consumers, chunk)
+    cl.g.add_edges(a, ret[b], lag=np.broadcast_to(np.asarray(lag), (nchunks,))[b] if np.ndim(lag) else lag)
+    return ret
+
+
+def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
+              role: str, hbm_factor: int, **attrs: object) -> tuple[np.ndarray, np.ndarray]:
+    """An SM copy on ``rank`` followed by its HBM traffic; returns (sm task, hbm task)."""
+    n = rank.shape[0]
+    sm = cl.add(n, stage, rank, res=cl.sm(rank, channel, role), dur=cl.copy_ns(nbytes, tokens), channel=channel,
+                tokens=tokens, bytes=nbytes, **attrs)
+    mem = cl.add(n, "hbm", rank, res=cl.hbm[rank], dur=np.ceil(hbm_factor * nbytes * cl.ns_hbm).astype(np.int64),
+                 channel=channel, tokens=tokens, bytes=hbm_factor * nbytes, **attrs)
+    cl.g.add_edges(sm, mem)
+    return sm, mem
+
+
+def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
+    """The dispatch of one (step, layer) as a task graph."""
+    meta = routing.meta
+    pc = cfg.dispatch
+    g = TaskGraph()
+    cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "dispatch")
+    dtype = cfg.dispatch_dtype or meta.dispatch_dtype
+    bpt = bytes_per_token(meta.hidden, dtype)
+    wire = bpt + (cfg.meta_bytes_per_token if cfg.meta_bytes_per_token is not None else 8 + 8 * routing.topk)
+    src, tok, ch = _rows_channels(layout, cl.C)
+    tokens_per_rank = np.bincount(src, minlength=cl.R)
+    start = _prologue(cl, tokens_per_rank, routing.topk, cfg.cached, "dispatch")
+    lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
+    early = cfg.credit_return == "early"
+    row, dst = np.nonzero(layout.is_token_in_rank)
+    row = row.astype(np.int64)
+    dst = dst.astype(np.int64)
+    built = Built("dispatch", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, dst, np.zeros(0, np.int64))
+    if cl.N == 1:
+        _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, early)
+    else:
+        _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat_nvl, early)
+    return built
+
+
+def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, early) -> None:
+    s, c, d = src[row], ch[row], dst
+    group = combine_keys(s, c, d)
+    item_chunk, cgroup, ntok, _ = chunk_items(group, tok[row], pc.nvl_send_chunk)
+    m = cgroup.shape[0]
+    first = np.zeros(m, np.int64)
+    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    cs, cc, cd = s[first], c[first], d[first]
+    nbytes = ntok * wire
+    ring = _ring_pools(cl, cd, cc, cs, "nvl_ring", pc.nvl_recv_buffer, cgroup)
+    msg = np.arange(m)
+    attrs = dict(msg_id=msg, src_rank=cs, dst_rank=cd, phase_chunk=msg)
+    pack = cl.add(m, "pack", cs, res=cl.sm(cs, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
+                  channel=cc, tokens=ntok, bytes=nbytes, **attrs)
+    cl.g.add_edges(built.start[cs], pack)
+    a, b = chain_edges(cgroup)
+    cl.g.add_edges(pack[a], pack[b])
+    remote = cs != cd
+    arrive = pack.copy()
+    if remote.any():
+        idx = np.flatnonzero(remote)
+        arrive[idx] = cl.nvlink(cs[idx], cd[idx], nbytes[idx], pack[idx], channel=cc[idx], tokens=ntok[idx],
+                                msg_id=msg[idx])
+    unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
+    cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
+    cl.g.add_edges(unpack[a], unpack[b])
+    _credit_return(cl, arrive if early else unpack, msg, m, ring, ntok, cs, np.where(remote, lat_nvl, 0))
+    built.first_data = pack
+    built.delivery_task = mem[item_chunk]
+    built.flows.append((pack, unpack))
+
+
+def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat_nvl, early) -> None:
+    hw = cl.hw
+    G, N = cl.G, cl.N
+    # 1. RDMA chunks: (source, channel, destination node), destinations rotated per source node
+    nrow, nnode = np.nonzero(layout.is_token_in_node)
+    nrow = nrow.astype(np.int64)
+    nnode = nnode.astype(np.int64)
+    s, c = src[nrow], ch[nrow]
+    a_node = cl.node_of[s]
+    rot = (nnode - a_node) % N
+    group = combine_keys(s, c, rot)
+    item_chunk, cgroup, ntok, _ = chunk_items(group, tok[nrow], pc.rdma_send_chunk)
+    m = cgroup.shape[0]
+    first = np.zeros(m, np.int64)
+    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    rs, rc, rb = s[first], c[first], nnode[first]
+    fwd_rank = rb * G + cl.local_of[rs]  # same local index on the destination node
+    nbytes = ntok * wire
+    ring = _ring_pools(cl, fwd_rank, rc, rs, "rdma_ring", pc.rdma_recv_buffer, cgroup)
+    msg = np.arange(m)
+    attrs = dict(msg_id=msg, src_rank=rs, dst_rank=fwd_rank)
+    pack = cl.add(m, "pack", rs, res=cl.sm(rs, rc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
+                  channel=rc, tokens=ntok, bytes=nbytes, **attrs)
+    cl.g.add_edges(built.start[rs], pack)
+    a, b = chain_edges(cgroup)
+    cl.g.add_edges(pack[a], pack[b])
+    remote = rb != cl.node_of[rs]
+    arrive = pack.copy()
+    ridx = np.flatnonzero(remote)
+    if ridx.size:
+        sq_key = combine_keys(rs[ridx], rc[ridx], rb[ridx])
+        sq = _ring_pools(cl, rs[ridx], rc[ridx], rb[ridx], "nic0/sq", hw.nic.wqe_depth, sq_key)
+        cq = _ring_pools(cl, rs[ridx], rc[ridx], rb[ridx], "nic0/cq", hw.nic.cq_depth, sq_key)
+        m_ = cl.rdma(rs[ridx], fwd_rank[ridx], nbytes[ridx], ntok[ridx], pack[ridx], sq, cq, rc[ridx],
+                     channel=rc[ridx], msg_id=msg[ridx])
+        arrive[ridx] = m_.tail
+        built.flows.append((m_.nic_send, m_.nic_recv))
+    # 2. forward: per (RDMA chunk, destination GPU in that node)
+    chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
+    chunk_of[nrow, nnode] = item_chunk
+    node_d = cl.node_of[dst]
+    k_of_item = chunk_of[row, node_d]
+    fgroup = combine_keys(k_of_item, cl.local_of[dst])
+    f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], 1 << 30)
+    fm = f_group.shape[0]
+    ffirst = np.zeros(fm, np.int64)
+    ffirst[f_item_chunk[::-1]] = np.arange(f_item_chunk.size)[::-1]
+    fk = k_of_item[ffirst]  # RDMA chunk feeding it
+    fd = dst[ffirst]
+    ff = fwd_rank[fk]
+    fc = rc[fk]
+    f_bytes = f_ntok * wire
+    nvl_ring = _ring_pools(cl, fd, fc, ff, "nvl_ring", pc.nvl_recv_buffer, combine_keys(fd, fc, ff))
+    fmsg = m + np.arange(fm)
+    fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
+    fwd = cl.add(fm, "forward", ff, res=cl.sm(ff, fc, "b"), dur=cl.copy_ns(f_bytes, f_ntok), pool=nvl_ring,
+                 amount=f_ntok, channel=fc, tokens=f_ntok, bytes=f_bytes, **fattrs)
+    cl.g.add_edges(arrive[fk], fwd)
+    first_fwd = np.zeros(m, np.int64) - 1
+    first_fwd[fk[::-1]] = fwd[::-1]
+    built.flows.append((arrive[first_fwd >= 0], first_fwd[first_fwd >= 0]))
+    fremote = fd != ff
+    farrive = fwd.copy()
+    fidx = np.flatnonzero(fremote)
+    if fidx.size:
+        farrive[fidx] = cl.nvlink(ff[fidx], fd[fidx], f_bytes[fidx], fwd[fidx], channel=fc[fidx],
+                                  tokens=f_ntok[fidx], msg_id=fmsg[fidx])
+    unpack, mem = _copy_out(cl, "unpack", fd, fc, f_bytes, f_ntok, "a", 2, **fattrs)
+    cl.g.add_edges(farrive, unpack, lag=np.where(fremote, lat_nvl, 0))
+    built.flows.append((fwd, unpack))
+    # credits: NVLink ring slots after the copy-out; RDMA ring slots after every forward of the chunk
+    _credit_return(cl, farrive if early else unpack, np.arange(fm), fm, nvl_ring, f_ntok, ff,
+                   np.where(fremote, lat_nvl, 0))
+    rdma_lag = np.where(remote, cl.one_way_ns + hw.pcie.latency_ns if N > 1 else 0, 0)
+    _credit_return(cl, arrive[fk] if early else fwd, fk, m, ring, ntok, rs, rdma_lag)
+    built.first_data = pack
+    built.delivery_task = mem[f_item_chunk]
+
+
+def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
+    """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
+    meta = routing.meta
+    pc = cfg.combine
+    g = TaskGraph()
+    cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "combine")
+    dtype = cfg.combine_dtype or meta.combine_dtype
+    bpt = bytes_per_token(meta.hidden, dtype)
+    wire = bpt
+    src, tok, ch = _rows_channels(layout, cl.C)
+    start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.topk, cfg.cached, "combine")
+    row, holder = np.nonzero(layout.is_token_in_rank)
+    row = row.astype(np.int64)
+    holder = holder.astype(np.int64)
+    built = Built("combine", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, holder, np.zeros(0, np.int64))
+    _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, cfg.credit_return == "early")
+    return built
+
+
+def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> None:
+    """Holder ranks send contributions to the forwarder (same local index as the source, on the holder's
+    node; the source itself inside one node), forwarders reduce and send one row per (token, node) to the
+    source by RDMA, and the source reduces across nodes."""
+    hw = cl.hw
+    G, N = cl.G, cl.N
+    lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
+    s = src[row]
+    c = ch[row]
+    fwd = cl.node_of[holder] * G + cl.local_of[s] if N > 1 else s
+    order = s * (int(tok.max()) + 1 if tok.size else 1) + tok[row]
+    # 1. NVLink chunks holder -> forwarder
+    group = combine_keys(holder, c, fwd)
+    item_chunk, cgroup, ntok, _ = chunk_items(group, order, pc.nvl_send_chunk)
+    m = cgroup.shape[0]
+    first = np.zeros(m, np.int64)
+    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    ch_, cc, cf = holder[first], c[first], fwd[first]
+    nbytes = ntok * wire
+    ring = _ring_pools(cl, cf, cc, ch_, "nvl_ring_combine", pc.nvl_recv_buffer, cgroup)
+    msg = np.arange(m)
+    pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
+                  amount=ntok, channel=cc, tokens=ntok, bytes=nbytes, msg_id=msg, src_rank=ch_, dst_rank=cf)
+    cl.g.add_edges(built.start[ch_], pack)
+    a, b = chain_edges(cgroup)
+    cl.g.add_edges(pack[a], pack[b])
+    remote = ch_ != cf
+    arrive = pack.copy()
+    idx = np.flatnonzero(remote)
+    if idx.size:
+        arrive[idx] = cl.nvlink(ch_[idx], cf[idx], nbytes[idx], pack[idx], channel=cc[idx], tokens=ntok[idx],
+                                msg_id=msg[idx])
+    built.first_data = pack
+    if N == 1:
+        # inside one node the source reduces the contributions itself
+        fin_of_row = _final_reduce(cl, built, src, tok, ch, row, item_chunk, arrive, np.where(remote, lat_nvl, 0),
+                                   max(pc.nvl_send_chunk, pc.rdma_send_chunk) * 4, m)
+        _credit_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, m, ring, ntok, ch_,
+                       np.where(remote, lat_nvl, 0))
+        built.flows.append((pack, fin_of_row[row[first]]))
+        return
+    # 2. reduction at the forwarder: one task per RDMA chunk (source, channel, node)
+    nrow, nnode = np.nonzero(layout.is_token_in_node)
+    nrow = nrow.astype(np.int64)
+    nnode = nnode.astype(np.int64)
+    rs, rcn = src[nrow], ch[nrow]
+    rgroup = combine_keys(rs, rcn, (nnode - cl.node_of[rs]) % N)
+    r_item_chunk, r_group, r_ntok, _ = chunk_items(rgroup, tok[nrow], pc.rdma_send_chunk)
+    rm = r_group.shape[0]
+    rfirst = np.zeros(rm, np.int64)
+    rfirst[r_item_chunk[::-1]] = np.arange(r_item_chunk.size)[::-1]
+    k_s, k_c, k_b = rs[rfirst], rcn[rfirst], nnode[rfirst]
+    k_f = k_b * G + cl.local_of[k_s]
+    chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
+    chunk_of[nrow, nnode] = r_item_chunk
+    red_of_item = chunk_of[row, cl.node_of[holder]]
+    contrib = np.bincount(red_of_item, minlength=rm)
+    r_bytes = r_ntok * wire
+    rring = _ring_pools(cl, k_s, k_c, k_b, "rdma_ring_combine", pc.rdma_recv_buffer, r_group)
+    rmsg = m + np.arange(rm)
+    reduce = cl.add(rm, "combine_reduce", k_f, res=cl.sm(k_f, k_c, "b"),
+                    dur=cl.copy_ns((contrib + r_ntok) * wire // 2, contrib), pool=rring, amount=r_ntok,
+                    channel=k_c, tokens=r_ntok, bytes=r_bytes, msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
+    pa, pb = unique_pairs(item_chunk, red_of_item)
+    cl.g.add_edges(arrive[pa], reduce[pb], lag=np.where(remote[pa], lat_nvl, 0))
+    a2, b2 = chain_edges(r_group)
+    cl.g.add_edges(reduce[a2], reduce[b2])
+    built.flows.append((pack, reduce[red_of_item[first]]))
+    _credit_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, m, ring, ntok, ch_,
+                   np.where(remote, lat_nvl, 0))
+    # 3. RDMA from the forwarder to the source (inside the source's own node: a local write)
+    rremote = k_f != k_s
+    rarrive = reduce.copy()
+    ridx = np.flatnonzero(rremote)
+    if ridx.size:
+        nb = cl.node_of[k_s[ridx]]
+        key = combine_keys(k_f[ridx], k_c[ridx], nb)
+        sq = _ring_pools(cl, k_f[ridx], k_c[ridx], nb, "nic0/sq_combine", hw.nic.wqe_depth, key)
+        cq = _ring_pools(cl, k_f[ridx], k_c[ridx], nb, "nic0/cq_combine", hw.nic.cq_depth, key)
+        msg_ = cl.rdma(k_f[ridx], k_s[ridx], r_bytes[ridx], r_ntok[ridx], reduce[ridx], sq, cq, k_c[ridx],
+                       channel=k_c[ridx], msg_id=rmsg[ridx])
+        rarrive[ridx] = msg_.tail
+        built.flows.append((msg_.nic_send, msg_.nic_recv))
+    # 4. reduction across nodes at the source
+    fin_of_row = _final_reduce(cl, built, src, tok, ch, nrow, r_item_chunk, rarrive,
+                               np.where(rremote, hw.pcie.latency_ns, 0), pc.rdma_send_chunk * N, m + rm)
+    _credit_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rm, rring, r_ntok, k_f,
+                   np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0))
+
+
+def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arrival_lag, block, msg_base) -> np.ndarray:
+    """Reduce at each source: blocks of ``block`` tokens per (rank, channel) wait for every arrival
+    chunk holding one of their rows. Returns, per routing row, the reduction task that completes it."""
+    b_of_row, b_group, b_ntok, _ = chunk_items(combine_keys(src, ch), tok, block)
+    bm = b_group.shape[0]
+    bfirst = np.zeros(bm, np.int64)
+    bfirst[b_of_row[::-1]] = np.arange(b_of_row.size)[::-1]
+    b_s, b_c = src[bfirst], ch[bfirst]
+    contrib = np.bincount(b_of_row[item_row], minlength=bm)
+    fin, fin_mem = _copy_out(cl, "combine_unpack", b_s, b_c, (contrib + b_ntok) * built.wire_bytes_per_token // 2,
+                             b_ntok, "a", 2, msg_id=msg_base + np.arange(bm), src_rank=b_s, dst_rank=b_s)
+    pa, pb = unique_pairs(item_chunk, b_of_row[item_row])
+    cl.g.add_edges(arrival[pa], fin[pb], lag=arrival_lag[pa])
+    a, b = chain_edges(b_group)
+    cl.g.add_edges(fin[a], fin[b])
+    built.delivery_task = fin_mem[b_of_row[built.delivery_row]]
+    return fin[b_of_row]

@@ -1,0 +1,143 @@
+"""Replay: routing table + hardware profile + config -> events, counters and a summary.
+
+For every (step, layer) of the routing table, dispatch then combine are built as task graphs
+(:mod:`tracekit.model.normal`), executed by the engine, checked for conservation and turned into
+tables. Phases run back to back on one clock. Pure: no file I/O (see :mod:`tracekit.io.replay_out`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tracekit.engine import Schedule, run
+from tracekit.errors import TracekitError
+from tracekit.hardware import Profile
+from tracekit.model.config import ReplayConfig
+from tracekit.model.normal import Built, build_combine, build_dispatch
+from tracekit.analysis.phase import PhaseResult, analyse_phase, check_conservation, phase_tables
+from tracekit.workload.layout import dispatch_layout
+from tracekit.workload.routing import Routing
+
+
+@dataclass
+class ReplayResult:
+    """Everything one replay produced."""
+
+    events: pl.DataFrame
+    counters: pl.DataFrame
+    summary: dict[str, Any]
+    phases: list[PhaseResult] = field(default_factory=list)
+
+
+def _check_inputs(routing: Routing, hw: Profile, cfg: ReplayConfig) -> None:
+    m = routing.meta
+    if routing.num_rows == 0:
+        raise TracekitError("routing table is empty", fix="pass a table with at least one token")
+    if m.gpus_per_node != hw.system.gpus_per_node:
+        raise TracekitError(
+            f"routing has gpus_per_node={m.gpus_per_node} but hardware profile {hw.name} has "
+            f"{hw.system.gpus_per_node}",
+            fix="synthesise the routing with --gpus-per-node matching the profile, or choose another profile",
+        )
+    if m.ep_size > m.gpus_per_node and m.ep_size % m.gpus_per_node:
+        raise TracekitError(f"ep_size={m.ep_size} is not a whole number of {m.gpus_per_node}-GPU nodes",
+                            fix="use whole nodes")
+
+
+def replay(
+    routing: Routing,
+    hw: Profile,
+    cfg: ReplayConfig | None = None,
+    *,
+    on_phase: Callable[[str, int, int], None] | None = None,
+) -> ReplayResult:
+    """Replay every (step, layer) of ``routing`` on ``hw``; see the module docstring."""
+    cfg = (cfg or ReplayConfig()).resolved(routing.meta.ep_size)
+    hw = hw.with_overrides(cfg.hardware_overrides)
+    _check_inputs(routing, hw, cfg)
+    t0 = 0
+    ids = {"flow": 1, "msg": 0}
+    events, counters, phases = [], [], []
+    for step, layer in routing.steps_layers():
+        part = routing.select(step, layer)
+        layout = dispatch_layout(part)
+        for builder in (build_dispatch, build_combine):
+            built: Built = builder(part, layout, hw, cfg)
+            sched: Schedule = run(built.graph)
+            check_conservation(built, sched, layout, part)
+            result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
+            ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids)
+            events.append(ev)
+            counters.append(ctr)
+            phases.append(result)
+            t0 = result.end_ns
+            if on_phase is not None:
+                on_phase(built.phase, step, layer)
+    summary = summarise(phases, routing, hw, cfg)
+    return ReplayResult(
+        events=pl.concat(events, how="vertical").sort("ts_ns", "resource", maintain_order=True),
+        counters=pl.concat(counters, how="vertical").sort("ts_ns", "resource", "counter", maintain_order=True),
+        summary=summary,
+        phases=phases,
+    )
+
+
+def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
+    """One phase's summary over all steps and layers (sums of latency, means of bandwidth)."""
+    if len(results) == 1:
+        return results[0].summary
+    lat = [r.summary["latency_ns"] for r in results]
+    stages: dict[str, int] = {}
+    stalls: dict[str, int] = {}
+    for r in results:
+        for k, v in r.summary["stages"].items():
+            stages[k] = stages.get(k, 0) + v
+        for k, v in r.summary["stalls"].items():
+            stalls[k] = stalls.get(k, 0) + v
+    finish = np.concatenate([r.rank_finish for r in results])
+    bw = {k: float(np.mean([r.summary["bandwidth_gbps"][k] for r in results])) for k in results[0].summary["bandwidth_gbps"]}
+    bottlenecks = [r.summary["bottleneck"]["resource_kind"] for r in results]
+    worst = max(results, key=lambda r: r.summary["latency_ns"])
+    return {
+        "latency_ns": int(sum(lat)),
+        "latency_ns_per_layer": {"p50": int(np.percentile(lat, 50)), "max": int(max(lat))},
+        "bytes": int(sum(r.summary["bytes"] for r in results)),
+        "stages": dict(sorted(stages.items())),
+        "rank_finish_ns": {"p50": int(np.percentile(finish, 50)), "p99": int(np.percentile(finish, 99)),
+                           "max": int(finish.max())},
+        "bandwidth_gbps": bw,
+        "bottleneck": {**worst.summary["bottleneck"], "most_common_kind": max(set(bottlenecks), key=bottlenecks.count)},
+        "stalls": dict(sorted(stalls.items())),
+        "bound_ns": int(sum(r.summary["bound_ns"] for r in results)),
+        "bound_ratio": float(sum(lat) / max(sum(r.summary["bound_ns"] for r in results), 1)),
+        "tail_rank": worst.summary["tail_rank"],
+    }
+
+
+def summarise(phases: list[PhaseResult], routing: Routing, hw: Profile, cfg: ReplayConfig) -> dict[str, Any]:
+    """The stable, machine-readable summary (``summary.json``)."""
+    m = routing.meta
+    out: dict[str, Any] = {
+        "schema": "summary.v1",
+        "conservation": "ok",
+        "hardware": hw.name,
+        "workload": {
+            "ep_size": m.ep_size, "gpus_per_node": m.gpus_per_node, "num_experts": m.num_experts,
+            "hidden": m.hidden, "topk": routing.topk, "tokens": int(routing.num_rows),
+            "steps_layers": len(routing.steps_layers()),
+            "dispatch_dtype": cfg.dispatch_dtype or m.dispatch_dtype,
+            "combine_dtype": cfg.combine_dtype or m.combine_dtype,
+        },
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "hardware_overrides"},
+        "hardware_overrides": dict(cfg.hardware_overrides),
+    }
+    for phase in ("dispatch", "combine"):
+        out[phase] = _merge_phase([p for p in phases if p.phase == phase])
+    out["total_ns"] = int(phases[-1].end_ns) if phases else 0
+    out["scale"] = phases[0].scale if phases else {}
+    return out
