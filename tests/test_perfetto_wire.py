@@ -72,3 +72,38 @@ def test_compressed_frame_parses_as_a_packet():
     packet = pb.Trace.FromString(wire.compressed_frame(inner)).packet[0]
     import zlib
     assert pb.Trace.FromString(zlib.decompress(packet.compressed_packets)).packet[0].timestamp == 5
+
+
+def test_hand_built_control_packets_equal_the_bindings():
+    from tracekit.io.perfetto_state import interned_packet, sequence_start, sequence_start_bytes
+
+    for seq, uuid in [(1, 1), (127, 128), (300, 1 << 40)]:
+        assert sequence_start_bytes(seq, uuid) == wire.frame(sequence_start(seq, uuid))
+    p = pb.TracePacket(trusted_packet_sequence_id=300)
+    p.interned_data.event_names.add(iid=1, name="pack")
+    p.interned_data.debug_annotation_names.add(iid=3, name="msg_id")
+    p.interned_data.debug_annotation_string_values.add(iid=200, str=b"dispatch")
+    entries = [b"\x12" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.event_names[0].SerializeToString()]]
+    entries += [b"\x1a" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.debug_annotation_names[0].SerializeToString()]]
+    e = p.interned_data.debug_annotation_string_values[0].SerializeToString()
+    entries.append(b"\xea\x01" + wire.varint_bytes(len(e)) + e)
+    assert interned_packet(300, entries) == wire.frame(p)
+
+
+def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
+    import polars as pl
+
+    from tracekit.io.perfetto import write_trace
+    from tracekit.io.perfetto_check import iter_frames
+    from tracekit.io.perfetto_tracks import descriptor, Node
+
+    ev = pl.DataFrame({"ts_ns": [0, 1, 2], "dur_ns": [10, 10, 10], "rank": [0, 0, 0],
+                       "resource": ["node0/rank0/nic0/qp1"] * 3, "stage": ["w"] * 3, "name": ["w"] * 3})
+    path = write_trace(tmp_path / "l.pftrace", ev, compress=False)
+    descs = [pb.TracePacket.FromString(raw) for _o, raw in iter_frames(path.read_bytes(), "t")]
+    descs = [p for p in descs if p.HasField("track_descriptor") and p.track_descriptor.name == "qp1"]
+    first = descs[0].track_descriptor
+    for extra in descs[1:]:
+        d = extra.track_descriptor
+        node = Node(d.name, d.uuid, first.parent_uuid, "", first.sibling_order_rank)
+        assert extra == descriptor(node, has_children=False)

@@ -41,7 +41,7 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_state import Interner, Sink, running_delta, sequence_start
+from tracekit.io.perfetto_state import Interner, Sink, running_delta, sequence_start_bytes
 from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor, implied_rank,
                                          natural_key, walk)
 
@@ -170,6 +170,7 @@ class _Group:
         self.implied = {k: np.array([v[k] for v in implied_values], np.int64) for k in ("rank", "channel", "qp")}
         self.res_nodes = [self.nodes[p] for p in self.paths]
         self.counter_parents: set[int] = set()
+        self._lane_templates: dict[int, bytes] = {}
 
     def _resource_ids(self, col: Any) -> np.ndarray:
         return np.asarray(pc.index_in(col, value_set=self.value_set).to_numpy(zero_copy_only=False), np.int64)
@@ -214,15 +215,29 @@ class _Group:
         seqs = np.zeros(lanes.num_lanes, np.uint64)
         seqs[:old] = lane_seq
         for lane in range(old, lanes.num_lanes):
-            node = self.res_nodes[int(lanes.lane_res[lane])]
+            r = int(lanes.lane_res[lane])
+            node = self.res_nodes[r]
             uuid = node.uuid
             if lanes.lane_index[lane]:  # an extra lane: a sibling of the resource's track, same name
-                extra = Node(node.name, self.ids.uuid(), node.parent, node.path, node.rank)
-                self.sink.packet(descriptor(extra, has_children=False))
-                uuid = extra.uuid
+                uuid = self.ids.uuid()
+                self.sink.write(self._lane_descriptor(r, uuid))
             seqs[lane] = self.ids.seq()
-            self.sink.packet(sequence_start(int(seqs[lane]), uuid))
+            self.sink.write(sequence_start_bytes(int(seqs[lane]), uuid))
         return seqs
+
+    def _lane_descriptor(self, r: int, uuid: int) -> bytes:
+        """Framed TrackDescriptor of an extra lane of resource ``r``: the resource's own descriptor
+        (no children) with another uuid. uuid is field 1, serialized first."""
+        body = self._lane_templates.get(r)
+        if body is None:
+            node = self.res_nodes[r]
+            tmpl = Node(node.name, 1, node.parent, node.path, node.rank)
+            body = descriptor(tmpl, has_children=False).track_descriptor.SerializeToString()
+            assert body[:2] == b"\x08\x01"
+            body = self._lane_templates[r] = body[2:]
+        d = b"\x08" + wire.varint_bytes(uuid) + body
+        packet = b"\xe2\x03" + wire.varint_bytes(len(d)) + d
+        return b"\x0a" + wire.varint_bytes(len(packet)) + packet
 
     # -- events -----------------------------------------------------------------------------
     def write_events(self) -> None:
@@ -271,13 +286,15 @@ class _Group:
             elif t[col] is None:
                 continue  # absent column: every row has the default
             elif typ == "str":
+                # cheap test first: a column equal to its default everywhere needs no encoding
+                same = pc.equal(t[col], t["stage"] if default is None else default)
+                if same.null_count == 0 and pc.all(same).as_py():
+                    continue
                 idx, values = it.encode(t[col])
                 if default is None:  # name: written where it differs from the stage
                     sids = it.string_ids(values, capped=True)[idx]
                     present = sids != stage_sid
                 else:
-                    if values == [default]:
-                        continue
                     sids = it.string_ids(values)[idx]
                     present = sids != it.strings.get(default, 0)
                 if not present.any():
@@ -307,7 +324,7 @@ class _Group:
             flow_in=flows["flow_in"][0], flow_in_present=flows["flow_in"][1],
         )
         for p in it.packets(seq, name_iid, strings, ann_bits):
-            self.sink.packet(p)
+            self.sink.write(p)
         data, ends = wire.encode_slices(batch)
         if not inline:
             self.sink.write(data)
@@ -353,7 +370,7 @@ class _Group:
         seqs = np.zeros(len(tracks), np.uint64)
         for k, (node, _unit) in enumerate(tracks):
             seqs[k] = self.ids.seq()
-            self.sink.packet(sequence_start(int(seqs[k]), node.uuid))
+            self.sink.write(sequence_start_bytes(int(seqs[k]), node.uuid))
         lut = np.full((len(self.paths), len(names)), -1, np.int64)
         for (r, cname), k in index.items():
             lut[r, names.index(cname)] = k

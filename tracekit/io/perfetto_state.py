@@ -55,9 +55,6 @@ class Sink:
         if not data:
             return
         self.bytes_in += len(data)
-        if not self.compress:
-            self.f.write(data)
-            return
         self.buf.append(data)
         self.size += len(data)
         if self.size >= self.chunk_bytes:
@@ -71,17 +68,20 @@ class Sink:
             return
         raw = b"".join(self.buf)
         self.buf, self.size = [], 0
+        if not self.compress:
+            self.f.write(raw)
+            return
         self.pending.append(self.pool.submit(wire.compressed_frame, raw, self.level))
         while len(self.pending) > self.max_pending:
             self.f.write(self.pending.popleft().result())
 
     def close(self) -> None:
-        if self.compress:
-            try:
-                self._flush_chunk()
-                while self.pending:
-                    self.f.write(self.pending.popleft().result())
-            finally:
+        try:
+            self._flush_chunk()
+            while self.pending:
+                self.f.write(self.pending.popleft().result())
+        finally:
+            if self.pool is not None:
                 self.pool.shutdown()
 
 
@@ -129,6 +129,7 @@ class Interner:
         self.seen_strings = np.zeros((64, _DENSE), np.bool_)
         self.seq_bits = np.zeros(64, np.int64)
         self.sparse: set[tuple[int, int, int]] = set()
+        self._entries: dict[tuple[int, int], bytes] = {}
 
     def _grow(self, seq_max: int) -> None:
         rows = self.seq_bits.shape[0]
@@ -176,8 +177,8 @@ class Interner:
         return self._ids(values, self.strings, self.strings_by_iid, self.max_strings if capped else None)
 
     def packets(self, seq: np.ndarray, name_iid: np.ndarray, strings: list[tuple[np.ndarray, np.ndarray]],
-                ann_bits: np.ndarray) -> list[pb.TracePacket]:
-        """Interned-data packets defining, on each sequence, what these rows use that the sequence
+                ann_bits: np.ndarray) -> list[bytes]:
+        """Framed interned-data packets defining, on each sequence, what these rows use that the sequence
         has not seen yet. ``strings``: (ids, present) pairs; ``ann_bits``: each row's bitmask of
         annotation names."""
         n = seq.shape[0]
@@ -206,26 +207,45 @@ class Interner:
             new_bits[int(seq64[i])] |= int(bits[i])
         out = []
         for s in sorted(set(new) | set(new_bits)):
-            p = pb.TracePacket()
-            p.trusted_packet_sequence_id = s
-            idata = p.interned_data
-            for table, iid in sorted(new.get(s, [])):
-                if table == 0:
-                    e = idata.event_names.add()
-                    e.iid = iid
-                    e.name = self.names_by_iid[iid]
-                else:
-                    e = idata.debug_annotation_string_values.add()
-                    e.iid = iid
-                    e.str = self.strings_by_iid[iid].encode()
+            entries = sorted(new.get(s, []))
             b = new_bits.get(s, 0)
-            for k, name in enumerate(self.annotation_names):
-                if b >> k & 1:
-                    e = idata.debug_annotation_names.add()
-                    e.iid = k + 1
-                    e.name = name
-            out.append(p)
+            names = [self._entry(0, iid) for table, iid in entries if table == 0]
+            anns = [self._entry(2, k + 1) for k in range(len(self.annotation_names)) if b >> k & 1]
+            strs = [self._entry(1, iid) for table, iid in entries if table == 1]
+            out.append(interned_packet(s, names + anns + strs))
         return out
+
+    def _entry(self, table: int, iid: int) -> bytes:
+        """One serialized InternedData entry: event_names (2), debug_annotation_string_values (29)
+        or debug_annotation_names (3), field tag included."""
+        key = (table, iid)
+        e = self._entries.get(key)
+        if e is None:
+            if table == 0:
+                tag, text = b"\x12", self.names_by_iid[iid].encode()
+            elif table == 1:
+                tag, text = b"\xea\x01", self.strings_by_iid[iid].encode()
+            else:
+                tag, text = b"\x1a", self.annotation_names[iid - 1].encode()
+            body = b"\x08" + wire.varint_bytes(iid) + b"\x12" + wire.varint_bytes(len(text)) + text
+            e = self._entries[key] = tag + wire.varint_bytes(len(body)) + body
+        return e
+
+
+def interned_packet(seq: int, entries: list[bytes]) -> bytes:
+    """A framed ``TracePacket{trusted_packet_sequence_id, interned_data{entries}}``; entries
+    ordered as the serializer orders them (event names, annotation names, string values)."""
+    data = b"".join(entries)
+    body = b"\x50" + wire.varint_bytes(seq) + b"\x62" + wire.varint_bytes(len(data)) + data
+    return b"\x0a" + wire.varint_bytes(len(body)) + body
+
+
+def sequence_start_bytes(seq: int, track_uuid: int) -> bytes:
+    """:func:`sequence_start` framed, built by hand (the same bytes; many lanes start sequences)."""
+    t = b"\x58" + wire.varint_bytes(track_uuid)
+    d = b"\x5a" + wire.varint_bytes(len(t)) + t + b"\xd0\x03" + wire.varint_bytes(CLOCK_ID)
+    body = (_SNAPSHOT + b"\x50" + wire.varint_bytes(seq) + b"\x68\x01" + b"\xda\x03" + wire.varint_bytes(len(d)) + d)
+    return b"\x0a" + wire.varint_bytes(len(body)) + body
 
 
 def sequence_start(seq: int, track_uuid: int) -> pb.TracePacket:
@@ -255,3 +275,7 @@ def running_delta(key, ts, last, out):  # pragma: no cover - compiled
         k = key[i]
         out[i] = ts[i] - last[k]
         last[k] = ts[i]
+
+
+#: The clock snapshot field of every sequence start (the same for all sequences).
+_SNAPSHOT = sequence_start(1, 1).SerializeToString().split(b"\x50\x01\x68\x01", 1)[0]

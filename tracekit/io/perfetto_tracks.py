@@ -12,6 +12,7 @@ name, which the UI draws merged into the same row group.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ _SPLIT = re.compile(r"(\d+)")
 _RANK = re.compile(r"^rank(\d+)$")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def natural_key(name: str) -> tuple:
     """Sort key: known kinds in domain order, then by name with digit runs compared as numbers
     (``rank2`` before ``rank10``)."""

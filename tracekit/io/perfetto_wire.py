@@ -76,7 +76,7 @@ def _put64(buf, pos, v):  # pragma: no cover - compiled
     return pos + 8
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
                    fo, fo_p, fi, fi_p, buf, row_end):  # pragma: no cover - compiled
     pos = 0
@@ -146,7 +146,7 @@ def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, a
     return pos
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _encode_counters(seq, delta, value, as_int, buf):  # pragma: no cover - compiled
     pos = 0
     for i in range(seq.shape[0]):
