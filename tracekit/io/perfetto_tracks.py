@@ -22,8 +22,8 @@ import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 #: Segment prefixes in the order siblings are shown; anything else follows, by name.
-ORDER = ["node", "switch", "spine", "rank", "stream", "sm", "ch", "nvlink", "nic", "qp", "tx", "rx",
-         "cq", "pcie", "hbm", "cpu", "proxy", "port"]
+ORDER = ["node", "switch", "leaf", "spine", "rank", "stream", "annotations", "sm", "ch", "a", "b", "nvlink", "to",
+         "nic", "qp", "sq", "tx", "rx", "cq", "pcie", "rd", "wr", "hbm", "cpu", "proxy", "port", "up"]
 
 #: What a track of each kind shows (the UI displays it as the track's description).
 DESCRIPTIONS = {
@@ -43,8 +43,14 @@ DESCRIPTIONS = {
     "cpu": "host CPU",
     "proxy": "CPU proxy thread that posts work requests when the GPU cannot (no IBGDA)",
     "switch": "network switch",
+    "leaf": "leaf switch",
     "spine": "spine switch",
     "port": "switch egress port: queueing, ECN marks, PFC pauses",
+    "up": "leaf uplink to a spine",
+    "to": "NVLink path to one peer GPU",
+    "rd": "PCIe reads (NIC fetching from GPU memory)",
+    "wr": "PCIe writes (NIC writing into GPU memory)",
+    "annotations": "user annotations (torch.profiler record_function scopes)",
 }
 
 _SPLIT = re.compile(r"(\d+)")
