@@ -32,6 +32,7 @@ def task_graphs(draw):
         hold=[draw(st.booleans()) for _ in range(n)],
         align=[draw(st.sampled_from([0, 0, 0, 7, 20])) for _ in range(n)],
         release=[draw(st.integers(0, 30)) for _ in range(n)],
+        **({"order_key": [draw(st.integers(0, 5)) for _ in range(n)]} if draw(st.booleans()) else {}),
     )
     m = draw(st.integers(0, 3 * n))
     src, dst, lag = [], [], []
@@ -87,6 +88,15 @@ def test_hold_blocks_the_server():
     assert s.start[first[0]] == 0
     assert s.seize[blocked[0]] == 10 and s.start[blocked[0]] == 50  # holds the port while paused
     assert s.start[behind[0]] == 60  # head-of-line blocked behind it
+
+
+def test_delayed_release_of_credits():
+    g = TaskGraph()
+    ring = g.pool("ring", 1, "credit")
+    a = g.add_tasks(1, dur=10, pool=ring, amount=1, rel_pool=ring, rel_amount=1, rel_lag=25)
+    b = g.add_tasks(1, dur=10, pool=ring, amount=1)
+    s = run(g)
+    assert s.start[b[0]] == 35 and s.binder[b[0]] == a[0] and s.bind_kind[b[0]] == BindKind.POOL
 
 
 def test_alignment_to_poll_period():

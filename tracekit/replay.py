@@ -80,8 +80,8 @@ def replay(
                 on_phase(built.phase, step, layer)
     summary = summarise(phases, routing, hw, cfg)
     return ReplayResult(
-        events=pl.concat(events, how="vertical").sort("ts_ns", "resource", maintain_order=True),
-        counters=pl.concat(counters, how="vertical").sort("ts_ns", "resource", "counter", maintain_order=True),
+        events=pl.concat(events, how="vertical"),  # phases follow each other; each is sorted by time
+        counters=pl.concat(counters, how="vertical"),
         summary=summary,
         phases=phases,
     )

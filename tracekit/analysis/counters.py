@@ -1,6 +1,13 @@
-"""Counter series of one phase: credits and queue entries in use, queue depths, link utilisation."""
+"""Counter series of one phase: credits and queue entries in use, queue depths, link utilisation.
+
+Pools are aggregated to the level a user reads: ring credits per (rank, ring kind), send/completion
+queue entries per rank's NIC, switch buffers per port. String work happens once per name, never per
+row.
+"""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import polars as pl
@@ -15,16 +22,21 @@ _POOL_COUNTER = {
     "switch_buffer": ("queue_bytes", "B"),
 }
 #: resource kinds whose queue depth and utilisation are recorded
-_LINK_KINDS = ("nvlink", "nic0", "pcie", "switch", "leaf", "spine", "hbm")
+_LINK = re.compile(r"/(nvlink|nic0|pcie|hbm)(/|$)|^(switch|leaf|spine)")
+_RANK = re.compile(r"rank(\d+)/")
+_SCHEMA = {"ts_ns": pl.Int64, "resource": pl.String, "counter": pl.String, "value": pl.Float64, "rank": pl.Int32,
+           "unit": pl.String}
 
 
-def _owner_rank(names: pl.Series) -> pl.Series:
-    return names.str.extract(r"rank(\d+)/", 1).cast(pl.Int32).fill_null(-1)
+def owner_rank(name: str) -> int:
+    m = _RANK.search(name)
+    return int(m.group(1)) if m else -1
 
 
 def _steps(ts: np.ndarray, key: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Running sums of ``delta`` per ``key`` in time order; one value per (key, ts) (the last)."""
-    order = np.lexsort((ts, key))
+    span = int(ts.max()) + 1 if ts.size else 1
+    order = np.argsort(key.astype(np.int64) * span + ts, kind="stable")
     ts, key, delta = ts[order], key[order], delta[order]
     total = np.cumsum(delta)
     start = np.r_[True, key[1:] != key[:-1]]
@@ -35,76 +47,99 @@ def _steps(ts: np.ndarray, key: np.ndarray, delta: np.ndarray) -> tuple[np.ndarr
     return ts[last], key[last], value[last]
 
 
+def _frame(ts, key, value, names: list[str], counter: list[str], unit: list[str], t0: int) -> pl.DataFrame:
+    """Rows from codes into small per-series tables of name, counter, unit and rank."""
+    ranks = np.array([owner_rank(n) for n in names], dtype=np.int32)
+    return pl.DataFrame({
+        "ts_ns": ts + t0,
+        "resource": pl.Series(names, dtype=pl.String).gather(key),
+        "counter": pl.Series(counter, dtype=pl.String).gather(key),
+        "value": value.astype(np.float64),
+        "rank": ranks[key],
+        "unit": pl.Series(unit, dtype=pl.String).gather(key),
+    }, schema=_SCHEMA)
+
+
+def _pool_series(built: Built) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Map each pool to an aggregated series: (series id per pool, series names, counters, units)."""
+    g = built.graph
+    series: dict[str, int] = {}
+    names, counters, units = [], [], []
+    ids = np.empty(len(g.pool_names), np.int64)
+    for i, (name, cause) in enumerate(zip(g.pool_names, g.pool_cause)):
+        if cause == "switch_buffer":
+            label = name.rsplit("/", 1)[0]
+        else:
+            # node0/rank3/rdma_ring/ch2/from5 -> node0/rank3/rdma_ring ; node0/rank3/nic0/sq/ch1/node2 -> .../nic0
+            parts = name.split("/")
+            label = "/".join(parts[:3]) if cause == "credit" else "/".join(parts[:3])
+        counter, unit = _POOL_COUNTER[cause]
+        if cause == "credit":
+            counter = f"{parts[2]}_credits_in_use"
+        key = f"{label}|{counter}"
+        if key not in series:
+            series[key] = len(names)
+            names.append(label)
+            counters.append(counter)
+            units.append(unit)
+        ids[i] = series[key]
+    return ids, names, counters, units
+
+
 def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFrame:
     g = built.graph
-    f = g.freeze()
     frames = []
-    # pools: units in use
-    pool, amount = f["pool"], f["amount"]
-    rel, rel_amount = f["rel_pool"], f["rel_amount"]
+    pool, amount = g.column("pool"), g.column("amount")
+    rel, rel_amount, rel_lag = g.column("rel_pool"), g.column("rel_amount"), g.column("rel_lag")
     take = np.flatnonzero((pool >= 0) & (sched.grant >= 0))
     give = np.flatnonzero((rel >= 0) & (sched.finish >= 0))
     if take.size or give.size:
-        ts = np.r_[sched.grant[take], sched.finish[give]]
-        key = np.r_[pool[take], rel[give]].astype(np.int64)
+        series, names, counters, units = _pool_series(built)
+        ts = np.r_[sched.grant[take], sched.finish[give] + rel_lag[give]]
+        key = series[np.r_[pool[take], rel[give]]]
         delta = np.r_[amount[take], -rel_amount[give]].astype(np.int64)
         ts, key, value = _steps(ts, key, delta)
-        names = pl.Series(g.pool_names, dtype=pl.String)
-        cause = np.asarray(g.pool_cause, dtype=object)[key]
-        counter = np.array([_POOL_COUNTER[c][0] for c in g.pool_cause], dtype=object)[key]
-        unit = np.array([_POOL_COUNTER[c][1] for c in g.pool_cause], dtype=object)[key]
-        res = names.gather(key)
-        del cause
-        frames.append(pl.DataFrame({
-            "ts_ns": ts + t0, "resource": res, "counter": pl.Series(counter.astype(str)),
-            "value": value.astype(np.float64), "rank": _owner_rank(res),
-            "unit": pl.Series(unit.astype(str)),
-        }))
-    # link-like resources: queue depth and utilisation
-    res = f["res"]
-    names = np.asarray(g.res_names, dtype=object)
-    link = np.array([any(k in n for k in _LINK_KINDS) for n in g.res_names], dtype=bool)
+        frames.append(_frame(ts, key, value, names, counters, units, t0))
+    res = g.column("res")
+    link = np.array([bool(_LINK.search(n)) for n in g.res_names], dtype=bool)
     tasks = np.flatnonzero((res >= 0) & (sched.start >= 0))
     tasks = tasks[link[res[tasks]]]
     if tasks.size:
-        enq = np.where(f["hold"][tasks], sched.ready[tasks], sched.grant[tasks])
+        nres = len(g.res_names)
+        hold = g.column("hold")[tasks]
+        enq = np.where(hold, sched.ready[tasks], sched.grant[tasks])
         ts = np.r_[enq, sched.seize[tasks]]
         key = np.r_[res[tasks], res[tasks]].astype(np.int64)
         delta = np.r_[np.ones(tasks.size, np.int64), -np.ones(tasks.size, np.int64)]
         ts, key, value = _steps(ts, key, delta)
-        rn = pl.Series(names[key].astype(str))
-        frames.append(pl.DataFrame({
-            "ts_ns": ts + t0, "resource": rn, "counter": pl.Series(["queue_depth"] * ts.size),
-            "value": value.astype(np.float64), "rank": _owner_rank(rn), "unit": pl.Series(["entries"] * ts.size),
-        }))
+        frames.append(_frame(ts, key, value, g.res_names, ["queue_depth"] * nres, ["entries"] * nres, t0))
         # utilisation in bins: busy time of each resource per bin / bin width
         span = max(int(sched.finish.max()), 1)
         width = max(1000, -(-span // 100))
-        edges = np.arange(0, span + width, width)
+        nbins = -(-span // width) + 1
         s, e = sched.start[tasks], sched.finish[tasks]
-        rkey = res[tasks].astype(np.int64)
-        out_ts, out_key, out_val = [], [], []
-        order = np.argsort(rkey, kind="stable")
-        rkey, s, e = rkey[order], s[order], e[order]
-        bounds = np.flatnonzero(np.r_[True, rkey[1:] != rkey[:-1], True])
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            ss, ee = np.sort(s[lo:hi]), np.sort(e[lo:hi])
-            cs, ce = np.r_[0, np.cumsum(ss)], np.r_[0, np.cumsum(ee)]
-            ks = np.searchsorted(ss, edges, side="right")
-            ke = np.searchsorted(ee, edges, side="right")
-            cum = (edges * ks - cs[ks]) - (edges * ke - ce[ke])  # busy time before each edge
-            busy = np.diff(cum) / width / g.res_servers[int(rkey[lo])]
-            keep = np.r_[True, busy[1:] != busy[:-1]]
-            out_ts.append(edges[:-1][keep])
-            out_key.append(np.full(int(keep.sum()), rkey[lo]))
-            out_val.append(busy[keep])
-        ts = np.concatenate(out_ts)
-        rn = pl.Series(names[np.concatenate(out_key)].astype(str))
-        frames.append(pl.DataFrame({
-            "ts_ns": ts + t0, "resource": rn, "counter": pl.Series(["utilisation"] * ts.size),
-            "value": np.round(np.concatenate(out_val), 6), "rank": _owner_rank(rn), "unit": pl.Series(["1"] * ts.size),
-        }))
+        r = res[tasks].astype(np.int64)
+        b0, b1 = s // width, np.maximum(e - 1, s) // width
+        busy = np.zeros(nres * nbins, np.float64)
+        one = b0 == b1
+        np.add.at(busy, r[one] * nbins + b0[one], (e - s)[one])
+        many = np.flatnonzero(~one)
+        if many.size:  # tasks crossing bin edges: first bin, last bin, and full bins between
+            np.add.at(busy, r[many] * nbins + b0[many], (b0[many] + 1) * width - s[many])
+            np.add.at(busy, r[many] * nbins + b1[many], e[many] - b1[many] * width)
+            full = b1[many] - b0[many] - 1
+            if full.sum():
+                rr = np.repeat(r[many], full)
+                bb = np.repeat(b0[many] + 1, full) + (np.arange(full.sum()) - np.repeat(np.cumsum(full) - full, full))
+                np.add.at(busy, rr * nbins + bb, width)
+        busy = busy.reshape(nres, nbins) / width / np.asarray(g.res_servers, np.float64)[:, None]
+        used = np.unique(r)
+        grid = np.round(busy[used], 6)
+        change = np.ones_like(grid, dtype=bool)
+        change[:, 1:] = grid[:, 1:] != grid[:, :-1]
+        ri, bi = np.nonzero(change)
+        frames.append(_frame(bi * width, used[ri], grid[ri, bi], g.res_names, ["utilisation"] * nres, ["1"] * nres, t0))
     if not frames:
-        return pl.DataFrame(schema={"ts_ns": pl.Int64, "resource": pl.String, "counter": pl.String,
-                                    "value": pl.Float64, "rank": pl.Int32, "unit": pl.String})
-    return pl.concat(frames, how="vertical_relaxed")
+        return pl.DataFrame(schema=_SCHEMA)
+    out = pl.concat(frames, how="vertical")
+    return out.sort("ts_ns", maintain_order=True)

@@ -171,7 +171,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     }
     path, stages = _critical_path(built, sched, last)
     # utilisation of every resource over the phase's data window
-    res = f["res"]
+    res = g.column("res")
     busy = np.bincount(res[res >= 0], weights=(sched.finish - sched.start)[res >= 0], minlength=len(g.res_names))
     busy = busy / np.asarray(g.res_servers, dtype=np.float64)
     util = busy / max(latency, 1)
@@ -186,7 +186,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         "busiest_utilisation": round(float(util[top]), 4),
     }
     # stalls by cause
-    pool = f["pool"]
+    pool = g.column("pool")
     has = (pool >= 0) & (sched.stall > 0)
     causes = np.asarray(g.pool_cause, dtype=object)
     stalls: dict[str, int] = {c: 0 for c in ("credit", "send_queue", "cq", "switch_buffer")}
@@ -237,27 +237,29 @@ _VIRTUAL = {
 }
 
 
-def _resource_names(built: Built) -> pl.Series:
-    """The resource path of every task; tasks without a resource get a per-rank virtual track."""
+def _resource_names(built: Built, idx: np.ndarray) -> pl.Series:
+    """Resource paths of tasks ``idx``; tasks without a resource get a per-rank virtual track. Strings
+    are built once per distinct track, then gathered."""
     g = built.graph
-    f = g.freeze()
-    res = f["res"]
-    stage = g.attr("stage")
-    rank = g.attr("rank")
-    qp = g.attr("qp")
-    names = pl.Series(g.res_names + [""], dtype=pl.String)
-    out = names.gather(np.where(res >= 0, res, len(g.res_names))).to_numpy().astype(object)
+    res = g.column("res")[idx]
+    names = list(g.res_names)
+    codes = res.copy()
     missing = np.flatnonzero(res < 0)
     if missing.size:
-        prefix = np.asarray(built.cluster.prefix + ["fabric"], dtype=object)
-        st = stage[missing]
-        pre = prefix[np.where(rank[missing] >= 0, rank[missing], len(built.cluster.prefix))]
-        tail = np.array([_VIRTUAL.get(STAGES[int(s)], STAGES[int(s)]) for s in range(len(STAGES))], dtype=object)[st]
-        has_qp = np.char.find(tail.astype(str), "{qp}") >= 0
-        qp_txt = qp[missing].astype(str)
-        tail = np.where(has_qp, np.char.replace(tail.astype(str), "{qp}", qp_txt), tail.astype(str))
-        out[missing] = np.char.add(np.char.add(pre.astype(str), "/"), tail)
-    return pl.Series(out.astype(str), dtype=pl.String)
+        stage = g.attr("stage")[idx][missing].astype(np.int64)
+        rank = g.attr("rank")[idx][missing].astype(np.int64)
+        qp = g.attr("qp")[idx][missing].astype(np.int64)
+        uses_qp = np.array(["{qp}" in _VIRTUAL.get(s, "") for s in STAGES])[stage]
+        qp = np.where(uses_qp, qp, -1)
+        key = np.stack([rank, stage, qp], axis=1)
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        prefix = built.cluster.prefix
+        for r, s, q in uniq:
+            pre = prefix[r] if r >= 0 else "fabric"
+            tail = _VIRTUAL.get(STAGES[s], STAGES[s]).replace("{qp}", str(q))
+            names.append(f"{pre}/{tail}")
+        codes[missing] = len(g.res_names) + inv.reshape(-1)
+    return pl.Series(names, dtype=pl.String).gather(codes)
 
 
 def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing, result: PhaseResult, *,
@@ -291,11 +293,12 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
         flow_in[b] = new
         nid += a.size
     idx = np.flatnonzero(rec)
-    pool = f["pool"]
+    idx = idx[np.argsort(sched.start[idx], kind="stable")]
+    pool = g.column("pool")
     causes = pl.Series(g.pool_cause + [""], dtype=pl.String)
     stall = sched.stall[idx]
     cause = causes.gather(np.where((pool[idx] >= 0) & (stall > 0), pool[idx], len(g.pool_cause)))
-    names = _resource_names(built).gather(idx)
+    names = _resource_names(built, idx)
     stage_names = pl.Series(STAGES, dtype=pl.String).gather(stage[idx])
 
     def attr(name: str, default: int = -1) -> np.ndarray:
@@ -329,6 +332,7 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
     })
     if built.phase == "dispatch":
         events = pl.concat([events, _expert_queue(built, sched, routing, result, t0)], how="vertical_relaxed")
+        events = events.sort("ts_ns", maintain_order=True)
     counters = phase_counters(built, sched, t0, result)
     ids["flow"] = nid
     ids["msg"] = msg_base + int(max(g.attr("msg_id").max(initial=-1), -1)) + 1

@@ -14,7 +14,8 @@ from tracekit.engine.graph import Schedule, TaskGraph
 from tracekit.errors import TracekitError
 
 FINISH = 0
-READY = 1
+RELEASE = 1
+READY = 2
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 
@@ -29,10 +30,10 @@ def _less(ta, ka, tb, kb):
 
 @njit(cache=True)
 def _push(h, size, t, k):
-    """Binary heap of (time, key) pairs stored interleaved in ``h`` for locality."""
+    """4-ary heap of (time, key) pairs stored interleaved in ``h`` (children of i: 4i+1 .. 4i+4)."""
     i = size
     while i > 0:
-        parent = (i - 1) >> 1
+        parent = (i - 1) >> 2
         pt = h[2 * parent]
         pk = h[2 * parent + 1]
         if _less(t, k, pt, pk):
@@ -55,17 +56,24 @@ def _pop(h, size):
     k = h[2 * size + 1]
     i = 0
     while True:
-        left = 2 * i + 1
-        if left >= size:
+        c = 4 * i + 1
+        if c >= size:
             break
-        small = left
-        right = left + 1
-        if right < size and _less(h[2 * right], h[2 * right + 1], h[2 * left], h[2 * left + 1]):
-            small = right
-        if _less(h[2 * small], h[2 * small + 1], t, k):
-            h[2 * i] = h[2 * small]
-            h[2 * i + 1] = h[2 * small + 1]
-            i = small
+        best = c
+        bt = h[2 * c]
+        bk = h[2 * c + 1]
+        last = min(c + 4, size)
+        for j in range(c + 1, last):
+            jt = h[2 * j]
+            jk = h[2 * j + 1]
+            if jt < bt or (jt == bt and jk < bk):
+                best = j
+                bt = jt
+                bk = jk
+        if bt < t or (bt == t and bk < k):
+            h[2 * i] = bt
+            h[2 * i + 1] = bk
+            i = best
         else:
             break
     h[2 * i] = t
@@ -73,43 +81,34 @@ def _pop(h, size):
     return t0, k0, size
 
 
-@njit(cache=True)
-def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
-            succ_ptr, succ, succ_lag, npred_in, res_servers, pool_capacity):
-    n = res.shape[0]
-    ready = np.full(n, -1, np.int64)
-    seize = np.full(n, -1, np.int64)
-    grant = np.full(n, -1, np.int64)
-    stall = np.zeros(n, np.int64)
-    start = np.full(n, -1, np.int64)
-    finish = np.full(n, -1, np.int64)
-    binder = np.full(n, -1, np.int64)
-    bind_kind = np.zeros(n, np.int64)
-    crit = np.full(n, -1, np.int64)
-    ready_at = release.copy()
-    npred = npred_in.copy()
-    q_enter = np.zeros(n, np.int64)
-    p_req = np.zeros(n, np.int64)
+# columns of the static task table S and the dynamic state table D (array-of-structs: one or two
+# cache lines per task, because the event loop touches tasks in time order, not id order)
+_RES, _DUR, _POOL, _AMOUNT, _HOLD, _RELPOOL, _RELAMT, _RELLAG, _ALIGN = range(9)
+_S_COLS = 9
+(_READYT, _SEIZE, _GRANTT, _STALL, _STARTT, _FINISHT, _BINDER, _BKIND, _CRIT, _READY_AT, _NPRED, _QENTER, _PREQ,
+ _QNEXT, _PNEXT) = range(15)
+_D_COLS = 16
 
+
+@njit(cache=True)
+def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity):
+    n = S.shape[0]
     nres = res_servers.shape[0]
     busy = np.zeros(nres, np.int64)
     qhead = np.full(nres, -1, np.int64)
     qtail = np.full(nres, -1, np.int64)
-    qnext = np.full(n, -1, np.int64)
     npool = pool_capacity.shape[0]
     avail = pool_capacity.copy()
     phead = np.full(npool, -1, np.int64)
     ptail = np.full(npool, -1, np.int64)
-    pnext = np.full(n, -1, np.int64)
 
     # Sources enter lazily, in (release, id) order, merged with the heap: the heap stays small.
-    src = np.flatnonzero(npred == 0)
-    src = src[np.argsort(release[src], kind="stable")]
+    src = np.flatnonzero(D[:, _NPRED] == 0)
+    src = src[np.argsort(release[src], kind="mergesort")]
     nsrc = src.shape[0]
     si = 0
-    h = np.empty(2 * (2 * n + 2), np.int64)
+    h = np.empty(2 * (3 * n + 2), np.int64)
     size = 0
-
     ws_code = np.empty(2 * n + 64, np.int64)
     ws_arg = np.empty(2 * n + 64, np.int64)
     ws_aux = np.empty(2 * n + 64, np.int64)
@@ -127,41 +126,51 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
         task = key & _MASK
         top = 0
         if kind == READY:
-            ready[task] = now
-            if crit[task] >= 0:
-                binder[task] = crit[task]
-                bind_kind[task] = 1
-            if pool[task] >= 0 and not hold[task]:
+            D[task, _READYT] = now
+            if D[task, _CRIT] >= 0:
+                D[task, _BINDER] = D[task, _CRIT]
+                D[task, _BKIND] = 1
+            if S[task, _POOL] >= 0 and S[task, _HOLD] == 0:
                 ws_code[top] = _REQ
             else:
                 ws_code[top] = _ENQ
             ws_arg[top] = task
             top += 1
+        elif kind == RELEASE:
+            p = S[task, _RELPOOL]
+            avail[p] += S[task, _RELAMT]
+            ws_code[top] = _GRANT
+            ws_arg[top] = p
+            ws_aux[top] = task
+            top += 1
         else:
-            r = res[task]
+            r = S[task, _RES]
             if r >= 0:
                 busy[r] -= 1
                 ws_code[top] = _TRY
                 ws_arg[top] = r
                 ws_aux[top] = task
                 top += 1
-            p = rel_pool[task]
+            p = S[task, _RELPOOL]
             if p >= 0:
-                avail[p] += rel_amount[task]
-                ws_code[top] = _GRANT
-                ws_arg[top] = p
-                ws_aux[top] = task
-                top += 1
+                if S[task, _RELLAG] > 0:
+                    size = _push(h, size, now + S[task, _RELLAG], (RELEASE << _SHIFT) | task)
+                else:
+                    avail[p] += S[task, _RELAMT]
+                    ws_code[top] = _GRANT
+                    ws_arg[top] = p
+                    ws_aux[top] = task
+                    top += 1
         while top > 0:
             top -= 1
             code = ws_code[top]
             t = ws_arg[top]
             aux = ws_aux[top]
             if code == _ENQ:
-                q_enter[t] = now
-                r = res[t]
+                D[t, _QENTER] = now
+                r = S[t, _RES]
                 if r < 0:
-                    seize[t] = now
+                    D[t, _SEIZE] = now
                     ws_code[top] = _AFTER_SEIZE
                     ws_arg[top] = t
                     top += 1
@@ -169,7 +178,7 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                     if qtail[r] < 0:
                         qhead[r] = t
                     else:
-                        qnext[qtail[r]] = t
+                        D[qtail[r], _QNEXT] = t
                     qtail[r] = t
                     ws_code[top] = _TRY
                     ws_arg[top] = r
@@ -180,14 +189,14 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                 nb = 0
                 while busy[r] < res_servers[r] and qhead[r] >= 0:
                     u = qhead[r]
-                    qhead[r] = qnext[u]
+                    qhead[r] = D[u, _QNEXT]
                     if qhead[r] < 0:
                         qtail[r] = -1
                     busy[r] += 1
-                    seize[u] = now
-                    if aux >= 0 and now > q_enter[u]:
-                        binder[u] = aux
-                        bind_kind[u] = 2
+                    D[u, _SEIZE] = now
+                    if aux >= 0 and now > D[u, _QENTER]:
+                        D[u, _BINDER] = aux
+                        D[u, _BKIND] = 2
                     batch[nb] = u
                     nb += 1
                 for j in range(nb - 1, -1, -1):
@@ -195,15 +204,15 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                     ws_arg[top] = batch[j]
                     top += 1
             elif code == _AFTER_SEIZE:
-                ws_code[top] = _REQ if (pool[t] >= 0 and hold[t]) else _START
+                ws_code[top] = _REQ if (S[t, _POOL] >= 0 and S[t, _HOLD] != 0) else _START
                 ws_arg[top] = t
                 top += 1
             elif code == _REQ:
-                p_req[t] = now
-                p = pool[t]
-                if phead[p] < 0 and avail[p] >= amount[t]:
-                    avail[p] -= amount[t]
-                    grant[t] = now
+                D[t, _PREQ] = now
+                p = S[t, _POOL]
+                if phead[p] < 0 and avail[p] >= S[t, _AMOUNT]:
+                    avail[p] -= S[t, _AMOUNT]
+                    D[t, _GRANTT] = now
                     ws_code[top] = _GRANTED
                     ws_arg[top] = t
                     top += 1
@@ -211,26 +220,26 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                     if ptail[p] < 0:
                         phead[p] = t
                     else:
-                        pnext[ptail[p]] = t
+                        D[ptail[p], _PNEXT] = t
                     ptail[p] = t
             elif code == _GRANTED:
-                ws_code[top] = _START if hold[t] else _ENQ
+                ws_code[top] = _START if S[t, _HOLD] != 0 else _ENQ
                 ws_arg[top] = t
                 top += 1
             elif code == _GRANT:
                 p = t
                 nb = 0
-                while phead[p] >= 0 and avail[p] >= amount[phead[p]]:
+                while phead[p] >= 0 and avail[p] >= S[phead[p], _AMOUNT]:
                     u = phead[p]
-                    phead[p] = pnext[u]
+                    phead[p] = D[u, _PNEXT]
                     if phead[p] < 0:
                         ptail[p] = -1
-                    avail[p] -= amount[u]
-                    grant[u] = now
-                    stall[u] = now - p_req[u]
-                    if now > p_req[u]:
-                        binder[u] = aux
-                        bind_kind[u] = 3
+                    avail[p] -= S[u, _AMOUNT]
+                    D[u, _GRANTT] = now
+                    D[u, _STALL] = now - D[u, _PREQ]
+                    if now > D[u, _PREQ]:
+                        D[u, _BINDER] = aux
+                        D[u, _BKIND] = 3
                     batch[nb] = u
                     nb += 1
                 for j in range(nb - 1, -1, -1):
@@ -238,27 +247,27 @@ def _kernel(res, dur, pool, amount, hold, rel_pool, rel_amount, align, release,
                     ws_arg[top] = batch[j]
                     top += 1
             else:  # _START
-                s = now
-                a = align[t]
+                st = now
+                a = S[t, _ALIGN]
                 if a > 0:
-                    s = ((now + a - 1) // a) * a
-                if grant[t] < 0:
-                    grant[t] = seize[t] if hold[t] else ready[t]
-                start[t] = s
-                finish[t] = s + dur[t]
-                size = _push(h, size, s + dur[t], (FINISH << _SHIFT) | t)
+                    st = ((now + a - 1) // a) * a
+                if D[t, _GRANTT] < 0:
+                    D[t, _GRANTT] = D[t, _SEIZE] if S[t, _HOLD] != 0 else D[t, _READYT]
+                D[t, _STARTT] = st
+                D[t, _FINISHT] = st + S[t, _DUR]
+                size = _push(h, size, st + S[t, _DUR], (FINISH << _SHIFT) | t)
         if kind == FINISH:
             for e in range(succ_ptr[task], succ_ptr[task + 1]):
                 v = succ[e]
                 arrive = now + succ_lag[e]
-                if crit[v] < 0 or arrive > ready_at[v]:
-                    crit[v] = task
-                    if arrive > ready_at[v]:
-                        ready_at[v] = arrive
-                npred[v] -= 1
-                if npred[v] == 0:
-                    size = _push(h, size, ready_at[v], (READY << _SHIFT) | v)
-    return ready, seize, grant, stall, start, finish, binder, bind_kind, events
+                if D[v, _CRIT] < 0 or arrive > D[v, _READY_AT]:
+                    D[v, _CRIT] = task
+                    if arrive > D[v, _READY_AT]:
+                        D[v, _READY_AT] = arrive
+                D[v, _NPRED] -= 1
+                if D[v, _NPRED] == 0:
+                    size = _push(h, size, D[v, _READY_AT], (READY << _SHIFT) | v)
+    return events
 
 
 def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
@@ -268,10 +277,25 @@ def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
     if graph.num_tasks >= 1 << _SHIFT:
         raise TracekitError(f"{graph.num_tasks} tasks exceed the engine's limit of 2^40",
                             fix="replay fewer steps or layers at once")
-    out = _kernel(g["res"], g["dur"], g["pool"], g["amount"], g["hold"], g["rel_pool"], g["rel_amount"],
-                  g["align"], g["release"], g["succ_ptr"], g["succ"], g["succ_lag"], g["npred"],
-                  g["res_servers"], g["pool_capacity"])
-    sched = Schedule(*out[:8], events=int(out[8]))
+    n = graph.num_tasks
+    S = np.empty((n, _S_COLS), np.int64)
+    for col, name in ((_RES, "res"), (_DUR, "dur"), (_POOL, "pool"), (_AMOUNT, "amount"), (_HOLD, "hold"),
+                      (_RELPOOL, "rel_pool"), (_RELAMT, "rel_amount"), (_RELLAG, "rel_lag"), (_ALIGN, "align")):
+        S[:, col] = g[name]
+    D = np.full((n, _D_COLS), -1, np.int64)
+    D[:, _STALL] = 0
+    D[:, _BKIND] = 0
+    D[:, _READY_AT] = g["release"]
+    D[:, _NPRED] = g["npred"]
+    D[:, _QENTER] = 0
+    D[:, _PREQ] = 0
+    events = _kernel(S, D, g["release"], g["succ_ptr"], g["succ"], g["succ_lag"], g["res_servers"],
+                     g["pool_capacity"])
+    del S
+    cols = [np.ascontiguousarray(D[:, c]) for c in (_READYT, _SEIZE, _GRANTT, _STALL, _STARTT, _FINISHT, _BINDER,
+                                                   _BKIND)]
+    del D
+    sched = Schedule.from_positions(cols, g["perm"], int(events))
     if check and not sched.completed:
         raise deadlock_error(graph, sched)
     return sched
@@ -279,14 +303,15 @@ def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
 
 def deadlock_error(graph: TaskGraph, sched: Schedule) -> TracekitError:
     """Explain the first task that never ran: which pool or predecessor it waited for."""
-    g = graph.freeze()
+    pool = graph.column("pool")
+    amount = graph.column("amount")
     stuck = np.flatnonzero(sched.finish < 0)
-    waiting_pool = stuck[(sched.ready[stuck] >= 0) & (g["pool"][stuck] >= 0)]
+    waiting_pool = stuck[(sched.ready[stuck] >= 0) & (pool[stuck] >= 0)]
     if waiting_pool.size:
         t = int(waiting_pool[0])
-        p = int(g["pool"][t])
+        p = int(pool[t])
         return TracekitError(
-            f"deadlock: {stuck.size} operations never ran; the first waits for {int(g['amount'][t])} units of "
+            f"deadlock: {stuck.size} operations never ran; the first waits for {int(amount[t])} units of "
             f"{graph.pool_names[p]} (capacity {graph.pool_capacity[p]}) that are never returned",
             fix="enlarge that buffer (ring/queue depth) or reduce the chunk size",
         )

@@ -13,8 +13,10 @@ Semantics (shared by the fast kernel and the reference):
 * Service starts at the grant/seize time rounded up to a multiple of ``align`` (if > 0), e.g. a
   completion noticed at the next poll. It ends ``dur`` ns later; then the server is freed, ``rel_amount``
   units are returned to ``rel_pool`` and successors are notified.
-* Ties are broken by (time, event kind, task id): finishes before readies, lower ids first. Runs are
-  deterministic.
+* Ties are broken by (time, event kind, position): finishes, then delayed releases, then readies;
+  lower positions first. A task's position is its rank in the order of the optional ``order_key``
+  attribute (then creation order): models give tasks that run close in time close keys, which keeps
+  the event loop's memory accesses local. Runs are deterministic.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ _TASK_COLS = {
     "hold": (np.bool_, False),
     "rel_pool": (np.int32, NONE),
     "rel_amount": (np.int64, 0),
+    "rel_lag": (np.int64, 0),
     "align": (np.int64, 0),
     "release": (np.int64, 0),
 }
@@ -62,11 +65,13 @@ class TaskGraph:
     pool_cause: list[str] = field(default_factory=list)
     _tasks: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in _TASK_COLS})
     _edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    _attrs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _attrs: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    _attr_cache: dict[str, np.ndarray] = field(default_factory=dict)
     num_tasks: int = 0
     _res_index: dict[str, int] = field(default_factory=dict)
     _pool_index: dict[str, int] = field(default_factory=dict)
     _frozen: dict[str, np.ndarray] | None = None
+    _updates: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     # -- resources and pools -------------------------------------------------------------------
     def resource(self, name: str, servers: int = 1) -> int:
@@ -108,15 +113,19 @@ class TaskGraph:
             self._tasks[name].append(np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy())
         for name, value in cols.items():
             arr = np.asarray(value)
-            if name not in self._attrs:
-                self._attrs[name] = [np.full(self.num_tasks, -1, dtype=arr.dtype if arr.dtype.kind in "iub" else np.int64)]
-            self._attrs[name].append(np.broadcast_to(arr, (n,)).copy())
-        for name in self._attrs:
-            if name not in cols:
-                self._attrs[name].append(np.full(n, -1, dtype=self._attrs[name][0].dtype))
+            self._attrs.setdefault(name, []).append((self.num_tasks, np.broadcast_to(arr, (n,))))
         ids = np.arange(self.num_tasks, self.num_tasks + n, dtype=np.int64)
         self.num_tasks += n
         return ids
+
+    def update(self, ids: np.ndarray, **cols: object) -> None:
+        """Set engine columns of existing tasks (e.g. make a consumer return credits itself)."""
+        if self._frozen is not None:
+            raise RuntimeError("TaskGraph is frozen")
+        ids = np.asarray(ids, np.int64)
+        for name, value in cols.items():
+            dtype = _TASK_COLS[name][0]
+            self._updates.append((name, ids, np.broadcast_to(np.asarray(value, dtype=dtype), ids.shape).copy()))
 
     def add_edges(self, src: np.ndarray, dst: np.ndarray, lag: object = 0) -> None:
         """``dst`` may start only ``lag`` ns after ``src`` finished (arrays of equal length)."""
@@ -131,23 +140,40 @@ class TaskGraph:
 
     # -- frozen view --------------------------------------------------------------------------
     def freeze(self) -> dict[str, np.ndarray]:
-        """Concatenate columns and build the successor CSR (sorted by source, then destination)."""
+        """Concatenate columns into engine order and build the successor CSR.
+
+        The engine works on *positions*: ``perm[position]`` is the task id, ``inv[task id]`` its
+        position. Every array returned is indexed by position; edges are in positions too."""
         if self._frozen is not None:
             return self._frozen
-        out: dict[str, np.ndarray] = {}
+        n = self.num_tasks
+        if "order_key" in self._attrs:
+            perm = np.argsort(self.attr("order_key"), kind="stable").astype(np.int64)
+        else:
+            perm = np.arange(n, dtype=np.int64)
+        inv = np.empty(n, np.int64)
+        inv[perm] = np.arange(n, dtype=np.int64)
+        out: dict[str, np.ndarray] = {"perm": perm, "inv": inv}
         for name, (dtype, _) in _TASK_COLS.items():
             parts = self._tasks[name]
-            out[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
+            col = np.concatenate(parts) if parts else np.zeros(0, dtype)
+            for uname, ids, values in self._updates:
+                if uname == name:
+                    col[ids] = values
+            out[name] = col[perm]
+            self._tasks[name] = []
+        self._updates = []
         if self._edges:
             src = np.concatenate([e[0] for e in self._edges])
             dst = np.concatenate([e[1] for e in self._edges])
             lag = np.concatenate([e[2] for e in self._edges])
         else:
             src = dst = lag = np.zeros(0, np.int64)
-        n = self.num_tasks
+        self._edges = []
         if src.size and (src.min() < 0 or dst.min() < 0 or src.max() >= n or dst.max() >= n):
             raise ValueError("edge refers to a task that does not exist")
-        order = np.lexsort((dst, src))
+        src, dst = inv[src], inv[dst]
+        order = np.argsort(src, kind="stable")  # successor order within a source does not matter
         src, dst, lag = src[order], dst[order], lag[order]
         out["succ_ptr"] = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(src, minlength=n), out=out["succ_ptr"][1:])
@@ -158,7 +184,7 @@ class TaskGraph:
         out["pool_capacity"] = np.asarray(self.pool_capacity, dtype=np.int64)
         bad = np.flatnonzero((out["pool"] >= 0) & (out["amount"] > np.append(out["pool_capacity"], 0)[out["pool"]]))
         if bad.size:
-            t = int(bad[0])
+            t = int(bad[0])  # a position
             p = int(out["pool"][t])
             raise TracekitError(
                 f"a task needs {int(out['amount'][t])} units of {self.pool_names[p]} which holds only "
@@ -168,11 +194,27 @@ class TaskGraph:
         return out
 
     def attr(self, name: str) -> np.ndarray:
-        """A model attribute column (``-1`` where a task did not set it)."""
+        """A model attribute column by task id (``-1`` where a task did not set it)."""
+        if name in self._attr_cache:
+            return self._attr_cache[name]
         parts = self._attrs.get(name)
         if parts is None:
             return np.full(self.num_tasks, -1, dtype=np.int64)
-        return np.concatenate(parts)
+        dtype = np.result_type(*[p.dtype for _, p in parts])
+        if dtype.kind not in "iub":
+            dtype = np.dtype(np.int64)
+        out = np.full(self.num_tasks, -1, dtype=dtype)
+        for start, values in parts:
+            out[start:start + values.shape[0]] = values
+        self._attr_cache[name] = out
+        return out
+
+    def column(self, name: str) -> np.ndarray:
+        """An engine column (res, dur, pool, ...) by task id."""
+        f = self.freeze()
+        out = np.empty_like(f[name])
+        out[f["perm"]] = f[name]
+        return out
 
     @property
     def attr_names(self) -> list[str]:
@@ -198,6 +240,18 @@ class Schedule:
     @property
     def completed(self) -> bool:
         return bool(self.finish.size == 0 or self.finish.min() >= 0)
+
+    @classmethod
+    def from_positions(cls, cols: list[np.ndarray], perm: np.ndarray, events: int) -> "Schedule":
+        """Map engine output (indexed by position, binders as positions) back to task ids."""
+        out = []
+        for i, c in enumerate(cols):
+            a = np.empty_like(c)
+            a[perm] = c
+            if cls.FIELDS[i] == "binder":
+                a = np.where(a >= 0, perm[np.maximum(a, 0)], -1)
+            out.append(a)
+        return cls(*out, events=events)
 
     def first_difference(self, other: "Schedule") -> str | None:
         """``None`` when equal, else which field and task differ first."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from tracekit.engine.graph import BindKind, Schedule, TaskGraph
 
-FINISH, READY = 0, 1
+FINISH, RELEASE, READY = 0, 1, 2
 
 
 class _Resource:
@@ -144,8 +144,10 @@ class _Sim:
             self.resources[r].busy -= 1
         p = int(self.g["rel_pool"][t])
         if p >= 0:
-            self.pools[p].available += int(self.g["rel_amount"][t])
-            self.grant_waiters(p, released_by=t)
+            if self.g["rel_lag"][t] > 0:
+                heapq.heappush(self.heap, (self.now + int(self.g["rel_lag"][t]), RELEASE, t))
+            else:
+                self.on_release(t)
         if r >= 0:
             self.try_start(r, freed_by=t)
         for v, lag in self.succ[t]:
@@ -157,6 +159,11 @@ class _Sim:
             if self.waiting_for[v] == 0:
                 heapq.heappush(self.heap, (self.ready_at[v], READY, v))
 
+    def on_release(self, t: int) -> None:
+        p = int(self.g["rel_pool"][t])
+        self.pools[p].available += int(self.g["rel_amount"][t])
+        self.grant_waiters(p, released_by=t)
+
     def run(self) -> Schedule:
         for t in range(self.n):
             if self.waiting_for[t] == 0:
@@ -166,10 +173,12 @@ class _Sim:
             self.events += 1
             if kind == READY:
                 self.on_ready(t)
+            elif kind == RELEASE:
+                self.on_release(t)
             else:
                 self.on_finish(t)
-        cols = {k: np.asarray(v, dtype=np.int64) for k, v in self.out.items()}
-        return Schedule(**cols, events=self.events)
+        cols = [np.asarray(self.out[k], dtype=np.int64) for k in Schedule.FIELDS]
+        return Schedule.from_positions(cols, self.g["perm"], self.events)
 
 
 def run_reference(graph: TaskGraph) -> Schedule:

@@ -44,7 +44,7 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]
         raise TracekitError("no such file", where=where, fix="check the path")
     try:
         md = pq.read_schema(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         raise TracekitError(
             f"not a Parquet file ({str(exc).splitlines()[0]})", where=where,
             fix="pass a .parquet file written by tracekit or with the documented columns",
@@ -62,7 +62,11 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]
         if not isinstance(meta, dict):
             raise TracekitError("metadata tracekit.meta is not a JSON object", where=where,
                                 fix="rewrite the file with tracekit")
-    return (sid.decode() if sid else None), meta
+    try:
+        return (sid.decode() if sid else None), meta
+    except UnicodeDecodeError:
+        raise TracekitError("metadata tracekit.schema is not text", where=where,
+                            fix="rewrite the file with tracekit") from None
 
 
 def read_table(
@@ -105,7 +109,8 @@ def read_table(
     schemas.check_meta(s, meta, where)
     try:
         raw = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+        raw.validate(full=True)  # e.g. invalid UTF-8 in string columns of a damaged file
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         raise TracekitError(
             f"unreadable Parquet data ({str(exc).splitlines()[0]})", where=where,
             fix="the file is truncated or corrupt; write it again",

@@ -48,11 +48,14 @@ def chain_edges(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (a, b) pairs, sorted."""
+    """Distinct (a, b) pairs of non-negative integers, sorted by (a, b)."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
     if a.size == 0:
-        return a.astype(np.int64), b.astype(np.int64)
-    pairs = np.unique(np.stack([a.astype(np.int64), b.astype(np.int64)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+        return a, b
+    radix = int(b.max()) + 1
+    key = np.unique(a * radix + b)
+    return key // radix, key % radix
 
 
 def ceil_div(a: np.ndarray | int, b: float) -> np.ndarray:

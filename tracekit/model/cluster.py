@@ -54,6 +54,7 @@ class Cluster:
             raise TracekitError(f"--num-sms={cfg.num_sms} exceeds the {hw.gpu.sms} SMs of {hw.gpu.name}",
                                 fix=f"use at most {hw.gpu.sms}")
         self.g = graph
+        self._okey = np.zeros(0, np.int64)
         self.hw = hw
         self.cfg = cfg
         self.phase = phase
@@ -94,9 +95,25 @@ class Cluster:
         """SM time to copy ``nbytes`` in ``tokens`` tokens."""
         return ceil_div(nbytes, 1.0 / self.ns_sm) + np.asarray(tokens, np.int64) * self.hw.gpu.per_token_overhead_ns
 
+    def order(self, msg: np.ndarray, index: np.ndarray) -> None:
+        """Declare that message ``msg`` is its group's ``index``-th chunk: tasks of messages with the same
+        index run at about the same time, so the engine keeps them together (``order_key``)."""
+        msg = np.asarray(msg, np.int64)
+        if msg.size == 0:
+            return
+        top = int(msg.max()) + 1
+        if top > self._okey.size:
+            self._okey = np.r_[self._okey, np.zeros(top - self._okey.size, np.int64)]
+        self._okey[msg] = (np.asarray(index, np.int64) << 32) | msg
+
     def add(self, n: int, stage: str, rank: object, **cols: object) -> np.ndarray:
-        """Append ``n`` tasks of ``stage`` owned by ``rank``; other columns as for TaskGraph.add_tasks."""
+        """Append ``n`` tasks of ``stage`` owned by ``rank``; other columns as for TaskGraph.add_tasks.
+        Tasks carrying a ``msg_id`` inherit its order key (see :meth:`order`)."""
         cols.setdefault("record", True)
+        if "msg_id" in cols:
+            m = np.asarray(cols["msg_id"], np.int64)
+            cols["order_key"] = np.where(m >= 0, self._okey[np.clip(m, 0, max(self._okey.size - 1, 0))], -1) \
+                if self._okey.size else np.full(np.shape(m), -1)
         return self.g.add_tasks(n, stage=np.int16(STAGE[stage]), rank=rank, **cols)
 
     # -- NVLink -------------------------------------------------------------------------------
@@ -192,22 +209,28 @@ class Cluster:
         wr = self.add(n, "pcie", dst, res=self.pcie_wr[dst], dur=ceil_div(nbytes, 1.0 / self.ns_pcie),
                       bytes=nbytes, **common)
         self.g.add_edges(last_rx, wr, lag=hw.nic.latency_ns)
-        mem = self.add(n, "hbm", dst, res=self.hbm[dst], dur=ceil_div(nbytes, 1.0 / self.ns_hbm), bytes=nbytes,
-                       **common)
-        self.g.add_edges(wr, mem, lag=hw.pcie.latency_ns)
+        mem = wr  # NIC writes are counted on PCIe; HBM contention is modelled for the SM copies
         # The tail atomic follows the write on the same QP. Single-path delivery keeps it behind the
         # data; under adaptive routing it must wait for the write's acknowledgement (one round trip).
         atomic = self.add(n, "rdma_atomic", dst, dur=hw.nic.atomic_ns, **common)
         extra = 2 * self.one_way_ns if self.cfg.adaptive_routing else 0
-        self.g.add_edges(mem, atomic, lag=extra)
-        # completion: the ack returns, the NIC writes a CQE, a poller drains it and frees the SQ slots
-        cqe = self.add(n, "cq_poll", src, dur=0, pool=cq_pool, amount=1, record=False, **common)
-        self.g.add_edges(last_rx, cqe, lag=self.one_way_ns + hw.pcie.latency_ns)
-        poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=cq_pool, rel_amount=1,
-                        **common)
-        self.g.add_edges(cqe, poll)
-        free = self.add(n, "cq_poll", src, dur=0, rel_pool=sq_pool, rel_amount=2, record=False, **common)
-        self.g.add_edges(poll, free)
+        self.g.add_edges(mem, atomic, lag=hw.pcie.latency_ns + extra)
+        # completion: the ack returns, the NIC writes a CQE, a poller drains it and frees the SQ slots.
+        # One CQE per message (two WQEs): the CQ can only overflow when cq_depth < wqe_depth / 2, and only
+        # then is it modelled as a pool of its own.
+        ack = self.one_way_ns + hw.pcie.latency_ns
+        if 2 * hw.nic.cq_depth >= hw.nic.wqe_depth:
+            poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=sq_pool,
+                            rel_amount=2, **common)
+            self.g.add_edges(last_rx, poll, lag=ack)
+        else:
+            cqe = self.add(n, "cq_poll", src, dur=0, pool=cq_pool, amount=1, record=False, **common)
+            self.g.add_edges(last_rx, cqe, lag=ack)
+            poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=cq_pool,
+                            rel_amount=1, **common)
+            self.g.add_edges(cqe, poll)
+            free = self.add(n, "cq_poll", src, dur=0, rel_pool=sq_pool, rel_amount=2, record=False, **common)
+            self.g.add_edges(poll, free)
         return Message(post=post, nic_send=first_tx, nic_recv=last_rx, arrival=mem, tail=atomic)
 
     def _wire(self, src, dst, nbytes, tokens, after, common) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +283,7 @@ class Cluster:
         self.g.add_edges(prev, rx, lag=hw.switch.cable_latency_ns)
         if self.cfg.granularity == "packet":
             last = np.r_[first[1:], m] - 1
+            self._msg_of_join = np.asarray(common.get("msg_id", -1)) if np.ndim(common.get("msg_id", -1)) else np.full(n, -1)
             self.g.add_edges(tx[pos > 0] - 1, tx[pos > 0])  # packets of a message leave in order
             return tx[first], self._join(rx, msg, last)
         return tx, rx
@@ -267,7 +291,7 @@ class Cluster:
     def _join(self, rx: np.ndarray, msg: np.ndarray, last: np.ndarray) -> np.ndarray:
         """A zero-time task per message that waits for all its packets."""
         n = last.shape[0]
-        done = self.add(n, "nic_recv", -1, dur=0, record=False)
+        done = self.add(n, "nic_recv", -1, dur=0, record=False, msg_id=self._msg_of_join)
         self.g.add_edges(rx, done[msg])
         return done
 

@@ -63,6 +63,9 @@ class ReplayConfig:
     * ``credit_return``: ``after_consume`` (correct) or ``early`` (receivers return ring credits
       before copying out: a deliberately broken protocol for the hazard checker).
     * ``cached``: reuse the previous layout (DeepEP cached mode): no notify, no CPU sync.
+    * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
+      1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
+      costs are still charged per token. ``token`` granularity ignores it.
     """
 
     mode: str = "normal"
@@ -77,6 +80,7 @@ class ReplayConfig:
     dispatch_dtype: str | None = None
     combine_dtype: str | None = None
     meta_bytes_per_token: int | None = None
+    min_chunk_tokens: int = 4
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +97,15 @@ class ReplayConfig:
         )
         cfg.check()
         return cfg
+
+    def model_chunks(self, pc: PhaseConfig) -> PhaseConfig:
+        """The chunk sizes the model moves: ``token`` granularity moves single tokens; ``chunk`` and
+        ``packet`` merge chunks below ``min_chunk_tokens`` (never beyond the ring's capacity)."""
+        if self.granularity == "token":
+            return replace(pc, nvl_send_chunk=1, rdma_send_chunk=1)
+        m = max(self.min_chunk_tokens, 1)
+        return replace(pc, nvl_send_chunk=min(max(pc.nvl_send_chunk, m), pc.nvl_recv_buffer),
+                       rdma_send_chunk=min(max(pc.rdma_send_chunk, m), pc.rdma_recv_buffer))
 
     def check(self) -> None:
         def bad(flag: str, value: Any, expected: str) -> TracekitError:

@@ -85,12 +85,19 @@ def _ring_pools(cl: Cluster, owner: np.ndarray, channel: np.ndarray, peer: np.nd
 
 
 def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunks: int, pool: np.ndarray,
-                   amount: np.ndarray, rank: np.ndarray, lag: object, **attrs: object) -> np.ndarray:
+                   amount: np.ndarray, rank: np.ndarray, lag: object, msg_of: np.ndarray | None = None,
+                   **attrs: object) -> np.ndarray:
     """A zero-time task per chunk returning ``amount`` credits once every consumer task has finished."""
-    ret = cl.add(nchunks, "credit_return", rank, dur=0, rel_pool=pool, rel_amount=amount, record=False, **attrs)
+    ret = cl.add(nchunks, "credit_return", rank, dur=0, rel_pool=pool, rel_amount=amount, record=False,
+                 **{"msg_id": msg_of if msg_of is not None else -1, **attrs})
     a, b = unique_pairs(consumers, chunk)
     cl.g.add_edges(a, ret[b], lag=np.broadcast_to(np.asarray(lag), (nchunks,))[b] if np.ndim(lag) else lag)
     return ret
+
+
+def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.ndarray, lag: object) -> None:
+    """One consumer per chunk: it returns the chunk's credits itself, ``lag`` ns after it finishes."""
+    cl.g.update(consumer, rel_pool=pool, rel_amount=amount, rel_lag=lag)
 
 
 def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
@@ -108,7 +115,7 @@ def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nb
 def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     """The dispatch of one (step, layer) as a task graph."""
     meta = routing.meta
-    pc = cfg.dispatch
+    pc = cfg.model_chunks(cfg.dispatch)
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "dispatch")
     dtype = cfg.dispatch_dtype or meta.dispatch_dtype
@@ -133,7 +140,7 @@ def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: R
 def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, early) -> None:
     s, c, d = src[row], ch[row], dst
     group = combine_keys(s, c, d)
-    item_chunk, cgroup, ntok, _ = chunk_items(group, tok[row], pc.nvl_send_chunk)
+    item_chunk, cgroup, ntok, kidx = chunk_items(group, tok[row], pc.nvl_send_chunk)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
@@ -141,6 +148,7 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     nbytes = ntok * wire
     ring = _ring_pools(cl, cd, cc, cs, "nvl_ring", pc.nvl_recv_buffer, cgroup)
     msg = np.arange(m)
+    cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=cs, dst_rank=cd, phase_chunk=msg)
     pack = cl.add(m, "pack", cs, res=cl.sm(cs, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
                   channel=cc, tokens=ntok, bytes=nbytes, **attrs)
@@ -156,7 +164,7 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
     cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
     cl.g.add_edges(unpack[a], unpack[b])
-    _credit_return(cl, arrive if early else unpack, msg, m, ring, ntok, cs, np.where(remote, lat_nvl, 0))
+    _release_by(cl, arrive if early else unpack, ring, ntok, np.where(remote, lat_nvl, 0))
     built.first_data = pack
     built.delivery_task = mem[item_chunk]
     built.flows.append((pack, unpack))
@@ -173,7 +181,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     a_node = cl.node_of[s]
     rot = (nnode - a_node) % N
     group = combine_keys(s, c, rot)
-    item_chunk, cgroup, ntok, _ = chunk_items(group, tok[nrow], pc.rdma_send_chunk)
+    item_chunk, cgroup, ntok, kidx = chunk_items(group, tok[nrow], pc.rdma_send_chunk)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
@@ -182,6 +190,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     nbytes = ntok * wire
     ring = _ring_pools(cl, fwd_rank, rc, rs, "rdma_ring", pc.rdma_recv_buffer, cgroup)
     msg = np.arange(m)
+    cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=rs, dst_rank=fwd_rank)
     pack = cl.add(m, "pack", rs, res=cl.sm(rs, rc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
                   channel=rc, tokens=ntok, bytes=nbytes, **attrs)
@@ -199,30 +208,36 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
                      channel=rc[ridx], msg_id=msg[ridx])
         arrive[ridx] = m_.tail
         built.flows.append((m_.nic_send, m_.nic_recv))
-    # 2. forward: per (RDMA chunk, destination GPU in that node)
+    # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens, source by source, in
+    # NVLink chunks of at most nvl_send_chunk tokens drawn from a window of consecutive RDMA chunks
+    # (a window never exceeds half the RDMA ring, so credits always come back).
     chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
     chunk_of[nrow, nnode] = item_chunk
-    node_d = cl.node_of[dst]
-    k_of_item = chunk_of[row, node_d]
-    fgroup = combine_keys(k_of_item, cl.local_of[dst])
-    f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], 1 << 30)
+    k_of_item = chunk_of[row, cl.node_of[dst]]
+    window = max(1, min(pc.nvl_send_chunk // pc.rdma_send_chunk, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2))
+    fgroup = combine_keys(fwd_rank[k_of_item], rc[k_of_item], cl.local_of[dst], rs[k_of_item],
+                          kidx[k_of_item] // window)
+    f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], pc.nvl_send_chunk)
     fm = f_group.shape[0]
     ffirst = np.zeros(fm, np.int64)
     ffirst[f_item_chunk[::-1]] = np.arange(f_item_chunk.size)[::-1]
-    fk = k_of_item[ffirst]  # RDMA chunk feeding it
+    fk = k_of_item[ffirst]  # (first) RDMA chunk feeding it
     fd = dst[ffirst]
     ff = fwd_rank[fk]
     fc = rc[fk]
     f_bytes = f_ntok * wire
     nvl_ring = _ring_pools(cl, fd, fc, ff, "nvl_ring", pc.nvl_recv_buffer, combine_keys(fd, fc, ff))
     fmsg = m + np.arange(fm)
+    cl.order(fmsg, kidx[fk] + 1)
     fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
     fwd = cl.add(fm, "forward", ff, res=cl.sm(ff, fc, "b"), dur=cl.copy_ns(f_bytes, f_ntok), pool=nvl_ring,
                  amount=f_ntok, channel=fc, tokens=f_ntok, bytes=f_bytes, **fattrs)
-    cl.g.add_edges(arrive[fk], fwd)
-    first_fwd = np.zeros(m, np.int64) - 1
-    first_fwd[fk[::-1]] = fwd[::-1]
-    built.flows.append((arrive[first_fwd >= 0], first_fwd[first_fwd >= 0]))
+    pk, pf = unique_pairs(k_of_item, f_item_chunk)
+    cl.g.add_edges(arrive[pk], fwd[pf])
+    first_fwd = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(first_fwd, pk, pf)
+    has = first_fwd < np.iinfo(np.int64).max
+    built.flows.append((arrive[has], fwd[first_fwd[has]]))
     fremote = fd != ff
     farrive = fwd.copy()
     fidx = np.flatnonzero(fremote)
@@ -233,10 +248,9 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     cl.g.add_edges(farrive, unpack, lag=np.where(fremote, lat_nvl, 0))
     built.flows.append((fwd, unpack))
     # credits: NVLink ring slots after the copy-out; RDMA ring slots after every forward of the chunk
-    _credit_return(cl, farrive if early else unpack, np.arange(fm), fm, nvl_ring, f_ntok, ff,
-                   np.where(fremote, lat_nvl, 0))
+    _release_by(cl, farrive if early else unpack, nvl_ring, f_ntok, np.where(fremote, lat_nvl, 0))
     rdma_lag = np.where(remote, cl.one_way_ns + hw.pcie.latency_ns if N > 1 else 0, 0)
-    _credit_return(cl, arrive[fk] if early else fwd, fk, m, ring, ntok, rs, rdma_lag)
+    _credit_return(cl, arrive[pk] if early else fwd[pf], pk, m, ring, ntok, rs, rdma_lag, msg)
     built.first_data = pack
     built.delivery_task = mem[f_item_chunk]
 
@@ -244,7 +258,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
 def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
     meta = routing.meta
-    pc = cfg.combine
+    pc = cfg.model_chunks(cfg.combine)
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "combine")
     dtype = cfg.combine_dtype or meta.combine_dtype
@@ -270,10 +284,12 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     s = src[row]
     c = ch[row]
     fwd = cl.node_of[holder] * G + cl.local_of[s] if N > 1 else s
-    order = s * (int(tok.max()) + 1 if tok.size else 1) + tok[row]
+    # holders visit sources in rotated node order (from their own node onwards), as DeepEP's senders do
+    rot = (cl.node_of[s] - cl.node_of[holder]) % N
+    order = (rot * cl.R + s) * (int(tok.max()) + 1 if tok.size else 1) + tok[row]
     # 1. NVLink chunks holder -> forwarder
     group = combine_keys(holder, c, fwd)
-    item_chunk, cgroup, ntok, _ = chunk_items(group, order, pc.nvl_send_chunk)
+    item_chunk, cgroup, ntok, kidx = chunk_items(group, order, pc.nvl_send_chunk)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
@@ -281,6 +297,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     nbytes = ntok * wire
     ring = _ring_pools(cl, cf, cc, ch_, "nvl_ring_combine", pc.nvl_recv_buffer, cgroup)
     msg = np.arange(m)
+    cl.order(msg, kidx)
     pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
                   amount=ntok, channel=cc, tokens=ntok, bytes=nbytes, msg_id=msg, src_rank=ch_, dst_rank=cf)
     cl.g.add_edges(built.start[ch_], pack)
@@ -298,7 +315,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
         fin_of_row = _final_reduce(cl, built, src, tok, ch, row, item_chunk, arrive, np.where(remote, lat_nvl, 0),
                                    max(pc.nvl_send_chunk, pc.rdma_send_chunk) * 4, m)
         _credit_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, m, ring, ntok, ch_,
-                       np.where(remote, lat_nvl, 0))
+                       np.where(remote, lat_nvl, 0), msg)
         built.flows.append((pack, fin_of_row[row[first]]))
         return
     # 2. reduction at the forwarder: one task per RDMA chunk (source, channel, node)
@@ -307,7 +324,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     nnode = nnode.astype(np.int64)
     rs, rcn = src[nrow], ch[nrow]
     rgroup = combine_keys(rs, rcn, (nnode - cl.node_of[rs]) % N)
-    r_item_chunk, r_group, r_ntok, _ = chunk_items(rgroup, tok[nrow], pc.rdma_send_chunk)
+    r_item_chunk, r_group, r_ntok, r_kidx = chunk_items(rgroup, tok[nrow], pc.rdma_send_chunk)
     rm = r_group.shape[0]
     rfirst = np.zeros(rm, np.int64)
     rfirst[r_item_chunk[::-1]] = np.arange(r_item_chunk.size)[::-1]
@@ -320,6 +337,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     r_bytes = r_ntok * wire
     rring = _ring_pools(cl, k_s, k_c, k_b, "rdma_ring_combine", pc.rdma_recv_buffer, r_group)
     rmsg = m + np.arange(rm)
+    cl.order(rmsg, r_kidx * max(pc.rdma_send_chunk // max(pc.nvl_send_chunk, 1), 1) + 1)
     reduce = cl.add(rm, "combine_reduce", k_f, res=cl.sm(k_f, k_c, "b"),
                     dur=cl.copy_ns((contrib + r_ntok) * wire // 2, contrib), pool=rring, amount=r_ntok,
                     channel=k_c, tokens=r_ntok, bytes=r_bytes, msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
@@ -329,7 +347,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     cl.g.add_edges(reduce[a2], reduce[b2])
     built.flows.append((pack, reduce[red_of_item[first]]))
     _credit_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, m, ring, ntok, ch_,
-                   np.where(remote, lat_nvl, 0))
+                   np.where(remote, lat_nvl, 0), msg)
     # 3. RDMA from the forwarder to the source (inside the source's own node: a local write)
     rremote = k_f != k_s
     rarrive = reduce.copy()
@@ -347,14 +365,15 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     fin_of_row = _final_reduce(cl, built, src, tok, ch, nrow, r_item_chunk, rarrive,
                                np.where(rremote, hw.pcie.latency_ns, 0), pc.rdma_send_chunk * N, m + rm)
     _credit_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rm, rring, r_ntok, k_f,
-                   np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0))
+                   np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0), rmsg)
 
 
 def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arrival_lag, block, msg_base) -> np.ndarray:
     """Reduce at each source: blocks of ``block`` tokens per (rank, channel) wait for every arrival
     chunk holding one of their rows. Returns, per routing row, the reduction task that completes it."""
-    b_of_row, b_group, b_ntok, _ = chunk_items(combine_keys(src, ch), tok, block)
+    b_of_row, b_group, b_ntok, b_kidx = chunk_items(combine_keys(src, ch), tok, block)
     bm = b_group.shape[0]
+    cl.order(msg_base + np.arange(bm), (b_kidx + 1) * max(block // 4, 1))
     bfirst = np.zeros(bm, np.int64)
     bfirst[b_of_row[::-1]] = np.arange(b_of_row.size)[::-1]
     b_s, b_c = src[bfirst], ch[bfirst]
