@@ -61,7 +61,7 @@ def test_a_valid_hand_written_trace_passes(tmp_path):
                                        _ev(40, 2, track=2), _ev(45, 3)])
     report = check_trace(path)
     assert (report.slices, report.instants, report.flows) == (2, 1, 1)
-    assert "ok" in validate_pftrace(path)
+    assert str(validate_pftrace(path)).startswith(f"ok: {path} (perfetto trace: 2 slices, 1 instants, 1 flows")
 
 
 @pytest.mark.parametrize("packets,message", [
@@ -127,3 +127,17 @@ def test_truncated_and_foreign_files(tmp_path):
         check_trace(tmp_path / "j.pftrace")
     with pytest.raises(TracekitError, match="no such file"):
         check_trace(tmp_path / "missing.pftrace")
+
+
+def test_tracekit_validate_dispatches_pftrace(tmp_path, capsys):
+    from tracekit.cli import main
+
+    ev = pl.DataFrame({"ts_ns": [0], "dur_ns": [5], "rank": [0], "resource": ["node0/rank0/hbm"], "stage": ["a"],
+                       "name": ["a"]})
+    good = write_trace(tmp_path / "g.pftrace", ev)
+    assert main(["validate", str(good)]) == 0
+    assert "perfetto trace: 1 slices" in capsys.readouterr().out
+    bad = _write(tmp_path, _base() + [_ev(10, 1)])
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "never ended" in err and err.count("\n") == 1

@@ -487,6 +487,12 @@ def check_trace(path: str | os.PathLike[str]) -> CheckReport:
     return walk_trace(path).report
 
 
-def validate_pftrace(path: str | os.PathLike[str]) -> str:
-    """``tracekit validate FILE.pftrace``: one summary line, or a TracekitError."""
-    return str(check_trace(path))
+def validate_pftrace(path: str | os.PathLike[str]) -> Any:
+    """``tracekit validate FILE.pftrace``: a :class:`tracekit.io.validate.FileSummary` whose rows
+    are the slices, instants and counter samples, or a TracekitError naming the first violation."""
+    from tracekit.io.validate import FileSummary
+
+    r = check_trace(path)
+    what = (f"perfetto trace: {r.slices} slices, {r.instants} instants, {r.flows} flows, "
+            f"{r.counter_samples} counter samples on {r.tracks} tracks, {r.sequences} sequences")
+    return FileSummary(str(path), what, r.slices + r.instants + r.counter_samples)
