@@ -102,8 +102,23 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-rows", type=int, default=20_000)
+    ap.add_argument("--replay", action="store_true",
+                    help="use the events and counters of a real replay (synthetic prefill routing on h800-ib, "
+                         "--ep ranks, --tokens per rank) instead of the replay-shaped generator")
+    ap.add_argument("--ep", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=4096)
     args = ap.parse_args()
-    events, counters = replay_like(args.events)
+    if args.replay:
+        from tracekit.hardware import load_profile
+        from tracekit.replay import replay
+        from tracekit.workload.synth import preset, synth
+
+        t = time.perf_counter()
+        res = replay(synth(preset("prefill", ep=args.ep, tokens=args.tokens)), load_profile("h800-ib"))
+        events, counters = res.events, res.counters
+        print(f"replay of prefill EP{args.ep} x {args.tokens} tokens on h800-ib: {time.perf_counter() - t:.1f} s")
+    else:
+        events, counters = replay_like(args.events)
     n = events.height
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"events: {n:,} slices/instants ({events['resource'].n_unique()} resources), "

@@ -209,3 +209,18 @@ def test_import_command_writes_tables(tmp_path, capsys):
     assert "need --ep, --experts, --hidden" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "k"), "-o", str(tmp_path / "t.json"), "--format", "json"]) == 0
     assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+
+
+def test_capture_without_annotations_is_labelled_by_its_shape():
+    skew = REPO / "sample_traces" / "captures" / "alltoall_2xh200_skew_noannot"
+    imp = import_kineto([skew])
+    a2a = imp.events.filter(pl.col("name").str.starts_with("ncclDevKernel")).sort("ts_ns")
+    for (rank, step), grp in a2a.group_by(["rank", "step"]):
+        assert grp.sort("ts_ns")["stage"].to_list() == ["notify", "dispatch", "combine"]
+        assert json.loads(grp.sort("ts_ns")["args"][0]).get("annotation") is None
+    r = routing_from_dump(skew / "routing.npz", ep_size=2, num_experts=16, hidden=7168, gpus_per_node=2)
+    dest = r.topk_expert // 8
+    expected = {(s, d): int((dest[r.rank == s] == d).any(axis=1).sum()) for s in range(2) for d in range(2)}
+    assert expected[(0, 1)] > 2 * expected[(1, 0)]  # the skew sends most tokens to rank 1
+    disp = imp.traffic.filter((pl.col("phase") == "dispatch") & (pl.col("step") == 2))
+    assert {(x["src_rank"], x["dst_rank"]): x["tokens"] for x in disp.to_dicts()} == expected

@@ -5,8 +5,9 @@ Run on a host with PyTorch and >= 2 GPUs (one process per GPU, spawned here):
 
     python tools/capture_alltoall.py --out captures/ --world-size 2
 
-Each rank draws a synthetic top-k routing on its GPU (scores = |randn| + 1, top-k experts by
-score, experts placed contiguously: num_experts / world_size per rank), then runs, under
+Each rank draws a synthetic top-k routing on its GPU (scores = |randn| + 1, plus ``--skew`` on the
+last rank's experts; top-k experts by score; experts placed contiguously: num_experts /
+world_size per rank), then runs, under
 ``torch.profiler``:
 
     notify   all_to_all_single of the per-destination token counts (the layout exchange)
@@ -24,6 +25,7 @@ CUDA events, and the achieved bandwidths). NVLink multicast stays off (NCCL_NVLS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -47,6 +49,8 @@ def _routing(torch, rank: int, args):
     g = torch.Generator(device=f"cuda:{rank}")
     g.manual_seed(args.seed * 1000 + rank)
     scores = torch.randn(args.tokens, args.experts, device=f"cuda:{rank}", generator=g).abs() + 1
+    if args.skew:  # favour the experts of the last rank: uneven traffic
+        scores[:, args.experts - args.experts // args.world_size:] += args.skew
     weights, idx = torch.topk(scores, args.topk, dim=1)
     weights = (weights / weights.sum(dim=1, keepdim=True)).float()
     return idx, weights
@@ -58,7 +62,11 @@ def _worker(rank: int, args, port: int) -> None:
                        "WORLD_SIZE": str(args.world_size), "LOCAL_RANK": str(rank)})
     import torch
     import torch.distributed as dist
-    from torch.profiler import ProfilerActivity, profile, record_function, schedule
+    from torch.profiler import ProfilerActivity, profile, schedule
+    from torch.profiler import record_function as _record_function
+
+    def record_function(name):
+        return _record_function(name) if args.annotate else contextlib.nullcontext()
 
     torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank)
@@ -148,7 +156,7 @@ def _worker(rank: int, args, port: int) -> None:
             "gpus": [torch.cuda.get_device_name(i) for i in range(W)],
             "env": {k: os.environ.get(k) for k in SAFE_ENV},
             "settings": {k: getattr(args, k) for k in ("world_size", "tokens", "hidden", "experts", "topk", "seed",
-                                                       "steps", "warmup")},
+                                                       "steps", "warmup", "skew", "annotate")},
             "ranks": [],
         }
         for r, t in enumerate(all_t):
@@ -183,6 +191,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2, help="profiled steps")
     ap.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
+    ap.add_argument("--skew", type=float, default=0.0,
+                    help="add this to the scores of the last rank's experts (uneven traffic; 0 = none)")
+    ap.add_argument("--no-annotate", dest="annotate", action="store_false",
+                    help="no record_function scopes (importers must infer dispatch/combine)")
     args = ap.parse_args()
     os.environ.update(SAFE_ENV)
     import torch

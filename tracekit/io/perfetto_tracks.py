@@ -23,7 +23,8 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 #: Segment prefixes in the order siblings are shown; anything else follows, by name.
 ORDER = ["node", "switch", "leaf", "spine", "rank", "stream", "annotations", "sm", "ch", "a", "b", "nvlink", "to",
-         "nic", "qp", "sq", "tx", "rx", "cq", "pcie", "rd", "wr", "hbm", "cpu", "proxy", "port", "up"]
+         "nic", "qp", "sq", "atomic", "tx", "rx", "cq", "pcie", "rd", "wr", "hbm", "expert", "cpu", "host", "proxy",
+         "port", "up"]
 
 #: What a track of each kind shows (the UI displays it as the track's description).
 DESCRIPTIONS = {
@@ -51,6 +52,9 @@ DESCRIPTIONS = {
     "rd": "PCIe reads (NIC fetching from GPU memory)",
     "wr": "PCIe writes (NIC writing into GPU memory)",
     "annotations": "user annotations (torch.profiler record_function scopes)",
+    "expert": "one local expert: tokens waiting for and entering its computation",
+    "atomic": "RDMA atomics (tail/head updates that publish data and return credit)",
+    "host": "host-side work: launches and CPU waits",
 }
 
 _SPLIT = re.compile(r"(\d+)")
