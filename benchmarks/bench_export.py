@@ -11,7 +11,9 @@ slice; plus counter samples (QP occupancy, port queue bytes). Reported, best of 
   events per second and bytes per slice on disk;
 * the baseline in the same process: the same slice packets built one ``TracePacket`` at a time
   with the protobuf bindings and serialized (the reference encoder), on a sample of rows;
-* the ratio of the two.
+* the ratio of the two;
+* how much the writer's memory grows while writing a quarter and all of the events (it streams:
+  the growth should not scale with the number of events).
 """
 
 from __future__ import annotations
@@ -97,6 +99,37 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return float("nan")
+
+
+def _peak_growth(fn) -> float:
+    """Highest RSS during ``fn`` minus RSS before it, in MB (sampled every 5 ms)."""
+    import threading
+
+    base = _rss_mb()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        th.join()
+    return peak[0] - base
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -137,6 +170,11 @@ def main() -> int:
             print(f"write_trace {label:21}: {n / dt / 1e6:5.2f} M events/s ({dt:.2f} s wall, {cpu:.2f} s CPU), "
                   f"{size / n:5.1f} bytes/slice; with counters {(n + counters.height) / dt_c / 1e6:4.2f} M rows/s, "
                   f"{path.stat().st_size / 1e6:.1f} MB")
+        # memory: the writer's own growth over the input (sampled RSS), whatever the trace length
+        for rows in (n // 4, n):
+            part = events.head(rows)
+            grow = _peak_growth(lambda: pf.write_trace(Path(tmp) / "m.pftrace", part))
+            print(f"memory: writing {rows:,} events raised RSS by at most {grow:.0f} MB")
         # baseline: the same packets built one message at a time through the bindings
         sample = events.head(args.baseline_rows)
         captured: list[wire.SliceBatch] = []
