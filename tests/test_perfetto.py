@@ -202,3 +202,50 @@ def test_json_export_is_loadable_and_complete(tmp_path):
     assert len(xs) == 3 and xs[0]["ts"] == 0 and xs[0]["dur"] == 2.0 and xs[0]["args"]["bytes"] == 7168
     assert len({(e["pid"], e["tid"]) for e in xs}) == 2  # the overlapping write took a second lane
     assert {e["ph"] for e in doc["traceEvents"]} >= {"M", "X", "s", "f", "C"}
+
+
+def _flows(ts, dur, flow_out, flow_in):
+    n = len(ts)
+    return pl.DataFrame({"ts_ns": ts, "dur_ns": dur, "rank": [0] * n, "resource": [f"node0/rank0/sm/ch{i}" for i in range(n)],
+                         "stage": ["s"] * n, "name": ["s"] * n, "flow_out": flow_out, "flow_in": flow_in},
+                        schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64})
+
+
+def test_flows_without_a_partner_are_left_out(tmp_path):
+    ev = _flows([0, 10, 20], [5, 5, 5], [1, 2, None], [None, 1, 9])  # 2 never ends, 9 never starts
+    path = write_trace(tmp_path / "f.pftrace", ev)
+    assert check_trace(path).flows == 1
+    back, _ = read_trace(path)
+    assert back.sort("ts_ns")["flow_out"].to_list() == [1, None, None]
+    assert back.sort("ts_ns")["flow_in"].to_list() == [None, 1, None]
+
+
+def test_flow_sources_precede_sinks_at_equal_timestamps(tmp_path):
+    # the sink is listed first at the same instant: it must still be written after its source
+    ev = _flows([5, 5, 5], [0, 0, 0], [None, 8, 9], [8, 9, None])
+    path = write_trace(tmp_path / "t.pftrace", ev)
+    assert check_trace(path).flows == 2
+    back, _ = read_trace(path)
+    assert back["flow_out"].drop_nulls().sort().to_list() == [8, 9]
+
+
+@pytest.mark.parametrize("flow_out,flow_in,ts,message", [
+    ([1, 1, None], [None, None, 1], [0, 1, 2], "flow id 1 is started twice"),
+    ([1, None, None], [None, 1, 1], [0, 1, 2], "flow id 1 is terminated twice"),
+    ([None, 3, None], [3, None, None], [0, 10, 20], "flow id 3 ends at row 0 .* before it starts at row 1"),
+])
+def test_bad_flows_are_rejected(tmp_path, flow_out, flow_in, ts, message):
+    with pytest.raises(TracekitError, match=message):
+        write_trace(tmp_path / "b.pftrace", _flows(ts, [1, 1, 1], flow_out, flow_in))
+    assert not list(tmp_path.iterdir())
+
+
+def test_empty_tables(tmp_path):
+    empty = pl.DataFrame(schema={"ts_ns": pl.Int64, "dur_ns": pl.Int64, "rank": pl.Int32, "resource": pl.String,
+                                 "stage": pl.String, "name": pl.String})
+    ct = pl.DataFrame({"ts_ns": [3], "resource": ["node0/rank0/hbm"], "counter": ["util"], "value": [0.25]})
+    path = write_trace(tmp_path / "e.pftrace", empty, ct)
+    ev, back = read_trace(path)
+    assert ev.height == 0 and back["value"].to_list() == [0.25]
+    ev, back = read_trace(write_trace(tmp_path / "e2.pftrace", empty))
+    assert ev.height == 0 and back.height == 0

@@ -147,12 +147,14 @@ def _bools(a: Any) -> np.ndarray:
 class _Group:
     """One timeline (events + counters) below a parent track, written batch by batch."""
 
-    def __init__(self, sink: Sink, ids: Uuids, interner: Interner, parent: Node, events: pa.Table,
-                 counters: pa.Table | None, *, shift: int, flow_offset: int, where: str) -> None:
+    def __init__(self, sink: Sink | None, ids: Uuids, interner: Interner, parent: Node, events: pa.Table,
+                 counters: pa.Table | None, *, shift: int, flow_offset: int, where: str,
+                 unpaired: np.ndarray | None = None) -> None:
         self.sink, self.ids, self.interner, self.parent = sink, ids, interner, parent
         self.where = where
         self.shift = shift
         self.flow_offset = np.uint64(flow_offset)
+        self.unpaired = np.zeros(0, np.int64) if unpaired is None else unpaired
         self.events = events
         self.counters = counters
         paths: set[str] = set()
@@ -246,7 +248,12 @@ class _Group:
         lane_seq = np.zeros(0, np.uint64)
         for start in range(0, t_all.num_rows, BATCH_ROWS):
             t = _batch(t_all.slice(start, BATCH_ROWS))
-            ts = t["ts_ns"].astype(np.int64) + self.shift
+            ts = t["ts_ns"].astype(np.int64)
+            role = _flow_role(t)
+            if ((ts[1:] == ts[:-1]) & (role[1:] < role[:-1])).any():
+                t = _take(t, np.lexsort((role, ts)))
+                ts = t["ts_ns"].astype(np.int64)
+            ts = ts + self.shift
             dur = t["dur_ns"].astype(np.int64)
             self._check_times(ts, dur, start)
             res = self._resource_ids(t["resource"])
@@ -316,8 +323,11 @@ class _Group:
         flows = {}
         for col in ("flow_out", "flow_in"):
             c = t[col]
-            vals = c.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64) + self.flow_offset
-            flows[col] = (vals, _bools(pc.is_valid(c)))
+            raw = c.fill_null(0).to_numpy().astype(np.int64, copy=False)
+            present = _bools(pc.is_valid(c))
+            if self.unpaired.size:
+                present &= ~np.isin(raw, self.unpaired)
+            flows[col] = (raw.view(np.uint64) + self.flow_offset, present)
         batch = wire.SliceBatch(
             seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid, annotations=anns,
             flow_out=flows["flow_out"][0], flow_out_present=flows["flow_out"][1],
@@ -395,30 +405,86 @@ class _Group:
             self.sink.write(wire.encode_counters(batch))
 
 
-def _prepare(events: Any, counters: Any, where: str) -> tuple[pa.Table, pa.Table | None]:
+def _flow_ids(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, row numbers) of the non-null values of a flow column."""
+    if col not in t.column_names:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    c = t.column(col)
+    valid = np.flatnonzero(np.asarray(pc.is_valid(c).to_numpy(zero_copy_only=False), np.bool_))
+    return c.fill_null(0).to_numpy().astype(np.int64)[valid], valid
+
+
+def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
+    """Check the flow columns of a time-sorted table; return the ids that have no partner (a
+    flow_out never terminated, or a flow_in never started), which are left out of the trace.
+
+    A flow started or terminated twice, or terminated by an operation that starts before the
+    one that started it, is bad input. (The temporary arrays are one int per flow; only the
+    unpaired ids are kept while writing.)"""
+    out_ids, out_rows = _flow_ids(t, "flow_out")
+    in_ids, in_rows = _flow_ids(t, "flow_in")
+    for ids, rows, col, verb in ((out_ids, out_rows, "flow_out", "started"), (in_ids, in_rows, "flow_in", "terminated")):
+        order = np.argsort(ids, kind="stable")
+        dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if dup.size:
+            a, b = rows[order][dup[0]], rows[order][dup[0] + 1]
+            raise TracekitError(f"flow id {int(ids[order][dup[0]])} is {verb} twice (rows {a} and {b})",
+                                where=f"{where}: column {col}", fix="give every flow its own id")
+    unpaired = np.union1d(np.setdiff1d(out_ids, in_ids), np.setdiff1d(in_ids, out_ids))
+    common, oi, ii = np.intersect1d(out_ids, in_ids, return_indices=True)
+    if common.size:
+        ts = t.column("ts_ns").to_numpy().astype(np.int64)
+        src, dst = out_rows[oi], in_rows[ii]
+        bad = np.flatnonzero(ts[dst] < ts[src])
+        if bad.size:
+            k = bad[0]
+            raise TracekitError(f"flow id {int(common[k])} ends at row {dst[k]} (ts {ts[dst[k]]} ns) before it starts "
+                                f"at row {src[k]} (ts {ts[src[k]]} ns)", where=f"{where}: column flow_in",
+                                fix="a flow goes from an operation to one that starts no earlier")
+    return unpaired
+
+
+def _flow_role(t: dict[str, Any]) -> np.ndarray:
+    """0 for rows that only start a flow, 1 for rows that do both or neither, 2 for rows that
+    only end one: rows with equal timestamps are written in this order, so that a flow's source
+    comes before its sink in the file (Perfetto breaks timestamp ties by file order)."""
+    out = _bools(pc.is_valid(t["flow_out"]))
+    into = _bools(pc.is_valid(t["flow_in"]))
+    return 1 - (out & ~into).astype(np.int64) + (into & ~out).astype(np.int64)
+
+
+def _take(t: dict[str, Any], order: np.ndarray) -> dict[str, Any]:
+    idx = pa.array(order)
+    return {k: (v if k == "num_rows" or v is None else v[order] if isinstance(v, np.ndarray) else pc.take(v, idx))
+            for k, v in t.items()}
+
+
+def _prepare(events: Any, counters: Any, where: str) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
     ev = _to_arrow(events, "events")
     schemas.conform(ev.slice(0, 0), "events", where=where)  # column errors before any work
     ev = _sorted_by_ts(ev)
+    unpaired = _flow_plan(ev, where)
     ct = _to_arrow(counters, "counters")
     if ct is not None:
         ct = _sorted_by_ts(schemas.conform(ct, "counters", where=f"{where} (counters)"))
         if ct.column("value").null_count:
             raise TracekitError("column value has nulls", where=f"{where} (counters)", fix="every sample needs a value")
-    return ev, ct
+    return ev, ct, unpaired
 
 
-def _write(path: str | os.PathLike[str], groups: list[tuple[str | None, pa.Table, pa.Table | None, int]],
-           title: str, compress: bool) -> Path:
+def _write(path: str | os.PathLike[str],
+           groups: list[tuple[str | None, pa.Table, pa.Table | None, int, np.ndarray]], title: str,
+           compress: bool) -> Path:
     ids = Uuids()
     interner = Interner(ANNOTATION_NAMES, MAX_INTERNED_STRINGS)
     root = Node(title or "tracekit", ids.uuid(), 0, "")
     parents = [root if name is None else Node(name, ids.uuid(), root.uuid, "", rank=g)
                for g, (name, *_r) in enumerate(groups)]
     writers = [
-        _Group(None, ids, interner, parent, ev, ct, shift=shift,  # type: ignore[arg-type]
+        _Group(None, ids, interner, parent, ev, ct, shift=shift, unpaired=unpaired,
                flow_offset=(g << FLOW_GROUP_SHIFT) if name is not None else 0,
                where=str(path) if name is None else f"{path}: group {name}")
-        for g, ((name, ev, ct, shift), parent) in enumerate(zip(groups, parents))
+        for g, ((name, ev, ct, shift, unpaired), parent) in enumerate(zip(groups, parents))
     ]
     plans = [w.counter_tracks() for w in writers]
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -447,11 +513,13 @@ def write_trace(path: str | os.PathLike[str], events: pl.DataFrame | pa.Table,
     Perfetto TrackEvent protobuf trace; return the path.
 
     Streams in batches of :data:`BATCH_ROWS` rows, writes atomically, and gives the same bytes for
-    the same tables. ``title`` names the root track. ``compress=False`` writes plain packets
+    the same tables. ``title`` names the root track. A flow id without a partner (a ``flow_out``
+    that no row's ``flow_in`` ends, or the reverse, as after filtering a table) is left out; a flow
+    started or ended twice, or ending before it starts, is bad input. ``compress=False`` writes plain packets
     (about 3x larger, faster to write) instead of deflated bundles. Events that are not sorted
     by ``ts_ns`` are sorted first (a copy). Bad input raises :class:`TracekitError`."""
-    ev, ct = _prepare(events, counters, str(path))
-    return _write(path, [(None, ev, ct, 0)], title, compress)
+    ev, ct, unpaired = _prepare(events, counters, str(path))
+    return _write(path, [(None, ev, ct, 0, unpaired)], title, compress)
 
 
 def write_trace_groups(path: str | os.PathLike[str],
@@ -471,9 +539,9 @@ def write_trace_groups(path: str | os.PathLike[str],
             raise TracekitError(f"group {name!r} must be an (events, counters) pair", fix="use None for no counters")
         if not str(name) or "/" in str(name):
             raise TracekitError(f"group name {name!r} must be non-empty and without '/'", fix="rename the group")
-        ev, ct = _prepare(pair[0], pair[1], f"{path}: group {name}")
+        ev, ct, unpaired = _prepare(pair[0], pair[1], f"{path}: group {name}")
         starts = [int(pc.min(t.column("ts_ns")).as_py()) for t in (ev, ct) if t is not None and t.num_rows]
-        prepared.append((str(name), ev, ct, -min(starts) if starts else 0))
+        prepared.append((str(name), ev, ct, -min(starts) if starts else 0, unpaired))
     return _write(path, prepared, title, compress)
 
 
@@ -497,5 +565,5 @@ def write_json(path: str | os.PathLike[str], events: pl.DataFrame | pa.Table,
     floats, flows as s/f pairs). Prefer :func:`write_trace` for Perfetto."""
     from tracekit.io.perfetto_json import write_chrome_json
 
-    ev, ct = _prepare(events, counters, str(path))
+    ev, ct, _unpaired = _prepare(events, counters, str(path))
     return write_chrome_json(path, ev, ct, title=title)

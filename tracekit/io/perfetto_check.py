@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -431,9 +432,8 @@ class _Walker:
                     v = name if aname == "name" else imp[aname]
                 cols[col].append(v)
         schema = schemas.load("events")
-        df = pl.DataFrame({k: cols[k] for k in schema.column_names if k in cols},
-                          schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64})
-        table = schemas.conform(df.to_arrow(), "events", {"source": "import:perfetto"}, where=self.path)
+        arrays = pa.table({f.name: pa.array(cols[f.name], f.arrow_type) for f in schema.fields if f.name in cols})
+        table = schemas.conform(arrays, "events", {"source": "import:perfetto"}, where=self.path)
         return pl.from_arrow(table).sort(["ts_ns", "resource"], maintain_order=True)
 
     def counters(self) -> pl.DataFrame:
@@ -449,11 +449,11 @@ class _Walker:
             unit.append(u)
             ts.append(t)
             val.append(v)
-        df = pl.DataFrame({"ts_ns": ts, "resource": res, "counter": name, "value": val,
-                           "rank": [implied_rank(r) for r in res], "unit": unit},
-                          schema_overrides={"ts_ns": pl.Int64, "resource": pl.String, "counter": pl.String,
-                                            "value": pl.Float64, "rank": pl.Int32, "unit": pl.String})
-        table = schemas.conform(df.to_arrow(), "counters", {"source": "import:perfetto"}, where=self.path)
+        arrays = pa.table({"ts_ns": pa.array(ts, pa.int64()), "resource": pa.array(res, pa.string()),
+                           "counter": pa.array(name, pa.string()), "value": pa.array(val, pa.float64()),
+                           "rank": pa.array([implied_rank(r) for r in res], pa.int32()),
+                           "unit": pa.array(unit, pa.string())})
+        table = schemas.conform(arrays, "counters", {"source": "import:perfetto"}, where=self.path)
         return pl.from_arrow(table).sort(["ts_ns", "resource", "counter"], maintain_order=True)
 
 
