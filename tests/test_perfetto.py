@@ -249,3 +249,12 @@ def test_empty_tables(tmp_path):
     assert ev.height == 0 and back["value"].to_list() == [0.25]
     ev, back = read_trace(write_trace(tmp_path / "e2.pftrace", empty))
     assert ev.height == 0 and back.height == 0
+
+
+def test_sparse_flow_ids_take_the_sorting_path(tmp_path):
+    big = [1 << 60, (1 << 60) + 7, 3]
+    ev = _flows([0, 10, 20, 30], [1, 1, 1, 1], [big[0], big[1], None, 3], [None, big[0], big[1], 5])
+    path = write_trace(tmp_path / "s.pftrace", ev)
+    assert check_trace(path).flows == 2
+    with pytest.raises(TracekitError, match=f"flow id {big[0]} is started twice"):
+        write_trace(tmp_path / "d.pftrace", _flows([0, 1, 2], [1, 1, 1], [big[0], big[0], None], [None, None, 4]))

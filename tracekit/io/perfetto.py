@@ -326,7 +326,8 @@ class _Group:
             raw = c.fill_null(0).to_numpy().astype(np.int64, copy=False)
             present = _bools(pc.is_valid(c))
             if self.unpaired.size:
-                present &= ~np.isin(raw, self.unpaired)
+                at = np.minimum(np.searchsorted(self.unpaired, raw), self.unpaired.size - 1)
+                present &= self.unpaired[at] != raw
             flows[col] = (raw.view(np.uint64) + self.flow_offset, present)
         batch = wire.SliceBatch(
             seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid, annotations=anns,
@@ -421,25 +422,55 @@ def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
     A flow started or terminated twice, or terminated by an operation that starts before the
     one that started it, is bad input. (The temporary arrays are one int per flow; only the
     unpaired ids are kept while writing.)"""
-    out_ids, out_rows = _flow_ids(t, "flow_out")
-    in_ids, in_rows = _flow_ids(t, "flow_in")
-    for ids, rows, col, verb in ((out_ids, out_rows, "flow_out", "started"), (in_ids, in_rows, "flow_in", "terminated")):
-        order = np.argsort(ids, kind="stable")
-        dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
-        if dup.size:
-            a, b = rows[order][dup[0]], rows[order][dup[0] + 1]
-            raise TracekitError(f"flow id {int(ids[order][dup[0]])} is {verb} twice (rows {a} and {b})",
-                                where=f"{where}: column {col}", fix="give every flow its own id")
-    unpaired = np.union1d(np.setdiff1d(out_ids, in_ids), np.setdiff1d(in_ids, out_ids))
-    common, oi, ii = np.intersect1d(out_ids, in_ids, return_indices=True)
-    if common.size:
-        ts = t.column("ts_ns").to_numpy().astype(np.int64)
-        src, dst = out_rows[oi], in_rows[ii]
+    o_ids, o_rows = _flow_ids(t, "flow_out")
+    i_ids, i_rows = _flow_ids(t, "flow_in")
+    if o_ids.size + i_ids.size == 0:
+        return np.zeros(0, np.int64)
+    both = np.concatenate([o_ids, i_ids])
+    lo, hi = int(both.min()), int(both.max())
+    if hi - lo < 4 * both.size + 1024:  # dense ids (the usual 0..F): direct-address tables
+        span = hi - lo + 1
+        at_o = np.full(span, -1, np.int64)
+        at_i = np.full(span, -1, np.int64)
+        for ids, rows, at, col, verb in ((o_ids, o_rows, at_o, "flow_out", "started"),
+                                         (i_ids, i_rows, at_i, "flow_in", "terminated")):
+            counts = np.bincount(ids - lo, minlength=span)
+            if (counts > 1).any():
+                fid = int(np.flatnonzero(counts > 1)[0]) + lo
+                a, b = rows[ids == fid][:2]
+                raise TracekitError(f"flow id {fid} is {verb} twice (rows {a} and {b})", where=f"{where}: column {col}",
+                                    fix="give every flow its own id")
+            at[ids - lo] = rows
+        dst_of_o = at_i[o_ids - lo]
+        o_paired = dst_of_o >= 0
+        i_paired = at_o[i_ids - lo] >= 0
+        src, dst = o_rows[o_paired], dst_of_o[o_paired]
+    else:  # sparse ids: sort and binary search
+        sorted_ids = []
+        for ids, rows, col, verb in ((o_ids, o_rows, "flow_out", "started"), (i_ids, i_rows, "flow_in", "terminated")):
+            order = np.argsort(ids)
+            ids_s, rows_s = ids[order], rows[order]
+            dup = np.flatnonzero(ids_s[1:] == ids_s[:-1])
+            if dup.size:
+                raise TracekitError(f"flow id {int(ids_s[dup[0]])} is {verb} twice (rows {rows_s[dup[0]]} and "
+                                    f"{rows_s[dup[0] + 1]})", where=f"{where}: column {col}",
+                                    fix="give every flow its own id")
+            sorted_ids.append((ids_s, rows_s))
+        (o_ids, o_rows), (i_ids, i_rows) = sorted_ids
+        pos = np.minimum(np.searchsorted(i_ids, o_ids), max(i_ids.size - 1, 0))
+        o_paired = (i_ids[pos] == o_ids) if i_ids.size else np.zeros(o_ids.size, np.bool_)
+        back = np.minimum(np.searchsorted(o_ids, i_ids), max(o_ids.size - 1, 0))
+        i_paired = (o_ids[back] == i_ids) if o_ids.size else np.zeros(i_ids.size, np.bool_)
+        src, dst = o_rows[o_paired], i_rows[pos[o_paired]]
+    unpaired = np.sort(np.concatenate([o_ids[~o_paired], i_ids[~i_paired]]))
+    if src.size:
+        ts = t.column("ts_ns").to_numpy().astype(np.int64, copy=False)
         bad = np.flatnonzero(ts[dst] < ts[src])
         if bad.size:
             k = bad[0]
-            raise TracekitError(f"flow id {int(common[k])} ends at row {dst[k]} (ts {ts[dst[k]]} ns) before it starts "
-                                f"at row {src[k]} (ts {ts[src[k]]} ns)", where=f"{where}: column flow_in",
+            fid = int(o_ids[o_paired][k])
+            raise TracekitError(f"flow id {fid} ends at row {dst[k]} (ts {ts[dst[k]]} ns) before it starts at row "
+                                f"{src[k]} (ts {ts[src[k]]} ns)", where=f"{where}: column flow_in",
                                 fix="a flow goes from an operation to one that starts no earlier")
     return unpaired
 
