@@ -258,3 +258,13 @@ def test_sparse_flow_ids_take_the_sorting_path(tmp_path):
     assert check_trace(path).flows == 2
     with pytest.raises(TracekitError, match=f"flow id {big[0]} is started twice"):
         write_trace(tmp_path / "d.pftrace", _flows([0, 1, 2], [1, 1, 1], [big[0], big[0], None], [None, None, 4]))
+
+
+def test_null_required_values_are_named(tmp_path):
+    ev = pl.DataFrame({"ts_ns": [0, 1, None], "dur_ns": [1, 1, 1], "rank": [0, 0, 0], "resource": ["node0/rank0/hbm"] * 3,
+                       "stage": ["a", "a", "a"], "name": ["a", "a", "a"]})
+    with pytest.raises(TracekitError, match="column ts_ns row 2: null"):
+        write_trace(tmp_path / "n.pftrace", ev)
+    ev = ev.with_columns(pl.Series("ts_ns", [0, 1, 2]), pl.Series("stage", ["a", None, "a"]))
+    with pytest.raises(TracekitError, match="column stage row 1: null"):
+        write_trace(tmp_path / "n.pftrace", ev)

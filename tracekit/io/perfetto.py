@@ -114,16 +114,19 @@ def _sorted_by_ts(t: pa.Table) -> pa.Table:
     return t
 
 
-def _batch(t: pa.Table) -> dict[str, Any]:
-    """The columns of one batch of a table already checked against events.v1 (on its empty
-    slice): numeric columns as numpy, strings as Arrow (None when absent: all default), absent
-    numeric columns filled with their defaults."""
+def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
+    """The columns of one batch (rows ``start``...) of a table already checked against events.v1
+    (on its empty slice): numeric columns as numpy, strings as Arrow (None when absent: all
+    default), absent numeric columns filled with their defaults."""
     n = t.num_rows
     out: dict[str, Any] = {"num_rows": n}
     names = set(t.column_names)
     for f in _EVENTS.fields:
         if f.name in names:
             c = t.column(f.name)
+            if c.null_count and f.default is None and not f.nullable:
+                row = start + int(np.flatnonzero(_bools(pc.is_null(c)))[0])
+                raise TracekitError(f"column {f.name} row {row}: null", where=where, fix=f"{f.name} must be set on every row")
             if f.type in _NUMERIC and not f.nullable:
                 a = c.to_numpy() if c.null_count == 0 else c.fill_null(f.default).to_numpy()
                 out[f.name] = a.astype(_NUMERIC[f.type], copy=False)
@@ -209,7 +212,10 @@ class _Group:
                 c.unit = _UNITS[unit]
             elif unit:
                 c.unit_name = unit
-            self.sink.packet(descriptor(node, counter=c, description=""))
+            d = descriptor(node, counter=c, description="")
+            # never merged with a sibling slice track that happens to share its name
+            d.track_descriptor.sibling_merge_behavior = pb.TrackDescriptor.SIBLING_MERGE_BEHAVIOR_NONE
+            self.sink.packet(d)
 
     def _new_lanes(self, lanes: LaneAssigner, lane_seq: np.ndarray) -> np.ndarray:
         """Sequences (and tracks, for lanes past the first) of the lanes created by the last batch."""
@@ -247,7 +253,7 @@ class _Group:
         lanes = LaneAssigner(len(self.paths))
         lane_seq = np.zeros(0, np.uint64)
         for start in range(0, t_all.num_rows, BATCH_ROWS):
-            t = _batch(t_all.slice(start, BATCH_ROWS))
+            t = _batch(t_all.slice(start, BATCH_ROWS), start, self.where)
             ts = t["ts_ns"].astype(np.int64)
             role = _flow_role(t)
             if ((ts[1:] == ts[:-1]) & (role[1:] < role[:-1])).any():
@@ -493,6 +499,9 @@ def _take(t: dict[str, Any], order: np.ndarray) -> dict[str, Any]:
 def _prepare(events: Any, counters: Any, where: str) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
     ev = _to_arrow(events, "events")
     schemas.conform(ev.slice(0, 0), "events", where=where)  # column errors before any work
+    if ev.num_rows and "ts_ns" in ev.column_names and ev.column("ts_ns").null_count:
+        row = int(np.flatnonzero(_bools(pc.is_null(ev.column("ts_ns"))))[0])
+        raise TracekitError(f"column ts_ns row {row}: null", where=where, fix="every event needs a start time")
     ev = _sorted_by_ts(ev)
     unpaired = _flow_plan(ev, where)
     ct = _to_arrow(counters, "counters")
