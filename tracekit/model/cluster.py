@@ -257,13 +257,22 @@ class Cluster:
         m = msg.size
         pc = {k: (v[msg] if isinstance(v, np.ndarray) and v.shape == (n,) else v) for k, v in common.items()}
         hops = self._hops(s, d, pc.get("qp", 0))
+        if self.cfg.granularity != "packet":
+            # a chunk larger than a port's buffer takes the whole buffer (packet granularity is exact)
+            wire_buf = np.minimum(wire, self.port_buffer)
+        else:
+            if hw.nic.mtu_bytes + hw.nic.header_bytes > self.port_buffer:
+                raise TracekitError(
+                    f"switch port buffer of {self.port_buffer} B (buffer_bytes / ports) is smaller than one packet",
+                    fix="enlarge switch.buffer_bytes")
+            wire_buf = wire
         # Each hop acquires room in the next real hop's buffer and releases its own when it has sent.
         first_buf = np.full(m, -1, np.int64)
         for res, buf in reversed(hops):
             first_buf = np.where(res >= 0, buf, first_buf)
         # first hop: NIC transmit, holding its port while the next buffer has no room
         tx = self.add(m, "nic_send", s, res=self.nic_tx[s], dur=overhead + ceil_div(wire, 1.0 / self.ns_line),
-                      pool=first_buf, amount=wire, hold=True, bytes=pbytes, tokens=ptokens, **pc)
+                      pool=first_buf, amount=wire_buf, hold=True, bytes=pbytes, tokens=ptokens, **pc)
         self.g.add_edges(after[msg], tx, lag=hw.nic.latency_ns)
         prev = tx
         for i, (res, buf) in enumerate(hops):
@@ -273,8 +282,8 @@ class Cluster:
             real = res >= 0
             nxt = np.where(real, nxt, -1)
             t = self.add(m, "fabric", -1, res=res, dur=np.where(real, ceil_div(wire, 1.0 / self.ns_port), 0),
-                         pool=nxt, amount=np.where(nxt >= 0, wire, 0), hold=True,
-                         rel_pool=np.where(real, buf, -1), rel_amount=np.where(real, wire, 0),
+                         pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=True,
+                         rel_pool=np.where(real, buf, -1), rel_amount=np.where(real, wire_buf, 0),
                          bytes=pbytes, tokens=ptokens, record=real, **pc)
             self.g.add_edges(prev, t, lag=np.where(real, self.hop_ns, 0))
             prev = t

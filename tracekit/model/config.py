@@ -128,15 +128,16 @@ class ReplayConfig:
             for name in ("nvl_send_chunk", "nvl_recv_buffer", "rdma_send_chunk", "rdma_recv_buffer"):
                 if getattr(pc, name) < 1:
                     raise bad(f"--{phase}-{name.replace('_', '-')}", getattr(pc, name), "a positive number of tokens")
-            if pc.nvl_recv_buffer < pc.nvl_send_chunk:
+            # DeepEP's own Config checks: an NVLink ring holds more than one chunk, an RDMA ring two
+            if pc.nvl_recv_buffer <= pc.nvl_send_chunk:
                 raise TracekitError(
-                    f"{phase}: NVLink ring of {pc.nvl_recv_buffer} tokens is smaller than its chunk of "
-                    f"{pc.nvl_send_chunk} tokens", fix="make the ring at least one chunk (DeepEP requires several)",
+                    f"{phase}: NVLink ring of {pc.nvl_recv_buffer} tokens is not larger than its chunk of "
+                    f"{pc.nvl_send_chunk} tokens", fix="make the ring larger than one chunk, as DeepEP requires",
                 )
-            if pc.rdma_recv_buffer < pc.rdma_send_chunk:
+            if pc.rdma_recv_buffer < 2 * pc.rdma_send_chunk:
                 raise TracekitError(
-                    f"{phase}: RDMA ring of {pc.rdma_recv_buffer} tokens is smaller than its chunk of "
-                    f"{pc.rdma_send_chunk} tokens", fix="make the ring at least one chunk",
+                    f"{phase}: RDMA ring of {pc.rdma_recv_buffer} tokens is smaller than two chunks of "
+                    f"{pc.rdma_send_chunk} tokens", fix="make the RDMA ring at least two chunks, as DeepEP requires",
                 )
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracekit.engine import TaskGraph
+from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
 from tracekit.model.chunks import chain_edges, chunk_items, combine_keys, unique_pairs
 from tracekit.model.cluster import Cluster
@@ -93,6 +94,18 @@ def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunk
     a, b = unique_pairs(consumers, chunk)
     cl.g.add_edges(a, ret[b], lag=np.broadcast_to(np.asarray(lag), (nchunks,))[b] if np.ndim(lag) else lag)
     return ret
+
+
+def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: np.ndarray, lag: np.ndarray,
+                    msg: np.ndarray, rank: np.ndarray) -> None:
+    """Each item (token slot) is consumed by exactly one task: every (consumer, chunk) pair returns the
+    slots it consumed when that consumer finishes, so a chunk shared by two consumers frees in parts."""
+    radix = int(chunk.max()) + 1 if chunk.size else 1
+    key, count = np.unique(consumer.astype(np.int64) * radix + chunk, return_counts=True)
+    task, k = key // radix, key % radix
+    ret = cl.add(key.size, "credit_return", rank[k], dur=0, rel_pool=pool[k], rel_amount=count, rel_lag=lag[k],
+                 record=False, msg_id=msg[k])
+    cl.g.add_edges(task, ret)
 
 
 def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.ndarray, lag: object) -> None:
@@ -287,15 +300,28 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     # holders visit sources in rotated node order (from their own node onwards), as DeepEP's senders do
     rot = (cl.node_of[s] - cl.node_of[holder]) % N
     order = (rot * cl.R + s) * (int(tok.max()) + 1 if tok.size else 1) + tok[row]
-    # 1. NVLink chunks holder -> forwarder
-    group = combine_keys(holder, c, fwd)
+    # 1. NVLink chunks holder -> forwarder. Between nodes the forwarder's NVLink buffer is split by the
+    # tokens' source node (as DeepEP does), so one node's backlog cannot block another's reduction.
+    if N > 1:
+        nvl_capacity = pc.nvl_recv_buffer // N
+        need = max(pc.nvl_send_chunk, min(pc.rdma_send_chunk, nvl_capacity))
+        if nvl_capacity <= pc.nvl_send_chunk:
+            raise TracekitError(
+                f"combine: the NVLink buffer of {pc.nvl_recv_buffer} tokens split over {N} source nodes leaves "
+                f"{nvl_capacity} tokens each, not more than the {pc.nvl_send_chunk}-token chunk",
+                fix=f"use --combine-nvl-buffer of at least {N * (need + 1)} tokens")
+        group = combine_keys(holder, c, fwd, cl.node_of[s])
+    else:
+        nvl_capacity = pc.nvl_recv_buffer
+        group = combine_keys(holder, c, fwd)
     item_chunk, cgroup, ntok, kidx = chunk_items(group, order, pc.nvl_send_chunk)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
     ch_, cc, cf = holder[first], c[first], fwd[first]
     nbytes = ntok * wire
-    ring = _ring_pools(cl, cf, cc, ch_, "nvl_ring_combine", pc.nvl_recv_buffer, cgroup)
+    ring = _ring_pools(cl, cf, cc, ch_ if N == 1 else ch_ * N + cl.node_of[s[first]], "nvl_ring_combine",
+                       nvl_capacity, cgroup)
     msg = np.arange(m)
     cl.order(msg, kidx)
     pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
@@ -312,10 +338,11 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     built.first_data = pack
     if N == 1:
         # inside one node the source reduces the contributions itself
+        block = max(1, min(max(pc.nvl_send_chunk, pc.rdma_send_chunk) * 4, pc.nvl_recv_buffer - pc.nvl_send_chunk + 1))
         fin_of_row = _final_reduce(cl, built, src, tok, ch, row, item_chunk, arrive, np.where(remote, lat_nvl, 0),
-                                   max(pc.nvl_send_chunk, pc.rdma_send_chunk) * 4, m)
-        _credit_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, m, ring, ntok, ch_,
-                       np.where(remote, lat_nvl, 0), msg)
+                                   block, m)
+        _partial_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, ring,
+                        np.where(remote, lat_nvl, 0), msg, ch_)
         built.flows.append((pack, fin_of_row[row[first]]))
         return
     # 2. reduction at the forwarder: one task per RDMA chunk (source, channel, node)
@@ -324,7 +351,9 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     nnode = nnode.astype(np.int64)
     rs, rcn = src[nrow], ch[nrow]
     rgroup = combine_keys(rs, rcn, (nnode - cl.node_of[rs]) % N)
-    r_item_chunk, r_group, r_ntok, r_kidx = chunk_items(rgroup, tok[nrow], pc.rdma_send_chunk)
+    # a reduction chunk must fit in what one holder's NVLink ring can hold at once
+    r_chunk = max(1, min(pc.rdma_send_chunk, nvl_capacity - pc.nvl_send_chunk + 1))
+    r_item_chunk, r_group, r_ntok, r_kidx = chunk_items(rgroup, tok[nrow], r_chunk)
     rm = r_group.shape[0]
     rfirst = np.zeros(rm, np.int64)
     rfirst[r_item_chunk[::-1]] = np.arange(r_item_chunk.size)[::-1]
@@ -346,8 +375,8 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     a2, b2 = chain_edges(r_group)
     cl.g.add_edges(reduce[a2], reduce[b2])
     built.flows.append((pack, reduce[red_of_item[first]]))
-    _credit_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, m, ring, ntok, ch_,
-                   np.where(remote, lat_nvl, 0), msg)
+    _partial_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, ring,
+                    np.where(remote, lat_nvl, 0), msg, ch_)
     # 3. RDMA from the forwarder to the source (inside the source's own node: a local write)
     rremote = k_f != k_s
     rarrive = reduce.copy()
@@ -362,10 +391,11 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
         rarrive[ridx] = msg_.tail
         built.flows.append((msg_.nic_send, msg_.nic_recv))
     # 4. reduction across nodes at the source
+    block = max(1, min(r_chunk * N, pc.rdma_recv_buffer - r_chunk + 1))
     fin_of_row = _final_reduce(cl, built, src, tok, ch, nrow, r_item_chunk, rarrive,
-                               np.where(rremote, hw.pcie.latency_ns, 0), pc.rdma_send_chunk * N, m + rm)
-    _credit_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rm, rring, r_ntok, k_f,
-                   np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0), rmsg)
+                               np.where(rremote, hw.pcie.latency_ns, 0), block, m + rm)
+    _partial_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rring,
+                    np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0), rmsg, k_f)
 
 
 def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arrival_lag, block, msg_base) -> np.ndarray:

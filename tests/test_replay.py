@@ -1,0 +1,163 @@
+"""Replay: conservation, determinism, the reference engine on model graphs, and physics sanity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracekit.cli import main
+from tracekit.engine import run
+from tracekit.engine.reference import run_reference
+from tracekit.hardware import load_profile
+from tracekit.io.tables import write_table
+from tracekit.model.config import PhaseConfig, ReplayConfig
+from tracekit.model.normal import build_combine, build_dispatch
+from tracekit.replay import replay
+from tracekit.workload.layout import dispatch_layout
+from tracekit.workload.synth import SynthConfig, synth
+
+
+def _routing(ep=8, tokens=64, experts=64, topk=4, skew=0.0, seed=0, gpus_per_node=8, **kw):
+    return synth(SynthConfig(preset="decode", ep=ep, tokens=tokens, experts=experts, topk=topk, skew=skew,
+                             seed=seed, gpus_per_node=gpus_per_node, hidden=kw.pop("hidden", 1024),
+                             max_nodes=kw.pop("max_nodes", 4), **kw))
+
+
+@st.composite
+def small_cases(draw):
+    gpn = draw(st.sampled_from([2, 4]))
+    nodes = draw(st.sampled_from([1, 2, 3]))
+    ep = gpn * nodes
+    experts = ep * draw(st.integers(1, 4))
+    topk = draw(st.integers(1, min(4, experts)))
+    routing = _routing(ep=ep, tokens=draw(st.integers(1, 24)), experts=experts, topk=topk,
+                       skew=draw(st.sampled_from([0.0, 1.0])), seed=draw(st.integers(0, 10)), gpus_per_node=gpn,
+                       hidden=draw(st.sampled_from([128, 512])), max_nodes=nodes,
+                       masked=0 if topk == 1 else draw(st.integers(0, 1)))
+    hw = load_profile(draw(st.sampled_from(["h800-ib", "generic", "ascend910b-roce"]))).with_overrides({
+        "system.gpus_per_node": gpn,
+        "nic.line_rate_gbit_s": draw(st.sampled_from([100, 400])),
+        "switch.port_rate_gbit_s": draw(st.sampled_from([100, 400])),
+        "switch.buffer_bytes": draw(st.sampled_from([1 << 19, 1 << 25])),  # 8 KB or 512 KB per port
+        "nic.wqe_depth": draw(st.sampled_from([4, 128])),
+        "nic.cq_depth": draw(st.sampled_from([1, 128])),
+    })
+    def phase():
+        nvl_chunk, rdma_chunk = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        return PhaseConfig(nvl_chunk, nodes * (nvl_chunk + 1) + draw(st.integers(0, 4)),
+                           rdma_chunk, 2 * rdma_chunk + draw(st.integers(0, 4)))
+
+    cfg = ReplayConfig(
+        num_sms=2 * draw(st.integers(1, 3)),
+        dispatch=phase(),
+        combine=phase(),
+        granularity=draw(st.sampled_from(["chunk", "token", "packet"])),
+        doorbell=draw(st.sampled_from(["gpu", "cpu_proxy"])),
+        adaptive_routing=draw(st.booleans()),
+        min_chunk_tokens=1,
+    ).resolved(ep)
+    return routing, hw, cfg
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cases())
+def test_fast_engine_equals_reference_on_model_graphs(case):
+    routing, hw, cfg = case
+    layout = dispatch_layout(routing)
+    for build in (build_dispatch, build_combine):
+        built = build(routing, layout, hw, cfg)
+        fast = run(built.graph)
+        ref = run_reference(built.graph)
+        assert fast.first_difference(ref) is None, build.__name__
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cases())
+def test_every_replay_conserves_tokens_and_stays_above_its_bound(case):
+    routing, hw, cfg = case
+    result = replay(routing, hw, cfg)  # raises ConservationError on any loss or duplicate
+    assert result.summary["conservation"] == "ok"
+    for phase in ("dispatch", "combine"):
+        assert result.summary[phase]["bound_ratio"] >= 1.0
+    ev = result.events
+    assert (ev["dur_ns"] >= 0).all() and ev["ts_ns"].is_sorted()
+
+
+def test_replay_is_byte_deterministic(tmp_path):
+    path = write_table(_routing(ep=16, tokens=32).to_arrow(), tmp_path / "r.parquet", "routing",
+                       _routing(ep=16, tokens=32).meta.to_dict())
+    outs = []
+    for name in ("a", "b"):
+        assert main(["replay", str(path), "--hardware", "h800-ib", "-o", str(tmp_path / name), "--quiet",
+                     "--no-timeline"]) == 0
+        outs.append({f: (tmp_path / name / f).read_bytes() for f in ("events.parquet", "counters.parquet",
+                                                                      "summary.json")})
+    assert outs[0] == outs[1]
+    summary = json.loads(outs[0]["summary.json"])
+    for key in ("latency_ns", "bytes", "stages", "rank_finish_ns", "bandwidth_gbps", "bottleneck", "stalls"):
+        assert key in summary["dispatch"] and key in summary["combine"]
+    assert summary["conservation"] == "ok"
+
+
+def _bw(tokens):
+    routing = _routing(ep=8, tokens=tokens, experts=64, topk=8, hidden=7168)
+    return replay(routing, load_profile("h800-ib")).summary["dispatch"]["bandwidth_gbps"]["nvlink"]
+
+
+def test_bandwidth_approaches_the_link_rate_as_tokens_grow():
+    small, mid, large = _bw(16), _bw(128), _bw(1024)
+    assert small < mid < large
+    # H800 NVLink: 160 GB/s payload per direction; DeepEP's NVL figure counts local tokens too (x 8/7)
+    assert 0.85 * 160 < large <= 160 * 8 / 7
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cases(), st.sampled_from(["nvlink.bandwidth_gbyte_s", "nic.line_rate_gbit_s",
+                                       "switch.port_rate_gbit_s", "pcie.bandwidth_gbyte_s",
+                                       "gpu.sm_copy_bandwidth_gbyte_s"]))
+def test_doubling_a_link_never_slows_a_replay(case, field):
+    routing, hw, cfg = case
+    base = replay(routing, hw, cfg).summary
+    fast = replay(routing, hw.with_overrides({field: 2 * hw.get(field)}), cfg).summary
+    for phase in ("dispatch", "combine"):
+        assert fast[phase]["latency_ns"] <= base[phase]["latency_ns"], (phase, field)
+
+
+def test_skew_raises_tail_rank_finish():
+    hw = load_profile("h800-ib")
+    flat = replay(_routing(ep=16, tokens=256, experts=128, topk=8), hw).summary["dispatch"]["rank_finish_ns"]
+    hot = replay(_routing(ep=16, tokens=256, experts=128, topk=8, skew=1.2), hw).summary["dispatch"]["rank_finish_ns"]
+    assert hot["p99"] > flat["p99"] and hot["max"] > flat["max"]
+
+
+def test_smaller_ring_raises_credit_stalls():
+    routing = _routing(ep=16, tokens=256, experts=128, topk=8)
+    hw = load_profile("h800-ib")
+    stalls = []
+    for ring in (256, 32, 16):
+        cfg = ReplayConfig(dispatch=PhaseConfig(8, ring, 8, ring))
+        stalls.append(replay(routing, hw, cfg).summary["dispatch"]["stalls"]["credit"])
+    assert stalls[0] <= stalls[1] < stalls[2]
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    r = _routing(ep=8, tokens=8)
+    good = write_table(r.to_arrow(), tmp_path / "r.parquet", "routing", r.meta.to_dict())
+    cases = [
+        (["replay", str(good), "--hardware", "h900", "-o", str(tmp_path / "x")], "unknown hardware profile"),
+        (["replay", str(good), "--dispatch-nvl-chunk", "64", "--dispatch-nvl-buffer", "16", "-o",
+          str(tmp_path / "y")], "not larger than its chunk"),
+        (["replay", str(good), "--set", "nic.bogus=1", "-o", str(tmp_path / "z")], "unknown hardware field"),
+    ]
+    r4 = _routing(ep=8, tokens=8, gpus_per_node=4)
+    mismatch = write_table(r4.to_arrow(), tmp_path / "r4.parquet", "routing", r4.meta.to_dict())
+    cases.append((["replay", str(mismatch), "-o", str(tmp_path / "w")], "gpus_per_node=4"))
+    for argv, match in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tracekit: error:") and match in err and "\n" not in err
+        assert not (tmp_path / argv[-1]).exists()

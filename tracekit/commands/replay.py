@@ -1,0 +1,114 @@
+"""`tracekit replay`: re-execute dispatch and combine of a routing table on a modelled cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tracekit.errors import TracekitError
+from tracekit.hardware import list_profiles, load_profile
+from tracekit.io.tables import read_table
+from tracekit.model.config import CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, PhaseConfig, ReplayConfig, deepep_defaults
+from tracekit.progress import Progress
+from tracekit.workload.routing import DTYPES, Routing
+
+HELP = "replay MoE dispatch and combine of a routing table on a modelled cluster"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("routing", metavar="ROUTING.parquet", nargs="?", help="routing table (routing.v1)")
+    p.add_argument("--hardware", "--hw", metavar="PROFILE", default="h800-ib",
+                   help=f"hardware profile name ({', '.join(list_profiles())}) or .toml path (default h800-ib)")
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=True,
+                   help="directory for events.parquet, counters.parquet, summary.json, timeline.pftrace")
+    p.add_argument("--mode", choices=MODES, default="normal", help="kernel family (default normal)")
+    p.add_argument("--dispatch-dtype", choices=list(DTYPES), help="override the routing table's dispatch payload type")
+    p.add_argument("--combine-dtype", choices=list(DTYPES), help="override the routing table's combine payload type")
+    p.add_argument("--num-sms", type=int, default=20, metavar="N", help="SMs for communication, 2 per channel (default 20)")
+    for phase in ("dispatch", "combine"):
+        for name, what in (("nvl-chunk", "NVLink chunk"), ("nvl-buffer", "NVLink ring"),
+                           ("rdma-chunk", "RDMA chunk"), ("rdma-buffer", "RDMA ring")):
+            p.add_argument(f"--{phase}-{name}", type=int, metavar="TOKENS",
+                           help=f"{phase} {what} size in tokens (default: DeepEP's table for the EP size)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="chunk",
+                   help="chunk: DeepEP chunks everywhere (default); token: one token per chunk; "
+                        "packet: MTU packets on NICs and switch ports")
+    p.add_argument("--doorbell", choices=DOORBELLS, default="gpu", help="who posts RDMA work requests (default gpu)")
+    p.add_argument("--adaptive-routing", action="store_true", help="tail atomics wait for the write's ack (+1 RTT)")
+    p.add_argument("--credit-return", choices=CREDIT_RETURN, default="after_consume",
+                   help="when receivers return ring credits (early = a broken protocol, for the hazard checker)")
+    p.add_argument("--cached", action="store_true", help="cached layout: no notify or CPU sync")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a hardware value, e.g. --set nic.line_rate_gbit_s=800 (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed (recorded; the model is deterministic)")
+    p.add_argument("--no-timeline", action="store_true", help="skip timeline.pftrace")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise TracekitError(f"--set {item!r}: expected SECTION.FIELD=VALUE", fix="e.g. --set nic.line_rate_gbit_s=800")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
+    phases = {}
+    for phase in ("dispatch", "combine"):
+        d = deepep_defaults(ep_size, phase)
+        vals = [getattr(args, f"{phase}_{n}") for n in ("nvl_chunk", "nvl_buffer", "rdma_chunk", "rdma_buffer")]
+        phases[phase] = PhaseConfig(*[v if v is not None else dv for v, dv in zip(vals, (
+            d.nvl_send_chunk, d.nvl_recv_buffer, d.rdma_send_chunk, d.rdma_recv_buffer))])
+    return ReplayConfig(
+        mode=args.mode, num_sms=args.num_sms, dispatch=phases["dispatch"], combine=phases["combine"],
+        granularity=args.granularity, doorbell=args.doorbell, adaptive_routing=args.adaptive_routing,
+        credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
+        combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracekit.io.replay_out import write_replay
+    from tracekit.replay import replay
+    from tracekit.workload.validate import check_routing
+
+    if not args.routing:
+        raise TracekitError("no routing table given", where="replay",
+                            fix="pass ROUTING.parquet (make one with tracekit synth)")
+    table, meta, _ = read_table(args.routing, "routing")
+    routing = Routing.from_arrow(table, meta, where=args.routing)
+    check_routing(routing, where=args.routing)
+    hw = load_profile(args.hardware)
+    cfg = config_from_args(args, routing.meta.ep_size)
+    hw.with_overrides(cfg.hardware_overrides)  # fail early on a bad --set
+    total = 2 * len(routing.steps_layers())
+    with Progress("replay", total=total, quiet=args.quiet) as progress:
+        result = replay(routing, hw, cfg, on_phase=lambda *_: progress.advance())
+    paths = write_replay(result, args.output, meta={"source": "replay", "ep_size": routing.meta.ep_size,
+                                                    "gpus_per_node": routing.meta.gpus_per_node, "hardware": hw.name,
+                                                    "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str)},
+                         timeline=not args.no_timeline and _has_perfetto())
+    if not args.quiet:
+        s = result.summary
+        for phase in ("dispatch", "combine"):
+            d = s[phase]
+            bw = d["bandwidth_gbps"]
+            print(f"{phase:8s} latency {d['latency_ns'] / 1e3:9.1f} us   rank finish p50/p99/max "
+                  f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
+                  f"{d['rank_finish_ns']['max'] / 1e3:.1f} us   NVL {bw['nvlink']:.1f} GB/s  RDMA {bw['rdma']:.1f} GB/s"
+                  f"   bottleneck {d['bottleneck']['resource_kind']} ({d['bottleneck']['resource']})")
+        print(f"conservation: {s['conservation']}")
+        for path in paths:
+            print(f"wrote {path}")
+    return 0
+
+
+def _has_perfetto() -> bool:
+    try:
+        import tracekit.io.perfetto  # noqa: F401
+    except ImportError:
+        return False
+    return True
