@@ -417,8 +417,11 @@ def _flow_ids(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
     if col not in t.column_names:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     c = t.column(col)
+    if c.null_count == len(c):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     valid = np.flatnonzero(np.asarray(pc.is_valid(c).to_numpy(zero_copy_only=False), np.bool_))
-    return c.fill_null(0).to_numpy().astype(np.int64)[valid], valid
+    ids = c.drop_null().to_numpy().astype(np.int64, copy=False)
+    return ids, valid.astype(np.int32 if len(c) < 2**31 else np.int64)
 
 
 def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
@@ -436,17 +439,17 @@ def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
     lo, hi = int(both.min()), int(both.max())
     if hi - lo < 4 * both.size + 1024:  # dense ids (the usual 0..F): direct-address tables
         span = hi - lo + 1
-        at_o = np.full(span, -1, np.int64)
-        at_i = np.full(span, -1, np.int64)
+        at_o = np.full(span, -1, o_rows.dtype)
+        at_i = np.full(span, -1, o_rows.dtype)
         for ids, rows, at, col, verb in ((o_ids, o_rows, at_o, "flow_out", "started"),
                                          (i_ids, i_rows, at_i, "flow_in", "terminated")):
-            counts = np.bincount(ids - lo, minlength=span)
-            if (counts > 1).any():
-                fid = int(np.flatnonzero(counts > 1)[0]) + lo
-                a, b = rows[ids == fid][:2]
+            at[ids - lo] = rows
+            if np.count_nonzero(at >= 0) != ids.size:  # some id written twice
+                order = np.argsort(ids, kind="stable")
+                k = np.flatnonzero(ids[order][1:] == ids[order][:-1])[0]
+                fid, a, b = int(ids[order][k]), rows[order][k], rows[order][k + 1]
                 raise TracekitError(f"flow id {fid} is {verb} twice (rows {a} and {b})", where=f"{where}: column {col}",
                                     fix="give every flow its own id")
-            at[ids - lo] = rows
         dst_of_o = at_i[o_ids - lo]
         o_paired = dst_of_o >= 0
         i_paired = at_o[i_ids - lo] >= 0
