@@ -166,3 +166,15 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("tracekit: error:") and match in err and "\n" not in err
         assert not (tmp_path / argv[-1]).exists()
+
+
+def test_several_steps_and_layers_run_back_to_back():
+    routing = _routing(ep=16, tokens=32, experts=64, topk=4, layers=2, steps=2)
+    result = replay(routing, load_profile("h800-ib"))
+    ev = result.events
+    assert sorted(ev.select("step", "layer").unique().rows()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert ev["ts_ns"].is_sorted()
+    d = result.summary["dispatch"]
+    assert d["latency_ns"] == sum(p.summary["latency_ns"] for p in result.phases if p.phase == "dispatch")
+    assert d["latency_ns_per_layer"]["max"] <= d["latency_ns"]
+    assert isinstance(d["bandwidth_gbps"]["unit"], str)

@@ -100,7 +100,8 @@ def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
         for k, v in r.summary["stalls"].items():
             stalls[k] = stalls.get(k, 0) + v
     finish = np.concatenate([r.rank_finish for r in results])
-    bw = {k: float(np.mean([r.summary["bandwidth_gbps"][k] for r in results])) for k in results[0].summary["bandwidth_gbps"]}
+    bw = {k: (float(np.mean([r.summary["bandwidth_gbps"][k] for r in results])) if k != "unit" else v)
+          for k, v in results[0].summary["bandwidth_gbps"].items()}
     bottlenecks = [r.summary["bottleneck"]["resource_kind"] for r in results]
     worst = max(results, key=lambda r: r.summary["latency_ns"])
     return {
