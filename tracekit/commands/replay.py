@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credit-return", choices=CREDIT_RETURN, default="after_consume",
                    help="when receivers return ring credits (early = a broken protocol, for the hazard checker)")
     p.add_argument("--cached", action="store_true", help="cached layout: no notify or CPU sync")
+    p.add_argument("--record-memops", action="store_true",
+                   help="also write memops.parquet: the NVLink rings' memory operations (intranode dispatch), "
+                        "for tracekit fuzz --check")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a hardware value, e.g. --set nic.line_rate_gbit_s=800 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed (recorded; the model is deterministic)")
@@ -71,6 +74,7 @@ def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
         granularity=args.granularity, doorbell=args.doorbell, adaptive_routing=args.adaptive_routing,
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
+        record_memops=args.record_memops,
     )
 
 
