@@ -68,6 +68,8 @@ def simpy_run(graph) -> tuple[int, np.ndarray]:
     """Execute a TaskGraph with SimPy: one process per task; returns (events, finish times)."""
     import simpy
 
+    from tracekit.engine.graph import unpack_edges
+
     f = graph.freeze()
     n = graph.num_tasks
     env = simpy.Environment()
@@ -76,9 +78,10 @@ def simpy_run(graph) -> tuple[int, np.ndarray]:
     done = [env.event() for _ in range(n)]
     finish = np.full(n, -1, np.int64)
     preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    succ, succ_lag = unpack_edges(f["succ"])
     for t in range(n):
         for e in range(f["succ_ptr"][t], f["succ_ptr"][t + 1]):
-            preds[int(f["succ"][e])].append((t, int(f["succ_lag"][e])))
+            preds[int(succ[e])].append((t, int(succ_lag[e])))
     rel = [[] for _ in range(n)]
     for e in range(f["rel_task"].size):
         rel[int(f["rel_task"][e])].append((int(f["rel_pool_e"][e]), int(f["rel_amount_e"][e]), int(f["rel_lag_e"][e])))
@@ -128,9 +131,7 @@ def simpy_run(graph) -> tuple[int, np.ndarray]:
             events += 1
         except simpy.core.EmptySchedule:
             break
-    perm_finish = np.empty(n, np.int64)
-    perm_finish[f["perm"]] = finish
-    return events, perm_finish
+    return events, finish
 
 
 def engine_rate(ep: int, tokens: int) -> dict:

@@ -1,26 +1,62 @@
 """The fast engine: the task-graph semantics of :mod:`tracekit.engine.graph`, compiled with numba.
 
-One binary heap of (time, kind, task) events; FIFO queues per resource and per pool as linked lists
-in arrays; an explicit work stack instead of recursion. :mod:`tracekit.engine.reference` is the
-plain-Python twin that Hypothesis holds equal to this one.
+One binary heap of (time, key) events, the key packing (kind, position, task id); FIFO queues per
+resource and per pool as linked lists through the tasks; an explicit work stack instead of recursion.
+Each task's static and dynamic state lives in one 64-byte record (one cache line: the event loop
+touches tasks in time order, not id order), allocated by numpy so that it gets huge pages.
+:mod:`tracekit.engine.reference` is the plain-Python twin that Hypothesis holds equal to this one.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from tracekit.engine.graph import Schedule, TaskGraph
+from tracekit.engine.graph import BindKind, Schedule, TaskGraph
 from tracekit.errors import TracekitError
 
 FINISH = 0
 RELEASE = 1
 READY = 2
-_SHIFT = 40
-_MASK = (1 << _SHIFT) - 1
+_KIND = 61  # key = kind << 61 | position << 31 | task (or release entry)
+_POS = 31
+_ID = (1 << 31) - 1
 
 # work-stack actions
-_ENQ, _TRY, _AFTER_SEIZE, _REQ, _GRANTED, _GRANT, _START = range(7)  # _GRANT: make release entry arg
+_ENQ, _TRY, _AFTER_SEIZE, _REQ, _GRANTED, _GRANT, _START = range(7)
+
+#: One task: times (int64), then its static columns and its links (int32). ``flags`` holds the
+#: alignment (bits 0-26), ``hold`` (bit 27), "became ready" (bit 28) and the bind kind (bits 29-30);
+#: ``link`` counts unfinished predecessors until the task is ready, then links it into a queue;
+#: ``binder`` is the latest predecessor until then, then whoever held the task back last.
+TASK = np.dtype([("ready", np.int64), ("seize", np.int64), ("grant", np.int64), ("start", np.int64),
+                 ("dur", np.int32), ("res", np.int32), ("pool", np.int32), ("amount", np.int32),
+                 ("flags", np.int32), ("link", np.int32), ("binder", np.int32), ("prio", np.int32)])
+_ALIGN = (1 << 27) - 1
+_HOLD = 1 << 27
+_READIED = 1 << 28
+_BK = 29
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the CPU to fetch ``arr[idx]`` into cache (``llvm.prefetch``; no effect on results)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, inline="always")
@@ -81,49 +117,40 @@ def _pop(h, size):
     return t0, k0, size
 
 
-# columns of the static task table S and the dynamic state table D (array-of-structs: one or two
-# cache lines per task, because the event loop touches tasks in time order, not id order)
-_RES, _DUR, _POOL, _AMOUNT, _HOLD, _ALIGN = range(6)
-_S_COLS = 6
-(_READYT, _SEIZE, _GRANTT, _STALL, _STARTT, _FINISHT, _BINDER, _BKIND, _CRIT, _READY_AT, _NPRED, _QENTER, _PREQ,
- _QNEXT, _PNEXT) = range(15)
-_D_COLS = 16
+@njit(cache=True)
+def _fill(T, res, dur, pool, amount, hold, align, release, npred, prio):
+    for i in range(T.shape[0]):
+        r = T[i]
+        r.ready = release[i]
+        r.seize = -1
+        r.grant = -1
+        r.start = -1
+        r.dur = dur[i]
+        r.res = res[i]
+        r.pool = pool[i]
+        r.amount = amount[i]
+        r.flags = align[i] | (_HOLD if hold[i] else 0)
+        r.link = npred[i]
+        r.binder = -1
+        r.prio = prio[i]
 
 
 @njit(cache=True)
-def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr, succ, succ_lag, res_servers,
-            pool_capacity, rel_ptr, rel_task, rel_pool, rel_amount, rel_lag):
-    n = res.shape[0]
-    S = np.empty((n, _S_COLS), np.int64)
-    D = np.empty((n, _D_COLS), np.int64)
-    for i in range(n):
-        S[i, _RES] = res[i]
-        S[i, _DUR] = dur[i]
-        S[i, _POOL] = pool[i]
-        S[i, _AMOUNT] = amount[i]
-        S[i, _HOLD] = hold[i]
-        S[i, _ALIGN] = align[i]
-        for c in range(_D_COLS):
-            D[i, c] = -1
-        D[i, _STALL] = 0
-        D[i, _BKIND] = 0
-        D[i, _READY_AT] = release[i]
-        D[i, _NPRED] = npred[i]
-        D[i, _QENTER] = 0
-        D[i, _PREQ] = 0
+def _kernel(T, release, succ_ptr, succ, res_servers, pool_capacity, rel_ptr, rel_task, rel_pool, rel_amount,
+            rel_lag, src):
+    n = T.shape[0]
     nrel = rel_task.shape[0]
     nres = res_servers.shape[0]
     busy = np.zeros(nres, np.int64)
     qhead = np.full(nres, -1, np.int64)
     qtail = np.full(nres, -1, np.int64)
     npool = pool_capacity.shape[0]
-    avail = pool_capacity.copy()
-    phead = np.full(npool, -1, np.int64)
-    ptail = np.full(npool, -1, np.int64)
-
-    # Sources enter lazily, in (release, id) order, merged with the heap: the heap stays small.
-    src = np.flatnonzero(D[:, _NPRED] == 0)
-    src = src[np.argsort(release[src], kind="mergesort")]
+    P = np.empty((npool, 4), np.int64)  # available, queue head, queue tail: one cache line per pool
+    for p in range(npool):
+        P[p, 0] = pool_capacity[p]
+        P[p, 1] = -1
+        P[p, 2] = -1
+    # Sources enter lazily, in (release, position) order, merged with the heap: the heap stays small.
     nsrc = src.shape[0]
     si = 0
     h = np.empty(2 * (2 * n + nrel + 2), np.int64)
@@ -133,23 +160,38 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
     ws_aux = np.empty(2 * n + nrel + 64, np.int64)
     batch = np.empty(n + 1, np.int64)
     events = 0
+    skey = 0
     while size > 0 or si < nsrc:
-        if si < nsrc and (size == 0 or _less(release[src[si]], (READY << _SHIFT) | src[si], h[0], h[1])):
+        take = False
+        if si < nsrc:
+            s = src[si]
+            skey = (READY << _KIND) | (np.int64(T[s].prio) << _POS) | s
+            take = size == 0 or _less(release[s], skey, h[0], h[1])
+        if take:
             now = release[src[si]]
-            key = (READY << _SHIFT) | src[si]
+            key = skey
             si += 1
         else:
             now, key, size = _pop(h, size)
         events += 1
-        kind = key >> _SHIFT
-        task = key & _MASK
+        kind = key >> _KIND
+        task = key & _ID
+        if size > 0 and (h[1] >> _KIND) != RELEASE:  # the next event's task: fetch it while this one runs
+            nxt = h[1] & _ID
+            _prefetch(T, nxt)
+            if (h[1] >> _KIND) == FINISH:
+                _prefetch(succ_ptr, nxt)
+                _prefetch(rel_ptr, nxt)
         top = 0
         if kind == READY:
-            D[task, _READYT] = now
-            if D[task, _CRIT] >= 0:
-                D[task, _BINDER] = D[task, _CRIT]
-                D[task, _BKIND] = 1
-            if S[task, _POOL] >= 0 and S[task, _HOLD] == 0:
+            rec = T[task]
+            rec.ready = now
+            rec.link = -1
+            f = rec.flags | _READIED
+            if rec.binder >= 0:
+                f |= 1 << _BK
+            rec.flags = f
+            if rec.pool >= 0 and (f & _HOLD) == 0:
                 ws_code[top] = _REQ
             else:
                 ws_code[top] = _ENQ
@@ -160,16 +202,17 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
             ws_arg[top] = task
             top += 1
         else:
-            r = S[task, _RES]
+            r = T[task].res
             if r >= 0:
                 busy[r] -= 1
                 ws_code[top] = _TRY
                 ws_arg[top] = r
                 ws_aux[top] = task
                 top += 1
+            pos = (key >> _POS) & ((1 << (_KIND - _POS)) - 1)
             for e in range(rel_ptr[task + 1] - 1, rel_ptr[task] - 1, -1):
                 if rel_lag[e] > 0:
-                    size = _push(h, size, now + rel_lag[e], (RELEASE << _SHIFT) | e)
+                    size = _push(h, size, now + rel_lag[e], (RELEASE << _KIND) | (pos << _POS) | e)
                 else:
                     ws_code[top] = _GRANT
                     ws_arg[top] = e
@@ -180,10 +223,9 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
             t = ws_arg[top]
             aux = ws_aux[top]
             if code == _ENQ:
-                D[t, _QENTER] = now
-                r = S[t, _RES]
+                r = T[t].res
                 if r < 0:
-                    D[t, _SEIZE] = now
+                    T[t].seize = now
                     ws_code[top] = _AFTER_SEIZE
                     ws_arg[top] = t
                     top += 1
@@ -191,7 +233,7 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
                     if qtail[r] < 0:
                         qhead[r] = t
                     else:
-                        D[qtail[r], _QNEXT] = t
+                        T[qtail[r]].link = t
                     qtail[r] = t
                     ws_code[top] = _TRY
                     ws_arg[top] = r
@@ -202,14 +244,18 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
                 nb = 0
                 while busy[r] < res_servers[r] and qhead[r] >= 0:
                     u = qhead[r]
-                    qhead[r] = D[u, _QNEXT]
+                    rec = T[u]
+                    qhead[r] = rec.link
+                    rec.link = -1
                     if qhead[r] < 0:
                         qtail[r] = -1
                     busy[r] += 1
-                    D[u, _SEIZE] = now
-                    if aux >= 0 and now > D[u, _QENTER]:
-                        D[u, _BINDER] = aux
-                        D[u, _BKIND] = 2
+                    rec.seize = now
+                    # it entered the queue when ready, or when granted if it took its pool first
+                    entered = rec.grant if (rec.pool >= 0 and (rec.flags & _HOLD) == 0) else rec.ready
+                    if aux >= 0 and now > entered:
+                        rec.binder = aux
+                        rec.flags = (rec.flags & ~(3 << _BK)) | (2 << _BK)
                     batch[nb] = u
                     nb += 1
                 for j in range(nb - 1, -1, -1):
@@ -217,44 +263,46 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
                     ws_arg[top] = batch[j]
                     top += 1
             elif code == _AFTER_SEIZE:
-                ws_code[top] = _REQ if (S[t, _POOL] >= 0 and S[t, _HOLD] != 0) else _START
+                ws_code[top] = _REQ if (T[t].pool >= 0 and (T[t].flags & _HOLD) != 0) else _START
                 ws_arg[top] = t
                 top += 1
             elif code == _REQ:
-                D[t, _PREQ] = now
-                p = S[t, _POOL]
-                if phead[p] < 0 and avail[p] >= S[t, _AMOUNT]:
-                    avail[p] -= S[t, _AMOUNT]
-                    D[t, _GRANTT] = now
+                rec = T[t]
+                p = rec.pool
+                if P[p, 1] < 0 and P[p, 0] >= rec.amount:
+                    P[p, 0] -= rec.amount
+                    rec.grant = now
                     ws_code[top] = _GRANTED
                     ws_arg[top] = t
                     top += 1
                 else:
-                    if ptail[p] < 0:
-                        phead[p] = t
+                    if P[p, 2] < 0:
+                        P[p, 1] = t
                     else:
-                        D[ptail[p], _PNEXT] = t
-                    ptail[p] = t
+                        T[P[p, 2]].link = t
+                    P[p, 2] = t
             elif code == _GRANTED:
-                ws_code[top] = _START if S[t, _HOLD] != 0 else _ENQ
+                ws_code[top] = _START if (T[t].flags & _HOLD) != 0 else _ENQ
                 ws_arg[top] = t
                 top += 1
             elif code == _GRANT:
                 p = rel_pool[t]
-                avail[p] += rel_amount[t]
+                P[p, 0] += rel_amount[t]
                 aux = rel_task[t]
                 nb = 0
-                while phead[p] >= 0 and avail[p] >= S[phead[p], _AMOUNT]:
-                    u = phead[p]
-                    phead[p] = D[u, _PNEXT]
-                    if phead[p] < 0:
-                        ptail[p] = -1
-                    avail[p] -= S[u, _AMOUNT]
-                    D[u, _GRANTT] = now
-                    D[u, _STALL] = now - D[u, _PREQ]
-                    if now > D[u, _PREQ]:
-                        D[u, _BINDER] = aux
-                        D[u, _BKIND] = 3
+                while P[p, 1] >= 0 and P[p, 0] >= T[P[p, 1]].amount:
+                    u = P[p, 1]
+                    rec = T[u]
+                    P[p, 1] = rec.link
+                    rec.link = -1
+                    if P[p, 1] < 0:
+                        P[p, 2] = -1
+                    P[p, 0] -= rec.amount
+                    rec.grant = now
+                    requested = rec.seize if (rec.flags & _HOLD) != 0 else rec.ready
+                    if now > requested:
+                        rec.binder = aux
+                        rec.flags = (rec.flags & ~(3 << _BK)) | (3 << _BK)
                     batch[nb] = u
                     nb += 1
                 for j in range(nb - 1, -1, -1):
@@ -262,56 +310,70 @@ def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr,
                     ws_arg[top] = batch[j]
                     top += 1
             else:  # _START
+                rec = T[t]
                 st = now
-                a = S[t, _ALIGN]
+                a = rec.flags & _ALIGN
                 if a > 0:
                     st = ((now + a - 1) // a) * a
-                if D[t, _GRANTT] < 0:
-                    D[t, _GRANTT] = D[t, _SEIZE] if S[t, _HOLD] != 0 else D[t, _READYT]
-                D[t, _STARTT] = st
-                D[t, _FINISHT] = st + S[t, _DUR]
-                size = _push(h, size, st + S[t, _DUR], (FINISH << _SHIFT) | t)
+                if rec.grant < 0:
+                    rec.grant = rec.seize if (rec.flags & _HOLD) != 0 else rec.ready
+                rec.start = st
+                size = _push(h, size, st + rec.dur, (FINISH << _KIND) | (np.int64(rec.prio) << _POS) | t)
         if kind == FINISH:
             for e in range(succ_ptr[task], succ_ptr[task + 1]):
-                v = succ[e]
-                arrive = now + succ_lag[e]
-                if D[v, _CRIT] < 0 or arrive > D[v, _READY_AT]:
-                    D[v, _CRIT] = task
-                    if arrive > D[v, _READY_AT]:
-                        D[v, _READY_AT] = arrive
-                D[v, _NPRED] -= 1
-                if D[v, _NPRED] == 0:
-                    size = _push(h, size, D[v, _READY_AT], (READY << _SHIFT) | v)
-    # results by task id (position p holds task perm[p]; binders are positions too)
-    out = np.empty((8, n), np.int64)
-    for p in range(n):
-        t = perm[p]
-        out[0, t] = D[p, _READYT]
-        out[1, t] = D[p, _SEIZE]
-        out[2, t] = D[p, _GRANTT]
-        out[3, t] = D[p, _STALL]
-        out[4, t] = D[p, _STARTT]
-        out[5, t] = D[p, _FINISHT]
-        b = D[p, _BINDER]
-        out[6, t] = perm[b] if b >= 0 else -1
-        out[7, t] = D[p, _BKIND]
-    return events, out
+                x = succ[e]
+                v = x & 0xFFFFFFFF
+                arrive = now + (x >> 32)
+                rec = T[v]
+                if rec.binder < 0 or arrive > rec.ready:
+                    rec.binder = task
+                    if arrive > rec.ready:
+                        rec.ready = arrive
+                rec.link -= 1
+                if rec.link == 0:
+                    size = _push(h, size, rec.ready, (READY << _KIND) | (np.int64(rec.prio) << _POS) | v)
+    return events
+
+
+def _records(n: int) -> np.ndarray:
+    """``n`` task records starting on a cache-line boundary."""
+    buf = np.empty(n * TASK.itemsize + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    return buf[off:off + n * TASK.itemsize].view(TASK)
 
 
 def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
     """Execute ``graph``. With ``check`` (default), raise :class:`TracekitError` naming what blocked
     if some task never ran; without it, such tasks keep ``-1`` times."""
     g = graph.freeze()
-    if graph.num_tasks >= 1 << _SHIFT:
-        raise TracekitError(f"{graph.num_tasks} tasks exceed the engine's limit of 2^40",
-                            fix="replay fewer steps or layers at once")
-    events, out = _kernel(g["res"], g["dur"], g["pool"], g["amount"], g["hold"], g["align"], g["release"], g["npred"],
-                          g["perm"], g["succ_ptr"], g["succ"], g["succ_lag"], g["res_servers"], g["pool_capacity"],
-                          g["rel_ptr"], g["rel_task"], g["rel_pool_e"], g["rel_amount_e"], g["rel_lag_e"])
-    sched = Schedule(*out, events=int(events))
+    n = graph.num_tasks
+    T = _records(n)
+    _fill(T, g["res"], g["dur"], g["pool"], g["amount"], g["hold"], g["align"], g["release"], g["npred"], g["prio"])
+    src = np.flatnonzero(g["npred"] == 0)
+    src = src[np.lexsort((g["prio"][src], g["release"][src]))]
+    events = _kernel(T, g["release"], g["succ_ptr"], g["succ"], g["res_servers"], g["pool_capacity"], g["rel_ptr"],
+                     g["rel_task"], g["rel_pool_e"], g["rel_amount_e"], g["rel_lag_e"], src)
+    sched = _schedule(T, g, int(events))
     if check and not sched.completed:
         raise deadlock_error(graph, sched)
     return sched
+
+
+def _schedule(T: np.ndarray, g: dict[str, np.ndarray], events: int) -> Schedule:
+    """The engine's records as a :class:`Schedule` (columns by task id)."""
+    flags = T["flags"]
+    readied = (flags & _READIED) != 0
+    hold = (flags & _HOLD) != 0
+    ready = np.where(readied, T["ready"], -1)
+    seize = np.ascontiguousarray(T["seize"])
+    grant = np.ascontiguousarray(T["grant"])
+    start = np.ascontiguousarray(T["start"])
+    requested = np.where(hold, seize, ready)
+    stall = np.where((g["pool"] >= 0) & (grant >= 0), grant - requested, 0)
+    finish = np.where(start >= 0, start + T["dur"], -1)
+    binder = np.where(readied, T["binder"], -1).astype(np.int64)
+    bind_kind = np.where(readied, (flags >> _BK) & 3, int(BindKind.SOURCE)).astype(np.int64)
+    return Schedule(ready, seize, grant, stall, start, finish, binder, bind_kind, events=events)
 
 
 def deadlock_error(graph: TaskGraph, sched: Schedule) -> TracekitError:

@@ -15,8 +15,8 @@ Semantics (shared by the fast kernel and the reference):
   units are returned to ``rel_pool`` and successors are notified.
 * Ties are broken by (time, event kind, position): finishes, then delayed releases, then readies;
   lower positions first. A task's position is its rank in the order of the optional ``order_key``
-  attribute (then creation order): models give tasks that run close in time close keys, which keeps
-  the event loop's memory accesses local. Runs are deterministic.
+  attribute (then creation order): models give tasks of one message and chunk index the same key, so
+  that ties follow the pipeline's order. Runs are deterministic.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from tracekit.errors import TracekitError
 
@@ -138,9 +139,9 @@ class TaskGraph:
                                np.broadcast_to(np.asarray(lag, np.int64), (n,)).copy()))
 
     def releases(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every release as (task id, pool, amount, lag), in engine order."""
+        """Every release as (task id, pool, amount, lag), grouped by task."""
         f = self.freeze()
-        return f["perm"][f["rel_task"]], f["rel_pool_e"], f["rel_amount_e"], f["rel_lag_e"]
+        return f["rel_task"], f["rel_pool_e"], f["rel_amount_e"], f["rel_lag_e"]
 
     def add_edges(self, src: np.ndarray, dst: np.ndarray, lag: object = 0) -> None:
         """``dst`` may start only ``lag`` ns after ``src`` finished (arrays of equal length)."""
@@ -155,42 +156,43 @@ class TaskGraph:
 
     # -- frozen view --------------------------------------------------------------------------
     def freeze(self) -> dict[str, np.ndarray]:
-        """Concatenate columns into engine order and build the successor CSR.
+        """Concatenate columns and build the successor and release lists (CSR, by task id).
 
-        The engine works on *positions*: ``perm[position]`` is the task id, ``inv[task id]`` its
-        position. Every array returned is indexed by position; edges are in positions too."""
+        Every per-task array is indexed by task id. ``prio`` is each task's *position*: its rank in
+        (``order_key``, id) order, which breaks ties between simultaneous events. ``succ`` packs each
+        edge as ``lag << 32 | destination`` (see :func:`unpack_edges`); releases are listed per task,
+        its ``rel_pool`` column first, then :meth:`add_releases` in order."""
         if self._frozen is not None:
             return self._frozen
         n = self.num_tasks
-        if "order_key" in self._attrs:
-            perm = np.argsort(self.attr("order_key"), kind="stable").astype(np.int64)
-        else:
-            perm = np.arange(n, dtype=np.int64)
-        inv = np.empty(n, np.int64)
-        inv[perm] = np.arange(n, dtype=np.int64)
-        out: dict[str, np.ndarray] = {"perm": perm, "inv": inv}
+        if n >= 1 << 30:
+            raise TracekitError(f"{n} tasks exceed the engine's limit of 2^30",
+                                fix="replay fewer steps or layers at once")
+        out: dict[str, np.ndarray] = {}
         for name, (dtype, _) in _TASK_COLS.items():
             parts = self._tasks[name]
-            col = np.concatenate(parts) if parts else np.zeros(0, dtype)
+            col = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype)
             for uname, ids, values in self._updates:
                 if uname == name:
                     col[ids] = values
-            out[name] = col[perm]
+            out[name] = col
             self._tasks[name] = []
         self._updates = []
-        # releases as a CSR list per position: the column release first, then add_releases in order
+        out["prio"] = _ranks(self.attr("order_key")) if "order_key" in self._attrs else np.arange(n, dtype=np.int32)
+        self._attr_cache.pop("order_key", None)
+        # releases: the column's own release first, then add_releases in order, grouped by task
         own = np.flatnonzero(out["rel_pool"] >= 0)
         parts = [(own, out["rel_pool"][own].astype(np.int64), out["rel_amount"][own], out["rel_lag"][own])]
-        parts += [(inv[t], p, a, lg) for t, p, a, lg in self._releases]
+        parts += self._releases
         self._releases = []
         r_task = np.concatenate([q[0] for q in parts])
-        r_order = np.argsort(r_task, kind="stable")
-        out["rel_task"] = r_task[r_order]
-        out["rel_pool_e"] = np.concatenate([q[1] for q in parts])[r_order]
+        if r_task.size and (r_task.min() < 0 or r_task.max() >= n):
+            raise ValueError("release refers to a task that does not exist")
+        r_order, out["rel_ptr"] = _group_by(r_task, n)
+        out["rel_task"] = r_task[r_order].astype(np.int32)
+        out["rel_pool_e"] = np.concatenate([q[1] for q in parts])[r_order].astype(np.int32)
         out["rel_amount_e"] = np.concatenate([q[2] for q in parts])[r_order]
         out["rel_lag_e"] = np.concatenate([q[3] for q in parts])[r_order]
-        out["rel_ptr"] = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(out["rel_task"], minlength=n), out=out["rel_ptr"][1:])
         if self._edges:
             src = np.concatenate([e[0] for e in self._edges])
             dst = np.concatenate([e[1] for e in self._edges])
@@ -200,26 +202,35 @@ class TaskGraph:
         self._edges = []
         if src.size and (src.min() < 0 or dst.min() < 0 or src.max() >= n or dst.max() >= n):
             raise ValueError("edge refers to a task that does not exist")
-        src, dst = inv[src], inv[dst]
-        order = np.argsort(src, kind="stable")  # successor order within a source does not matter
-        src, dst, lag = src[order], dst[order], lag[order]
-        out["succ_ptr"] = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=out["succ_ptr"][1:])
-        out["succ"] = dst
-        out["succ_lag"] = lag
-        out["npred"] = np.bincount(dst, minlength=n).astype(np.int64)
+        if lag.size and lag.max() >= 1 << 31:
+            raise TracekitError(f"an edge lag of {int(lag.max())} ns exceeds the engine's limit of 2^31 ns",
+                                fix="check the hardware profile's latencies")
+        order, out["succ_ptr"] = _group_by(src, n)  # successor order within a source does not matter
+        out["succ"] = (lag[order] << 32) | dst[order]
+        out["npred"] = np.bincount(dst, minlength=n).astype(np.int32)
         out["res_servers"] = np.asarray(self.res_servers, dtype=np.int64)
         out["pool_capacity"] = np.asarray(self.pool_capacity, dtype=np.int64)
-        bad = np.flatnonzero((out["pool"] >= 0) & (out["amount"] > np.append(out["pool_capacity"], 0)[out["pool"]]))
-        if bad.size:
-            t = int(bad[0])  # a position
-            p = int(out["pool"][t])
-            raise TracekitError(
-                f"a task needs {int(out['amount'][t])} units of {self.pool_names[p]} which holds only "
-                f"{self.pool_capacity[p]}", fix="enlarge that buffer or make its chunks smaller",
-            )
+        self._check_limits(out)
         self._frozen = out
         return out
+
+    def _check_limits(self, f: dict[str, np.ndarray]) -> None:
+        """The engine keeps a task in 64 bytes: durations, amounts and alignments are 32-bit."""
+        bad = np.flatnonzero((f["pool"] >= 0) & (f["amount"] > np.append(f["pool_capacity"], 0)[f["pool"]]))
+        if bad.size:
+            t = int(bad[0])
+            p = int(f["pool"][t])
+            raise TracekitError(
+                f"a task needs {int(f['amount'][t])} units of {self.pool_names[p]} which holds only "
+                f"{self.pool_capacity[p]}", fix="enlarge that buffer or make its chunks smaller",
+            )
+        for name, limit, what in (("dur", 1 << 31, "a duration"), ("align", 1 << 27, "an alignment"),
+                                  ("pool_capacity", 1 << 31, "a pool capacity"),
+                                  ("rel_amount_e", 1 << 31, "a release")):
+            col = f[name]
+            if col.size and (col.min() < 0 or col.max() >= limit):
+                raise TracekitError(f"{what} of {int(col.max() if col.max() >= limit else col.min())} is outside the "
+                                    f"engine's range [0, {limit})", fix="check the model's units (ns, bytes, tokens)")
 
     def attr(self, name: str) -> np.ndarray:
         """A model attribute column by task id (``-1`` where a task did not set it)."""
@@ -239,14 +250,54 @@ class TaskGraph:
 
     def column(self, name: str) -> np.ndarray:
         """An engine column (res, dur, pool, ...) by task id."""
-        f = self.freeze()
-        out = np.empty_like(f[name])
-        out[f["perm"]] = f[name]
-        return out
+        return self.freeze()[name]
 
     @property
     def attr_names(self) -> list[str]:
         return list(self._attrs)
+
+
+def unpack_edges(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split frozen ``succ`` entries into (destination task, lag)."""
+    return succ & 0xFFFFFFFF, succ >> 32
+
+
+def _ranks(key: np.ndarray) -> np.ndarray:
+    """Each entry's rank in (key, index) order, as int32. One sort of packed (key rank, index) words:
+    about 20x faster than a stable argsort."""
+    n = key.shape[0]
+    bits = max(int(n).bit_length(), 1)
+    key = np.asarray(key, np.int64)
+    lo = int(key.min()) if n else 0
+    span = int(key.max()) - lo + 1 if n else 1
+    if span.bit_length() + bits > 62:
+        key = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        lo = 0
+    packed = ((key - lo) << bits) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    rank = np.empty(n, np.int32)
+    rank[packed & ((1 << bits) - 1)] = np.arange(n, dtype=np.int32)
+    return rank
+
+
+@njit(cache=True)
+def _group_by_kernel(key, n):
+    ptr = np.zeros(n + 1, np.int64)
+    for k in key:
+        ptr[k + 1] += 1
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    order = np.empty(key.shape[0], np.int64)
+    for i in range(key.shape[0]):
+        order[fill[key[i]]] = i
+        fill[key[i]] += 1
+    return order, ptr
+
+
+def _group_by(key: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable counting sort of ``key`` in [0, n): (order, CSR pointers of length n + 1)."""
+    return _group_by_kernel(np.asarray(key, np.int64), n)
 
 
 @dataclass(frozen=True)
@@ -268,18 +319,6 @@ class Schedule:
     @property
     def completed(self) -> bool:
         return bool(self.finish.size == 0 or self.finish.min() >= 0)
-
-    @classmethod
-    def from_positions(cls, cols: list[np.ndarray], perm: np.ndarray, events: int) -> "Schedule":
-        """Map engine output (indexed by position, binders as positions) back to task ids."""
-        out = []
-        for i, c in enumerate(cols):
-            a = np.empty_like(c)
-            a[perm] = c
-            if cls.FIELDS[i] == "binder":
-                a = np.where(a >= 0, perm[np.maximum(a, 0)], -1)
-            out.append(a)
-        return cls(*out, events=events)
 
     def first_difference(self, other: "Schedule") -> str | None:
         """``None`` when equal, else which field and task differ first."""

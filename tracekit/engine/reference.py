@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from tracekit.engine.graph import BindKind, Schedule, TaskGraph
+from tracekit.engine.graph import BindKind, Schedule, TaskGraph, unpack_edges
 
 FINISH, RELEASE, READY = 0, 1, 2
 
@@ -38,10 +38,11 @@ class _Sim:
         self.n = n
         self.resources = [_Resource(int(s)) for s in g["res_servers"]]
         self.pools = [_Pool(int(c)) for c in g["pool_capacity"]]
+        dst, lag = unpack_edges(g["succ"])
         self.succ = [
-            [(int(g["succ"][e]), int(g["succ_lag"][e])) for e in range(g["succ_ptr"][t], g["succ_ptr"][t + 1])]
-            for t in range(n)
+            [(int(dst[e]), int(lag[e])) for e in range(g["succ_ptr"][t], g["succ_ptr"][t + 1])] for t in range(n)
         ]
+        self.position = [int(p) for p in g["prio"]]  # breaks ties between simultaneous events
         self.waiting_for = [int(x) for x in g["npred"]]
         self.ready_at = [int(x) for x in g["release"]]
         self.critical_pred = [-1] * n
@@ -50,7 +51,7 @@ class _Sim:
         self.out = {k: [-1] * n for k in ("ready", "seize", "grant", "start", "finish", "binder")}
         self.out["stall"] = [0] * n
         self.out["bind_kind"] = [int(BindKind.SOURCE)] * n
-        self.heap: list[tuple[int, int, int]] = []
+        self.heap: list[tuple[int, int, int, int]] = []  # (time, kind, position, task or release entry)
         self.events = 0
         self.now = 0
 
@@ -136,7 +137,7 @@ class _Sim:
             self.out["grant"][t] = self.out["seize"][t] if self.g["hold"][t] else self.out["ready"][t]
         self.out["start"][t] = begin
         self.out["finish"][t] = begin + int(self.g["dur"][t])
-        heapq.heappush(self.heap, (begin + int(self.g["dur"][t]), FINISH, t))
+        heapq.heappush(self.heap, (begin + int(self.g["dur"][t]), FINISH, self.position[t], t))
 
     def on_finish(self, t: int) -> None:
         r = int(self.g["res"][t])
@@ -144,7 +145,7 @@ class _Sim:
             self.resources[r].busy -= 1
         for e in range(int(self.g["rel_ptr"][t]), int(self.g["rel_ptr"][t + 1])):
             if self.g["rel_lag_e"][e] > 0:
-                heapq.heappush(self.heap, (self.now + int(self.g["rel_lag_e"][e]), RELEASE, e))
+                heapq.heappush(self.heap, (self.now + int(self.g["rel_lag_e"][e]), RELEASE, self.position[t], e))
             else:
                 self.on_release(e)
         if r >= 0:
@@ -156,7 +157,7 @@ class _Sim:
                 self.ready_at[v] = max(self.ready_at[v], arrive)
             self.waiting_for[v] -= 1
             if self.waiting_for[v] == 0:
-                heapq.heappush(self.heap, (self.ready_at[v], READY, v))
+                heapq.heappush(self.heap, (self.ready_at[v], READY, self.position[v], v))
 
     def on_release(self, e: int) -> None:
         """Release entry ``e``: its units return to its pool, credited to the task that made it."""
@@ -167,9 +168,9 @@ class _Sim:
     def run(self) -> Schedule:
         for t in range(self.n):
             if self.waiting_for[t] == 0:
-                heapq.heappush(self.heap, (self.ready_at[t], READY, t))
+                heapq.heappush(self.heap, (self.ready_at[t], READY, self.position[t], t))
         while self.heap:
-            self.now, kind, t = heapq.heappop(self.heap)
+            self.now, kind, _, t = heapq.heappop(self.heap)
             self.events += 1
             if kind == READY:
                 self.on_ready(t)
@@ -177,8 +178,7 @@ class _Sim:
                 self.on_release(t)
             else:
                 self.on_finish(t)
-        cols = [np.asarray(self.out[k], dtype=np.int64) for k in Schedule.FIELDS]
-        return Schedule.from_positions(cols, self.g["perm"], self.events)
+        return Schedule(*[np.asarray(self.out[k], dtype=np.int64) for k in Schedule.FIELDS], events=self.events)
 
 
 def run_reference(graph: TaskGraph) -> Schedule:
