@@ -3,6 +3,16 @@
 Pools are aggregated to the level a user reads: ring credits per (rank, ring kind), send/completion
 queue entries per rank's NIC, switch buffers per port. String work happens once per name, never per
 row.
+
+Resolution: a row is written when a series changes value, except for *dense* series, those with more
+changes than the phase has grid bins (``BINS`` = 1000 equal bins from the phase start to its last
+event): ring credits and the queue depths of busy links change millions of times in a large replay,
+far more than a timeline can show (EP64 prefill: ~3 M rows per phase). A dense series is written as
+its maximum over each bin (at the bin's start; a row only where that maximum changes), so that every
+peak survives, and its exact value from its last change on (so a ring that drains reads 0
+afterwards): at most ~1000 rows per series. Sparse series are exact. Utilisation is each link's busy fraction
+per bin of a 100-bin grid (bins of at least 1 us). ``phase_counters(..., bins=None)`` writes every
+change of every series.
 """
 
 from __future__ import annotations
@@ -12,9 +22,12 @@ import re
 import numpy as np
 import polars as pl
 
+from tracekit.analysis.columns import sort_packed
 from tracekit.engine import Schedule
 from tracekit.model.normal import Built
 
+BINS = 1000
+UTIL_BINS = 100
 _POOL_COUNTER = {
     "credit": ("credits_in_use", "tokens"),
     "send_queue": ("wqe_occupancy", "entries"),
@@ -34,17 +47,62 @@ def owner_rank(name: str) -> int:
 
 
 def _steps(ts: np.ndarray, key: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Running sums of ``delta`` per ``key`` in time order; one value per (key, ts) (the last)."""
-    span = int(ts.max()) + 1 if ts.size else 1
-    order = np.argsort(key.astype(np.int64) * span + ts, kind="stable")
-    ts, key, delta = ts[order], key[order], delta[order]
-    total = np.cumsum(delta)
+    """Running sums of ``delta`` per ``key`` in time order, one row per (key, ts) where the sum
+    changes (from 0 before a series' first row); sorted by (key, ts)."""
+    if ts.size == 0:
+        return ts, key, delta
+    span = int(ts.max()) + 1
+    order, _ = sort_packed(key.astype(np.int64) * span + ts)
+    ts, key, total = ts[order], key[order], np.cumsum(delta[order])
     start = np.r_[True, key[1:] != key[:-1]]
     base = np.maximum.accumulate(np.where(start, np.arange(ts.size), 0))
-    offset = np.where(base > 0, total[base - 1], 0)
-    value = total - offset
+    value = total - np.where(base > 0, total[np.maximum(base - 1, 0)], 0)
     last = np.r_[(key[1:] != key[:-1]) | (ts[1:] != ts[:-1]), True]
-    return ts[last], key[last], value[last]
+    return _changes(ts[last], key[last], value[last])
+
+
+def _changes(ts: np.ndarray, key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (sorted by key, ts) whose value differs from the series' previous row (or from 0)."""
+    first = np.r_[True, key[1:] != key[:-1]] if key.size else np.zeros(0, bool)
+    prev = np.where(first, 0, np.r_[0, value[:-1]]) if key.size else value
+    keep = value != prev
+    return ts[keep], key[keep], value[keep]
+
+
+def _resample(ts: np.ndarray, key: np.ndarray, value: np.ndarray, width: int,
+              limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Change points (sorted by key, ts) with every series of more than ``limit`` rows replaced by its
+    per-bin maxima on bins of ``width`` ns plus its exact last change (see the module docstring)."""
+    if ts.size == 0:
+        return ts, key, value
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[starts, ts.size])
+    dense = np.repeat(counts > limit, counts)
+    if not dense.any():
+        return ts, key, value
+    parts = [(ts[~dense], key[~dense], value[~dense])]
+    ts, key, value = ts[dense], key[dense], value[dense]
+    b = ts // width
+    new_series = np.r_[True, key[1:] != key[:-1]]
+    run = np.flatnonzero(new_series | np.r_[True, b[1:] != b[:-1]])  # first change of each (series, bin)
+    run_end = np.r_[run[1:], ts.size] - 1
+    rkey, rbin = key[run], b[run]
+    peak = np.maximum.reduceat(value, run)
+    # the value held as the bin opens counts too, unless a change falls exactly on its start
+    before = np.where(new_series[run], 0, value[np.maximum(run - 1, 0)])
+    peak = np.where(ts[run] > rbin * width, np.maximum(peak, before), peak)
+    parts_d = [(rbin * width, rkey, peak)]
+    # bins without changes after a bin hold its last value; a series' last change is exact
+    last_val = value[run_end]
+    same_next = np.r_[rkey[1:] == rkey[:-1], False]
+    gap = same_next & (np.r_[rbin[1:], 0] > rbin + 1)
+    parts_d.append(((rbin[gap] + 1) * width, rkey[gap], last_val[gap]))
+    final = ~same_next & (last_val != peak)
+    parts_d.append((ts[run_end[final]], rkey[final], last_val[final]))
+    dts, dkey, dval = (np.concatenate(c) for c in zip(*parts_d))
+    order, _ = sort_packed(dkey * (int(dts.max()) + 1) + dts)
+    parts.append(_changes(dts[order], dkey[order], dval[order]))
+    return tuple(np.concatenate(c) for c in zip(*parts))  # type: ignore[return-value]
 
 
 class _Series:
@@ -69,8 +127,8 @@ class _Series:
         ts = np.concatenate([p[0] for p in self.parts])
         key = np.concatenate([p[1] for p in self.parts])
         value = np.concatenate([p[2] for p in self.parts])
-        order = np.argsort(ts, kind="stable")
-        ts, key, value = ts[order], key[order], value[order]
+        order, ts = sort_packed(ts)
+        key, value = key[order], value[order]
         ranks = np.array([owner_rank(n) for n in self.names], dtype=np.int32)
         return pl.DataFrame({
             "ts_ns": ts + t0,
@@ -108,9 +166,14 @@ def _pool_series(built: Built) -> tuple[np.ndarray, list[str], list[str], list[s
     return ids, names, counters, units
 
 
-def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFrame:
+def phase_counters(built: Built, sched: Schedule, t0: int, result, *, bins: int | None = BINS) -> pl.DataFrame:
+    """Counters (schema counters.v1) of one phase, times offset by ``t0``; ``bins=None`` writes every
+    change of every series (see the module docstring)."""
     g = built.graph
     out = _Series()
+    span = max(int(sched.finish.max()), 1) if sched.finish.size else 1
+    width = -(-span // bins) if bins else 1
+    limit = bins if bins else np.iinfo(np.int64).max
     pool, amount = g.column("pool"), g.column("amount")
     r_task, r_pool, r_amount, r_lag = g.releases()
     take = np.flatnonzero((pool >= 0) & (sched.grant >= 0))
@@ -120,8 +183,7 @@ def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFra
         ts = np.r_[sched.grant[take], sched.finish[r_task[give]] + r_lag[give]]
         key = series[np.r_[pool[take], r_pool[give]]]
         delta = np.r_[amount[take], -r_amount[give]].astype(np.int64)
-        ts, key, value = _steps(ts, key, delta)
-        out.add(ts, key, value, names, counters, units)
+        out.add(*_resample(*_steps(ts, key, delta), width, limit), names, counters, units)
     res = g.column("res")
     link = np.array([bool(_LINK.search(n)) for n in g.res_names], dtype=bool)
     tasks = np.flatnonzero((res >= 0) & (sched.start >= 0))
@@ -130,35 +192,42 @@ def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFra
         nres = len(g.res_names)
         hold = g.column("hold")[tasks]
         enq = np.where(hold, sched.ready[tasks], sched.grant[tasks])
-        ts = np.r_[enq, sched.seize[tasks]]
-        key = np.r_[res[tasks], res[tasks]].astype(np.int64)
-        delta = np.r_[np.ones(tasks.size, np.int64), -np.ones(tasks.size, np.int64)]
-        ts, key, value = _steps(ts, key, delta)
-        out.add(ts, key, value, list(g.res_names), ["queue_depth"] * nres, ["entries"] * nres)
-        # utilisation in bins: busy time of each resource per bin / bin width
-        span = max(int(sched.finish.max()), 1)
-        width = max(1000, -(-span // 100))
-        nbins = -(-span // width) + 1
-        s, e = sched.start[tasks], sched.finish[tasks]
-        r = res[tasks].astype(np.int64)
-        b0, b1 = s // width, np.maximum(e - 1, s) // width
-        busy = np.zeros(nres * nbins, np.float64)
-        one = b0 == b1
-        np.add.at(busy, r[one] * nbins + b0[one], (e - s)[one])
-        many = np.flatnonzero(~one)
-        if many.size:  # tasks crossing bin edges: first bin, last bin, and full bins between
-            np.add.at(busy, r[many] * nbins + b0[many], (b0[many] + 1) * width - s[many])
-            np.add.at(busy, r[many] * nbins + b1[many], e[many] - b1[many] * width)
-            full = b1[many] - b0[many] - 1
-            if full.sum():
-                rr = np.repeat(r[many], full)
-                bb = np.repeat(b0[many] + 1, full) + (np.arange(full.sum()) - np.repeat(np.cumsum(full) - full, full))
-                np.add.at(busy, rr * nbins + bb, width)
-        busy = busy.reshape(nres, nbins) / width / np.asarray(g.res_servers, np.float64)[:, None]
-        used = np.unique(r)
-        grid = np.round(busy[used], 6)
-        change = np.ones_like(grid, dtype=bool)
-        change[:, 1:] = grid[:, 1:] != grid[:, :-1]
-        ri, bi = np.nonzero(change)
-        out.add(bi * width, used[ri], grid[ri, bi], list(g.res_names), ["utilisation"] * nres, ["1"] * nres)
+        queued = sched.seize[tasks] > enq  # a task seized on arrival never adds to the depth
+        q = tasks[queued]
+        ts = np.r_[enq[queued], sched.seize[q]]
+        key = np.r_[res[q], res[q]].astype(np.int64)
+        delta = np.r_[np.ones(q.size, np.int64), -np.ones(q.size, np.int64)]
+        out.add(*_resample(*_steps(ts, key, delta), width, limit), list(g.res_names), ["queue_depth"] * nres,
+                ["entries"] * nres)
+        out.add(*_utilisation(tasks, res, sched, g.res_servers, span), list(g.res_names), ["utilisation"] * nres,
+                ["1"] * nres)
     return out.frame(t0)
+
+
+def _utilisation(tasks: np.ndarray, res: np.ndarray, sched: Schedule, servers: list[int],
+                 span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Busy time of each resource per bin over the bin width, on ``UTIL_BINS`` bins of >= 1 us."""
+    nres = len(servers)
+    width = max(1000, -(-span // UTIL_BINS))
+    nbins = -(-span // width) + 1
+    s, e = sched.start[tasks], sched.finish[tasks]
+    r = res[tasks].astype(np.int64)
+    b0, b1 = s // width, np.maximum(e - 1, s) // width
+    one = b0 == b1
+    busy = np.bincount(r[one] * nbins + b0[one], weights=(e - s)[one], minlength=nres * nbins)
+    many = np.flatnonzero(~one)
+    if many.size:  # tasks crossing bin edges: first bin, last bin, and full bins between
+        busy += np.bincount(r[many] * nbins + b0[many], weights=(b0[many] + 1) * width - s[many], minlength=busy.size)
+        busy += np.bincount(r[many] * nbins + b1[many], weights=e[many] - b1[many] * width, minlength=busy.size)
+        full = b1[many] - b0[many] - 1
+        if full.sum():
+            rr = np.repeat(r[many], full)
+            bb = np.repeat(b0[many] + 1, full) + (np.arange(full.sum()) - np.repeat(np.cumsum(full) - full, full))
+            busy += np.bincount(rr * nbins + bb, minlength=busy.size) * float(width)
+    busy = busy.reshape(nres, nbins) / width / np.asarray(servers, np.float64)[:, None]
+    used = np.flatnonzero(np.bincount(r, minlength=nres))
+    grid = np.round(busy[used], 6)
+    change = np.ones_like(grid, dtype=bool)
+    change[:, 1:] = grid[:, 1:] != grid[:, :-1]
+    ri, bi = np.nonzero(change)
+    return bi * width, used[ri], grid[ri, bi]

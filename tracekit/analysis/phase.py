@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from tracekit.analysis.columns import gather, sort_packed
 from tracekit.engine import BindKind, Schedule
 from tracekit.errors import ConservationError
 from tracekit.model.cluster import STAGE, STAGES
+from tracekit.model.chunks import sorted_unique
 from tracekit.model.normal import Built
 from tracekit.workload.layout import DispatchLayout
 from tracekit.workload.routing import Routing
@@ -237,34 +240,66 @@ _VIRTUAL = {
 }
 
 
-def _resource_codes(built: Built, idx: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Resource paths of tasks ``idx`` as (distinct names, code per task); tasks without a resource get
+def _resource_codes(built: Built) -> tuple[list[str], np.ndarray]:
+    """Resource paths of all tasks as (distinct names, code per task id); tasks without a resource get
     a per-rank virtual track. Strings are built once per distinct track."""
     g = built.graph
-    res = g.column("res")[idx]
+    res = g.column("res")
     names = list(g.res_names)
-    codes = res.copy()
+    codes = res.astype(np.int64)
     missing = np.flatnonzero(res < 0)
     if missing.size:
-        stage = g.attr("stage")[idx][missing].astype(np.int64)
-        rank = g.attr("rank")[idx][missing].astype(np.int64)
-        qp = g.attr("qp")[idx][missing].astype(np.int64)
+        stage = g.attr("stage")[missing].astype(np.int64)
+        rank = g.attr("rank")[missing].astype(np.int64) + 1
         uses_qp = np.array(["{qp}" in _VIRTUAL.get(s, "") for s in STAGES])[stage]
-        qp = np.where(uses_qp, qp, -1)
-        key = np.stack([rank, stage, qp], axis=1)
-        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        qp = np.where(uses_qp, g.attr("qp")[missing], -1).astype(np.int64) + 1
+        qps = int(qp.max()) + 1
+        key = (rank * len(STAGES) + stage) * qps + qp
+        uniq = sorted_unique(key)
         prefix = built.cluster.prefix
-        for r, s, q in uniq:
-            pre = prefix[r] if r >= 0 else "fabric"
-            tail = _VIRTUAL.get(STAGES[s], STAGES[s]).replace("{qp}", str(q))
-            names.append(f"{pre}/{tail}")
-        codes[missing] = len(g.res_names) + inv.reshape(-1)
+        for k in uniq.tolist():
+            q = k % qps - 1
+            r, s = divmod(k // qps, len(STAGES))
+            pre = prefix[r - 1] if r > 0 else "fabric"
+            names.append(f"{pre}/{_VIRTUAL.get(STAGES[s], STAGES[s]).replace('{qp}', str(q))}")
+        codes[missing] = len(g.res_names) + np.searchsorted(uniq, key)
     return names, codes
 
 
 def _strings(table: list[str], codes: np.ndarray) -> pl.Series:
     """A string column from a small table of distinct values and one code per row."""
     return pl.Series(table, dtype=pl.String).gather(np.asarray(codes, np.int64))
+
+
+def _first_only(a: np.ndarray, size: int) -> np.ndarray:
+    """Mask of the first occurrence of each value of ``a`` (values in [0, size))."""
+    first = np.empty(size, np.int64)
+    first[a[::-1]] = np.arange(a.size - 1, -1, -1)
+    return first[a] == np.arange(a.size)
+
+
+def _flows(built: Built, rec: np.ndarray, first_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Flow ids started and ended per task (``-1`` for none) and the next free id: a task may start
+    at most one flow and end at most one; the first pair listed wins."""
+    n = built.graph.num_tasks
+    flow_out = np.full(n, -1, np.int64)
+    flow_in = np.full(n, -1, np.int64)
+    nid = first_id
+    for a, b in built.flows:
+        ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
+        a, b = a[ok], b[ok]
+        keep = _first_only(a, n) & _first_only(b, n)
+        a, b = a[keep], b[keep]
+        new = nid + np.arange(a.size)
+        flow_out[a] = new
+        flow_in[b] = new
+        nid += a.size
+    return flow_out, flow_in, nid
+
+
+def _nullable(values: np.ndarray) -> pl.Series:
+    """An int64 column with nulls where ``values`` is negative."""
+    return pl.from_arrow(pa.array(values, mask=values < 0, type=pa.int64()))
 
 
 def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing, result: PhaseResult, *,
@@ -275,84 +310,61 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
     from tracekit.analysis.counters import phase_counters
 
     g = built.graph
+    n_tasks = g.num_tasks
     rec = g.attr("record").astype(bool) & (sched.start >= 0)
-    stage = g.attr("stage").astype(np.int64)
-    flow_out = np.full(g.num_tasks, -1, np.int64)
-    flow_in = np.full(g.num_tasks, -1, np.int64)
-    nid = ids["flow"]
+    flow_out, flow_in, nid = _flows(built, rec, ids["flow"])
     msg_base = ids["msg"]
-    for a, b in built.flows:
-        ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
-        a, b = a[ok], b[ok]
-        # a task may start at most one flow and end at most one: keep the first of duplicates
-        keep = np.zeros(a.size, bool)
-        keep[np.unique(a, return_index=True)[1]] = True
-        keep2 = np.zeros(b.size, bool)
-        keep2[np.unique(b, return_index=True)[1]] = True
-        keep &= keep2
-        a, b = a[keep], b[keep]
-        new = nid + np.arange(a.size)
-        flow_out[a] = new
-        flow_in[b] = new
-        nid += a.size
-    idx = np.flatnonzero(rec)
-    pool = g.column("pool")[idx]
-    stall = sched.stall[idx]
-    causes = list(g.pool_cause) + [""]
-    cause = np.where((pool >= 0) & (stall > 0), pool, len(g.pool_cause))
-    names, res_code = _resource_codes(built, idx)
+    names, res_code = _resource_codes(built)
+    pool = g.column("pool")
+    cause_names = sorted(set(g.pool_cause)) + [""]
+    cause_of_pool = np.array([cause_names.index(c) for c in g.pool_cause] + [len(cause_names) - 1], np.int64)
+    stall = sched.stall
 
     def attr(name: str, default: int = -1) -> np.ndarray:
-        v = g.attr(name)[idx]
+        v = g.attr(name)
         return np.where(v < 0, default, v)
 
-    msg = attr("msg_id")
-    cols = {
-        "ts_ns": sched.start[idx] + t0,
-        "dur_ns": sched.finish[idx] - sched.start[idx],
-        "rank": g.attr("rank")[idx].astype(np.int32),
-        "res": res_code,
-        "stage": stage[idx],
-        "kind": np.isin(stage[idx], list(_SYNC)).astype(np.int64),
-        "msg_id": np.where(msg >= 0, msg + msg_base, -1),
-        "channel": attr("channel").astype(np.int32),
-        "tokens": attr("tokens", 0).astype(np.int64),
-        "bytes": attr("bytes", 0).astype(np.int64),
-        "src_rank": attr("src_rank").astype(np.int32),
-        "dst_rank": attr("dst_rank").astype(np.int32),
-        "qp": attr("qp").astype(np.int32),
-        "stall_ns": stall,
-        "cause": cause,
-        "flow_out": flow_out[idx],
-        "flow_in": flow_in[idx],
+    msg = g.attr("msg_id")
+    # every column by task id, then rows picked and sorted by start time in one packed gather
+    cols: dict[str, list[np.ndarray]] = {
+        "dur_ns": [sched.finish - sched.start], "rank": [g.attr("rank")], "res": [res_code], "stage": [g.attr("stage")],
+        "msg_id": [np.where(msg >= 0, msg + msg_base, -1)], "channel": [attr("channel")], "tokens": [attr("tokens", 0)],
+        "bytes": [attr("bytes", 0)], "src_rank": [attr("src_rank")], "dst_rank": [attr("dst_rank")], "qp": [attr("qp")],
+        "stall_ns": [stall], "cause": [cause_of_pool[np.where((pool >= 0) & (stall > 0), pool, -1)]],
+        "flow_out": [flow_out], "flow_in": [flow_in],
     }
+    idx = np.flatnonzero(rec)
+    start = [sched.start[idx]]
     if built.phase == "dispatch":
-        extra, extra_names = _expert_queue(built, sched, routing, result, t0)
+        extra, extra_names = _expert_queue(built, sched, routing, result, 0)
         extra["res"] = extra["res"] + len(names)
-        extra["cause"] = np.full(extra["ts_ns"].size, len(g.pool_cause))
+        extra["cause"] = np.full(extra["ts_ns"].size, len(cause_names) - 1)
         names = names + extra_names
-        cols = {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in cols.items()}
-    order = np.argsort(cols["ts_ns"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
+        for k, v in cols.items():
+            v.append(extra[k])
+        start.append(extra["ts_ns"])
+        idx = np.r_[idx, n_tasks + np.arange(extra["ts_ns"].size)]
+    order, ts = sort_packed(np.concatenate(start))
+    out = gather(cols, idx[order])
     n = order.size
-    stage_s = _strings(STAGES, cols["stage"])
+    stage_s = _strings(STAGES, out["stage"])
+    kind_of_stage = ["sync" if i in _SYNC else "comm" for i in range(len(STAGES))]
     events = pl.DataFrame({
-        "ts_ns": cols["ts_ns"], "dur_ns": cols["dur_ns"], "rank": cols["rank"],
-        "resource": _strings(names, cols["res"]), "stage": stage_s, "name": stage_s,
-        "phase": _strings([built.phase], np.zeros(n, np.int64)),
-        "kind": _strings(["comm", "sync"], cols["kind"]),
+        "ts_ns": ts + t0, "dur_ns": out["dur_ns"], "rank": out["rank"].astype(np.int32),
+        "resource": _strings(names, out["res"]), "stage": stage_s, "name": stage_s,
+        "phase": pl.repeat(built.phase, n, eager=True, dtype=pl.String),
+        "kind": _strings(kind_of_stage, out["stage"]),
         "step": np.full(n, result.step, np.int32), "layer": np.full(n, result.layer, np.int32),
-        "msg_id": cols["msg_id"], "channel": cols["channel"], "tokens": cols["tokens"], "bytes": cols["bytes"],
-        "src_rank": cols["src_rank"], "dst_rank": cols["dst_rank"], "qp": cols["qp"], "stall_ns": cols["stall_ns"],
-        "stall_cause": _strings(causes, cols["cause"]), "flow_out": cols["flow_out"], "flow_in": cols["flow_in"],
-        "args": _strings([""], np.zeros(n, np.int64)),
-    }).with_columns(
-        pl.when(pl.col("flow_out") >= 0).then(pl.col("flow_out")).alias("flow_out"),
-        pl.when(pl.col("flow_in") >= 0).then(pl.col("flow_in")).alias("flow_in"),
-    )
+        "msg_id": out["msg_id"], "channel": out["channel"].astype(np.int32), "tokens": out["tokens"],
+        "bytes": out["bytes"], "src_rank": out["src_rank"].astype(np.int32),
+        "dst_rank": out["dst_rank"].astype(np.int32), "qp": out["qp"].astype(np.int32),
+        "stall_ns": out["stall_ns"], "stall_cause": _strings(cause_names, out["cause"]),
+        "flow_out": _nullable(out["flow_out"]), "flow_in": _nullable(out["flow_in"]),
+        "args": pl.repeat("", n, eager=True, dtype=pl.String),
+    })
     counters = phase_counters(built, sched, t0, result)
     ids["flow"] = nid
-    ids["msg"] = msg_base + int(max(g.attr("msg_id").max(initial=-1), -1)) + 1
+    ids["msg"] = msg_base + int(max(msg.max(initial=-1), -1)) + 1
     return events, counters
 
 
