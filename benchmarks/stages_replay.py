@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/stages_replay.py [--ep 64] [--tokens 4096] [--repeat 1]
 
-Times are CPU seconds (``time.process_time``; the wall clock is noisy on shared machines), the
-best of ``--repeat`` runs; the last column is the peak RSS so far.
+Times are CPU seconds (``time.process_time``, user + system; the wall clock is noisy on shared
+machines), the best of ``--repeat`` runs, then the peak RSS.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--granularity", default="chunk")
     args = ap.parse_args()
 
+    from tracekit.arrays import small_pages
     from tracekit.analysis.phase import analyse_phase, check_conservation, phase_tables
     from tracekit.engine import run
     from tracekit.hardware import load_profile
@@ -37,6 +38,8 @@ def main() -> None:
     stages = ("build", "freeze", "run", "conserve", "analyse", "tables")
     best: dict[tuple[str, str], float] = {}
     info: dict[str, str] = {}
+    pages = small_pages()
+    pages.__enter__()  # as replay() does
     for _ in range(args.repeat):
         layout = dispatch_layout(routing)
         ids = {"flow": 1, "msg": 0}

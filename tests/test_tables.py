@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.analysis.columns import gather, sort_packed
+from tracekit.arrays import gather, lexsort2, sort_packed
 from tracekit.analysis.counters import _resample, _steps
 
 ints = st.lists(st.integers(-(1 << 62), (1 << 62)), min_size=0, max_size=60)
@@ -87,3 +87,11 @@ def test_counter_series_are_exact_or_keep_every_bin_peak(rows, width, limit):
         # from the last change on the value is exact; before the first bin nothing is in use
         assert _at(rts, rval, ct[-1]) == cv[-1] and _at(rts, rval, 10 ** 6) == cv[-1]
         assert not rts or rts[0] >= (ct[0] // width) * width
+
+
+@given(st.one_of(st.lists(st.tuples(st.integers(-5, 5), st.integers(0, 3)), max_size=40),
+                 st.lists(st.tuples(st.integers(-(1 << 62), 1 << 62), st.integers(-(1 << 40), 1 << 40)), max_size=40)))
+def test_lexsort2_is_numpys_lexsort(pairs):
+    major = np.array([p[0] for p in pairs], np.int64)
+    minor = np.array([p[1] for p in pairs], np.int64)
+    assert np.array_equal(lexsort2(major, minor), np.lexsort((minor, major)))

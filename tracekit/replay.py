@@ -19,7 +19,7 @@ from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
 from tracekit.model.config import ReplayConfig
 from tracekit.model.normal import Built, build_combine, build_dispatch
-from tracekit.analysis.columns import small_pages
+from tracekit.arrays import small_pages
 from tracekit.analysis.phase import PhaseResult, analyse_phase, check_conservation, phase_tables
 from tracekit.workload.layout import dispatch_layout
 from tracekit.workload.routing import Routing

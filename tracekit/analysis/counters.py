@@ -22,7 +22,7 @@ import re
 import numpy as np
 import polars as pl
 
-from tracekit.analysis.columns import sort_packed
+from tracekit.arrays import sort_packed
 from tracekit.engine import Schedule
 from tracekit.model.normal import Built
 

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from tracekit.analysis.columns import gather, sort_packed
+from tracekit.arrays import gather, sort_packed
 from tracekit.engine import BindKind, Schedule
 from tracekit.errors import ConservationError
 from tracekit.model.cluster import STAGE, STAGES

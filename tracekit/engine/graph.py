@@ -112,7 +112,10 @@ class TaskGraph:
         n = int(n)
         for name, (dtype, default) in _TASK_COLS.items():
             value = cols.pop(name, default)
-            self._tasks[name].append(np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy())
+            value = np.asarray(value)
+            # scalars stay zero-stride views until freeze; arrays are copied (the caller may reuse them)
+            self._tasks[name].append(np.broadcast_to(value.astype(dtype), (n,)) if value.ndim == 0
+                                     else value.astype(dtype).reshape(n))
         for name, value in cols.items():
             arr = np.asarray(value)
             self._attrs.setdefault(name, []).append((self.num_tasks, np.broadcast_to(arr, (n,))))
@@ -171,7 +174,7 @@ class TaskGraph:
         out: dict[str, np.ndarray] = {}
         for name, (dtype, _) in _TASK_COLS.items():
             parts = self._tasks[name]
-            col = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype)
+            col = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0]) if parts else np.zeros(0, dtype)
             for uname, ids, values in self._updates:
                 if uname == name:
                     col[ids] = values

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracekit.arrays import lexsort2
+
 
 def combine_keys(*cols: np.ndarray) -> np.ndarray:
     """One int64 key per row from several non-negative integer columns (mixed radix, order kept)."""
@@ -25,7 +27,7 @@ def chunk_items(group: np.ndarray, order: np.ndarray, size: int) -> tuple[np.nda
     if n == 0:
         z = np.zeros(0, np.int64)
         return z, z, z, z
-    idx = np.lexsort((order, group))
+    idx = lexsort2(group, order)
     g = group[idx]
     new_group = np.r_[True, g[1:] != g[:-1]]
     group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
