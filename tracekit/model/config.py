@@ -68,6 +68,11 @@ class ReplayConfig:
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
       1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
       costs are still charged per token. ``token`` granularity ignores it.
+    * ``forward_window``: between nodes, the forwarder copies each source's tokens for one local GPU
+      in NVLink chunks (at most ``nvl_send_chunk`` tokens) drawn from this many consecutive RDMA
+      chunks, as DeepEP's forwarder copies whatever has arrived. Default (``None``): half the RDMA
+      ring, the most that can arrive while the other half drains; smaller windows give smaller,
+      more numerous forward chunks (1 reproduces per-RDMA-chunk forwarding).
     """
 
     mode: str = "normal"
@@ -84,6 +89,7 @@ class ReplayConfig:
     meta_bytes_per_token: int | None = None
     min_chunk_tokens: int = 4
     record_memops: bool = False
+    forward_window: int | None = None
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +128,9 @@ class ReplayConfig:
             raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}")
         if self.credit_return not in CREDIT_RETURN:
             raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}")
+        if self.forward_window is not None and self.forward_window < 1:
+            raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
+                                fix="pass forward_window >= 1, or None for half the RDMA ring")
         if self.num_sms < 2 or self.num_sms % 2:
             raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)")
         for phase in ("dispatch", "combine"):
