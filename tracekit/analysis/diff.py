@@ -20,7 +20,7 @@ import polars as pl
 
 from tracekit.analysis import noise
 from tracekit.analysis.matching import NameMap, match_operations, match_summary
-from tracekit.analysis.profile import Profile, TailCause, Trace, profile
+from tracekit.analysis.profile import Profile, TailCause, Trace, phase_order, profile
 
 #: a rank "moved" when its finish changed by at least this fraction of the phase's median finish
 MOVED_FRACTION = 0.02
@@ -147,10 +147,12 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
     return d
 
 
-def _union_phases(pb: Profile, pa: Profile) -> list[str]:
-    from tracekit.analysis.profile import _phase_order
+def _phase_rank() -> pl.Expr:
+    return pl.col("phase").replace_strict({"dispatch": 0, "combine": 1}, default=2, return_dtype=pl.Int64)
 
-    return sorted(set(pb.phases) | set(pa.phases), key=_phase_order)
+
+def _union_phases(pb: Profile, pa: Profile) -> list[str]:
+    return sorted(set(pb.phases) | set(pa.phases), key=phase_order)
 
 
 def _warnings(pb: Profile, pa: Profile) -> list[str]:
@@ -245,9 +247,7 @@ def _phases(pb: Profile, pa: Profile, seed: int) -> pl.DataFrame:
     out = out.join(units, on="metric", how="left").rename(
         {"value_before": "before", "value_after": "after", "value_delta": "delta", "value_rel": "rel"})
     out = _with_ci(out, ["phase", "metric"], sb, sa, "delta", seed)
-    from tracekit.analysis.profile import _phase_order
-
-    out = out.with_columns(pl.col("phase").map_elements(lambda p: _phase_order(p)[0], return_dtype=pl.Int64).alias("_p"),
+    out = out.with_columns(_phase_rank().alias("_p"),
                            pl.col("metric").replace_strict(order, default=99, return_dtype=pl.Int64).alias("_m"))
     return out.sort("_p", "phase", "_m").drop("_p", "_m").select(
         "phase", "metric", "unit", "before", "after", "delta", "rel", "ci_low", "ci_high", "change", "present")
@@ -262,10 +262,7 @@ def _stages(pb: Profile, pa: Profile, seed: int) -> pl.DataFrame:
     sa = _samples(pa.stages, ["phase", "stage"], "busy_ns", pa.instances)
     # the interval is for the per-instance mean; delta is of the sums, so compare like with like
     out = _with_ci(out, ["phase", "stage"], sb, sa, "busy_ns_delta", seed)
-    from tracekit.analysis.profile import _phase_order
-
-    return out.with_columns(pl.col("phase").map_elements(lambda p: _phase_order(p)[0], return_dtype=pl.Int64)
-                            .alias("_p")).sort("_p", "phase", "busy_ns_before", descending=[False, False, True]
+    return out.with_columns(_phase_rank().alias("_p")).sort("_p", "phase", "busy_ns_before", descending=[False, False, True]
                                                ).drop("_p")
 
 
@@ -281,7 +278,7 @@ def _critical(pb: Profile, pa: Profile) -> tuple[pl.DataFrame, str]:
     out = out.with_columns((pl.col("ns_before") / pl.col("_tb")).fill_null(0.0).alias("share_before"),
                            (pl.col("ns_after") / pl.col("_ta")).fill_null(0.0).alias("share_after"))
     out = out.with_columns((pl.col("share_after") - pl.col("share_before")).alias("share_delta")).drop("_tb", "_ta")
-    return out, source
+    return out.with_columns(_phase_rank().alias("_p")).sort("_p", "phase", "stage").drop("_p"), source
 
 
 def _ranks(pb: Profile, pa: Profile, seed: int) -> pl.DataFrame:

@@ -73,13 +73,15 @@ def findings(d: "TraceDiff") -> list[str]:
     for phase in ph["phase"].unique(maintain_order=True).to_list():
         rows = {r["metric"]: r for r in ph.filter(pl.col("phase") == phase).iter_rows(named=True)}
         lat = rows.get("latency per instance")
-        if lat and lat["present"] == "both":
+        if lat and lat["present"] == "both" and lat["delta"] == 0:
+            out.append(f"{phase} latency unchanged ({fmt_ns(lat['before'])})")
+        elif lat and lat["present"] == "both":
             n = rows.get("instances", {}).get("after")
             per = " per (step, layer)" if (n or 0) > 1 else ""
             out.append(f"{phase} latency{per} {fmt_ns(lat['before'])} -> {fmt_ns(lat['after'])} "
                        f"({fmt_rel(lat['rel'])}){_noise_note(lat)}")
         pay = rows.get("payload bytes")
-        if pay and pay["before"] and pay["after"]:
+        if pay and pay["before"] and pay["after"] and pay["delta"] != 0:
             out.append(_bytes_sentence(d, phase, pay))
         link = d.stages.filter((pl.col("phase") == phase) & pl.col("stage").is_in(LINK_STAGES)
                                & (pl.col("present") == "both") & (pl.col("busy_ns_delta") != 0))

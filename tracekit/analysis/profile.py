@@ -158,7 +158,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     ev = operation_names(ev, names)
     end = pl.col("ts_ns") + pl.col("dur_ns")
     comm = ev.filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
-    phases = sorted(comm["phase"].unique().to_list(), key=_phase_order)
+    phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
     ranks = sorted(int(r) for r in ev.filter(pl.col("rank") >= 0)["rank"].unique().to_list())
     inphase = ev.filter(pl.col("phase").is_in(phases))
     instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
@@ -190,7 +190,8 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     return prof
 
 
-def _phase_order(p: str) -> tuple[int, str]:
+def phase_order(p: str) -> tuple[int, str]:
+    """Sort key of phase names: dispatch, combine, then the rest by name."""
     return ({"dispatch": 0, "combine": 1}.get(p, 2), p)
 
 
