@@ -25,7 +25,7 @@ _VOID = re.compile(r"^\s*void\s+")
 _CLONE = re.compile(r"\s*\[clone[^\]]*\]")
 _ARCH = re.compile(r"(?:(?<=[_:])|^)sm_?\d{2,3}[a-z]?(?:_|$)")
 _VERSION = re.compile(r"(?:[_.\-]v\d+(?:\.\d+)*)+$")
-_HASH = re.compile(r"[_.$](?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}(?=$|[_.])")
+_HASH = re.compile(r"[_.$](?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{10,}(?=$|[_.])")
 _SPACE = re.compile(r"\s+")
 
 

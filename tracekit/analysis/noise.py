@@ -3,7 +3,7 @@
 A side with several steps, layers or iterations gives several samples of one metric (a phase's
 latency per (step, layer), say). The change between sides is the difference of the means; its
 confidence interval comes from resampling each side's samples with replacement. The generator of
-each side is seeded from the fixed ``seed`` and the side's own values, so results are
+each side is seeded from the fixed ``seed`` and the side's own values (sorted), so results are
 reproducible, a trace compared with itself gives an interval of exactly [0, 0], and swapping the
 sides negates the interval exactly.
 """
@@ -34,7 +34,7 @@ class Interval:
 
 
 def _means(values: np.ndarray, seed: int, resamples: int) -> np.ndarray:
-    v = np.ascontiguousarray(values, dtype=np.float64)
+    v = np.sort(np.asarray(values, dtype=np.float64))  # the samples' order must not matter
     rng = np.random.default_rng([seed, zlib.crc32(v.tobytes()), v.size])
     idx = rng.integers(0, v.size, size=(resamples, v.size))
     return v[idx].mean(axis=1)
