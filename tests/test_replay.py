@@ -98,6 +98,7 @@ def test_replay_is_byte_deterministic(tmp_path):
         outs.append({f: (tmp_path / name / f).read_bytes() for f in ("events.parquet", "counters.parquet",
                                                                       "summary.json")})
     assert outs[0] == outs[1]
+    assert main(["validate", str(tmp_path / "a" / "events.parquet"), str(tmp_path / "a" / "counters.parquet")]) == 0
     summary = json.loads(outs[0]["summary.json"])
     for key in ("latency_ns", "bytes", "stages", "rank_finish_ns", "bandwidth_gbps", "bottleneck", "stalls"):
         assert key in summary["dispatch"] and key in summary["combine"]
@@ -171,6 +172,9 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 def test_several_steps_and_layers_run_back_to_back():
     routing = _routing(ep=16, tokens=32, experts=64, topk=4, layers=2, steps=2)
     result = replay(routing, load_profile("h800-ib"))
+    from tracekit.workload.validate import check_counters, check_events
+    check_events(result.events.to_arrow(), {"ep_size": 16}, "events")
+    check_counters(result.counters.to_arrow(), {}, "counters")
     ev = result.events
     assert sorted(ev.select("step", "layer").unique().rows()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert ev["ts_ns"].is_sorted()

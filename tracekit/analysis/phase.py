@@ -228,7 +228,10 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         "routing_table_bytes": int(routing.num_rows * routing.topk * 8),
         "notify_bytes_per_rank": int(R * 8 + routing.meta.num_experts * 4),
     }
-    return PhaseResult(built.phase, step, layer, t0, t0 + int(sched.finish.max()), summary, rank_finish, scale)
+    # the phase ends when its last task ends and its last credit has travelled back
+    r_task, _, _, r_lag = g.releases()
+    end = max(int(sched.finish.max()), int((sched.finish[r_task] + r_lag).max(initial=0)))
+    return PhaseResult(built.phase, step, layer, t0, t0 + end, summary, rank_finish, scale)
 
 
 _VIRTUAL = {
