@@ -34,6 +34,9 @@ def task_graphs(draw):
         release=[draw(st.integers(0, 30)) for _ in range(n)],
         **({"order_key": [draw(st.integers(0, 5)) for _ in range(n)]} if draw(st.booleans()) else {}),
     )
+    for _ in range(draw(st.integers(0, 6)) if npool else 0):
+        g.add_releases([draw(st.integers(0, n - 1))], [draw(st.integers(0, npool - 1))], [draw(st.integers(1, 3))],
+                       [draw(st.sampled_from([0, 4]))])
     m = draw(st.integers(0, 3 * n))
     src, dst, lag = [], [], []
     for _ in range(m):

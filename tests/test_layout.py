@@ -126,3 +126,11 @@ def test_layout_rejects_out_of_range_expert():
     r.topk_expert[3, 1] = 999
     with pytest.raises(TracekitError, match=r"column topk_expert row 3: expert 999 out of range \[0, 256\)"):
         dispatch_layout(r)
+
+
+def test_traffic_table_with_a_fully_masked_layer():
+    r = synth(SynthConfig(ep=8, tokens=4, layers=2))
+    r.topk_expert[r.layer == 0] = -1
+    t = traffic_table(r)
+    assert set(t.get_column("layer").to_list()) == {1}
+    assert t.schema["phase"] == pl.String

@@ -47,17 +47,39 @@ def _steps(ts: np.ndarray, key: np.ndarray, delta: np.ndarray) -> tuple[np.ndarr
     return ts[last], key[last], value[last]
 
 
-def _frame(ts, key, value, names: list[str], counter: list[str], unit: list[str], t0: int) -> pl.DataFrame:
-    """Rows from codes into small per-series tables of name, counter, unit and rank."""
-    ranks = np.array([owner_rank(n) for n in names], dtype=np.int32)
-    return pl.DataFrame({
-        "ts_ns": ts + t0,
-        "resource": pl.Series(names, dtype=pl.String).gather(key),
-        "counter": pl.Series(counter, dtype=pl.String).gather(key),
-        "value": value.astype(np.float64),
-        "rank": ranks[key],
-        "unit": pl.Series(unit, dtype=pl.String).gather(key),
-    }, schema=_SCHEMA)
+class _Series:
+    """Counter rows gathered as codes into one table of series (name, counter, unit, rank)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.counters: list[str] = []
+        self.units: list[str] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, ts, key, value, names: list[str], counter: list[str], unit: list[str]) -> None:
+        base = len(self.names)
+        self.names += names
+        self.counters += counter
+        self.units += unit
+        self.parts.append((ts, key + base, value.astype(np.float64)))
+
+    def frame(self, t0: int) -> pl.DataFrame:
+        if not self.parts:
+            return pl.DataFrame(schema=_SCHEMA)
+        ts = np.concatenate([p[0] for p in self.parts])
+        key = np.concatenate([p[1] for p in self.parts])
+        value = np.concatenate([p[2] for p in self.parts])
+        order = np.argsort(ts, kind="stable")
+        ts, key, value = ts[order], key[order], value[order]
+        ranks = np.array([owner_rank(n) for n in self.names], dtype=np.int32)
+        return pl.DataFrame({
+            "ts_ns": ts + t0,
+            "resource": pl.Series(self.names, dtype=pl.String).gather(key),
+            "counter": pl.Series(self.counters, dtype=pl.String).gather(key),
+            "value": value,
+            "rank": ranks[key],
+            "unit": pl.Series(self.units, dtype=pl.String).gather(key),
+        }, schema=_SCHEMA)
 
 
 def _pool_series(built: Built) -> tuple[np.ndarray, list[str], list[str], list[str]]:
@@ -88,18 +110,18 @@ def _pool_series(built: Built) -> tuple[np.ndarray, list[str], list[str], list[s
 
 def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFrame:
     g = built.graph
-    frames = []
+    out = _Series()
     pool, amount = g.column("pool"), g.column("amount")
-    rel, rel_amount, rel_lag = g.column("rel_pool"), g.column("rel_amount"), g.column("rel_lag")
+    r_task, r_pool, r_amount, r_lag = g.releases()
     take = np.flatnonzero((pool >= 0) & (sched.grant >= 0))
-    give = np.flatnonzero((rel >= 0) & (sched.finish >= 0))
+    give = np.flatnonzero(sched.finish[r_task] >= 0)
     if take.size or give.size:
         series, names, counters, units = _pool_series(built)
-        ts = np.r_[sched.grant[take], sched.finish[give] + rel_lag[give]]
-        key = series[np.r_[pool[take], rel[give]]]
-        delta = np.r_[amount[take], -rel_amount[give]].astype(np.int64)
+        ts = np.r_[sched.grant[take], sched.finish[r_task[give]] + r_lag[give]]
+        key = series[np.r_[pool[take], r_pool[give]]]
+        delta = np.r_[amount[take], -r_amount[give]].astype(np.int64)
         ts, key, value = _steps(ts, key, delta)
-        frames.append(_frame(ts, key, value, names, counters, units, t0))
+        out.add(ts, key, value, names, counters, units)
     res = g.column("res")
     link = np.array([bool(_LINK.search(n)) for n in g.res_names], dtype=bool)
     tasks = np.flatnonzero((res >= 0) & (sched.start >= 0))
@@ -112,7 +134,7 @@ def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFra
         key = np.r_[res[tasks], res[tasks]].astype(np.int64)
         delta = np.r_[np.ones(tasks.size, np.int64), -np.ones(tasks.size, np.int64)]
         ts, key, value = _steps(ts, key, delta)
-        frames.append(_frame(ts, key, value, g.res_names, ["queue_depth"] * nres, ["entries"] * nres, t0))
+        out.add(ts, key, value, list(g.res_names), ["queue_depth"] * nres, ["entries"] * nres)
         # utilisation in bins: busy time of each resource per bin / bin width
         span = max(int(sched.finish.max()), 1)
         width = max(1000, -(-span // 100))
@@ -137,9 +159,7 @@ def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFra
         grid = np.round(busy[used], 6)
         change = np.ones_like(grid, dtype=bool)
         change[:, 1:] = grid[:, 1:] != grid[:, :-1]
+        change[:, -(-span // width):] = False  # only bins that start inside the phase
         ri, bi = np.nonzero(change)
-        frames.append(_frame(bi * width, used[ri], grid[ri, bi], g.res_names, ["utilisation"] * nres, ["1"] * nres, t0))
-    if not frames:
-        return pl.DataFrame(schema=_SCHEMA)
-    out = pl.concat(frames, how="vertical")
-    return out.sort("ts_ns", maintain_order=True)
+        out.add(bi * width, used[ri], grid[ri, bi], list(g.res_names), ["utilisation"] * nres, ["1"] * nres)
+    return out.frame(t0)

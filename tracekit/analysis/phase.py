@@ -228,7 +228,10 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         "routing_table_bytes": int(routing.num_rows * routing.topk * 8),
         "notify_bytes_per_rank": int(R * 8 + routing.meta.num_experts * 4),
     }
-    return PhaseResult(built.phase, step, layer, t0, t0 + int(sched.finish.max()), summary, rank_finish, scale)
+    # the phase ends when its last task ends and its last credit has travelled back
+    r_task, _, _, r_lag = g.releases()
+    end = max(int(sched.finish.max()), int((sched.finish[r_task] + r_lag).max(initial=0)))
+    return PhaseResult(built.phase, step, layer, t0, t0 + end, summary, rank_finish, scale)
 
 
 _VIRTUAL = {
@@ -237,9 +240,9 @@ _VIRTUAL = {
 }
 
 
-def _resource_names(built: Built, idx: np.ndarray) -> pl.Series:
-    """Resource paths of tasks ``idx``; tasks without a resource get a per-rank virtual track. Strings
-    are built once per distinct track, then gathered."""
+def _resource_codes(built: Built, idx: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Resource paths of tasks ``idx`` as (distinct names, code per task); tasks without a resource get
+    a per-rank virtual track. Strings are built once per distinct track."""
     g = built.graph
     res = g.column("res")[idx]
     names = list(g.res_names)
@@ -259,19 +262,24 @@ def _resource_names(built: Built, idx: np.ndarray) -> pl.Series:
             tail = _VIRTUAL.get(STAGES[s], STAGES[s]).replace("{qp}", str(q))
             names.append(f"{pre}/{tail}")
         codes[missing] = len(g.res_names) + inv.reshape(-1)
-    return pl.Series(names, dtype=pl.String).gather(codes)
+    return names, codes
+
+
+def _strings(table: list[str], codes: np.ndarray) -> pl.Series:
+    """A string column from a small table of distinct values and one code per row."""
+    return pl.Series(table, dtype=pl.String).gather(np.asarray(codes, np.int64))
 
 
 def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing, result: PhaseResult, *,
                  t0: int, ids: dict[str, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Events (schema events.v1) and counters (counters.v1) of one phase, times offset by ``t0``.
-    ``ids`` holds the next free flow and message ids (``{"flow": .., "msg": ..}``) and is advanced."""
+    """Events (schema events.v1) and counters (counters.v1) of one phase, times offset by ``t0``, each
+    sorted by time (ties in task order). ``ids`` holds the next free flow and message ids
+    (``{"flow": .., "msg": ..}``) and is advanced."""
     from tracekit.analysis.counters import phase_counters
 
     g = built.graph
-    f = g.freeze()
     rec = g.attr("record").astype(bool) & (sched.start >= 0)
-    stage = g.attr("stage")
+    stage = g.attr("stage").astype(np.int64)
     flow_out = np.full(g.num_tasks, -1, np.int64)
     flow_in = np.full(g.num_tasks, -1, np.int64)
     nid = ids["flow"]
@@ -280,12 +288,10 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
         ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
         a, b = a[ok], b[ok]
         # a task may start at most one flow and end at most one: keep the first of duplicates
-        _, ua = np.unique(a, return_index=True)
         keep = np.zeros(a.size, bool)
-        keep[ua] = True
-        _, ub = np.unique(b, return_index=True)
+        keep[np.unique(a, return_index=True)[1]] = True
         keep2 = np.zeros(b.size, bool)
-        keep2[ub] = True
+        keep2[np.unique(b, return_index=True)[1]] = True
         keep &= keep2
         a, b = a[keep], b[keep]
         new = nid + np.arange(a.size)
@@ -293,55 +299,70 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
         flow_in[b] = new
         nid += a.size
     idx = np.flatnonzero(rec)
-    idx = idx[np.argsort(sched.start[idx], kind="stable")]
-    pool = g.column("pool")
-    causes = pl.Series(g.pool_cause + [""], dtype=pl.String)
+    pool = g.column("pool")[idx]
     stall = sched.stall[idx]
-    cause = causes.gather(np.where((pool[idx] >= 0) & (stall > 0), pool[idx], len(g.pool_cause)))
-    names = _resource_names(built, idx)
-    stage_names = pl.Series(STAGES, dtype=pl.String).gather(stage[idx])
+    causes = list(g.pool_cause) + [""]
+    cause = np.where((pool >= 0) & (stall > 0), pool, len(g.pool_cause))
+    names, res_code = _resource_codes(built, idx)
 
     def attr(name: str, default: int = -1) -> np.ndarray:
         v = g.attr(name)[idx]
         return np.where(v < 0, default, v)
 
-    kind = np.where(np.isin(stage[idx], list(_SYNC)), "sync", "comm")
-    events = pl.DataFrame({
+    msg = attr("msg_id")
+    cols = {
         "ts_ns": sched.start[idx] + t0,
         "dur_ns": sched.finish[idx] - sched.start[idx],
         "rank": g.attr("rank")[idx].astype(np.int32),
-        "resource": names,
-        "stage": stage_names,
-        "name": stage_names,
-        "phase": pl.Series([built.phase] * idx.size, dtype=pl.String),
-        "kind": pl.Series(kind, dtype=pl.String),
-        "step": np.full(idx.size, result.step, np.int32),
-        "layer": np.full(idx.size, result.layer, np.int32),
-        "msg_id": np.where(attr("msg_id") >= 0, attr("msg_id") + msg_base, -1),
+        "res": res_code,
+        "stage": stage[idx],
+        "kind": np.isin(stage[idx], list(_SYNC)).astype(np.int64),
+        "msg_id": np.where(msg >= 0, msg + msg_base, -1),
         "channel": attr("channel").astype(np.int32),
-        "tokens": attr("tokens", 0),
-        "bytes": attr("bytes", 0),
+        "tokens": attr("tokens", 0).astype(np.int64),
+        "bytes": attr("bytes", 0).astype(np.int64),
         "src_rank": attr("src_rank").astype(np.int32),
         "dst_rank": attr("dst_rank").astype(np.int32),
         "qp": attr("qp").astype(np.int32),
         "stall_ns": stall,
-        "stall_cause": cause,
-        "flow_out": pl.Series(flow_out[idx]).replace(-1, None),
-        "flow_in": pl.Series(flow_in[idx]).replace(-1, None),
-        "args": pl.Series([""] * idx.size, dtype=pl.String),
-    })
+        "cause": cause,
+        "flow_out": flow_out[idx],
+        "flow_in": flow_in[idx],
+    }
     if built.phase == "dispatch":
-        events = pl.concat([events, _expert_queue(built, sched, routing, result, t0)], how="vertical_relaxed")
-        events = events.sort("ts_ns", maintain_order=True)
+        extra, extra_names = _expert_queue(built, sched, routing, result, t0)
+        extra["res"] = extra["res"] + len(names)
+        extra["cause"] = np.full(extra["ts_ns"].size, len(g.pool_cause))
+        names = names + extra_names
+        cols = {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in cols.items()}
+    order = np.argsort(cols["ts_ns"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    n = order.size
+    stage_s = _strings(STAGES, cols["stage"])
+    events = pl.DataFrame({
+        "ts_ns": cols["ts_ns"], "dur_ns": cols["dur_ns"], "rank": cols["rank"],
+        "resource": _strings(names, cols["res"]), "stage": stage_s, "name": stage_s,
+        "phase": _strings([built.phase], np.zeros(n, np.int64)),
+        "kind": _strings(["comm", "sync"], cols["kind"]),
+        "step": np.full(n, result.step, np.int32), "layer": np.full(n, result.layer, np.int32),
+        "msg_id": cols["msg_id"], "channel": cols["channel"], "tokens": cols["tokens"], "bytes": cols["bytes"],
+        "src_rank": cols["src_rank"], "dst_rank": cols["dst_rank"], "qp": cols["qp"], "stall_ns": cols["stall_ns"],
+        "stall_cause": _strings(causes, cols["cause"]), "flow_out": cols["flow_out"], "flow_in": cols["flow_in"],
+        "args": _strings([""], np.zeros(n, np.int64)),
+    }).with_columns(
+        pl.when(pl.col("flow_out") >= 0).then(pl.col("flow_out")).alias("flow_out"),
+        pl.when(pl.col("flow_in") >= 0).then(pl.col("flow_in")).alias("flow_in"),
+    )
     counters = phase_counters(built, sched, t0, result)
     ids["flow"] = nid
     ids["msg"] = msg_base + int(max(g.attr("msg_id").max(initial=-1), -1)) + 1
     return events, counters
 
 
-def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: PhaseResult, t0: int) -> pl.DataFrame:
+def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: PhaseResult,
+                  t0: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """Per (rank, local expert): from its first token's arrival until the rank's dispatch completes,
-    when the expert's GEMM may start."""
+    when the expert's GEMM may start. Returns event columns and the new resource names."""
     R = built.cluster.R
     epr = routing.meta.num_experts // R
     row, dst, task = built.delivery_row, built.delivery_rank, built.delivery_task
@@ -350,24 +371,20 @@ def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: Phase
     ok = (e >= 0) & (e // epr == dst[:, None])
     ii, kk = np.nonzero(ok)
     expert = e[ii, kk].astype(np.int64)
-    t = arrive[ii]
     first = np.full(routing.meta.num_experts, np.iinfo(np.int64).max)
-    np.minimum.at(first, expert, t)
+    np.minimum.at(first, expert, arrive[ii])
     count = np.bincount(expert, minlength=routing.meta.num_experts)
     have = np.flatnonzero(count > 0)
     owner = have // epr
     done = result.rank_finish[owner]
-    prefix = np.asarray(built.cluster.prefix, dtype=object)[owner].astype(str)
-    res = np.char.add(np.char.add(prefix, "/expert"), (have % epr).astype(str))
     n = have.size
-    return pl.DataFrame({
-        "ts_ns": first[have] + t0, "dur_ns": np.maximum(done - first[have], 0), "rank": owner.astype(np.int32),
-        "resource": pl.Series(res, dtype=pl.String), "stage": ["expert_queue"] * n, "name": ["expert_queue"] * n,
-        "phase": ["dispatch"] * n, "kind": ["comm"] * n, "step": np.full(n, result.step, np.int32),
-        "layer": np.full(n, result.layer, np.int32), "msg_id": np.full(n, -1, np.int64),
-        "channel": np.full(n, -1, np.int32), "tokens": count[have].astype(np.int64), "bytes": np.zeros(n, np.int64),
-        "src_rank": np.full(n, -1, np.int32), "dst_rank": owner.astype(np.int32), "qp": np.full(n, -1, np.int32),
-        "stall_ns": np.zeros(n, np.int64), "stall_cause": [""] * n,
-        "flow_out": pl.Series([None] * n, dtype=pl.Int64), "flow_in": pl.Series([None] * n, dtype=pl.Int64),
-        "args": [""] * n,
-    })
+    names = [f"{built.cluster.prefix[int(o)]}/expert{int(x % epr)}" for o, x in zip(owner, have)]
+    minus = np.full(n, -1)
+    cols = {
+        "ts_ns": first[have] + t0, "dur_ns": np.maximum(done - first[have], 0), "rank": owner,
+        "res": np.arange(n), "stage": np.full(n, STAGES.index("expert_queue")), "kind": np.zeros(n, np.int64),
+        "msg_id": minus, "channel": minus, "tokens": count[have], "bytes": np.zeros(n, np.int64),
+        "src_rank": minus, "dst_rank": owner, "qp": minus, "stall_ns": np.zeros(n, np.int64),
+        "flow_out": minus, "flow_in": minus,
+    }
+    return cols, names

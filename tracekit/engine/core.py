@@ -20,7 +20,7 @@ _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 
 # work-stack actions
-_ENQ, _TRY, _AFTER_SEIZE, _REQ, _GRANTED, _GRANT, _START = range(7)
+_ENQ, _TRY, _AFTER_SEIZE, _REQ, _GRANTED, _GRANT, _START = range(7)  # _GRANT: make release entry arg
 
 
 @njit(cache=True, inline="always")
@@ -83,16 +83,35 @@ def _pop(h, size):
 
 # columns of the static task table S and the dynamic state table D (array-of-structs: one or two
 # cache lines per task, because the event loop touches tasks in time order, not id order)
-_RES, _DUR, _POOL, _AMOUNT, _HOLD, _RELPOOL, _RELAMT, _RELLAG, _ALIGN = range(9)
-_S_COLS = 9
+_RES, _DUR, _POOL, _AMOUNT, _HOLD, _ALIGN = range(6)
+_S_COLS = 6
 (_READYT, _SEIZE, _GRANTT, _STALL, _STARTT, _FINISHT, _BINDER, _BKIND, _CRIT, _READY_AT, _NPRED, _QENTER, _PREQ,
  _QNEXT, _PNEXT) = range(15)
 _D_COLS = 16
 
 
 @njit(cache=True)
-def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity):
-    n = S.shape[0]
+def _kernel(res, dur, pool, amount, hold, align, release, npred, perm, succ_ptr, succ, succ_lag, res_servers,
+            pool_capacity, rel_ptr, rel_task, rel_pool, rel_amount, rel_lag):
+    n = res.shape[0]
+    S = np.empty((n, _S_COLS), np.int64)
+    D = np.empty((n, _D_COLS), np.int64)
+    for i in range(n):
+        S[i, _RES] = res[i]
+        S[i, _DUR] = dur[i]
+        S[i, _POOL] = pool[i]
+        S[i, _AMOUNT] = amount[i]
+        S[i, _HOLD] = hold[i]
+        S[i, _ALIGN] = align[i]
+        for c in range(_D_COLS):
+            D[i, c] = -1
+        D[i, _STALL] = 0
+        D[i, _BKIND] = 0
+        D[i, _READY_AT] = release[i]
+        D[i, _NPRED] = npred[i]
+        D[i, _QENTER] = 0
+        D[i, _PREQ] = 0
+    nrel = rel_task.shape[0]
     nres = res_servers.shape[0]
     busy = np.zeros(nres, np.int64)
     qhead = np.full(nres, -1, np.int64)
@@ -107,11 +126,11 @@ def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity)
     src = src[np.argsort(release[src], kind="mergesort")]
     nsrc = src.shape[0]
     si = 0
-    h = np.empty(2 * (3 * n + 2), np.int64)
+    h = np.empty(2 * (2 * n + nrel + 2), np.int64)
     size = 0
-    ws_code = np.empty(2 * n + 64, np.int64)
-    ws_arg = np.empty(2 * n + 64, np.int64)
-    ws_aux = np.empty(2 * n + 64, np.int64)
+    ws_code = np.empty(2 * n + nrel + 64, np.int64)
+    ws_arg = np.empty(2 * n + nrel + 64, np.int64)
+    ws_aux = np.empty(2 * n + nrel + 64, np.int64)
     batch = np.empty(n + 1, np.int64)
     events = 0
     while size > 0 or si < nsrc:
@@ -136,12 +155,9 @@ def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity)
                 ws_code[top] = _ENQ
             ws_arg[top] = task
             top += 1
-        elif kind == RELEASE:
-            p = S[task, _RELPOOL]
-            avail[p] += S[task, _RELAMT]
+        elif kind == RELEASE:  # ``task`` is a release entry here
             ws_code[top] = _GRANT
-            ws_arg[top] = p
-            ws_aux[top] = task
+            ws_arg[top] = task
             top += 1
         else:
             r = S[task, _RES]
@@ -151,15 +167,12 @@ def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity)
                 ws_arg[top] = r
                 ws_aux[top] = task
                 top += 1
-            p = S[task, _RELPOOL]
-            if p >= 0:
-                if S[task, _RELLAG] > 0:
-                    size = _push(h, size, now + S[task, _RELLAG], (RELEASE << _SHIFT) | task)
+            for e in range(rel_ptr[task + 1] - 1, rel_ptr[task] - 1, -1):
+                if rel_lag[e] > 0:
+                    size = _push(h, size, now + rel_lag[e], (RELEASE << _SHIFT) | e)
                 else:
-                    avail[p] += S[task, _RELAMT]
                     ws_code[top] = _GRANT
-                    ws_arg[top] = p
-                    ws_aux[top] = task
+                    ws_arg[top] = e
                     top += 1
         while top > 0:
             top -= 1
@@ -227,7 +240,9 @@ def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity)
                 ws_arg[top] = t
                 top += 1
             elif code == _GRANT:
-                p = t
+                p = rel_pool[t]
+                avail[p] += rel_amount[t]
+                aux = rel_task[t]
                 nb = 0
                 while phead[p] >= 0 and avail[p] >= S[phead[p], _AMOUNT]:
                     u = phead[p]
@@ -267,7 +282,20 @@ def _kernel(S, D, release, succ_ptr, succ, succ_lag, res_servers, pool_capacity)
                 D[v, _NPRED] -= 1
                 if D[v, _NPRED] == 0:
                     size = _push(h, size, D[v, _READY_AT], (READY << _SHIFT) | v)
-    return events
+    # results by task id (position p holds task perm[p]; binders are positions too)
+    out = np.empty((8, n), np.int64)
+    for p in range(n):
+        t = perm[p]
+        out[0, t] = D[p, _READYT]
+        out[1, t] = D[p, _SEIZE]
+        out[2, t] = D[p, _GRANTT]
+        out[3, t] = D[p, _STALL]
+        out[4, t] = D[p, _STARTT]
+        out[5, t] = D[p, _FINISHT]
+        b = D[p, _BINDER]
+        out[6, t] = perm[b] if b >= 0 else -1
+        out[7, t] = D[p, _BKIND]
+    return events, out
 
 
 def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
@@ -277,25 +305,10 @@ def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
     if graph.num_tasks >= 1 << _SHIFT:
         raise TracekitError(f"{graph.num_tasks} tasks exceed the engine's limit of 2^40",
                             fix="replay fewer steps or layers at once")
-    n = graph.num_tasks
-    S = np.empty((n, _S_COLS), np.int64)
-    for col, name in ((_RES, "res"), (_DUR, "dur"), (_POOL, "pool"), (_AMOUNT, "amount"), (_HOLD, "hold"),
-                      (_RELPOOL, "rel_pool"), (_RELAMT, "rel_amount"), (_RELLAG, "rel_lag"), (_ALIGN, "align")):
-        S[:, col] = g[name]
-    D = np.full((n, _D_COLS), -1, np.int64)
-    D[:, _STALL] = 0
-    D[:, _BKIND] = 0
-    D[:, _READY_AT] = g["release"]
-    D[:, _NPRED] = g["npred"]
-    D[:, _QENTER] = 0
-    D[:, _PREQ] = 0
-    events = _kernel(S, D, g["release"], g["succ_ptr"], g["succ"], g["succ_lag"], g["res_servers"],
-                     g["pool_capacity"])
-    del S
-    cols = [np.ascontiguousarray(D[:, c]) for c in (_READYT, _SEIZE, _GRANTT, _STALL, _STARTT, _FINISHT, _BINDER,
-                                                   _BKIND)]
-    del D
-    sched = Schedule.from_positions(cols, g["perm"], int(events))
+    events, out = _kernel(g["res"], g["dur"], g["pool"], g["amount"], g["hold"], g["align"], g["release"], g["npred"],
+                          g["perm"], g["succ_ptr"], g["succ"], g["succ_lag"], g["res_servers"], g["pool_capacity"],
+                          g["rel_ptr"], g["rel_task"], g["rel_pool_e"], g["rel_amount_e"], g["rel_lag_e"])
+    sched = Schedule(*out, events=int(events))
     if check and not sched.completed:
         raise deadlock_error(graph, sched)
     return sched

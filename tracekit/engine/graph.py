@@ -72,6 +72,7 @@ class TaskGraph:
     _pool_index: dict[str, int] = field(default_factory=dict)
     _frozen: dict[str, np.ndarray] | None = None
     _updates: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    _releases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     # -- resources and pools -------------------------------------------------------------------
     def resource(self, name: str, servers: int = 1) -> int:
@@ -127,6 +128,20 @@ class TaskGraph:
             dtype = _TASK_COLS[name][0]
             self._updates.append((name, ids, np.broadcast_to(np.asarray(value, dtype=dtype), ids.shape).copy()))
 
+    def add_releases(self, task: np.ndarray, pool: np.ndarray, amount: np.ndarray, lag: object = 0) -> None:
+        """Extra releases: when ``task`` finishes, ``amount`` units go back to ``pool``, ``lag`` ns later.
+        A task's releases happen in the order they were added, after its own ``rel_pool`` release."""
+        task = np.asarray(task, np.int64).reshape(-1)
+        n = task.shape[0]
+        self._releases.append((task, np.broadcast_to(np.asarray(pool, np.int64), (n,)).copy(),
+                               np.broadcast_to(np.asarray(amount, np.int64), (n,)).copy(),
+                               np.broadcast_to(np.asarray(lag, np.int64), (n,)).copy()))
+
+    def releases(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every release as (task id, pool, amount, lag), in engine order."""
+        f = self.freeze()
+        return f["perm"][f["rel_task"]], f["rel_pool_e"], f["rel_amount_e"], f["rel_lag_e"]
+
     def add_edges(self, src: np.ndarray, dst: np.ndarray, lag: object = 0) -> None:
         """``dst`` may start only ``lag`` ns after ``src`` finished (arrays of equal length)."""
         src = np.asarray(src, dtype=np.int64).reshape(-1)
@@ -163,6 +178,19 @@ class TaskGraph:
             out[name] = col[perm]
             self._tasks[name] = []
         self._updates = []
+        # releases as a CSR list per position: the column release first, then add_releases in order
+        own = np.flatnonzero(out["rel_pool"] >= 0)
+        parts = [(own, out["rel_pool"][own].astype(np.int64), out["rel_amount"][own], out["rel_lag"][own])]
+        parts += [(inv[t], p, a, lg) for t, p, a, lg in self._releases]
+        self._releases = []
+        r_task = np.concatenate([q[0] for q in parts])
+        r_order = np.argsort(r_task, kind="stable")
+        out["rel_task"] = r_task[r_order]
+        out["rel_pool_e"] = np.concatenate([q[1] for q in parts])[r_order]
+        out["rel_amount_e"] = np.concatenate([q[2] for q in parts])[r_order]
+        out["rel_lag_e"] = np.concatenate([q[3] for q in parts])[r_order]
+        out["rel_ptr"] = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(out["rel_task"], minlength=n), out=out["rel_ptr"][1:])
         if self._edges:
             src = np.concatenate([e[0] for e in self._edges])
             dst = np.concatenate([e[1] for e in self._edges])

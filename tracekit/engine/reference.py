@@ -142,12 +142,11 @@ class _Sim:
         r = int(self.g["res"][t])
         if r >= 0:
             self.resources[r].busy -= 1
-        p = int(self.g["rel_pool"][t])
-        if p >= 0:
-            if self.g["rel_lag"][t] > 0:
-                heapq.heappush(self.heap, (self.now + int(self.g["rel_lag"][t]), RELEASE, t))
+        for e in range(int(self.g["rel_ptr"][t]), int(self.g["rel_ptr"][t + 1])):
+            if self.g["rel_lag_e"][e] > 0:
+                heapq.heappush(self.heap, (self.now + int(self.g["rel_lag_e"][e]), RELEASE, e))
             else:
-                self.on_release(t)
+                self.on_release(e)
         if r >= 0:
             self.try_start(r, freed_by=t)
         for v, lag in self.succ[t]:
@@ -159,10 +158,11 @@ class _Sim:
             if self.waiting_for[v] == 0:
                 heapq.heappush(self.heap, (self.ready_at[v], READY, v))
 
-    def on_release(self, t: int) -> None:
-        p = int(self.g["rel_pool"][t])
-        self.pools[p].available += int(self.g["rel_amount"][t])
-        self.grant_waiters(p, released_by=t)
+    def on_release(self, e: int) -> None:
+        """Release entry ``e``: its units return to its pool, credited to the task that made it."""
+        p = int(self.g["rel_pool_e"][e])
+        self.pools[p].available += int(self.g["rel_amount_e"][e])
+        self.grant_waiters(p, released_by=int(self.g["rel_task"][e]))
 
     def run(self) -> Schedule:
         for t in range(self.n):

@@ -71,8 +71,15 @@ def validate_parquet(path: str | os.PathLike[str]) -> FileSummary:
     return FileSummary(where, schema.id, table.num_rows)
 
 
-#: File suffix -> validator. Other formats (e.g. ``.pftrace``) register here.
-VALIDATORS: dict[str, Callable[[Path], FileSummary]] = {".parquet": validate_parquet}
+def validate_pftrace(path: str | os.PathLike[str]) -> FileSummary:
+    """A Perfetto trace, checked against the importer's rules (:mod:`tracekit.io.perfetto_check`)."""
+    from tracekit.io.perfetto_check import validate_pftrace as check
+
+    return check(path)
+
+
+#: File suffix -> validator. Other formats register here.
+VALIDATORS: dict[str, Callable[[Path], FileSummary]] = {".parquet": validate_parquet, ".pftrace": validate_pftrace}
 
 
 def validate_file(path: str | os.PathLike[str]) -> FileSummary:

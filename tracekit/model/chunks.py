@@ -54,8 +54,14 @@ def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.size == 0:
         return a, b
     radix = int(b.max()) + 1
-    key = np.unique(a * radix + b)
+    key = sorted_unique(a * radix + b)
     return key // radix, key % radix
+
+
+def sorted_unique(key: np.ndarray) -> np.ndarray:
+    """``np.unique`` for int64 keys by sorting (numpy's hash-based unique is slower on large arrays)."""
+    key = np.sort(key)
+    return key[np.r_[True, key[1:] != key[:-1]]] if key.size else key
 
 
 def ceil_div(a: np.ndarray | int, b: float) -> np.ndarray:

@@ -40,6 +40,26 @@ class Built:
     delivery_rank: np.ndarray  # ... and the rank it was delivered to
     delivery_task: np.ndarray  # ... and the task that delivered it
     flows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    rings: "RingLog | None" = None  # NVLink ring bookkeeping for memory-operation records
+
+
+@dataclass
+class RingLog:
+    """Per chunk of the NVLink rings of an intranode dispatch: what :mod:`tracekit.model.memops` needs
+    to write the memory-level operations (slot stores, tail, credits) of every chunk."""
+
+    capacity: int  # ring slots (tokens)
+    group: np.ndarray  # ring of each chunk (chunks of a ring are consecutive, in send order)
+    src: np.ndarray
+    channel: np.ndarray
+    dst: np.ndarray
+    tokens: np.ndarray
+    pack: np.ndarray  # task that takes the credits and copies
+    arrive: np.ndarray  # task whose end puts the data in the receiver's ring
+    unpack: np.ndarray  # task that copies the chunk out
+    credit_task: np.ndarray  # task whose end (+ credit_lag) returns the chunk's credits
+    credit_lag: np.ndarray
+    item_chunk: np.ndarray  # chunk of each delivered item (built.delivery_row order)
 
 
 def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,21 +116,21 @@ def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunk
     return ret
 
 
-def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: np.ndarray, lag: np.ndarray,
-                    msg: np.ndarray, rank: np.ndarray) -> None:
+def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: np.ndarray, lag: np.ndarray) -> None:
     """Each item (token slot) is consumed by exactly one task: every (consumer, chunk) pair returns the
     slots it consumed when that consumer finishes, so a chunk shared by two consumers frees in parts."""
     radix = int(chunk.max()) + 1 if chunk.size else 1
-    key, count = np.unique(consumer.astype(np.int64) * radix + chunk, return_counts=True)
+    key = np.sort(consumer.astype(np.int64) * radix + chunk)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+    count = np.diff(np.r_[starts, key.size])
+    key = key[starts]
     task, k = key // radix, key % radix
-    ret = cl.add(key.size, "credit_return", rank[k], dur=0, rel_pool=pool[k], rel_amount=count, rel_lag=lag[k],
-                 record=False, msg_id=msg[k])
-    cl.g.add_edges(task, ret)
+    cl.g.add_releases(task, pool[k], count, lag[k])
 
 
 def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.ndarray, lag: object) -> None:
     """One consumer per chunk: it returns the chunk's credits itself, ``lag`` ns after it finishes."""
-    cl.g.update(consumer, rel_pool=pool, rel_amount=amount, rel_lag=lag)
+    cl.g.add_releases(consumer, pool, amount, lag)
 
 
 def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
@@ -177,10 +197,14 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
     cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
     cl.g.add_edges(unpack[a], unpack[b])
-    _release_by(cl, arrive if early else unpack, ring, ntok, np.where(remote, lat_nvl, 0))
+    credit_task = arrive if early else unpack
+    credit_lag = np.where(remote, lat_nvl, 0)
+    _release_by(cl, credit_task, ring, ntok, credit_lag)
     built.first_data = pack
     built.delivery_task = mem[item_chunk]
     built.flows.append((pack, unpack))
+    built.rings = RingLog(pc.nvl_recv_buffer, cgroup, cs, cc, cd, ntok, pack, arrive, unpack, credit_task, credit_lag,
+                          item_chunk)
 
 
 def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat_nvl, early) -> None:
@@ -342,7 +366,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
         fin_of_row = _final_reduce(cl, built, src, tok, ch, row, item_chunk, arrive, np.where(remote, lat_nvl, 0),
                                    block, m)
         _partial_return(cl, arrive[item_chunk] if early else fin_of_row[row], item_chunk, ring,
-                        np.where(remote, lat_nvl, 0), msg, ch_)
+                        np.where(remote, lat_nvl, 0))
         built.flows.append((pack, fin_of_row[row[first]]))
         return
     # 2. reduction at the forwarder: one task per RDMA chunk (source, channel, node)
@@ -376,7 +400,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     cl.g.add_edges(reduce[a2], reduce[b2])
     built.flows.append((pack, reduce[red_of_item[first]]))
     _partial_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, ring,
-                    np.where(remote, lat_nvl, 0), msg, ch_)
+                        np.where(remote, lat_nvl, 0))
     # 3. RDMA from the forwarder to the source (inside the source's own node: a local write)
     rremote = k_f != k_s
     rarrive = reduce.copy()
@@ -395,7 +419,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     fin_of_row = _final_reduce(cl, built, src, tok, ch, nrow, r_item_chunk, rarrive,
                                np.where(rremote, hw.pcie.latency_ns, 0), block, m + rm)
     _partial_return(cl, rarrive[r_item_chunk] if early else fin_of_row[nrow], r_item_chunk, rring,
-                    np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0), rmsg, k_f)
+                    np.where(rremote, cl.one_way_ns + hw.pcie.latency_ns, 0))
 
 
 def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arrival_lag, block, msg_base) -> np.ndarray:

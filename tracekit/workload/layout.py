@@ -113,9 +113,13 @@ def _counts(routing: Routing) -> tuple[np.ndarray, ...]:
 def _scatter(n: int, width: int, cols: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """bool[n, width] with True at (i, cols[j, i]) wherever keep[j, i]."""
     out = np.zeros(n * width, dtype=bool)
-    # row-major flat positions, so the writes sweep the output once in address order
-    flat = cols.T + (np.arange(n, dtype=np.int64) * width)[:, None]
-    out[flat[keep.T]] = True
+    # row-major flat positions, so the writes sweep the output once in address order; in blocks of
+    # rows so that the index temporaries stay small
+    block = 1 << 16
+    for first in range(0, n, block):
+        last = min(n, first + block)
+        flat = cols[:, first:last].T + (np.arange(first, last, dtype=np.int64) * width)[:, None]
+        out[flat[keep[:, first:last].T]] = True
     return out.reshape(n, width)
 
 
@@ -221,11 +225,11 @@ def traffic_table(routing: Routing) -> pl.DataFrame:
                 "step": np.full(t.size, step, np.int32), "layer": np.full(t.size, layer, np.int32),
                 "phase": [phase] * t.size, "src_rank": s, "dst_rank": d, "tokens": t.astype(np.int64),
                 "bytes": t.astype(np.int64) * np.int64(b),
-            }))
+            }, schema=_TRAFFIC_TYPES))
     columns = schemas.load("traffic").column_names
     if not parts:
         return pl.DataFrame(schema=_TRAFFIC_TYPES)
-    return pl.concat(parts).select(columns).cast(_TRAFFIC_TYPES)
+    return pl.concat(parts).select(columns)
 
 
 def traffic_meta(routing: Routing) -> dict[str, object]:

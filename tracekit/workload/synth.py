@@ -240,7 +240,7 @@ def synth(config: SynthConfig, on_layer: Callable[[], None] | None = None) -> Ro
             experts[sl] = route(config, s, layer, ranks, tokens)
             rng = _rng(config.seed, _DOMAIN_WEIGHTS, s, layer)
             w = weights[sl]
-            rng.standard_normal(out=w.reshape(-1) if n else w.reshape(0), dtype=np.float32)
+            rng.standard_normal(out=w.reshape(-1), dtype=np.float32)
             np.abs(w, out=w)
             if config.masked:
                 _mask(experts[sl], w, counts, starts, config.masked, rng)

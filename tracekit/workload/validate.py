@@ -164,16 +164,13 @@ def check_events(table: pa.Table, meta: dict[str, Any], where: str) -> None:
         col = table.column(column)
         if col.null_count == len(col):
             continue
-        rows = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
-        values = np.full(len(col), -1, dtype=np.int64)
-        values[rows] = col.drop_null().to_numpy()
-        sub = values[rows]
-        order = np.argsort(sub, kind="stable")
-        same = sub[order][1:] == sub[order][:-1]
-        if same.any():
-            j = int(np.flatnonzero(same)[0])
-            first, second = sorted((int(rows[order[j]]), int(rows[order[j + 1]])))
-            raise _fail(where, column, second, f"flow {int(values[second])} {role} twice (also row {first})",
+        rows = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))  # rows with a flow id
+        ids = col.drop_null().to_numpy()
+        order = np.argsort(ids, kind="stable")
+        same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if same.size:
+            first, second = sorted((int(rows[order[same[0]]]), int(rows[order[same[0] + 1]])))
+            raise _fail(where, column, second, f"flow {int(ids[order[same[0]]])} {role} twice (also row {first})",
                         f"each flow id is {role} by exactly one event")
 
 
@@ -189,7 +186,8 @@ def check_counters(table: pa.Table, meta: dict[str, Any], where: str) -> None:
         raise _fail(where, "value", row, f"value {value[row]} is not finite", "counter values are finite numbers")
     _check_rank_column(_np(table, "rank"), _ep_size(meta), where, "rank", -1)
     if table.num_rows > 1:
-        series = pc.binary_join_element_wise(table.column("resource"), table.column("counter"), "\x00")
+        series = pc.binary_join_element_wise(table.column("resource").cast(pa.string()),
+                                             table.column("counter").cast(pa.string()), "\x00")
         codes = series.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
         order = np.lexsort((np.arange(ts.size), codes))
         same = codes[order][1:] == codes[order][:-1]

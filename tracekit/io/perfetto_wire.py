@@ -1,0 +1,346 @@
+"""Protobuf wire encoding of the hot TrackEvent packets, columnar and compiled.
+
+A timeline holds one slice (or instant) per event and one counter packet per counter sample;
+building one protobuf message per event through the bindings runs at tens of thousands of events
+per second. This module takes the fields as columns (numpy arrays, one row per event) and writes
+the packets in one compiled pass (numba): per row it sizes the nested messages, then emits the
+fields in the order the protobuf serializer does (ascending field number), varints and fixed64s
+by hand. (A pure-numpy version, one matrix column per wire byte compacted through a mask, ran at
+about 0.5 M events/s on this machine: the masked copy of ~140 mostly-used bytes per row dominated.)
+
+Each fast encoder has a reference twin that builds every packet through the ``perfetto``
+bindings (``perfetto_trace_pb2``); tests hold the two byte-identical.
+
+Wire layout of a slice (one sequence per track lane, so ``track_uuid`` comes from the sequence's
+``TrackEventDefaults`` and the timestamp is a delta on the sequence's incremental clock)::
+
+    TracePacket { timestamp=8: begin delta, trusted_packet_sequence_id=10,
+                  track_event=11 { debug_annotations=4*, type=9: BEGIN or INSTANT,
+                                   name_iid=10, flow_ids=47?, terminating_flow_ids=48? } }
+    TracePacket { timestamp=8: duration, trusted_packet_sequence_id=10,
+                  track_event=11 { type=9: END } }                    (not for instants)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+TYPE_SLICE_BEGIN = 1
+TYPE_SLICE_END = 2
+TYPE_INSTANT = 3
+TYPE_COUNTER = 4
+
+
+def varint_bytes(value: int) -> bytes:
+    """Protobuf varint of an int (negative ints as 64-bit two's complement, 10 bytes)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+@numba.njit(cache=True, inline="always")
+def _vlen(v):  # pragma: no cover - compiled
+    n = 1
+    while v >= 128:
+        v >>= np.uint64(7)
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, inline="always")
+def _put(buf, pos, v):  # pragma: no cover - compiled
+    while v >= 128:
+        buf[pos] = np.uint8((v & np.uint64(0x7F)) | np.uint64(0x80))
+        v >>= np.uint64(7)
+        pos += 1
+    buf[pos] = np.uint8(v)
+    return pos + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _put64(buf, pos, v):  # pragma: no cover - compiled
+    for k in range(8):
+        buf[pos + k] = np.uint8((v >> np.uint64(8 * k)) & np.uint64(0xFF))
+    return pos + 8
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+                   fo, fo_p, fi, fi_p, buf, row_end):  # pragma: no cover - compiled
+    pos = 0
+    n_ann = ann_iid.shape[0]
+    for i in range(seq.shape[0]):
+        te = 2 + 1 + _vlen(name_iid[i])
+        for a in range(n_ann):
+            if ann_present[a, i]:
+                inner = 1 + _vlen(ann_iid[a]) + (2 if ann_interned[a] else 1) + _vlen(ann_vals[a, i])
+                te += 1 + _vlen(np.uint64(inner)) + inner
+        if fo_p[i]:
+            te += 10
+        if fi_p[i]:
+            te += 10
+        te64 = np.uint64(te)
+        body = 1 + _vlen(bdelta[i]) + 1 + _vlen(seq[i]) + 1 + _vlen(te64) + te
+        buf[pos] = 0x0A
+        pos = _put(buf, pos + 1, np.uint64(body))
+        buf[pos] = 0x40
+        pos = _put(buf, pos + 1, bdelta[i])
+        buf[pos] = 0x50
+        pos = _put(buf, pos + 1, seq[i])
+        buf[pos] = 0x5A
+        pos = _put(buf, pos + 1, te64)
+        for a in range(n_ann):
+            if ann_present[a, i]:
+                v = ann_vals[a, i]
+                inner = 1 + _vlen(ann_iid[a]) + (2 if ann_interned[a] else 1) + _vlen(v)
+                buf[pos] = 0x22
+                pos = _put(buf, pos + 1, np.uint64(inner))
+                buf[pos] = 0x08
+                pos = _put(buf, pos + 1, ann_iid[a])
+                if ann_interned[a]:
+                    buf[pos] = 0x88
+                    buf[pos + 1] = 0x01
+                    pos += 2
+                else:
+                    buf[pos] = 0x20
+                    pos += 1
+                pos = _put(buf, pos, v)
+        buf[pos] = 0x48
+        buf[pos + 1] = TYPE_INSTANT if instant[i] else TYPE_SLICE_BEGIN
+        buf[pos + 2] = 0x50
+        pos = _put(buf, pos + 3, name_iid[i])
+        if fo_p[i]:
+            buf[pos] = 0xF9
+            buf[pos + 1] = 0x02
+            pos = _put64(buf, pos + 2, fo[i])
+        if fi_p[i]:
+            buf[pos] = 0x81
+            buf[pos + 1] = 0x03
+            pos = _put64(buf, pos + 2, fi[i])
+        if not instant[i]:
+            end_body = 1 + _vlen(dur[i]) + 1 + _vlen(seq[i]) + 4
+            buf[pos] = 0x0A
+            pos = _put(buf, pos + 1, np.uint64(end_body))
+            buf[pos] = 0x40
+            pos = _put(buf, pos + 1, dur[i])
+            buf[pos] = 0x50
+            pos = _put(buf, pos + 1, seq[i])
+            buf[pos] = 0x5A
+            buf[pos + 1] = 0x02
+            buf[pos + 2] = 0x48
+            buf[pos + 3] = TYPE_SLICE_END
+            pos += 4
+        row_end[i] = pos
+    return pos
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_counters(seq, delta, value, as_int, buf):  # pragma: no cover - compiled
+    pos = 0
+    for i in range(seq.shape[0]):
+        if as_int[i]:
+            iv = np.uint64(value[i])
+            te = 2 + 2 + _vlen(iv)
+        else:
+            iv = np.uint64(0)
+            te = 2 + 2 + 8
+        body = 1 + _vlen(delta[i]) + 1 + _vlen(seq[i]) + 1 + 1 + te
+        buf[pos] = 0x0A
+        pos = _put(buf, pos + 1, np.uint64(body))
+        buf[pos] = 0x40
+        pos = _put(buf, pos + 1, delta[i])
+        buf[pos] = 0x50
+        pos = _put(buf, pos + 1, seq[i])
+        buf[pos] = 0x5A
+        buf[pos + 1] = te
+        buf[pos + 2] = 0x48
+        buf[pos + 3] = TYPE_COUNTER
+        pos += 4
+        if as_int[i]:
+            buf[pos] = 0xF0
+            buf[pos + 1] = 0x01
+            pos = _put(buf, pos + 2, iv)
+        else:
+            buf[pos] = 0xE1
+            buf[pos + 1] = 0x02
+            pos = _put64(buf, pos + 2, value.view(np.uint64)[i])
+    return pos
+
+
+@dataclass
+class Annotation:
+    """One debug annotation column: interned name id, values, and which rows carry it.
+
+    ``interned`` means the values are ids into ``debug_annotation_string_values`` (written as
+    ``string_value_iid``); otherwise they are ``int_value`` (int64)."""
+
+    name_iid: int
+    values: np.ndarray
+    present: np.ndarray
+    interned: bool = False
+
+
+@dataclass
+class SliceBatch:
+    """The encoded fields of ``n`` slices, one row each, in output order."""
+
+    seq: np.ndarray            # uint64 trusted_packet_sequence_id
+    begin_delta: np.ndarray    # uint64 timestamp delta of the BEGIN (or INSTANT) packet
+    dur: np.ndarray            # uint64 timestamp delta of the END packet
+    instant: np.ndarray        # bool: INSTANT (no END packet)
+    name_iid: np.ndarray       # uint64 interned event name
+    annotations: list[Annotation] = field(default_factory=list)
+    flow_out: np.ndarray | None = None  # uint64 flow id started here
+    flow_out_present: np.ndarray | None = None
+    flow_in: np.ndarray | None = None   # uint64 flow id terminated here
+    flow_in_present: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.seq.shape[0])
+
+
+def encode_slices(b: SliceBatch) -> tuple[bytes, np.ndarray]:
+    """Wire bytes of the slices in ``b`` and the byte offset where each row (BEGIN + END) ends."""
+    n = b.n
+    if n == 0:
+        return b"", np.zeros(0, np.int64)
+    k = len(b.annotations)
+    vals = np.zeros((k, n), np.uint64)
+    present = np.zeros((k, n), np.bool_)
+    iids = np.zeros(k, np.uint64)
+    interned = np.zeros(k, np.bool_)
+    for j, a in enumerate(b.annotations):
+        vals[j] = np.asarray(a.values).astype(np.int64, copy=False).view(np.uint64)
+        present[j] = a.present
+        iids[j] = a.name_iid
+        interned[j] = a.interned
+    false = np.zeros(n, np.bool_)
+    zero = np.zeros(n, np.uint64)
+    fo = zero if b.flow_out is None else np.ascontiguousarray(b.flow_out, np.uint64)
+    fi = zero if b.flow_in is None else np.ascontiguousarray(b.flow_in, np.uint64)
+    fo_p = false if b.flow_out_present is None else np.ascontiguousarray(b.flow_out_present, np.bool_)
+    fi_p = false if b.flow_in_present is None else np.ascontiguousarray(b.flow_in_present, np.bool_)
+    bound = 64 + 20 * k + 24
+    buf = np.empty(n * bound, np.uint8)
+    row_end = np.empty(n, np.int64)
+    size = _encode_slices(np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.begin_delta, np.uint64),
+                          np.ascontiguousarray(b.dur, np.uint64), np.ascontiguousarray(b.instant, np.bool_),
+                          np.ascontiguousarray(b.name_iid, np.uint64), vals, present, iids, interned,
+                          fo, fo_p, fi, fi_p, buf, row_end)
+    return buf[:size].tobytes(), row_end
+
+
+def _frame(packet: pb.TracePacket) -> bytes:
+    body = packet.SerializeToString()
+    return b"\x0a" + varint_bytes(len(body)) + body
+
+
+def slice_packets_reference(b: SliceBatch, i: int) -> list[pb.TracePacket]:
+    """The packets of row ``i`` built one field at a time through the bindings."""
+    begin = pb.TracePacket()
+    begin.timestamp = int(b.begin_delta[i])
+    begin.trusted_packet_sequence_id = int(b.seq[i])
+    te = begin.track_event
+    for a in b.annotations:
+        if not a.present[i]:
+            continue
+        d = te.debug_annotations.add()
+        d.name_iid = a.name_iid
+        if a.interned:
+            d.string_value_iid = int(a.values[i])
+        else:
+            d.int_value = int(a.values[i])
+    te.type = TYPE_INSTANT if b.instant[i] else TYPE_SLICE_BEGIN
+    te.name_iid = int(b.name_iid[i])
+    if b.flow_out is not None and b.flow_out_present[i]:
+        te.flow_ids.append(int(b.flow_out[i]))
+    if b.flow_in is not None and b.flow_in_present[i]:
+        te.terminating_flow_ids.append(int(b.flow_in[i]))
+    out = [begin]
+    if not b.instant[i]:
+        end = pb.TracePacket()
+        end.timestamp = int(b.dur[i])
+        end.trusted_packet_sequence_id = int(b.seq[i])
+        end.track_event.type = TYPE_SLICE_END
+        out.append(end)
+    return out
+
+
+def encode_slices_reference(b: SliceBatch) -> bytes:
+    """Same bytes as :func:`encode_slices`, one protobuf message per packet (slow, obvious)."""
+    return b"".join(_frame(p) for i in range(b.n) for p in slice_packets_reference(b, i))
+
+
+@dataclass
+class CounterBatch:
+    """The encoded fields of ``n`` counter samples, one row each, in output order."""
+
+    seq: np.ndarray      # uint64 sequence (one per counter track)
+    delta: np.ndarray    # uint64 timestamp delta on the sequence's incremental clock
+    value: np.ndarray    # float64
+
+    @property
+    def n(self) -> int:
+        return int(self.seq.shape[0])
+
+    def integral(self) -> np.ndarray:
+        """Rows written as ``counter_value`` (a varint): non-negative whole numbers below 2**53;
+        the rest as ``double_counter_value``. Both read back as the same float64."""
+        v = self.value
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(v) & (v >= 0) & (v < 2.0**53) & (v == np.trunc(v)) & ~np.signbit(v)
+
+
+def encode_counters(b: CounterBatch) -> bytes:
+    """Wire bytes of the counter samples in ``b``."""
+    if b.n == 0:
+        return b""
+    buf = np.empty(b.n * 40, np.uint8)
+    size = _encode_counters(np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.delta, np.uint64),
+                            np.ascontiguousarray(b.value, np.float64), b.integral(), buf)
+    return buf[:size].tobytes()
+
+
+def counter_packet_reference(b: CounterBatch, i: int) -> pb.TracePacket:
+    p = pb.TracePacket()
+    p.timestamp = int(b.delta[i])
+    p.trusted_packet_sequence_id = int(b.seq[i])
+    p.track_event.type = TYPE_COUNTER
+    if b.integral()[i]:
+        p.track_event.counter_value = int(b.value[i])
+    else:
+        p.track_event.double_counter_value = float(b.value[i])
+    return p
+
+
+def encode_counters_reference(b: CounterBatch) -> bytes:
+    """Same bytes as :func:`encode_counters`, through the bindings."""
+    return b"".join(_frame(counter_packet_reference(b, i)) for i in range(b.n))
+
+
+def frame(packet: pb.TracePacket) -> bytes:
+    """One packet as it appears in a ``Trace`` stream (field 1, length-delimited)."""
+    return _frame(packet)
+
+
+def compressed_frame(raw: bytes, level: int = 1) -> bytes:
+    """A ``TracePacket{compressed_packets}`` holding ``raw`` (framed packets), zlib-deflated as
+    Perfetto's tracing service writes them."""
+    import zlib
+
+    data = zlib.compress(raw, level)
+    body = b"\x92\x03" + varint_bytes(len(data)) + data  # field 50, length-delimited
+    return b"\x0a" + varint_bytes(len(body)) + body
