@@ -350,7 +350,7 @@ def _exposure(pb: Profile, pa: Profile, seed: int) -> tuple[pl.DataFrame, pl.Dat
 
 def _resources(pb: Profile, pa: Profile) -> tuple[pl.DataFrame, pl.DataFrame]:
     def kinds(p: Profile) -> pl.DataFrame:
-        return p.resources.group_by("phase", "kind").agg(pl.col("utilisation").max().alias("util_max"),
+        return p.resources.sort("phase", "kind", "resource").group_by("phase", "kind", maintain_order=True).agg(pl.col("utilisation").max().alias("util_max"),
                                                          pl.col("utilisation").mean().alias("util_mean"),
                                                          pl.len().cast(pl.Int64).alias("resources"))
 

@@ -83,7 +83,7 @@ class TailCause:
         if self.bytes_in_median > 0:
             parts.append(f"it receives {self.bytes_in / self.bytes_in_median:.2f}x the median rank's bytes")
         if self.top_expert and self.mean_expert_tokens > 0:
-            parts.append(f"its busiest expert {self.top_expert} gets {self.top_expert_tokens} tokens "
+            parts.append(f"its busiest expert ({self.top_expert}) gets {self.top_expert_tokens} tokens "
                          f"({self.top_expert_tokens / self.mean_expert_tokens:.2f}x the mean expert)")
         return "; ".join(parts)
 
@@ -303,7 +303,9 @@ def _counters(counters: pl.DataFrame | None) -> pl.DataFrame:
     )
     total = (pl.when(pl.col("counter").str.starts_with("pfc")).then(pl.col("_above"))
              .when(pl.col("counter").str.starts_with("ecn")).then(pl.col("_last")).otherwise(0.0))
-    out = per.with_columns(total.alias("_total")).group_by("counter", "kind").agg(
+    # sorted, so that float sums over resources add up in the same order every time
+    out = per.with_columns(total.alias("_total")).sort("counter", "kind", "resource").group_by(
+        "counter", "kind", maintain_order=True).agg(
         pl.len().cast(pl.Int64).alias("series"), pl.col("max").max(), pl.col("mean").mean(),
         pl.col("_total").sum().alias("total"))
     return out.cast(schema).sort("counter", "kind")  # type: ignore[arg-type]
@@ -361,6 +363,10 @@ def _tail_cause(prof: Profile, phase: str) -> TailCause:
     all_in = np.array([got.get(r, 0) for r in prof.ranks], dtype=np.float64)
     ex = prof.experts.filter(pl.col("rank") == rank).sort(["tokens", "expert"], descending=[True, False])
     top_expert, top_tokens = (ex.row(0)[1], int(ex.row(0)[2])) if ex.height else ("", 0)
+    work = (prof.summary or {}).get("workload") or {}
+    if top_expert and work.get("num_experts") and work.get("ep_size") and top_expert[6:].isdigit():
+        local = int(top_expert[6:])
+        top_expert = f"expert {rank * (int(work['num_experts']) // int(work['ep_size'])) + local}, local {local}"
     mean_tokens = float(prof.experts["tokens"].mean()) if prof.experts.height else 0.0
     return TailCause(
         phase=phase, rank=rank, finish_ns=int(round(top["mean"])), median_finish_ns=int(round(median)), step=step,
