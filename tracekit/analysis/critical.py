@@ -9,7 +9,10 @@ predecessor of an operation is whichever of these ended last, no later than the 
 3. the previous operation on the same resource (a stream, link, queue pair, SM channel),
 4. the last transfer into the operation's rank (``dst_rank``), the data it may have waited for;
 
-and only when none exists, the last operation on the same rank that ended before it started.
+and only when none exists, the last operation on the same rank that ended before it started. A
+trace without flows or message ids (a capture) records no dependencies at all; there the last
+operation on the same rank, on any stream, competes with the others from the start, so that the
+path follows each rank's busy timeline rather than one stream's.
 The walk stops when nothing precedes. Each step charges the operation's own time (from its start,
 or from the predecessor's end if that is later, to its end) to its stage, and the gap between the
 predecessor's end and its start to ``wait`` (link latency, launch gaps, waiting for a peer that
@@ -61,11 +64,14 @@ def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
     return j["_pred"].fill_null(-1).to_numpy().astype(np.int64)
 
 
-def critical_path(events: pl.DataFrame, *, end_row: int | None = None) -> pl.DataFrame:
+def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_rank: bool | None = None
+                  ) -> pl.DataFrame:
     """The critical path ending at row ``end_row`` of ``events`` (default: the operation that ends
     last), latest first: columns ``row`` (index into ``events``), ``phase``, ``stage``,
     ``resource``, ``rank``, ``op_ns`` (time charged to the operation) and ``wait_ns`` (gap
-    before it). Empty if no operation has a duration."""
+    before it). ``follow_rank`` makes the rank's previous operation a first-rank candidate; by
+    default it is when the trace has neither flows nor message ids. Empty if no operation has a
+    duration."""
     ev = _prepare(events)
     schema = {"row": pl.Int64, "phase": pl.String, "stage": pl.String, "resource": pl.String, "rank": pl.Int32,
               "op_ns": pl.Int64, "wait_ns": pl.Int64}
@@ -82,6 +88,8 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None) -> pl.Dat
     into[ev["rank"].to_numpy() < 0] = -1
     rank = _latest_before(ev, "rank", pl.col("rank") >= 0)
     rank[ev["rank"].to_numpy() < 0] = -1
+    if follow_rank is None:
+        follow_rank = bool(ev["flow_out"].is_null().all() and (ev["msg_id"] < 0).all())
     rows = ev["_row"].to_numpy().astype(np.int64)
     if end_row is None:
         i = n - 1
@@ -93,7 +101,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None) -> pl.Dat
     path, op, wait = [], [], []
     while True:
         best = -1
-        for c in (flow[i], msg[i], res[i], into[i]):  # earlier entries win ties
+        for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
             if 0 <= c < i and (best < 0 or end[c] > end[best]):
                 best = int(c)
         if best < 0 and 0 <= rank[i] < i:

@@ -87,11 +87,18 @@ def compare(before: pl.DataFrame, after: pl.DataFrame, keys: list[str], values: 
 
 
 def _with_ci(df: pl.DataFrame, keys: list[str], samples_b: dict[tuple, np.ndarray],
-             samples_a: dict[tuple, np.ndarray], delta_col: str, seed: int) -> pl.DataFrame:
-    """Add ci_low, ci_high (bootstrap interval of the change of the per-instance mean) and change."""
+             samples_a: dict[tuple, np.ndarray], delta_col: str, seed: int,
+             totals: bool | set[tuple] = False) -> pl.DataFrame:
+    """Add ci_low, ci_high and change. The interval is the bootstrap interval of the change of the
+    per-instance mean; for rows whose values are sums over the instances (``totals``: all rows, or
+    a set of keys) it is scaled by the number of instances, which both sides must share (else no
+    interval: sums over different counts do not compare)."""
     lows, highs = [], []
     for key in df.select(keys).iter_rows():
-        iv = noise.bootstrap_delta(samples_b.get(key, np.zeros(0)), samples_a.get(key, np.zeros(0)), seed=seed)
+        b, a = samples_b.get(key, np.zeros(0)), samples_a.get(key, np.zeros(0))
+        iv = noise.bootstrap_delta(b, a, seed=seed)
+        if iv is not None and (totals is True or (isinstance(totals, set) and key in totals)):
+            iv = noise.Interval(iv.low * b.size, iv.high * b.size) if b.size == a.size else None
         lows.append(iv.low if iv else None)
         highs.append(iv.high if iv else None)
     df = df.with_columns(pl.Series("ci_low", lows, dtype=pl.Float64), pl.Series("ci_high", highs, dtype=pl.Float64))
@@ -225,8 +232,7 @@ def _phase_metrics(p: Profile) -> tuple[pl.DataFrame, dict[tuple, np.ndarray]]:
             (ph, "summed operation time", "ns", float(busy)),
         ]
         samples[(ph, "latency per instance")] = spans
-        per_inst_max = p.finish.filter(pl.col("phase") == ph).group_by("step", "layer").agg(pl.col("finish_ns").max())
-        samples[(ph, "rank finish max")] = per_inst_max["finish_ns"].to_numpy().astype(np.float64)
+        samples[(ph, "latency")] = spans
     df = pl.DataFrame(rows, schema={"phase": pl.String, "metric": pl.String, "unit": pl.String, "value": pl.Float64},
                       orient="row")
     return df, samples
@@ -246,7 +252,8 @@ def _phases(pb: Profile, pa: Profile, seed: int) -> pl.DataFrame:
     units = pl.concat([mb, ma]).select("metric", "unit").unique("metric")
     out = out.join(units, on="metric", how="left").rename(
         {"value_before": "before", "value_after": "after", "value_delta": "delta", "value_rel": "rel"})
-    out = _with_ci(out, ["phase", "metric"], sb, sa, "delta", seed)
+    out = _with_ci(out, ["phase", "metric"], sb, sa, "delta", seed,
+                   totals={(ph, "latency") for ph in set(pb.phases) | set(pa.phases)})
     out = out.with_columns(_phase_rank().alias("_p"),
                            pl.col("metric").replace_strict(order, default=99, return_dtype=pl.Int64).alias("_m"))
     return out.sort("_p", "phase", "_m").drop("_p", "_m").select(
@@ -260,8 +267,7 @@ def _stages(pb: Profile, pa: Profile, seed: int) -> pl.DataFrame:
     out = compare(agg(pb), agg(pa), ["phase", "stage"], ["count", "busy_ns", "bytes"]).drop("count_rel")
     sb = _samples(pb.stages, ["phase", "stage"], "busy_ns", pb.instances)
     sa = _samples(pa.stages, ["phase", "stage"], "busy_ns", pa.instances)
-    # the interval is for the per-instance mean; delta is of the sums, so compare like with like
-    out = _with_ci(out, ["phase", "stage"], sb, sa, "busy_ns_delta", seed)
+    out = _with_ci(out, ["phase", "stage"], sb, sa, "busy_ns_delta", seed, totals=True)
     return out.with_columns(_phase_rank().alias("_p")).sort("_p", "phase", "busy_ns_before", descending=[False, False, True]
                                                ).drop("_p")
 
@@ -329,7 +335,7 @@ def _exposure(pb: Profile, pa: Profile, seed: int) -> tuple[pl.DataFrame, pl.Dat
     per_rank = compare(agg(pb), agg(pa), ["rank"], values).filter(pl.col("present") == "both")
     sb = _samples(pb.exposure, ["rank"], "exposed_ns")
     sa = _samples(pa.exposure, ["rank"], "exposed_ns")
-    per_rank = _with_ci(per_rank, ["rank"], sb, sa, "exposed_ns_delta", seed)
+    per_rank = _with_ci(per_rank, ["rank"], sb, sa, "exposed_ns_delta", seed, totals=True)
     shared = sorted(set(pb.ranks) & set(pa.ranks))
     rows, samples_b, samples_a = [], {}, {}
     for side, p, samples in (("before", pb, samples_b), ("after", pa, samples_a)):
@@ -344,7 +350,7 @@ def _exposure(pb: Profile, pa: Profile, seed: int) -> tuple[pl.DataFrame, pl.Dat
     }).with_columns((pl.col("after") - pl.col("before")).alias("delta"),
                     pl.when(pl.col("before") != 0).then((pl.col("after") - pl.col("before")) / pl.col("before"))
                     .otherwise(None).alias("rel"))
-    totals = _with_ci(totals, ["metric"], samples_b, samples_a, "delta", seed)
+    totals = _with_ci(totals, ["metric"], samples_b, samples_a, "delta", seed, totals=True)
     return per_rank, totals
 
 

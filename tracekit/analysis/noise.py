@@ -19,6 +19,8 @@ import numpy as np
 RESAMPLES = 2000
 #: two-sided confidence level
 LEVEL = 0.95
+#: fewest samples a side needs for an interval (two samples give only three distinct means)
+MIN_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ def _means(values: np.ndarray, seed: int, resamples: int) -> np.ndarray:
 
 def bootstrap_delta(before: np.ndarray, after: np.ndarray, *, seed: int = 0, resamples: int = RESAMPLES,
                     level: float = LEVEL) -> Interval | None:
-    """Interval of mean(after) - mean(before), or None when a side has fewer than two samples."""
+    """Interval of mean(after) - mean(before), or None when a side has fewer than
+    :data:`MIN_SAMPLES` samples."""
     before = np.asarray(before, dtype=np.float64)
     after = np.asarray(after, dtype=np.float64)
-    if before.size < 2 or after.size < 2:
+    if before.size < MIN_SAMPLES or after.size < MIN_SAMPLES:
         return None
     d = np.sort(_means(after, seed, resamples) - _means(before, seed, resamples))
     return Interval(_quantile(d, (1.0 - level) / 2.0) + 0.0, -_quantile(-d[::-1], (1.0 - level) / 2.0) + 0.0)
