@@ -107,7 +107,7 @@ def sections(d: TraceDiff) -> list[Section]:
                        "Per phase and stage: operations (before/after), busy time summed over operations, and bytes.",
                        ["phase", "stage", "ops", "busy before", "busy after", "change", "rel", "bytes before",
                         "bytes after", "bytes rel", "verdict"], rows, more))
-    rows = [[r["phase"], r["stage"], fmt_ns(r["ns_before"]), f"{r['share_before']:.1%}", fmt_ns(r["ns_after"]),
+    rows = [[r["phase"] or "(no phase)", r["stage"], fmt_ns(r["ns_before"]), f"{r['share_before']:.1%}", fmt_ns(r["ns_after"]),
              f"{r['share_after']:.1%}", _delta(r["ns_delta"], "ns")]
             for r in _by_phase(d.critical, "ns_after").iter_rows(named=True)]
     out.append(Section("critical_path", "Critical path",

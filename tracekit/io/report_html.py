@@ -73,11 +73,13 @@ def figures(d: TraceDiff) -> list[str]:
     out = []
     phases = _phases(d)
     bars = []
-    for ph in phases:
+    others = sorted(set(d.critical["phase"].to_list()) - set(phases))
+    for ph in phases + others:
         c = d.critical.filter(pl.col("phase") == ph).sort("stage")
         for side in ("before", "after"):
             segs = [(r["stage"], float(r[f"ns_{side}"])) for r in c.iter_rows(named=True) if r[f"ns_{side}"]]
-            bars.append((f"{ph} {side}", segs))
+            if segs:
+                bars.append((f"{ph or '(no phase)'} {side}", segs))
     if bars:
         out.append(_figure(svg.stacked_bars("Critical path by stage", bars, fmt=fmt_ns),
                            f"What each phase's latency is made of, before and after (source: {d.critical_source})."))

@@ -226,7 +226,7 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], labels: Sequence[int]
     white -> blue, or diverging blue (negative) -> white -> red (positive)."""
     n = max(len(labels), 1)
     left, top = 44, 44
-    cell = max(2.0, min(24.0, (size - left) / n))
+    cell = max(2.0, min(60.0, (size - left) / n))
     side = cell * n
     flat = [abs(v) for row in matrix for v in row]
     hi = vmax if vmax is not None else (max(flat) if flat else 1.0)
@@ -248,6 +248,7 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], labels: Sequence[int]
         body.append(_text(left - 4, top + (k + 0.5) * cell + 3, str(labels[k]), size=9, anchor="end"))
     body.append(_text(left + side / 2, top - 18, "destination rank", size=10, anchor="middle"))
     body.append(_text(12, top + side / 2, "source rank", size=10, anchor="middle", rotate=-90))
-    scale = f"scale: {'-' if diverging else '0'}{fmt(hi)} .. {fmt(hi)}" if diverging else f"scale: 0 .. {fmt(hi)}"
+    scale = f"scale: -{fmt(hi)} .. {fmt(hi)}" if diverging else f"scale: 0 .. {fmt(hi)}"
     body.append(_text(left, top + side + 16, scale, size=10, color="#555"))
-    return _svg(left + side + 12, top + side + 24, body, title)
+    width = max(left + side + 12, 8 + 7.5 * len(title), left + 6 * len(scale))
+    return _svg(width, top + side + 24, body, title)
