@@ -135,6 +135,22 @@ def test_matching_pairs_by_rank_message_and_occurrence():
     assert pairs.filter(pl.col("dur_after").is_null()).height == 1  # the fourth k on rank 1 has no partner
 
 
+def test_mapping_makes_renamed_kernels_match():
+    def side(name: str) -> pl.DataFrame:
+        return events_frame([{"ts_ns": 100 * i, "dur_ns": 50, "rank": 0, "resource": "node0/rank0/stream3",
+                              "stage": "dispatch", "phase": "dispatch", "name": f"void {name}<{i}, 8>(int4*)"}
+                             for i in range(3)])
+
+    a, b = side("deep_ep::intranode::dispatch"), side("dpsk::ep::internode::dispatch")
+    plain = diff_traces(Trace(a, label="a"), Trace(b, label="b"))
+    assert sorted(plain.matching["status"].to_list()) == ["added", "removed"]
+    assert any("only after" in f for f in plain.findings)
+    mapped = diff_traces(Trace(a, label="a"), Trace(b, label="b"),
+                         names=NameMap.from_dict({"re:.*::dispatch": "ep_dispatch"}))
+    assert mapped.matching["status"].to_list() == ["matched"] and mapped.matching["op"][0] == "ep_dispatch"
+    assert int(mapped.matching["paired"][0]) == 3
+
+
 # ------------------------------------------------------------------------------------------- noise
 
 def test_bootstrap_interval_properties():

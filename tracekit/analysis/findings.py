@@ -63,11 +63,14 @@ def _noise_note(row: dict) -> str:
 def findings(d: "TraceDiff") -> list[str]:
     out: list[str] = []
     ph = d.phases
-    any_change = any(
-        (t[c] != 0).any()
-        for t in (ph, d.stages, d.exposure_totals)
-        for c in t.columns if c == "delta" or c.endswith("_delta")
-        if t.height and t[c].dtype.is_numeric() and t[c].null_count() < t.height)
+    any_change = False
+    for t in d.tables().values():
+        for c in t.columns:
+            if (c == "delta" or c.endswith("_delta")) and t[c].dtype.is_numeric() and bool((t[c].fill_null(0) != 0).any()):
+                any_change = True
+        if "present" in t.columns and bool((t["present"] != "both").any()):
+            any_change = True
+    any_change = any_change or bool((d.matching["status"] != "matched").any())
     if not any_change and not d.warnings:
         return ["no change: both traces measure the same in every table"]
     for phase in ph["phase"].unique(maintain_order=True).to_list():

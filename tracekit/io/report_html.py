@@ -135,10 +135,11 @@ def _heatmaps(d: TraceDiff, ph: str) -> str:
     ranks = sorted(set(t["src_rank"].to_list()) | set(t["dst_rank"].to_list()))
     mb, ma, md = (_matrix(t, c, ranks) for c in ("bytes_before", "bytes_after", "bytes_delta"))
     hi = max(max((max(r) for r in mb), default=0), max((max(r) for r in ma), default=0)) or 1.0
-    dhi = max((abs(v) for r in md for v in r), default=0) or 1.0
+    dhi = max((abs(v) for r in md for v in r), default=0)
     figs = [svg.heatmap(f"{ph} traffic before", mb, ranks, fmt=fmt_bytes, vmax=hi),
             svg.heatmap(f"{ph} traffic after", ma, ranks, fmt=fmt_bytes, vmax=hi),
-            svg.heatmap(f"{ph} change", md, ranks, fmt=fmt_bytes, diverging=True, vmax=dhi)]
+            svg.heatmap(f"{ph} change" if dhi else f"{ph} change: none", md, ranks, fmt=fmt_bytes, diverging=True,
+                        vmax=dhi or 1.0)]
     return ("<div class='figs'>" + "".join(_figure(f, "") for f in figs) + "</div><p class='note'>Rank x rank "
             "bytes per hop (rows send, columns receive); before and after share one scale; the change is red where "
             "after sends more, blue where less.</p>")
