@@ -257,6 +257,11 @@ class Cluster:
         m = msg.size
         pc = {k: (v[msg] if isinstance(v, np.ndarray) and v.shape == (n,) else v) for k, v in common.items()}
         hops = self._hops(s, d, pc.get("qp", 0))
+        # Link-level flow control holds a sender's port while the next buffer is full (head-of-line
+        # blocking). That is exact for packets; a whole chunk holding a port for its full length would
+        # exaggerate it, so at chunk granularity a chunk waits for buffer room without blocking the
+        # chunks behind it (packets of different chunks interleave on a real link).
+        hol = self.cfg.granularity == "packet"
         if self.cfg.granularity != "packet":
             # a chunk larger than a port's buffer takes the whole buffer (packet granularity is exact)
             wire_buf = np.minimum(wire, self.port_buffer)
@@ -272,7 +277,7 @@ class Cluster:
             first_buf = np.where(res >= 0, buf, first_buf)
         # first hop: NIC transmit, holding its port while the next buffer has no room
         tx = self.add(m, "nic_send", s, res=self.nic_tx[s], dur=overhead + ceil_div(wire, 1.0 / self.ns_line),
-                      pool=first_buf, amount=wire_buf, hold=True, bytes=pbytes, tokens=ptokens, **pc)
+                      pool=first_buf, amount=wire_buf, hold=hol, bytes=pbytes, tokens=ptokens, **pc)
         self.g.add_edges(after[msg], tx, lag=hw.nic.latency_ns)
         prev = tx
         for i, (res, buf) in enumerate(hops):
@@ -282,7 +287,7 @@ class Cluster:
             real = res >= 0
             nxt = np.where(real, nxt, -1)
             t = self.add(m, "fabric", -1, res=res, dur=np.where(real, ceil_div(wire, 1.0 / self.ns_port), 0),
-                         pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=True,
+                         pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=hol,
                          rel_pool=np.where(real, buf, -1), rel_amount=np.where(real, wire_buf, 0),
                          bytes=pbytes, tokens=ptokens, record=real, **pc)
             self.g.add_edges(prev, t, lag=np.where(real, self.hop_ns, 0))
