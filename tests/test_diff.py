@@ -246,10 +246,8 @@ def assert_antisymmetric(d1, d2) -> None:
                 other = col.replace("_before", "_after") + "_swapped"
                 assert j[col].equals(j[other], null_equal=True), (name, col)
         if "ci_low" in a.columns:
-            lo, hi = j["ci_low"].to_numpy(), j["ci_high_swapped"].to_numpy()
             assert all((p is None and q is None) or (p is not None and q is not None and p == -q)
                        for p, q in zip(j["ci_low"].to_list(), j["ci_high_swapped"].to_list())), name
-            del lo, hi
         if "change" in a.columns:
             flip = {"up": "down", "down": "up", "same": "same", "noise": "noise", "n/a": "n/a"}
             assert [flip[x] for x in j["change"].to_list()] == j["change_swapped"].to_list(), name

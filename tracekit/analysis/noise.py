@@ -64,10 +64,3 @@ def _quantile(x: np.ndarray, q: float) -> float:
         return float(x[-1])
     return float(x[f] + (x[f + 1] - x[f]) * frac)
 
-
-def spread(values: np.ndarray) -> tuple[float, float] | None:
-    """(min, max) of a side's samples, or None with fewer than two."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return None
-    return float(v.min()), float(v.max())
