@@ -74,7 +74,7 @@ def replay(
     for step, layer in routing.steps_layers():
         part = routing.select(step, layer)
         layout = dispatch_layout(part)
-        for builder in (build_dispatch, build_combine):
+        for builder in _builders(cfg.mode):
             built: Built = builder(part, layout, hw, cfg)
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
@@ -104,6 +104,14 @@ def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """One memops table over all phases: seq runs on across them."""
     out = pl.concat(parts, how="vertical")
     return out.with_columns(pl.int_range(0, out.height, dtype=pl.Int64).alias("seq"))
+
+
+def _builders(mode: str):
+    if mode == "low_latency":
+        from tracekit.model.low_latency import build_ll_combine, build_ll_dispatch
+
+        return build_ll_dispatch, build_ll_combine
+    return build_dispatch, build_combine
 
 
 def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:

@@ -229,5 +229,6 @@ def _utilisation(tasks: np.ndarray, res: np.ndarray, sched: Schedule, servers: l
     grid = np.round(busy[used], 6)
     change = np.ones_like(grid, dtype=bool)
     change[:, 1:] = grid[:, 1:] != grid[:, :-1]
+    change[:, -(-span // width):] = False  # only bins that start inside the phase
     ri, bi = np.nonzero(change)
     return bi * width, used[ri], grid[ri, bi]

@@ -41,6 +41,9 @@ class Built:
     delivery_task: np.ndarray  # ... and the task that delivered it
     flows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     rings: "RingLog | None" = None  # NVLink ring bookkeeping for memory-operation records
+    delivery_expert: np.ndarray | None = None  # low-latency kernels deliver per (token, expert) selection
+    bandwidth_bytes: int = 0  # low-latency: bytes per selection in DeepEP's bandwidth figure
+    receive_done: np.ndarray | None = None  # tasks ending a receive that delivers no token (counts, flags)
 
 
 @dataclass
