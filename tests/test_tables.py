@@ -13,6 +13,7 @@ from tracekit.analysis.counters import _resample, _steps
 ints = st.lists(st.integers(-(1 << 62), (1 << 62)), min_size=0, max_size=60)
 
 
+@settings(deadline=None)
 @given(st.one_of(ints, st.lists(st.integers(-3, 5), max_size=60)))
 def test_sort_packed_is_a_stable_argsort(values):
     key = np.array(values, np.int64)
@@ -21,6 +22,7 @@ def test_sort_packed_is_a_stable_argsort(values):
     assert np.array_equal(sorted_key, key[order])
 
 
+@settings(deadline=None)
 @given(st.data())
 def test_gather_equals_fancy_indexing(data):
     sizes = data.draw(st.lists(st.integers(0, 20), min_size=1, max_size=3))

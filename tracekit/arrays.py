@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 
 import numpy as np
+from numba import njit
 
 try:
     from numpy._core.multiarray import _set_madvise_hugepage
@@ -72,14 +73,27 @@ def sort_packed(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, packed
 
 
+@njit(cache=True)
+def _pack(packed, start, col, lo, shift):
+    for i in range(col.shape[0]):
+        packed[start + i] |= (np.int64(col[i]) - lo) << shift
+
+
+@njit(cache=True)
+def _unpack(got, shift, mask, lo):
+    out = np.empty(got.shape[0], np.int64)
+    for i in range(got.shape[0]):
+        out[i] = ((got[i] >> shift) & mask) + lo
+    return out
+
+
 def gather(cols: dict[str, list[np.ndarray]], index: np.ndarray) -> dict[str, np.ndarray]:
     """``{name: concatenate(parts)[index]}`` as int64 for integer columns given as lists of parts (all
     columns with parts of the same lengths), gathering packed words: columns whose value ranges fit
     together share one 64-bit word, so each row costs one random access per word, not per column."""
     index = np.asarray(index, np.int64)
     first = next(iter(cols.values()))
-    lengths = [p.shape[0] for p in first]
-    bounds = np.cumsum([0] + lengths)
+    bounds = np.cumsum([0] + [p.shape[0] for p in first])
     plan: list[list[tuple[str, int, int, int]]] = []  # words of (name, shift, bits, offset)
     used = 64
     for name, parts in cols.items():
@@ -100,12 +114,12 @@ def gather(cols: dict[str, list[np.ndarray]], index: np.ndarray) -> dict[str, np
         packed = np.zeros(int(bounds[-1]), np.int64)
         for name, shift, bits, lo in word:
             for k, part in enumerate(cols[name]):
-                seg = packed[bounds[k]:bounds[k + 1]]
                 if bits == 64:
-                    seg[:] = part
-                else:
-                    seg |= (part.astype(np.int64) - lo) << shift
+                    packed[bounds[k]:bounds[k + 1]] = part
+                elif part.size:
+                    _pack(packed, int(bounds[k]), np.ascontiguousarray(part), lo, shift)
         got = packed[index]
+        del packed
         for name, shift, bits, lo in word:
-            out[name] = got if bits == 64 else ((got >> shift) & ((1 << bits) - 1)) + lo
+            out[name] = got if bits == 64 else _unpack(got, shift, (1 << bits) - 1, lo)
     return out

@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 import polars as pl
+from numba import njit
 
 from tracekit.arrays import sort_packed
 from tracekit.engine import Schedule
@@ -52,13 +53,34 @@ def _steps(ts: np.ndarray, key: np.ndarray, delta: np.ndarray) -> tuple[np.ndarr
     if ts.size == 0:
         return ts, key, delta
     span = int(ts.max()) + 1
-    order, _ = sort_packed(key.astype(np.int64) * span + ts)
-    ts, key, total = ts[order], key[order], np.cumsum(delta[order])
-    start = np.r_[True, key[1:] != key[:-1]]
-    base = np.maximum.accumulate(np.where(start, np.arange(ts.size), 0))
-    value = total - np.where(base > 0, total[np.maximum(base - 1, 0)], 0)
-    last = np.r_[(key[1:] != key[:-1]) | (ts[1:] != ts[:-1]), True]
-    return _changes(ts[last], key[last], value[last])
+    order, packed = sort_packed(key.astype(np.int64) * span + ts)
+    return _running_sums(packed, order, np.ascontiguousarray(delta, np.int64), span)
+
+
+@njit(cache=True)
+def _running_sums(packed, order, delta, span):
+    n = packed.shape[0]
+    ts = np.empty(n, np.int64)
+    key = np.empty(n, np.int64)
+    value = np.empty(n, np.int64)
+    m = 0
+    current = -1
+    total = 0
+    last = 0
+    for i in range(n):
+        k = packed[i] // span
+        if k != current:
+            current = k
+            total = 0
+            last = 0
+        total += delta[order[i]]
+        if (i + 1 == n or packed[i + 1] != packed[i]) and total != last:
+            ts[m] = packed[i] - k * span
+            key[m] = k
+            value[m] = total
+            m += 1
+            last = total
+    return ts[:m], key[:m], value[:m]
 
 
 def _changes(ts: np.ndarray, key: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

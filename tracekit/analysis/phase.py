@@ -74,13 +74,10 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
     if built.delivery_expert is not None:
         _check_selections(built, routing, phase)
     else:
-        expected = np.argwhere(layout.is_token_in_rank)
+        expected = np.flatnonzero(layout.is_token_in_rank.reshape(-1))  # (token, rank) pairs, row-major
         if row.shape[0] != expected.shape[0]:
             raise ConservationError(f"{phase}: {row.shape[0]} deliveries for {expected.shape[0]} (token, rank) pairs")
-        key = row * R + where
-        counts = np.bincount(key, minlength=layout.is_token_in_rank.size)
-        if counts.max(initial=0) > 1 or not np.array_equal(np.flatnonzero(counts),
-                                                           np.flatnonzero(layout.is_token_in_rank.reshape(-1))):
+        if not np.array_equal(sort_packed(row * R + where)[1], expected):
             raise ConservationError(f"{phase}: a (token, rank) pair was delivered twice or not at all")
     if (sched.finish[task] < 0).any():
         raise ConservationError(f"{phase}: a delivery never completed")
@@ -222,14 +219,17 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     # stalls by cause
     pool = g.column("pool")
     has = (pool >= 0) & (sched.stall > 0)
-    causes = np.asarray(g.pool_cause, dtype=object)
     stalls: dict[str, int] = {c: 0 for c in ("credit", "send_queue", "cq", "switch_buffer")}
     stall_counts: dict[str, int] = {c: 0 for c in stalls}
     if has.any():
-        for c in stalls:
-            sel = has & (causes[np.maximum(pool, 0)] == c) if len(causes) else has & False
-            stalls[c] = int(sched.stall[sel].sum())
-            stall_counts[c] = int(sel.sum())
+        names = list(stalls)
+        code = np.array([names.index(c) if c in stalls else len(names) for c in g.pool_cause], np.int64)
+        which = code[pool[has]]
+        total = np.bincount(which, weights=sched.stall[has], minlength=len(names) + 1)
+        count = np.bincount(which, minlength=len(names) + 1)
+        for i, c in enumerate(names):
+            stalls[c] = int(total[i])
+            stall_counts[c] = int(count[i])
     # analytical bound: the busiest resource's work, which fits in no less time
     bound = int(busy.max()) if busy.size else 0
     if latency < bound:
