@@ -118,6 +118,46 @@ def _pop(h, size):
 
 
 @njit(cache=True)
+def _qpush(q, size, k):
+    """4-ary heap of keys (the now-queue: every entry has the current time)."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 2
+        if k < q[parent]:
+            q[i] = q[parent]
+            i = parent
+        else:
+            break
+    q[i] = k
+    return size + 1
+
+
+@njit(cache=True)
+def _qpop(q, size):
+    k0 = q[0]
+    size -= 1
+    k = q[size]
+    i = 0
+    while True:
+        c = 4 * i + 1
+        if c >= size:
+            break
+        best = c
+        bk = q[c]
+        for j in range(c + 1, min(c + 4, size)):
+            if q[j] < bk:
+                best = j
+                bk = q[j]
+        if bk < k:
+            q[i] = bk
+            i = best
+        else:
+            break
+    q[i] = k
+    return k0, size
+
+
+@njit(cache=True)
 def _fill(T, res, dur, pool, amount, hold, align, release, npred, prio):
     for i in range(T.shape[0]):
         r = T[i]
@@ -155,33 +195,56 @@ def _kernel(T, release, succ_ptr, succ, res_servers, pool_capacity, rel_ptr, rel
     si = 0
     h = np.empty(2 * (2 * n + nrel + 2), np.int64)
     size = 0
+    q = np.empty(2 * n + 2, np.int64)  # now-queue: keys of events pushed for the current time
+    qsize = 0
     ws_code = np.empty(2 * n + nrel + 64, np.int64)
     ws_arg = np.empty(2 * n + nrel + 64, np.int64)
     ws_aux = np.empty(2 * n + nrel + 64, np.int64)
     batch = np.empty(n + 1, np.int64)
     events = 0
     skey = 0
-    while size > 0 or si < nsrc:
-        take = False
+    now = 0
+    while size > 0 or si < nsrc or qsize > 0:
+        # the next event: the least (time, key) of the next source, the heap's top and the now-queue's
+        # top (events pushed for the current time, which all precede any later heap entry)
+        which = 0
+        if qsize > 0:
+            key = q[0]
+            if size > 0 and h[0] == now and h[1] < key:
+                which = 1
+        elif size > 0:
+            which = 1
         if si < nsrc:
             s = src[si]
             skey = (READY << _KIND) | (np.int64(T[s].prio) << _POS) | s
-            take = size == 0 or _less(release[s], skey, h[0], h[1])
-        if take:
+            if which == 0 and qsize == 0:
+                which = 2
+            elif which == 0:
+                if release[s] == now and skey < key:
+                    which = 2
+            elif _less(release[s], skey, h[0], h[1]):
+                which = 2
+        if which == 0:
+            key, qsize = _qpop(q, qsize)
+        elif which == 1:
+            now, key, size = _pop(h, size)
+        else:
             now = release[src[si]]
             key = skey
             si += 1
-        else:
-            now, key, size = _pop(h, size)
         events += 1
         kind = key >> _KIND
         task = key & _ID
-        if size > 0 and (h[1] >> _KIND) != RELEASE:  # the next event's task: fetch it while this one runs
-            nxt = h[1] & _ID
-            _prefetch(T, nxt)
-            if (h[1] >> _KIND) == FINISH:
-                _prefetch(succ_ptr, nxt)
-                _prefetch(rel_ptr, nxt)
+        nxt = -1  # the next event's task (a guess): fetch it while this one runs
+        if qsize > 0:
+            nxt = q[0]
+        elif size > 0:
+            nxt = h[1]
+        if nxt >= 0 and (nxt >> _KIND) != RELEASE:
+            _prefetch(T, nxt & _ID)
+            if (nxt >> _KIND) == FINISH:
+                _prefetch(succ_ptr, nxt & _ID)
+                _prefetch(rel_ptr, nxt & _ID)
         top = 0
         if kind == READY:
             rec = T[task]
@@ -318,7 +381,11 @@ def _kernel(T, release, succ_ptr, succ, res_servers, pool_capacity, rel_ptr, rel
                 if rec.grant < 0:
                     rec.grant = rec.seize if (rec.flags & _HOLD) != 0 else rec.ready
                 rec.start = st
-                size = _push(h, size, st + rec.dur, (FINISH << _KIND) | (np.int64(rec.prio) << _POS) | t)
+                fkey = (FINISH << _KIND) | (np.int64(rec.prio) << _POS) | t
+                if rec.dur == 0 and st == now:
+                    qsize = _qpush(q, qsize, fkey)
+                else:
+                    size = _push(h, size, st + rec.dur, fkey)
         if kind == FINISH:
             for e in range(succ_ptr[task], succ_ptr[task + 1]):
                 x = succ[e]
@@ -331,7 +398,11 @@ def _kernel(T, release, succ_ptr, succ, res_servers, pool_capacity, rel_ptr, rel
                         rec.ready = arrive
                 rec.link -= 1
                 if rec.link == 0:
-                    size = _push(h, size, rec.ready, (READY << _KIND) | (np.int64(rec.prio) << _POS) | v)
+                    rkey = (READY << _KIND) | (np.int64(rec.prio) << _POS) | v
+                    if rec.ready == now:
+                        qsize = _qpush(q, qsize, rkey)
+                    else:
+                        size = _push(h, size, rec.ready, rkey)
     return events
 
 
