@@ -265,6 +265,8 @@ def _kernel(T, release, succ_ptr, succ, res_servers, pool_capacity, rel_ptr, rel
             ws_arg[top] = task
             top += 1
         else:
+            for e in range(succ_ptr[task], succ_ptr[task + 1]):  # successors' records, needed below
+                _prefetch(T, succ[e] & 0xFFFFFFFF)
             r = T[task].res
             if r >= 0:
                 busy[r] -= 1
