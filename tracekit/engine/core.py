@@ -434,19 +434,26 @@ def run(graph: TaskGraph, *, check: bool = True) -> Schedule:
 
 def _schedule(T: np.ndarray, g: dict[str, np.ndarray], events: int) -> Schedule:
     """The engine's records as a :class:`Schedule` (columns by task id)."""
-    flags = T["flags"]
-    readied = (flags & _READIED) != 0
-    hold = (flags & _HOLD) != 0
-    ready = np.where(readied, T["ready"], -1)
-    seize = np.ascontiguousarray(T["seize"])
-    grant = np.ascontiguousarray(T["grant"])
-    start = np.ascontiguousarray(T["start"])
-    requested = np.where(hold, seize, ready)
-    stall = np.where((g["pool"] >= 0) & (grant >= 0), grant - requested, 0)
-    finish = np.where(start >= 0, start + T["dur"], -1)
-    binder = np.where(readied, T["binder"], -1).astype(np.int64)
-    bind_kind = np.where(readied, (flags >> _BK) & 3, int(BindKind.SOURCE)).astype(np.int64)
-    return Schedule(ready, seize, grant, stall, start, finish, binder, bind_kind, events=events)
+    out = np.empty((len(Schedule.FIELDS), T.shape[0]), np.int64)
+    _unpack_records(T, out)
+    return Schedule(*out, events=events)
+
+
+@njit(cache=True)
+def _unpack_records(T, out):
+    for t in range(T.shape[0]):
+        r = T[t]
+        readied = (r.flags & _READIED) != 0
+        ready = r.ready if readied else -1
+        out[0, t] = ready
+        out[1, t] = r.seize
+        out[2, t] = r.grant
+        requested = r.seize if (r.flags & _HOLD) != 0 else ready
+        out[3, t] = r.grant - requested if (r.pool >= 0 and r.grant >= 0) else 0
+        out[4, t] = r.start
+        out[5, t] = r.start + r.dur if r.start >= 0 else -1
+        out[6, t] = r.binder if readied else -1
+        out[7, t] = (r.flags >> _BK) & 3 if readied else 0
 
 
 def deadlock_error(graph: TaskGraph, sched: Schedule) -> TracekitError:

@@ -150,7 +150,7 @@ class TaskGraph:
         """``dst`` may start only ``lag`` ns after ``src`` finished (arrays of equal length)."""
         src = np.asarray(src, dtype=np.int64).reshape(-1)
         dst = np.asarray(dst, dtype=np.int64).reshape(-1)
-        lag_arr = np.broadcast_to(np.asarray(lag, dtype=np.int64), src.shape).copy()
+        lag_arr = np.broadcast_to(np.asarray(lag, dtype=np.int64), src.shape)  # a scalar stays a zero-stride view
         if src.shape != dst.shape:
             raise ValueError("src and dst differ in length")
         if src.size and (np.any(lag_arr < 0)):
@@ -196,21 +196,8 @@ class TaskGraph:
         out["rel_pool_e"] = np.concatenate([q[1] for q in parts])[r_order].astype(np.int32)
         out["rel_amount_e"] = np.concatenate([q[2] for q in parts])[r_order]
         out["rel_lag_e"] = np.concatenate([q[3] for q in parts])[r_order]
-        if self._edges:
-            src = np.concatenate([e[0] for e in self._edges])
-            dst = np.concatenate([e[1] for e in self._edges])
-            lag = np.concatenate([e[2] for e in self._edges])
-        else:
-            src = dst = lag = np.zeros(0, np.int64)
+        out["succ_ptr"], out["succ"], out["npred"] = _successors(self._edges, n)
         self._edges = []
-        if src.size and (src.min() < 0 or dst.min() < 0 or src.max() >= n or dst.max() >= n):
-            raise ValueError("edge refers to a task that does not exist")
-        if lag.size and lag.max() >= 1 << 31:
-            raise TracekitError(f"an edge lag of {int(lag.max())} ns exceeds the engine's limit of 2^31 ns",
-                                fix="check the hardware profile's latencies")
-        order, out["succ_ptr"] = _group_by(src, n)  # successor order within a source does not matter
-        out["succ"] = (lag[order] << 32) | dst[order]
-        out["npred"] = np.bincount(dst, minlength=n).astype(np.int32)
         out["res_servers"] = np.asarray(self.res_servers, dtype=np.int64)
         out["pool_capacity"] = np.asarray(self.pool_capacity, dtype=np.int64)
         self._check_limits(out)
@@ -296,6 +283,46 @@ def _group_by_kernel(key, n):
         order[fill[key[i]]] = i
         fill[key[i]] += 1
     return order, ptr
+
+
+@njit(cache=True)
+def _count_edges(src, dst, lag, n, ptr, npred):
+    for i in range(src.shape[0]):
+        if src[i] < 0 or src[i] >= n or dst[i] < 0 or dst[i] >= n:
+            return 1
+        if lag[i] >= 1 << 31:
+            return 2
+        ptr[src[i] + 1] += 1
+        npred[dst[i]] += 1
+    return 0
+
+
+@njit(cache=True)
+def _fill_edges(src, dst, lag, fill, succ):
+    for i in range(src.shape[0]):
+        succ[fill[src[i]]] = (lag[i] << 32) | dst[i]
+        fill[src[i]] += 1
+
+
+def _successors(edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Successor lists as CSR (pointers, ``lag << 32 | destination`` entries in the order added) and
+    each task's number of predecessors, by counting sort over the edge batches."""
+    ptr = np.zeros(n + 1, np.int64)
+    npred = np.zeros(n, np.int32)
+    for src, dst, lag in edges:
+        err = _count_edges(src, dst, lag, n, ptr, npred)
+        if err == 1:
+            raise ValueError("edge refers to a task that does not exist")
+        if err == 2:
+            raise TracekitError(f"an edge lag of {int(lag.max())} ns exceeds the engine's limit of 2^31 ns",
+                                fix="check the hardware profile's latencies")
+    np.cumsum(ptr, out=ptr)
+    succ = np.empty(int(ptr[-1]), np.int64)
+    fill = ptr[:-1].copy()
+    for src, dst, lag in edges:
+        _fill_edges(src, dst, lag, fill, succ)
+    return ptr, succ, npred
 
 
 def _group_by(key: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
