@@ -313,13 +313,17 @@ def _first_only(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def _flows(built: Built, rec: np.ndarray, first_id: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Flow ids started and ended per task (``-1`` for none) and the next free id: a task may start
-    at most one flow and end at most one; the first pair listed wins."""
+    """Flow ids started and ended per task (``-1`` for none) and the next free id. Each list of pairs
+    is taken in the order of its source tasks' message ids (then as listed); a task may start at most
+    one flow and end at most one: the first pair wins."""
     n = built.graph.num_tasks
+    msg = built.graph.attr("msg_id")
     flow_out = np.full(n, -1, np.int64)
     flow_in = np.full(n, -1, np.int64)
     nid = first_id
     for a, b in built.flows:
+        o = sort_packed(msg[a])[0]
+        a, b = a[o], b[o]
         ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
         a, b = a[ok], b[ok]
         keep = _first_only(a, n) & _first_only(b, n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracekit.arrays import lexsort2
+from tracekit.arrays import lexsort2, sort_packed
 
 
 def combine_keys(*cols: np.ndarray) -> np.ndarray:
@@ -41,6 +41,25 @@ def chunk_items(group: np.ndarray, order: np.ndarray, size: int) -> tuple[np.nda
     chunk_index = k[new_chunk]
     chunk_items_ = np.bincount(chunk_sorted, minlength=m)
     return item_chunk, chunk_group, chunk_items_.astype(np.int64), chunk_index.astype(np.int64)
+
+
+def time_major(item_chunk: np.ndarray, key: np.ndarray, *chunk_cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Renumber chunks in (``key``, old id) order, e.g. by chunk index within the group: chunks sent at
+    about the same time get neighbouring ids, and so do the tasks the model creates for them, which
+    keeps the engine's memory accesses local. Returns the new ``item_chunk``, ``chunk_cols``
+    reordered, and each new chunk's old id (use :func:`chain_pairs`, not :func:`chain_edges`, on the
+    result)."""
+    order, _ = sort_packed(key)
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    return (rank[item_chunk], *(c[order] for c in chunk_cols), order)
+
+
+def chain_pairs(group: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges from each chunk to the next chunk (``index + 1``) of the same group, in any chunk order."""
+    o = lexsort2(group, index)
+    same = np.flatnonzero(group[o][1:] == group[o][:-1])
+    return o[same], o[same + 1]
 
 
 def chain_edges(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 from tracekit.engine import TaskGraph
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
-from tracekit.model.chunks import chain_edges, chunk_items, combine_keys, unique_pairs
+from tracekit.model.chunks import chain_edges, chain_pairs, chunk_items, combine_keys, time_major, unique_pairs
 from tracekit.model.cluster import Cluster
 from tracekit.model.config import ReplayConfig
 from tracekit.workload.layout import DispatchLayout
@@ -222,6 +222,8 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     rot = (nnode - a_node) % N
     group = combine_keys(s, c, rot)
     item_chunk, cgroup, ntok, kidx = chunk_items(group, tok[nrow], pc.rdma_send_chunk)
+    # tasks are created in chunk-index order; messages keep their (source, channel, node)-major ids
+    item_chunk, cgroup, ntok, kidx, msg = time_major(item_chunk, kidx, cgroup, ntok, kidx)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
@@ -229,13 +231,12 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     fwd_rank = rb * G + cl.local_of[rs]  # same local index on the destination node
     nbytes = ntok * wire
     ring = _ring_pools(cl, fwd_rank, rc, rs, "rdma_ring", pc.rdma_recv_buffer, cgroup)
-    msg = np.arange(m)
     cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=rs, dst_rank=fwd_rank)
     pack = cl.add(m, "pack", rs, res=cl.sm(rs, rc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
                   channel=rc, tokens=ntok, bytes=nbytes, **attrs)
     cl.g.add_edges(built.start[rs], pack)
-    a, b = chain_edges(cgroup)
+    a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
     remote = rb != cl.node_of[rs]
     arrive = pack.copy()
@@ -262,23 +263,27 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     fm = f_group.shape[0]
     ffirst = np.zeros(fm, np.int64)
     ffirst[f_item_chunk[::-1]] = np.arange(f_item_chunk.size)[::-1]
+    f_item_chunk, f_group, f_ntok, ffirst, f_old = time_major(f_item_chunk, kidx[k_of_item[ffirst]], f_group, f_ntok,
+                                                              ffirst)
     fk = k_of_item[ffirst]  # (first) RDMA chunk feeding it
     fd = dst[ffirst]
     ff = fwd_rank[fk]
     fc = rc[fk]
     f_bytes = f_ntok * wire
     nvl_ring = _ring_pools(cl, fd, fc, ff, "nvl_ring", pc.nvl_recv_buffer, combine_keys(fd, fc, ff))
-    fmsg = m + np.arange(fm)
+    fmsg = m + f_old
     cl.order(fmsg, kidx[fk] + 1)
     fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
     fwd = cl.add(fm, "forward", ff, res=cl.sm(ff, fc, "b"), dur=cl.copy_ns(f_bytes, f_ntok), pool=nvl_ring,
                  amount=f_ntok, channel=fc, tokens=f_ntok, bytes=f_bytes, **fattrs)
     pk, pf = unique_pairs(k_of_item, f_item_chunk)
     cl.g.add_edges(arrive[pk], fwd[pf])
-    first_fwd = np.full(m, np.iinfo(np.int64).max)
-    np.minimum.at(first_fwd, pk, pf)
+    first_fwd = np.full(m, np.iinfo(np.int64).max)  # the first forward message fed by each RDMA chunk
+    np.minimum.at(first_fwd, pk, f_old[pf])
     has = first_fwd < np.iinfo(np.int64).max
-    built.flows.append((arrive[has], fwd[first_fwd[has]]))
+    f_new = np.empty(fm, np.int64)
+    f_new[f_old] = np.arange(fm)
+    built.flows.append((arrive[has], fwd[f_new[first_fwd[has]]]))
     fremote = fd != ff
     farrive = fwd.copy()
     fidx = np.flatnonzero(fremote)
@@ -343,6 +348,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
         nvl_capacity = pc.nvl_recv_buffer
         group = combine_keys(holder, c, fwd)
     item_chunk, cgroup, ntok, kidx = chunk_items(group, order, pc.nvl_send_chunk)
+    item_chunk, cgroup, ntok, kidx, msg = time_major(item_chunk, kidx, cgroup, ntok, kidx)
     m = cgroup.shape[0]
     first = np.zeros(m, np.int64)
     first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
@@ -350,12 +356,11 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     nbytes = ntok * wire
     ring = _ring_pools(cl, cf, cc, ch_ if N == 1 else ch_ * N + cl.node_of[s[first]], "nvl_ring_combine",
                        nvl_capacity, cgroup)
-    msg = np.arange(m)
     cl.order(msg, kidx)
     pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
                   amount=ntok, channel=cc, tokens=ntok, bytes=nbytes, msg_id=msg, src_rank=ch_, dst_rank=cf)
     cl.g.add_edges(built.start[ch_], pack)
-    a, b = chain_edges(cgroup)
+    a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
     remote = ch_ != cf
     arrive = pack.copy()
@@ -382,6 +387,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     # a reduction chunk must fit in what one holder's NVLink ring can hold at once
     r_chunk = max(1, min(pc.rdma_send_chunk, nvl_capacity - pc.nvl_send_chunk + 1))
     r_item_chunk, r_group, r_ntok, r_kidx = chunk_items(rgroup, tok[nrow], r_chunk)
+    r_item_chunk, r_group, r_ntok, r_kidx, r_old = time_major(r_item_chunk, r_kidx, r_group, r_ntok, r_kidx)
     rm = r_group.shape[0]
     rfirst = np.zeros(rm, np.int64)
     rfirst[r_item_chunk[::-1]] = np.arange(r_item_chunk.size)[::-1]
@@ -393,14 +399,14 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     contrib = np.bincount(red_of_item, minlength=rm)
     r_bytes = r_ntok * wire
     rring = _ring_pools(cl, k_s, k_c, k_b, "rdma_ring_combine", pc.rdma_recv_buffer, r_group)
-    rmsg = m + np.arange(rm)
+    rmsg = m + r_old
     cl.order(rmsg, r_kidx * max(pc.rdma_send_chunk // max(pc.nvl_send_chunk, 1), 1) + 1)
     reduce = cl.add(rm, "combine_reduce", k_f, res=cl.sm(k_f, k_c, "b"),
                     dur=cl.copy_ns((contrib + r_ntok) * wire // 2, contrib), pool=rring, amount=r_ntok,
                     channel=k_c, tokens=r_ntok, bytes=r_bytes, msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
     pa, pb = unique_pairs(item_chunk, red_of_item)
     cl.g.add_edges(arrive[pa], reduce[pb], lag=np.where(remote[pa], lat_nvl, 0))
-    a2, b2 = chain_edges(r_group)
+    a2, b2 = chain_pairs(r_group, r_kidx)
     cl.g.add_edges(reduce[a2], reduce[b2])
     built.flows.append((pack, reduce[red_of_item[first]]))
     _partial_return(cl, arrive[item_chunk] if early else reduce[red_of_item], item_chunk, ring,
