@@ -3,7 +3,6 @@ DeepEP-style bandwidths, bottleneck, stalls, analytical bound, and its events/co
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from tracekit.arrays import gather, sort_packed
-from tracekit.engine import BindKind, Schedule
+from tracekit.engine import Schedule
 from tracekit.errors import ConservationError
 from tracekit.model.cluster import STAGE, STAGES
 from tracekit.model.chunks import sorted_unique

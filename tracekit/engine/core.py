@@ -1,10 +1,13 @@
 """The fast engine: the task-graph semantics of :mod:`tracekit.engine.graph`, compiled with numba.
 
-One binary heap of (time, key) events, the key packing (kind, position, task id); FIFO queues per
-resource and per pool as linked lists through the tasks; an explicit work stack instead of recursion.
-Each task's static and dynamic state lives in one 64-byte record (one cache line: the event loop
-touches tasks in time order, not id order), allocated by numpy so that it gets huge pages.
-:mod:`tracekit.engine.reference` is the plain-Python twin that Hypothesis holds equal to this one.
+Events are (time, key) pairs, the key packing (kind, position, task id): a 4-ary heap holds future
+events and a small *now-queue* (keys only) the events pushed for the current time, about half of all
+pushes; the next event is the least of the two tops and the next source. FIFO queues per resource and
+per pool are linked lists through the tasks; an explicit work stack replaces recursion. Each task's
+static and dynamic state is one 64-byte, cache-line-aligned record, and the next event's record (and
+a finishing task's successors') is prefetched: the loop visits tasks in time order, not id order, so
+it is bound by memory latency on large graphs. :mod:`tracekit.engine.reference` is the plain-Python
+twin that Hypothesis holds equal to this one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from tracekit.engine.graph import BindKind, Schedule, TaskGraph
+from tracekit.engine.graph import Schedule, TaskGraph
 from tracekit.errors import TracekitError
 
 FINISH = 0
