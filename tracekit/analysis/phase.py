@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numba import njit
 
 from tracekit.arrays import gather, sort_packed
 from tracekit.engine import Schedule
@@ -95,10 +96,8 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
         if not np.array_equal(per_task[task], tokens_attr[task]):
             raise ConservationError(f"{phase}: a copy-out's token count differs from the tokens mapped to it")
         # experts: selections landing on each rank equal the layout's count of expert selections
-        e = routing.topk_expert[row]
-        epr = routing.meta.num_experts // R
-        ok = (e >= 0) & (e // epr == where[:, None])
-        got = np.bincount(e[ok], minlength=routing.meta.num_experts)
+        got, _ = _expert_arrivals(routing.topk_expert, row, where, routing.meta.num_experts // R,
+                                  np.zeros(row.shape[0], np.int64), routing.meta.num_experts)
         if not np.array_equal(got, layout.num_tokens_per_expert.sum(axis=0)):
             raise ConservationError(f"{phase}: expert selections delivered differ from the layout's counts")
         pair = np.bincount(src[row] * R + where, minlength=R * R).reshape(R, R)
@@ -405,6 +404,22 @@ def phase_tables(built: Built, sched: Schedule, layout: DispatchLayout, routing:
     return events, counters
 
 
+@njit(cache=True)
+def _expert_arrivals(topk, row, rank, experts_per_rank, arrive, num_experts):
+    """Per expert: selections delivered (item ``i`` brings routing row ``row[i]`` to ``rank[i]``, which
+    hosts experts ``rank * experts_per_rank ...``) and the earliest ``arrive`` among them."""
+    count = np.zeros(num_experts, np.int64)
+    first = np.full(num_experts, np.iinfo(np.int64).max, np.int64)
+    for i in range(row.shape[0]):
+        for k in range(topk.shape[1]):
+            e = topk[row[i], k]
+            if e >= 0 and e // experts_per_rank == rank[i]:
+                count[e] += 1
+                if arrive[i] < first[e]:
+                    first[e] = arrive[i]
+    return count, first
+
+
 def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: PhaseResult,
                   t0: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """Per (rank, local expert): from its first token's arrival until the rank's dispatch completes,
@@ -413,17 +428,13 @@ def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: Phase
     epr = routing.meta.num_experts // R
     row, dst, task = built.delivery_row, built.delivery_rank, built.delivery_task
     arrive = sched.finish[task]
-    if built.delivery_expert is not None:
+    if built.delivery_expert is not None:  # one delivery per selection
         expert = built.delivery_expert.astype(np.int64)
-        ii = np.arange(expert.size)
+        first = np.full(routing.meta.num_experts, np.iinfo(np.int64).max)
+        np.minimum.at(first, expert, arrive)
+        count = np.bincount(expert, minlength=routing.meta.num_experts)
     else:
-        e = routing.topk_expert[row]
-        ok = (e >= 0) & (e // epr == dst[:, None])
-        ii, kk = np.nonzero(ok)
-        expert = e[ii, kk].astype(np.int64)
-    first = np.full(routing.meta.num_experts, np.iinfo(np.int64).max)
-    np.minimum.at(first, expert, arrive[ii])
-    count = np.bincount(expert, minlength=routing.meta.num_experts)
+        count, first = _expert_arrivals(routing.topk_expert, row, dst, epr, arrive, routing.meta.num_experts)
     have = np.flatnonzero(count > 0)
     owner = have // epr
     done = result.rank_finish[owner]

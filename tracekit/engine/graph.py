@@ -102,6 +102,23 @@ class TaskGraph:
         self.pool_cause.append(cause)
         return self._pool_index[name]
 
+    def pools(self, names: list[str], capacity: int, cause: str) -> np.ndarray:
+        """Ids of the pools ``names`` (each created on first use, holding ``capacity`` units)."""
+        if capacity < 1:
+            raise TracekitError(f"pool {names[0] if names else ''}: capacity={capacity} must be >= 1",
+                                fix="give it at least one unit")
+        index = self._pool_index
+        ids = np.empty(len(names), np.int64)
+        for i, name in enumerate(names):
+            j = index.get(name)
+            if j is None:
+                j = index[name] = len(self.pool_names)
+                self.pool_names.append(name)
+                self.pool_capacity.append(int(capacity))
+                self.pool_cause.append(cause)
+            ids[i] = j
+        return ids
+
     # -- tasks and edges ----------------------------------------------------------------------
     def add_tasks(self, n: int, **cols: object) -> np.ndarray:
         """Append ``n`` tasks; each keyword is an engine column (see ``_TASK_COLS``) or a free

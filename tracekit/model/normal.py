@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracekit.arrays import sort_packed
 from tracekit.engine import TaskGraph
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
@@ -102,10 +103,16 @@ def _ring_pools(cl: Cluster, owner: np.ndarray, channel: np.ndarray, peer: np.nd
     """One pool per distinct group: ring ``kind`` on rank ``owner`` for ``channel`` from ``peer``
     (``nic0/sq*`` and ``nic0/cq*`` kinds are send and completion queues of the QP to ``peer``'s node)."""
     cause = "send_queue" if "/sq" in kind else "cq" if "/cq" in kind else "credit"
-    uniq, first, inv = np.unique(group, return_index=True, return_inverse=True)
-    ids = np.array([cl.g.pool(f"{cl.prefix[int(owner[i])]}/{kind}/ch{int(channel[i])}/{'node' if cause != 'credit' else 'from'}{int(peer[i])}",
-                              capacity, cause) for i in first], dtype=np.int64)
-    return ids[inv.reshape(-1)]
+    order, key = sort_packed(group)
+    new = np.r_[True, key[1:] != key[:-1]] if key.size else np.zeros(0, bool)
+    first = order[new]  # each group's first chunk
+    inv = np.empty(group.shape[0], np.int64)
+    inv[order] = np.cumsum(new) - 1
+    tag = "node" if cause != "credit" else "from"
+    pre = cl.prefix
+    names = [f"{pre[o]}/{kind}/ch{c}/{tag}{p}"
+             for o, c, p in zip(owner[first].tolist(), channel[first].tolist(), peer[first].tolist())]
+    return cl.g.pools(names, capacity, cause)[inv]
 
 
 def _credit_return(cl: Cluster, consumers: np.ndarray, chunk: np.ndarray, nchunks: int, pool: np.ndarray,
