@@ -62,6 +62,7 @@ def small_cases(draw):
         doorbell=draw(st.sampled_from(["gpu", "cpu_proxy"])),
         adaptive_routing=draw(st.booleans()),
         min_chunk_tokens=1,
+        forward_window=draw(st.sampled_from([None, 1, 2])),
         mode=draw(st.sampled_from(["normal", "normal", "low_latency"])),
     ).resolved(ep)
     return routing, hw, cfg
@@ -201,3 +202,10 @@ def test_low_latency_decode_is_latency_bound_and_uses_rdma_between_nodes():
     # travels alone, so low-latency kernels move more bytes than the normal kernels' one copy per rank
     assert "notify" not in d["stages"] and "notify" in normal.summary["dispatch"]["stages"]
     assert d["bytes"] > normal.summary["dispatch"]["bytes"]
+
+
+def test_forward_window_must_be_positive():
+    from tracekit.errors import TracekitError
+
+    with pytest.raises(TracekitError, match="forward_window=0"):
+        ReplayConfig(forward_window=0).resolved(16)

@@ -97,3 +97,14 @@ def test_lexsort2_is_numpys_lexsort(pairs):
     major = np.array([p[0] for p in pairs], np.int64)
     minor = np.array([p[1] for p in pairs], np.int64)
     assert np.array_equal(lexsort2(major, minor), np.lexsort((minor, major)))
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(-(1 << 62), 1 << 62), max_size=50), st.booleans())
+def test_positions_are_ranks_in_key_then_id_order(values, small):
+    from tracekit.engine.graph import _ranks
+
+    key = np.array(values, np.int64) % 7 if small else np.array(values, np.int64)
+    expected = np.empty(key.size, np.int64)
+    expected[np.argsort(key, kind="stable")] = np.arange(key.size)
+    assert np.array_equal(_ranks(key), expected)
