@@ -49,11 +49,16 @@ def lexsort2(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
     mlo = int(major.min())
     if _bits(int(major.max()) - mlo) + _bits(span) > 62:
         return np.lexsort((minor, major))
-    return sort_packed((major - mlo) * span + (minor - lo))[0]
+    key = major - mlo
+    key *= span
+    key += minor
+    key -= lo
+    return sort_packed(key, values=False)[0]
 
 
-def sort_packed(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, sorted_key)`` with ``order`` equal to ``np.argsort(key, kind="stable")``."""
+def sort_packed(key: np.ndarray, values: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(order, sorted_key)`` with ``order`` equal to ``np.argsort(key, kind="stable")``
+    (``sorted_key`` is None unless ``values``)."""
     key = np.asarray(key, np.int64)
     n = key.shape[0]
     if n == 0:
@@ -63,11 +68,14 @@ def sort_packed(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     span = int(key.max()) - lo
     if _bits(span) + bits > 63:
         order = np.argsort(key, kind="stable")
-        return order, key[order]
-    packed = (key - lo) << bits
+        return order, key[order] if values else None
+    packed = key - lo
+    packed <<= bits
     packed |= np.arange(n, dtype=np.int64)
     packed.sort()
     order = packed & ((1 << bits) - 1)
+    if not values:
+        return order, None
     packed >>= bits
     packed += lo
     return order, packed

@@ -122,7 +122,7 @@ def _resample(ts: np.ndarray, key: np.ndarray, value: np.ndarray, width: int,
     final = ~same_next & (last_val != peak)
     parts_d.append((ts[run_end[final]], rkey[final], last_val[final]))
     dts, dkey, dval = (np.concatenate(c) for c in zip(*parts_d))
-    order, _ = sort_packed(dkey * (int(dts.max()) + 1) + dts)
+    order, _ = sort_packed(dkey * (int(dts.max()) + 1) + dts, values=False)
     parts.append(_changes(dts[order], dkey[order], dval[order]))
     return tuple(np.concatenate(c) for c in zip(*parts))  # type: ignore[return-value]
 

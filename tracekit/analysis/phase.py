@@ -320,7 +320,7 @@ def _flows(built: Built, rec: np.ndarray, first_id: int) -> tuple[np.ndarray, np
     flow_in = np.full(n, -1, np.int64)
     nid = first_id
     for a, b in built.flows:
-        o = sort_packed(msg[a])[0]
+        o = sort_packed(msg[a], values=False)[0]
         a, b = a[o], b[o]
         ok = rec[a] & rec[b] & (flow_out[a] < 0) & (flow_in[b] < 0)
         a, b = a[ok], b[ok]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from tracekit.arrays import lexsort2, sort_packed
 
@@ -28,19 +29,33 @@ def chunk_items(group: np.ndarray, order: np.ndarray, size: int) -> tuple[np.nda
         z = np.zeros(0, np.int64)
         return z, z, z, z
     idx = lexsort2(group, order)
-    g = group[idx]
-    new_group = np.r_[True, g[1:] != g[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-    k = (np.arange(n) - group_start) // size
-    new_chunk = new_group | np.r_[True, k[1:] != k[:-1]]
-    chunk_sorted = np.cumsum(new_chunk) - 1
+    item_chunk, chunk_group, chunk_items_, chunk_index = _chunk_runs(np.asarray(group, np.int64), idx, size)
+    return item_chunk, chunk_group, chunk_items_, chunk_index
+
+
+@njit(cache=True)
+def _chunk_runs(group, idx, size):
+    """Chunks of ``size`` consecutive items of each group, items visited in ``idx`` order."""
+    n = idx.shape[0]
     item_chunk = np.empty(n, np.int64)
-    item_chunk[idx] = chunk_sorted
-    m = int(chunk_sorted[-1]) + 1
-    chunk_group = g[new_chunk]
-    chunk_index = k[new_chunk]
-    chunk_items_ = np.bincount(chunk_sorted, minlength=m)
-    return item_chunk, chunk_group, chunk_items_.astype(np.int64), chunk_index.astype(np.int64)
+    chunk_group = np.empty(n, np.int64)
+    chunk_items_ = np.zeros(n, np.int64)
+    chunk_index = np.empty(n, np.int64)
+    c = -1
+    start = 0
+    for i in range(n):
+        g = group[idx[i]]
+        if i == 0 or g != chunk_group[c]:
+            start = i
+        k = (i - start) // size
+        if i == start or k != chunk_index[c]:
+            c += 1
+            chunk_group[c] = g
+            chunk_index[c] = k
+        chunk_items_[c] += 1
+        item_chunk[idx[i]] = c
+    m = c + 1
+    return item_chunk, chunk_group[:m].copy(), chunk_items_[:m].copy(), chunk_index[:m].copy()
 
 
 def time_major(item_chunk: np.ndarray, key: np.ndarray, *chunk_cols: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -49,7 +64,7 @@ def time_major(item_chunk: np.ndarray, key: np.ndarray, *chunk_cols: np.ndarray)
     keeps the engine's memory accesses local. Returns the new ``item_chunk``, ``chunk_cols``
     reordered, and each new chunk's old id (use :func:`chain_pairs`, not :func:`chain_edges`, on the
     result)."""
-    order, _ = sort_packed(key)
+    order, _ = sort_packed(key, values=False)
     rank = np.empty(order.size, np.int64)
     rank[order] = np.arange(order.size)
     return (rank[item_chunk], *(c[order] for c in chunk_cols), order)

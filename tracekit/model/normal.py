@@ -130,7 +130,10 @@ def _partial_return(cl: Cluster, consumer: np.ndarray, chunk: np.ndarray, pool: 
     """Each item (token slot) is consumed by exactly one task: every (consumer, chunk) pair returns the
     slots it consumed when that consumer finishes, so a chunk shared by two consumers frees in parts."""
     radix = int(chunk.max()) + 1 if chunk.size else 1
-    key = np.sort(consumer.astype(np.int64) * radix + chunk)
+    key = consumer.astype(np.int64)
+    key *= radix
+    key += chunk
+    key.sort()
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
     count = np.diff(np.r_[starts, key.size])
     key = key[starts]
