@@ -38,11 +38,10 @@ class Sink:
     Chunks are compressed on worker threads (zlib releases the GIL) while the next one is encoded;
     a bounded number are in flight, so memory stays bounded whatever the trace length."""
 
-    def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20, level: int = 1) -> None:
+    def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20) -> None:
         self.f = f
         self.compress = compress
         self.chunk_bytes = chunk_bytes
-        self.level = level
         self.buf: list[bytes] = []
         self.size = 0
         workers = max(1, min(8, (os.cpu_count() or 1)))
@@ -71,7 +70,7 @@ class Sink:
         if not self.compress:
             self.f.write(raw)
             return
-        self.pending.append(self.pool.submit(wire.compressed_frame, raw, self.level))
+        self.pending.append(self.pool.submit(wire.compressed_frame, raw))
         while len(self.pending) > self.max_pending:
             self.f.write(self.pending.popleft().result())
 

@@ -30,6 +30,8 @@ import numpy as np
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from tracekit.io import perfetto_deflate as deflate
+
 TYPE_SLICE_BEGIN = 1
 TYPE_SLICE_END = 2
 TYPE_INSTANT = 3
@@ -336,11 +338,10 @@ def frame(packet: pb.TracePacket) -> bytes:
     return _frame(packet)
 
 
-def compressed_frame(raw: bytes, level: int = 1) -> bytes:
-    """A ``TracePacket{compressed_packets}`` holding ``raw`` (framed packets), zlib-deflated as
-    Perfetto's tracing service writes them."""
-    import zlib
-
-    data = zlib.compress(raw, level)
+def compressed_frame(raw: bytes) -> bytes:
+    """A ``TracePacket{compressed_packets}`` holding ``raw`` (framed packets) as a zlib stream
+    (:mod:`tracekit.io.perfetto_deflate`), which Perfetto inflates as it does its tracing
+    service's bundles."""
+    data = deflate.compress(raw)
     body = b"\x92\x03" + varint_bytes(len(data)) + data  # field 50, length-delimited
     return b"\x0a" + varint_bytes(len(body)) + body
