@@ -74,20 +74,81 @@ def test_compressed_frame_parses_as_a_packet():
     assert pb.Trace.FromString(zlib.decompress(packet.compressed_packets)).packet[0].timestamp == 5
 
 
-def test_hand_built_control_packets_equal_the_bindings():
-    from tracekit.io.perfetto_state import interned_packet, sequence_start, sequence_start_bytes
+def test_hand_built_sequence_starts_equal_the_bindings():
+    from tracekit.io.perfetto_state import sequence_start, sequence_start_bytes
 
     for seq, uuid in [(1, 1), (127, 128), (300, 1 << 40)]:
         assert sequence_start_bytes(seq, uuid) == wire.frame(sequence_start(seq, uuid))
-    p = pb.TracePacket(trusted_packet_sequence_id=300)
-    p.interned_data.event_names.add(iid=1, name="pack")
-    p.interned_data.debug_annotation_names.add(iid=3, name="msg_id")
-    p.interned_data.debug_annotation_string_values.add(iid=200, str=b"dispatch")
-    entries = [b"\x12" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.event_names[0].SerializeToString()]]
-    entries += [b"\x1a" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.debug_annotation_names[0].SerializeToString()]]
-    e = p.interned_data.debug_annotation_string_values[0].SerializeToString()
-    entries.append(b"\xea\x01" + wire.varint_bytes(len(e)) + e)
-    assert interned_packet(300, entries) == wire.frame(p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_interned_packets_equal_the_bindings(data):
+    """Interner.packets, batch after batch, defines on each sequence exactly what its rows use
+    first, one packet per sequence in sequence order, as the bindings serialize it."""
+    from tracekit.io.perfetto_state import Interner
+
+    names = [f"stage{i}" for i in range(300)]
+    strs = [f"value{i}" for i in range(300)]
+    it = Interner(["a", "b", "c", "d"], 1 << 16)
+    it.event_name_ids(names)
+    it.string_ids(strs)
+    done: set = set()
+    ids = st.one_of(st.integers(1, 5), st.integers(250, 300))
+    for _batch in range(data.draw(st.integers(1, 3))):
+        n = data.draw(st.integers(0, 30))
+        rows = lambda s: np.array(data.draw(st.lists(s, min_size=n, max_size=n)), np.int64)  # noqa: E731
+        seq = rows(st.sampled_from([1, 2, 3, 70, 300]))
+        name_iid = rows(ids)
+        strings = [(rows(ids), rows(st.booleans()).astype(bool)) for _ in range(data.draw(st.integers(0, 2)))]
+        bits = rows(st.integers(0, 15))
+        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings, bits).tobytes()
+        want = {}
+        for i in range(n):
+            s = int(seq[i])
+            uses = [(0, int(name_iid[i]))] + [(1, k + 1) for k in range(4) if bits[i] >> k & 1]
+            uses += [(2, int(v[i])) for v, present in strings if present[i]]
+            for use in uses:
+                if (s, use) not in done:
+                    done.add((s, use))
+                    want.setdefault(s, set()).add(use)
+        expected = b""
+        for s in sorted(want):
+            p = pb.TracePacket(trusted_packet_sequence_id=s)
+            for table, iid in sorted(want[s]):
+                if table == 0:
+                    p.interned_data.event_names.add(iid=iid, name=names[iid - 1])
+                elif table == 1:
+                    p.interned_data.debug_annotation_names.add(iid=iid, name="abcd"[iid - 1])
+                else:
+                    p.interned_data.debug_annotation_string_values.add(iid=iid, str=strs[iid - 1].encode())
+            expected += wire.frame(p)
+        assert got == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, (1 << 32) - 1), st.integers(1, 1 << 40), st.booleans(), st.integers(0, 2)),
+                max_size=20))
+def test_lane_packets_equal_the_bindings(lanes):
+    from tracekit.io.perfetto_state import lane_packets, sequence_start
+    from tracekit.io.perfetto_tracks import Node, descriptor
+
+    nodes = [Node("qp3", 1, 77, "node0/rank1/nic0/qp3", 4), Node("ch12", 1, 1 << 33, "x/ch12", 0),
+             Node("tx", 1, 9, "node0/rank1/nvlink/tx", 300)]
+    tmpl = [descriptor(n, has_children=False).track_descriptor.SerializeToString()[2:] for n in nodes]
+    blob = b"".join(tmpl)
+    lo = np.cumsum([0] + [len(t) for t in tmpl[:-1]])
+    hi = lo + np.array([len(t) for t in tmpl])
+    seqs, uuids, extra, res = (np.array([lane[k] for lane in lanes], dt) for k, dt in
+                               enumerate((np.int64, np.int64, np.bool_, np.int64)))
+    got = lane_packets(seqs, uuids, extra, res, (np.frombuffer(blob, np.uint8), lo, hi)).tobytes()
+    expected = b""
+    for s, u, x, r in lanes:
+        if x:
+            n = nodes[r]
+            expected += wire.frame(descriptor(Node(n.name, u, n.parent, n.path, n.rank), has_children=False))
+        expected += wire.frame(sequence_start(s, u))
+    assert got == expected
 
 
 def test_extra_lane_descriptors_equal_the_bindings(tmp_path):

@@ -41,7 +41,7 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_state import Interner, Sink, running_delta, sequence_start_bytes
+from tracekit.io.perfetto_state import Interner, Sink, lane_packets, running_delta, sequence_start_bytes
 from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor, implied_rank,
                                          natural_key, walk)
 
@@ -174,8 +174,10 @@ class _Group:
         implied_values = [implied(p) for p in self.paths]
         self.implied = {k: np.array([v[k] for v in implied_values], np.int64) for k in ("rank", "channel", "qp")}
         self.res_nodes = [self.nodes[p] for p in self.paths]
+        self.res_uuid = np.array([n.uuid for n in self.res_nodes], np.int64)
         self.counter_parents: set[int] = set()
-        self._lane_templates: dict[int, bytes] = {}
+        self._templates: dict[int, bytes] = {}
+        self._template_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _resource_ids(self, col: Any) -> np.ndarray:
         return np.asarray(pc.index_in(col, value_set=self.value_set).to_numpy(zero_copy_only=False), np.int64)
@@ -219,33 +221,35 @@ class _Group:
 
     def _new_lanes(self, lanes: LaneAssigner, lane_seq: np.ndarray) -> np.ndarray:
         """Sequences (and tracks, for lanes past the first) of the lanes created by the last batch."""
-        old = lane_seq.shape[0]
-        seqs = np.zeros(lanes.num_lanes, np.uint64)
-        seqs[:old] = lane_seq
-        for lane in range(old, lanes.num_lanes):
-            r = int(lanes.lane_res[lane])
-            node = self.res_nodes[r]
-            uuid = node.uuid
-            if lanes.lane_index[lane]:  # an extra lane: a sibling of the resource's track, same name
-                uuid = self.ids.uuid()
-                self.sink.write(self._lane_descriptor(r, uuid))
-            seqs[lane] = self.ids.seq()
-            self.sink.write(sequence_start_bytes(int(seqs[lane]), uuid))
+        old, new = lane_seq.shape[0], lanes.num_lanes
+        res = lanes.lane_res[old:new]
+        extra = lanes.lane_index[old:new] > 0
+        uuids = self.res_uuid[res]
+        uuids[extra] = self.ids.uuids(int(extra.sum()))  # an extra lane: a sibling track, same name
+        seqs = np.concatenate([lane_seq, self.ids.seqs(new - old).astype(np.uint64)])
+        self.sink.write(lane_packets(seqs[old:], uuids, extra, res, self._lane_templates(res[extra])))
         return seqs
 
-    def _lane_descriptor(self, r: int, uuid: int) -> bytes:
-        """Framed TrackDescriptor of an extra lane of resource ``r``: the resource's own descriptor
-        (no children) with another uuid. uuid is field 1, serialized first."""
-        body = self._lane_templates.get(r)
-        if body is None:
-            node = self.res_nodes[r]
-            tmpl = Node(node.name, 1, node.parent, node.path, node.rank)
-            body = descriptor(tmpl, has_children=False).track_descriptor.SerializeToString()
-            assert body[:2] == b"\x08\x01"
-            body = self._lane_templates[r] = body[2:]
-        d = b"\x08" + wire.varint_bytes(uuid) + body
-        packet = b"\xe2\x03" + wire.varint_bytes(len(d)) + d
-        return b"\x0a" + wire.varint_bytes(len(packet)) + packet
+    def _lane_templates(self, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The TrackDescriptor of resource r's extra lanes without its uuid (field 1, serialized
+        first): the resource's own descriptor, no children; built for the resources in ``res``."""
+        todo = [int(r) for r in np.unique(res) if int(r) not in self._templates]
+        if todo or self._template_arrays is None:
+            for r in todo:
+                node = self.res_nodes[r]
+                body = descriptor(Node(node.name, 1, node.parent, node.path, node.rank),
+                                  has_children=False).track_descriptor.SerializeToString()
+                assert body[:2] == b"\x08\x01"
+                self._templates[r] = body[2:]
+            lo = np.zeros(len(self.res_nodes), np.int64)
+            hi = np.zeros(len(self.res_nodes), np.int64)
+            blob = bytearray()
+            for r, body in self._templates.items():
+                lo[r] = len(blob)
+                blob += body
+                hi[r] = len(blob)
+            self._template_arrays = np.frombuffer(bytes(blob) or b"\0", np.uint8), lo, hi
+        return self._template_arrays
 
     # -- events -----------------------------------------------------------------------------
     def write_events(self) -> None:
@@ -340,8 +344,7 @@ class _Group:
             flow_out=flows["flow_out"][0], flow_out_present=flows["flow_out"][1],
             flow_in=flows["flow_in"][0], flow_in_present=flows["flow_in"][1],
         )
-        for p in it.packets(seq, name_iid, strings, ann_bits):
-            self.sink.write(p)
+        self.sink.write(it.packets(seq, name_iid, strings, ann_bits))
         data, ends = wire.encode_slices(batch)
         if not inline:
             self.sink.write(data)

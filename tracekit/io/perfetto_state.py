@@ -50,8 +50,8 @@ class Sink:
         self.pending: collections.deque = collections.deque()
         self.bytes_in = 0
 
-    def write(self, data: bytes) -> None:
-        if not data:
+    def write(self, data: bytes | np.ndarray) -> None:
+        if not len(data):
             return
         self.bytes_in += len(data)
         self.buf.append(data)
@@ -87,7 +87,7 @@ class Sink:
 @numba.njit(cache=True)
 def _first_uses(seq, iids, present, seen, flags):  # pragma: no cover - compiled
     """Mark rows whose (sequence, id) is new and record it in ``seen``; ids beyond the dense
-    table are flagged -1 for the caller's set."""
+    table are flagged -1 for the caller's sorted set."""
     cap = seen.shape[1]
     for i in range(seq.shape[0]):
         if not present[i]:
@@ -103,13 +103,131 @@ def _first_uses(seq, iids, present, seen, flags):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _new_bits(seq, bits, seq_bits, out):  # pragma: no cover - compiled
+def _or_bits(seq, bits, seq_bits):  # pragma: no cover - compiled
     for i in range(seq.shape[0]):
-        s = seq[i]
-        nb = bits[i] & ~seq_bits[s]
-        if nb:
-            out[i] = nb
-            seq_bits[s] |= nb
+        seq_bits[seq[i]] |= bits[i]
+
+
+@numba.njit(cache=True, inline="always")
+def _vlen(v):  # pragma: no cover - compiled
+    n = 1
+    while v >= 128:
+        v >>= 7
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, inline="always")
+def _put(buf, pos, v):  # pragma: no cover - compiled
+    while v >= 128:
+        buf[pos] = (v & 0x7F) | 0x80
+        v >>= 7
+        pos += 1
+    buf[pos] = v
+    return pos + 1
+
+
+@numba.njit(cache=True)
+def _interned_packets(ent_seq, ent_table, ent_iid, blob, lo, hi, out):  # pragma: no cover - compiled
+    """One interned-data packet per run of equal ``ent_seq``, holding those entries in order
+    (entry ``(table, iid)`` is ``blob[lo[table, iid]:hi[table, iid]]``)."""
+    pos = 0
+    i = 0
+    m = ent_seq.shape[0]
+    while i < m:
+        s = ent_seq[i]
+        j = i
+        size = 0
+        while j < m and ent_seq[j] == s:
+            size += hi[ent_table[j], ent_iid[j]] - lo[ent_table[j], ent_iid[j]]
+            j += 1
+        body = 1 + _vlen(s) + 1 + _vlen(size) + size
+        out[pos] = 0x0A
+        pos = _put(out, pos + 1, body)
+        out[pos] = 0x50
+        pos = _put(out, pos + 1, s)
+        out[pos] = 0x62
+        pos = _put(out, pos + 1, size)
+        for k in range(i, j):
+            a = lo[ent_table[k], ent_iid[k]]
+            b = hi[ent_table[k], ent_iid[k]]
+            out[pos:pos + b - a] = blob[a:b]
+            pos += b - a
+        i = j
+    return pos
+
+
+@numba.njit(cache=True)
+def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, out):  # pragma: no cover - compiled
+    """For each new lane: its TrackDescriptor when it is an extra lane (the resource's template
+    ``tmpl[tmpl_lo[r]:tmpl_hi[r]]`` after a fresh uuid), then its sequence start packet (see
+    :func:`sequence_start`)."""
+    pos = 0
+    for i in range(seqs.shape[0]):
+        u = uuids[i]
+        if extra[i]:
+            a = tmpl_lo[res[i]]
+            b = tmpl_hi[res[i]]
+            d = 1 + _vlen(u) + b - a
+            out[pos] = 0x0A
+            pos = _put(out, pos + 1, 2 + _vlen(d) + d)
+            out[pos] = 0xE2
+            out[pos + 1] = 0x03
+            pos = _put(out, pos + 2, d)
+            out[pos] = 0x08
+            pos = _put(out, pos + 1, u)
+            out[pos:pos + b - a] = tmpl[a:b]
+            pos += b - a
+        t = 1 + _vlen(u)
+        d = 1 + _vlen(t) + t + 3
+        body = snapshot.shape[0] + 1 + _vlen(seqs[i]) + 2 + 2 + _vlen(d) + d
+        out[pos] = 0x0A
+        pos = _put(out, pos + 1, body)
+        out[pos:pos + snapshot.shape[0]] = snapshot
+        pos += snapshot.shape[0]
+        out[pos] = 0x50
+        pos = _put(out, pos + 1, seqs[i])
+        out[pos] = 0x68
+        out[pos + 1] = 0x01
+        out[pos + 2] = 0xDA
+        out[pos + 3] = 0x03
+        pos = _put(out, pos + 4, d)
+        out[pos] = 0x5A
+        pos = _put(out, pos + 1, t)
+        out[pos] = 0x58
+        pos = _put(out, pos + 1, u)
+        out[pos] = 0xD0
+        out[pos + 1] = 0x03
+        out[pos + 2] = CLOCK_ID
+        pos += 3
+    return pos
+
+
+class _Blob:
+    """Serialized byte strings addressed by (table, id), ids dense from 0 in each table, appended
+    as they appear: the arrays a compiled packet builder reads."""
+
+    def __init__(self, tables: int) -> None:
+        self.data = bytearray()
+        self.bounds: list[list[tuple[int, int]]] = [[] for _ in range(tables)]
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def add(self, table: int, data: bytes) -> None:
+        self.bounds[table].append((len(self.data), len(self.data) + len(data)))
+        self.data += data
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(blob, lo, hi): entry ``(t, i)`` is ``blob[lo[t, i]:hi[t, i]]``."""
+        if self._arrays is None:
+            width = max(len(b) for b in self.bounds)
+            lo = np.zeros((len(self.bounds), width), np.int64)
+            hi = np.zeros((len(self.bounds), width), np.int64)
+            for t, b in enumerate(self.bounds):
+                if b:
+                    lo[t, :len(b)], hi[t, :len(b)] = np.array(b, np.int64).T
+            self._arrays = np.frombuffer(bytes(self.data) or b"\0", np.uint8), lo, hi
+        return self._arrays
 
 
 class Interner:
@@ -127,8 +245,14 @@ class Interner:
         self.seen_names = np.zeros((64, _DENSE), np.bool_)
         self.seen_strings = np.zeros((64, _DENSE), np.bool_)
         self.seq_bits = np.zeros(64, np.int64)
-        self.sparse: set[tuple[int, int, int]] = set()
-        self._entries: dict[tuple[int, int], bytes] = {}
+        self.sparse = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # sorted seq << 32 | iid emitted
+        # serialized entries by (table, iid): 0 event names, 1 annotation names, 2 string values
+        # (the order the serializer writes InternedData's fields 2, 3 and 29 in); id 0 unused
+        self.entries = _Blob(3)
+        for table in range(3):
+            self.entries.add(table, b"")
+        for k in range(len(annotation_names)):
+            self.entries.add(1, _entry(b"\x1a", k + 1, annotation_names[k]))
 
     def _grow(self, seq_max: int) -> None:
         rows = self.seq_bits.shape[0]
@@ -154,96 +278,105 @@ class Interner:
         enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
         return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
 
-    @staticmethod
-    def _ids(values: list, table: dict[str, int], by_iid: list[str], cap: int | None) -> np.ndarray:
+    def _ids(self, values: list, table: dict[str, int], by_iid: list[str], cap: int | None, blob: int) -> np.ndarray:
         """Interned id of each value, new values added (0 where the table is full, or for None)."""
         lut = np.zeros(len(values), np.uint64)
+        tag = b"\x12" if blob == 0 else b"\xea\x01"
         for k, s in enumerate(values):
             iid = table.get(s)
             if iid is None and s is not None and (cap is None or len(table) < cap):
                 iid = len(table) + 1
                 table[s] = iid
                 by_iid.append(s)
+                self.entries.add(blob, _entry(tag, iid, s))
             lut[k] = iid or 0
         return lut
 
     def event_name_ids(self, values: list) -> np.ndarray:
         """Ids of ``values`` in the event-name table."""
-        return self._ids(values, self.event_names, self.names_by_iid, None)
+        return self._ids(values, self.event_names, self.names_by_iid, None, 0)
 
     def string_ids(self, values: list, capped: bool = False) -> np.ndarray:
         """Ids of ``values`` in the string-value table (capped: at most ``max_strings`` entries)."""
-        return self._ids(values, self.strings, self.strings_by_iid, self.max_strings if capped else None)
+        return self._ids(values, self.strings, self.strings_by_iid, self.max_strings if capped else None, 2)
+
+    def _new(self, k: int, seq64: np.ndarray, iids: np.ndarray, present: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """seq << 32 | iid of the (sequence, id) pairs of table ``k`` these rows use first."""
+        flags = np.zeros(seq64.shape[0], np.int8)
+        iids64 = iids.astype(np.int64)
+        _first_uses(seq64, iids64, present, seen, flags)
+        rows = np.flatnonzero(flags == 1)
+        keys = (seq64[rows] << 32) | iids64[rows]
+        far = np.flatnonzero(flags == -1)
+        if far.size:
+            cand = np.unique((seq64[far] << 32) | iids64[far])
+            done = self.sparse[k]
+            fresh = cand[~np.isin(cand, done, assume_unique=True)]
+            if fresh.size:
+                self.sparse[k] = np.union1d(done, fresh)
+                keys = np.concatenate([keys, fresh])
+        return keys
 
     def packets(self, seq: np.ndarray, name_iid: np.ndarray, strings: list[tuple[np.ndarray, np.ndarray]],
-                ann_bits: np.ndarray) -> list[bytes]:
-        """Framed interned-data packets defining, on each sequence, what these rows use that the sequence
-        has not seen yet. ``strings``: (ids, present) pairs; ``ann_bits``: each row's bitmask of
-        annotation names."""
+                ann_bits: np.ndarray) -> np.ndarray:
+        """Framed interned-data packets defining, on each sequence, what these rows use that the
+        sequence has not seen yet (one packet per such sequence, by sequence id). ``strings``:
+        (ids, present) pairs; ``ann_bits``: each row's bitmask of annotation names."""
         n = seq.shape[0]
         if n == 0:
-            return []
+            return np.zeros(0, np.uint8)
         self._grow(int(seq.max()))
         seq64 = seq.astype(np.int64)
-        new: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)  # seq -> [(table, iid)]
-        uses = [(0, self.seen_names, name_iid, np.ones(n, np.bool_))]
-        uses += [(1, self.seen_strings, iids, present) for iids, present in strings]
-        for table, seen, iids, present in uses:
-            flags = np.zeros(n, np.int8)
-            iids64 = iids.astype(np.int64)
-            _first_uses(seq64, iids64, present, seen, flags)
-            for i in np.flatnonzero(flags == 1).tolist():
-                new[int(seq64[i])].append((table, int(iids64[i])))
-            for i in np.flatnonzero(flags == -1).tolist():
-                key = (table, int(seq64[i]), int(iids64[i]))
-                if key not in self.sparse:
-                    self.sparse.add(key)
-                    new[key[1]].append((table, key[2]))
-        bits = np.zeros(n, np.int64)
-        _new_bits(seq64, ann_bits, self.seq_bits, bits)
-        new_bits: dict[int, int] = collections.defaultdict(int)
-        for i in np.flatnonzero(bits).tolist():
-            new_bits[int(seq64[i])] |= int(bits[i])
-        out = []
-        for s in sorted(set(new) | set(new_bits)):
-            entries = sorted(new.get(s, []))
-            b = new_bits.get(s, 0)
-            names = [self._entry(0, iid) for table, iid in entries if table == 0]
-            anns = [self._entry(2, k + 1) for k in range(len(self.annotation_names)) if b >> k & 1]
-            strs = [self._entry(1, iid) for table, iid in entries if table == 1]
-            out.append(interned_packet(s, names + anns + strs))
-        return out
-
-    def _entry(self, table: int, iid: int) -> bytes:
-        """One serialized InternedData entry: event_names (2), debug_annotation_string_values (29)
-        or debug_annotation_names (3), field tag included."""
-        key = (table, iid)
-        e = self._entries.get(key)
-        if e is None:
-            if table == 0:
-                tag, text = b"\x12", self.names_by_iid[iid].encode()
-            elif table == 1:
-                tag, text = b"\xea\x01", self.strings_by_iid[iid].encode()
-            else:
-                tag, text = b"\x1a", self.annotation_names[iid - 1].encode()
-            body = b"\x08" + wire.varint_bytes(iid) + b"\x12" + wire.varint_bytes(len(text)) + text
-            e = self._entries[key] = tag + wire.varint_bytes(len(body)) + body
-        return e
+        keys = [self._new(0, seq64, name_iid, np.ones(n, np.bool_), self.seen_names)]
+        tables = [np.zeros(keys[0].shape[0], np.int64)]
+        for iids, present in strings:
+            keys.append(self._new(1, seq64, iids, present, self.seen_strings))
+            tables.append(np.full(keys[-1].shape[0], 2, np.int64))
+        before = self.seq_bits.copy()
+        _or_bits(seq64, ann_bits.astype(np.int64), self.seq_bits)
+        changed = np.flatnonzero(before != self.seq_bits)
+        new_bits = self.seq_bits[changed] & ~before[changed]
+        for k in range(len(self.annotation_names)):
+            s = changed[(new_bits >> k) & 1 == 1]
+            keys.append((s << 32) | (k + 1))
+            tables.append(np.ones(s.shape[0], np.int64))
+        key = np.concatenate(keys)
+        if key.size == 0:
+            return np.zeros(0, np.uint8)
+        table = np.concatenate(tables)
+        ent_seq, ent_iid = key >> 32, key & 0xFFFFFFFF
+        order = np.lexsort((ent_iid, table, ent_seq))
+        blob, lo, hi = self.entries.arrays()
+        out = np.empty(int((hi[table, ent_iid] - lo[table, ent_iid]).sum()) + 24 * key.size, np.uint8)
+        size = _interned_packets(ent_seq[order], table[order], ent_iid[order], blob, lo, hi, out)
+        return out[:size]
 
 
-def interned_packet(seq: int, entries: list[bytes]) -> bytes:
-    """A framed ``TracePacket{trusted_packet_sequence_id, interned_data{entries}}``; entries
-    ordered as the serializer orders them (event names, annotation names, string values)."""
-    data = b"".join(entries)
-    body = b"\x50" + wire.varint_bytes(seq) + b"\x62" + wire.varint_bytes(len(data)) + data
-    return b"\x0a" + wire.varint_bytes(len(body)) + body
+def _entry(tag: bytes, iid: int, text: str) -> bytes:
+    """One serialized InternedData entry (``iid`` and ``name``/``str``, field 1 and 2), tag included."""
+    raw = text.encode()
+    body = b"\x08" + wire.varint_bytes(iid) + b"\x12" + wire.varint_bytes(len(raw)) + raw
+    return tag + wire.varint_bytes(len(body)) + body
+
+
+def lane_packets(seqs: np.ndarray, uuids: np.ndarray, extra: np.ndarray, res: np.ndarray,
+                 templates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Framed packets that open new lanes: for each, a TrackDescriptor where ``extra`` (a sibling
+    track: the descriptor body ``templates`` holds for its resource, after uuid field 1), then
+    the start of its sequence (:func:`sequence_start`, byte for byte)."""
+    tmpl, lo, hi = templates
+    size = int((hi[res[extra]] - lo[res[extra]]).sum()) + 24 * int(extra.sum()) + (_SNAPSHOT.size + 40) * seqs.size
+    out = np.empty(size, np.uint8)
+    n = _lane_packets(seqs.astype(np.int64), uuids.astype(np.int64), extra, res.astype(np.int64), tmpl, lo, hi,
+                      _SNAPSHOT, out)
+    return out[:n]
 
 
 def sequence_start_bytes(seq: int, track_uuid: int) -> bytes:
     """:func:`sequence_start` framed, built by hand (the same bytes; many lanes start sequences)."""
     t = b"\x58" + wire.varint_bytes(track_uuid)
     d = b"\x5a" + wire.varint_bytes(len(t)) + t + b"\xd0\x03" + wire.varint_bytes(CLOCK_ID)
-    body = (_SNAPSHOT + b"\x50" + wire.varint_bytes(seq) + b"\x68\x01" + b"\xda\x03" + wire.varint_bytes(len(d)) + d)
+    body = (_SNAPSHOT_BYTES + b"\x50" + wire.varint_bytes(seq) + b"\x68\x01" + b"\xda\x03" + wire.varint_bytes(len(d)) + d)
     return b"\x0a" + wire.varint_bytes(len(body)) + body
 
 
@@ -277,4 +410,5 @@ def running_delta(key, ts, last, out):  # pragma: no cover - compiled
 
 
 #: The clock snapshot field of every sequence start (the same for all sequences).
-_SNAPSHOT = sequence_start(1, 1).SerializeToString().split(b"\x50\x01\x68\x01", 1)[0]
+_SNAPSHOT_BYTES = sequence_start(1, 1).SerializeToString().split(b"\x50\x01\x68\x01", 1)[0]
+_SNAPSHOT = np.frombuffer(_SNAPSHOT_BYTES, np.uint8)
