@@ -291,15 +291,20 @@ class _Group:
         stage_idx, stage_values = it.encode(t["stage"])
         name_iid = it.event_name_ids(stage_values)[stage_idx]
         stage_sid = it.string_ids(stage_values)[stage_idx]  # to compare names with stages by id
-        anns: list[wire.Annotation] = []
+        vals = np.empty((len(ANNOTATIONS), n), np.int64)  # rows 0..k-1: the annotations written
+        present = np.empty((len(ANNOTATIONS), n), np.bool_)
+        iids: list[int] = []
+        interned: list[bool] = []
         strings: list[tuple[np.ndarray, np.ndarray]] = []
         ann_bits = np.zeros(n, np.int64)
         inline: dict[str, tuple[list, np.ndarray]] = {}  # annotation -> (values, rows written inline)
         for k, (aname, col, typ, default) in enumerate(ANNOTATIONS):
+            j = len(iids)
             if typ == "int":
-                vals = t[col].astype(np.int64, copy=False)
-                present = vals != (self.implied[aname][res] if default is None else default)
-                anns.append(wire.Annotation(k + 1, vals, present))
+                vals[j] = t[col]
+                np.not_equal(vals[j], self.implied[aname][res] if default is None else default, out=present[j])
+                iids.append(k + 1)
+                interned.append(False)
             elif t[col] is None:
                 continue  # absent column: every row has the default
             elif typ == "str":
@@ -310,44 +315,51 @@ class _Group:
                 idx, values = it.encode(t[col])
                 if default is None:  # name: written where it differs from the stage
                     sids = it.string_ids(values, capped=True)[idx]
-                    present = sids != stage_sid
+                    used = sids != stage_sid
                 else:
                     sids = it.string_ids(values)[idx]
-                    present = sids != it.strings.get(default, 0)
-                if not present.any():
+                    used = sids != it.strings.get(default, 0)
+                if not used.any():
                     continue
-                spill = present & (sids == 0)  # the string table is full: inline
+                spill = used & (sids == 0)  # the string table is full: inline
                 if spill.any():
                     inline[aname] = (t[col].to_pylist(), spill)
-                ann_bits |= present.astype(np.int64) << k
-                present = present & ~spill
-                anns.append(wire.Annotation(k + 1, sids, present, interned=True))
-                strings.append((sids, present))
+                ann_bits |= used.astype(np.int64) << k
+                vals[j] = sids
+                np.logical_and(used, ~spill, out=present[j])
+                iids.append(k + 1)
+                interned.append(True)
+                strings.append((sids, present[j]))
                 continue
             else:  # free text (captured kernels' args): those rows take the slow path
-                present = _bools(pc.not_equal(t[col], default))
-                if not present.any():
+                used = _bools(pc.not_equal(t[col], default))
+                if not used.any():
                     continue
-                inline[aname] = (t[col].to_pylist(), present)
-            ann_bits |= present.astype(np.int64) << k
+                inline[aname] = (t[col].to_pylist(), used)
+                ann_bits |= used.astype(np.int64) << k
+                continue
+            ann_bits |= present[j].astype(np.int64) << k
         flows = {}
         for col in ("flow_out", "flow_in"):
             c = t[col]
             raw = c.fill_null(0).to_numpy().astype(np.int64, copy=False)
-            present = _bools(pc.is_valid(c))
+            valid = _bools(pc.is_valid(c))
             if self.unpaired.size:
                 at = np.minimum(np.searchsorted(self.unpaired, raw), self.unpaired.size - 1)
-                present &= self.unpaired[at] != raw
-            flows[col] = (raw.view(np.uint64) + self.flow_offset, present)
+                valid &= self.unpaired[at] != raw
+            flows[col] = (raw.view(np.uint64) + self.flow_offset, valid)
+        k = len(iids)
         batch = wire.SliceBatch(
-            seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid, annotations=anns,
+            seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid,
             flow_out=flows["flow_out"][0], flow_out_present=flows["flow_out"][1],
             flow_in=flows["flow_in"][0], flow_in_present=flows["flow_in"][1],
+            ann_vals=vals[:k], ann_present=present[:k], ann_iid=np.array(iids, np.uint64),
+            ann_interned=np.array(interned, np.bool_),
         )
         self.sink.write(it.packets(seq, name_iid, strings, ann_bits))
         data, ends = wire.encode_slices(batch)
         if not inline:
-            self.sink.write(data)
+            self.sink.write_rows(data, ends)
             return
         slow = np.zeros(n, np.bool_)
         for _vals, rows in inline.values():
@@ -365,17 +377,17 @@ class _Group:
         annotations in the order of :data:`ANNOTATIONS`."""
         packets = wire.slice_packets_reference(b, i)
         te = packets[0].track_event
-        present = {a.name_iid: a for a in b.annotations if a.present[i]}
+        present = {int(b.ann_iid[a]): a for a in range(b.ann_iid.shape[0]) if b.ann_present[a, i]}
         del te.debug_annotations[:]
         for k, aname in enumerate(ANNOTATION_NAMES):
             if k + 1 in present:
                 a = present[k + 1]
                 d = te.debug_annotations.add()
                 d.name_iid = k + 1
-                if a.interned:
-                    d.string_value_iid = int(a.values[i])
+                if b.ann_interned[a]:
+                    d.string_value_iid = int(b.ann_vals[a, i])
                 else:
-                    d.int_value = int(a.values[i])
+                    d.int_value = int(b.ann_vals[a, i])
             elif aname in inline:
                 d = te.debug_annotations.add()
                 d.name_iid = k + 1

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from tracekit.io import perfetto_deflate as deflate
 from tracekit.io import perfetto_wire as wire
 
 #: Sequence-scoped incremental clock used by every sequence (ids 64..127 are sequence-scoped).
@@ -32,56 +33,97 @@ _DENSE = 256
 
 
 class Sink:
-    """Writes framed packets, optionally bundled into deflated ``compressed_packets`` chunks
-    (zlib, as Perfetto's tracing service writes them).
+    """Writes framed packets, optionally bundled into deflated ``compressed_packets`` chunks of
+    about ``chunk_bytes`` (whole packets each).
 
-    Chunks are compressed on worker threads (zlib releases the GIL) while the next one is encoded;
-    a bounded number are in flight, so memory stays bounded whatever the trace length."""
+    Chunks are deflated on worker threads (:mod:`tracekit.io.perfetto_deflate` runs without the
+    GIL) while the writer encodes the next rows, and written in order, so the bytes do not depend
+    on thread timing. At most ``max_pending_bytes`` of packets wait to be deflated: memory stays
+    bounded whatever the trace length."""
 
-    def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20) -> None:
+    def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20,
+                 max_pending_bytes: int = 24 << 20) -> None:
         self.f = f
         self.compress = compress
         self.chunk_bytes = chunk_bytes
-        self.buf: list[bytes] = []
+        self.parts: list[bytes | np.ndarray] = []
         self.size = 0
         workers = max(1, min(8, (os.cpu_count() or 1)))
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers) if compress else None
-        self.max_pending = workers + 1
-        self.pending: collections.deque = collections.deque()
+        self.max_pending_bytes = max_pending_bytes
+        self.pending: collections.deque = collections.deque()  # (future, raw bytes)
+        self.pending_bytes = 0
         self.bytes_in = 0
 
     def write(self, data: bytes | np.ndarray) -> None:
-        if not len(data):
+        """Append whole packets (bytes or a uint8 array, which must not change afterwards)."""
+        n = len(data)
+        if not n:
             return
-        self.bytes_in += len(data)
-        self.buf.append(data)
-        self.size += len(data)
+        self.bytes_in += n
+        self.parts.append(data)
+        self.size += n
         if self.size >= self.chunk_bytes:
             self._flush_chunk()
+
+    def write_rows(self, data: np.ndarray, ends: np.ndarray) -> None:
+        """Append packets that may be cut into chunks only at the offsets ``ends`` (ascending,
+        the last one ``len(data)``)."""
+        pos = 0
+        total = len(data)
+        while total - pos > self.chunk_bytes - self.size:
+            k = int(np.searchsorted(ends, pos + self.chunk_bytes - self.size, side="right")) - 1
+            cut = int(ends[k]) if k >= 0 else 0
+            if cut <= pos:  # not even one row fits in the room left
+                if self.size:
+                    self._flush_chunk()
+                    continue
+                cut = int(ends[np.searchsorted(ends, pos, side="right")])  # a row larger than a chunk
+            self.write(data[pos:cut])
+            self._flush_chunk()
+            pos = cut
+        self.write(data[pos:])
 
     def packet(self, p: pb.TracePacket) -> None:
         self.write(wire.frame(p))
 
     def _flush_chunk(self) -> None:
-        if not self.buf:
+        if not self.parts:
             return
-        raw = b"".join(self.buf)
-        self.buf, self.size = [], 0
+        parts, size = self.parts, self.size
+        self.parts, self.size = [], 0
         if not self.compress:
-            self.f.write(raw)
+            for part in parts:
+                self.f.write(part)
             return
-        self.pending.append(self.pool.submit(wire.compressed_frame, raw))
-        while len(self.pending) > self.max_pending:
-            self.f.write(self.pending.popleft().result())
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pending.append((self.pool.submit(_bundle, raw), size))
+        self.pending_bytes += size
+        while self.pending_bytes > self.max_pending_bytes:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        future, size = self.pending.popleft()
+        for part in future.result():
+            self.f.write(part)
+        self.pending_bytes -= size
 
     def close(self) -> None:
         try:
             self._flush_chunk()
             while self.pending:
-                self.f.write(self.pending.popleft().result())
+                self._drain_one()
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
+
+
+def _bundle(raw: bytes | np.ndarray) -> tuple[bytes, bytes]:
+    """(framing, zlib stream) of a ``compressed_packets`` packet holding ``raw``: the same bytes
+    as :func:`tracekit.io.perfetto_wire.compressed_frame`, in two pieces."""
+    data = deflate.compress(raw)
+    body = 2 + len(wire.varint_bytes(len(data))) + len(data)
+    return b"\x0a" + wire.varint_bytes(body) + b"\x92\x03" + wire.varint_bytes(len(data)), data
 
 
 @numba.njit(cache=True)
