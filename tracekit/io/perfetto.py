@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -117,7 +118,8 @@ def _sorted_by_ts(t: pa.Table) -> pa.Table:
 def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
     """The columns of one batch (rows ``start``...) of a table already checked against events.v1
     (on its empty slice): numeric columns as numpy, strings as Arrow (None when absent: all
-    default), absent numeric columns filled with their defaults."""
+    default), absent numeric columns filled with their defaults, nullable ones as values (int64)
+    and ``<name>_ok`` (bool)."""
     n = t.num_rows
     out: dict[str, Any] = {"num_rows": n}
     names = set(t.column_names)
@@ -132,10 +134,11 @@ def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
                 out[f.name] = a.astype(_NUMERIC[f.type], copy=False)
             elif f.type == "string":
                 out[f.name] = c.fill_null(f.default) if (c.null_count and f.default is not None) else c
-            else:
-                out[f.name] = c.cast(pa.int64()) if c.type != pa.int64() else c
+            else:  # a nullable id: values and validity
+                out[f.name], out[f.name + "_ok"] = _int_column(t, f.name) or (np.zeros(n, np.int64),
+                                                                             np.zeros(n, np.bool_))
         elif f.nullable:
-            out[f.name] = pa.nulls(n, pa.int64())
+            out[f.name], out[f.name + "_ok"] = np.zeros(n, np.int64), np.zeros(n, np.bool_)
         elif f.type in _NUMERIC:
             out[f.name] = np.full(n, f.default, _NUMERIC[f.type])
         else:
@@ -341,12 +344,10 @@ class _Group:
             ann_bits |= present[j].astype(np.int64) << k
         flows = {}
         for col in ("flow_out", "flow_in"):
-            c = t[col]
-            raw = c.fill_null(0).to_numpy().astype(np.int64, copy=False)
-            valid = _bools(pc.is_valid(c))
+            raw, valid = t[col], t[col + "_ok"]
             if self.unpaired.size:
                 at = np.minimum(np.searchsorted(self.unpaired, raw), self.unpaired.size - 1)
-                valid &= self.unpaired[at] != raw
+                valid = valid & (self.unpaired[at] != raw)
             flows[col] = (raw.view(np.uint64) + self.flow_offset, valid)
         k = len(iids)
         batch = wire.SliceBatch(
@@ -439,7 +440,91 @@ def _flow_ids(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, valid.astype(np.int32 if len(c) < 2**31 else np.int64)
 
 
+def _int_column(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values as int64, valid) of a nullable integer column, read from its buffers (the
+    values of null rows are whatever the buffer holds); None when absent or all null."""
+    if col not in t.column_names:
+        return None
+    c = t.column(col)
+    if c.null_count == len(c):
+        return None
+    a = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    if a.type != pa.int64():
+        a = a.cast(pa.int64())
+    n, off = len(a), a.offset
+    bitmap, data = a.buffers()
+    values = np.frombuffer(data, np.int64)[off:off + n]
+    if bitmap is None:
+        return values, np.ones(n, np.bool_)
+    valid = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[off:off + n].view(np.bool_)
+    return values, valid
+
+
+@numba.njit(cache=True)
+def _valid_range(ids, ok):  # pragma: no cover - compiled
+    """(min, max, count) of ``ids[ok]``."""
+    lo, hi, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
+    for r in range(ids.shape[0]):
+        if ok[r]:
+            lo = min(lo, ids[r])
+            hi = max(hi, ids[r])
+            n += 1
+    return lo, hi, n
+
+
+@numba.njit(cache=True)
+def _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired):  # pragma: no cover - compiled
+    """The flow checks of :func:`_flow_plan` for ids in ``lo .. lo + len(at_o) - 1``, through
+    direct-address tables (row of each id's start and end). Returns the number of unpaired ids
+    written to ``unpaired`` (ascending), or -1 when an id starts or ends twice or ends before it
+    starts (the caller then finds and reports the first such id)."""
+    for r in range(o_ids.shape[0]):
+        if o_ok[r]:
+            k = o_ids[r] - lo
+            if at_o[k] >= 0:
+                return -1
+            at_o[k] = r
+    for r in range(i_ids.shape[0]):
+        if i_ok[r]:
+            k = i_ids[r] - lo
+            if at_i[k] >= 0:
+                return -1
+            at_i[k] = r
+    m = 0
+    for k in range(at_o.shape[0]):
+        o, i = at_o[k], at_i[k]
+        if o >= 0 and i >= 0:
+            if ts[i] < ts[o]:
+                return -1
+        elif o >= 0 or i >= 0:
+            unpaired[m] = lo + k
+            m += 1
+    return m
+
+
 def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
+    """:func:`_flow_plan_checked`, compiled for dense ids (the usual 0..F) of valid tables."""
+    out, into = _int_column(t, "flow_out"), _int_column(t, "flow_in")
+    if out is None or into is None:
+        return _flow_plan_checked(t, where)
+    (o_ids, o_ok), (i_ids, i_ok) = out, into
+    lo_o, hi_o, n_o = _valid_range(o_ids, o_ok)
+    lo_i, hi_i, n_i = _valid_range(i_ids, i_ok)
+    lo, hi, count = min(lo_o, lo_i), max(hi_o, hi_i), n_o + n_i
+    if hi - lo >= 4 * count + 1024:
+        return _flow_plan_checked(t, where)
+    span = hi - lo + 1
+    rows = np.int32 if t.num_rows < 2**31 else np.int64
+    at_o, at_i = np.full(span, -1, rows), np.full(span, -1, rows)
+    unpaired = np.empty(count, np.int64)
+    ts = t.column("ts_ns").to_numpy().astype(np.int64, copy=False)
+    m = _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired)
+    if m < 0:
+        return _flow_plan_checked(t, where)  # raises, naming the first bad id
+    return unpaired[:m].copy()
+
+
+def _flow_plan_checked(t: pa.Table, where: str) -> np.ndarray:
     """Check the flow columns of a time-sorted table; return the ids that have no partner (a
     flow_out never terminated, or a flow_in never started), which are left out of the trace.
 
@@ -503,8 +588,7 @@ def _flow_role(t: dict[str, Any]) -> np.ndarray:
     """0 for rows that only start a flow, 1 for rows that do both or neither, 2 for rows that
     only end one: rows with equal timestamps are written in this order, so that a flow's source
     comes before its sink in the file (Perfetto breaks timestamp ties by file order)."""
-    out = _bools(pc.is_valid(t["flow_out"]))
-    into = _bools(pc.is_valid(t["flow_in"]))
+    out, into = t["flow_out_ok"], t["flow_in_ok"]
     return 1 - (out & ~into).astype(np.int64) + (into & ~out).astype(np.int64)
 
 
