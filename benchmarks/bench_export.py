@@ -178,17 +178,17 @@ def main() -> int:
         # baseline: the same packets built one message at a time through the bindings
         sample = events.head(args.baseline_rows)
         captured: list[wire.SliceBatch] = []
-        real = wire.encode_slices
+        real = wire.slice_writer
 
         def spy(batch):
             captured.append(batch)
             return real(batch)
 
-        wire.encode_slices = spy
+        wire.slice_writer = spy
         try:
             pf.write_trace(Path(tmp) / "s.pftrace", sample, compress=False)
         finally:
-            wire.encode_slices = real
+            wire.slice_writer = real
         rows = sum(b.n for b in captured)
         dt_ref = _best(lambda: [wire.encode_slices_reference(b) for b in captured], 1)
         dt_fast = _best(lambda: [wire.encode_slices(b) for b in captured], args.repeat)

@@ -358,10 +358,10 @@ class _Group:
             ann_interned=np.array(interned, np.bool_),
         )
         self.sink.write(it.packets(seq, name_iid, strings, ann_bits))
-        data, ends = wire.encode_slices(batch)
         if not inline:
-            self.sink.write_rows(data, ends)
+            self.sink.write_encoded(wire.slice_writer(batch), 100 * n)
             return
+        data, ends = wire.encode_slices(batch)
         slow = np.zeros(n, np.bool_)
         for _vals, rows in inline.values():
             slow |= rows

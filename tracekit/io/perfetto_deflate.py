@@ -456,6 +456,59 @@ def _deflate(src, out, len_code, len_extra, len_base, dist_code, dist_extra, dis
     return pos + 4
 
 
+@numba.njit(cache=True, inline="always")
+def _put_varint(buf, pos, v):  # pragma: no cover - compiled
+    while v >= 128:
+        buf[pos] = (v & 0x7F) | 0x80
+        v >>= 7
+        pos += 1
+    buf[pos] = v
+    return pos + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _bundles(src, cuts, out):  # pragma: no cover - compiled
+    """For each piece ``src[cuts[k]:cuts[k + 1]]``, a framed ``TracePacket{compressed_packets}``
+    holding its zlib stream, one after another in ``out``; returns the bytes written."""
+    longest = 0
+    for k in range(cuts.shape[0] - 1):
+        longest = max(longest, cuts[k + 1] - cuts[k])
+    scratch = np.empty(longest + (longest >> 8) + 1024, np.uint8)
+    pos = 0
+    for k in range(cuts.shape[0] - 1):
+        m = _deflate(src[cuts[k]:cuts[k + 1]], scratch, _LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA,
+                     _DIST_BASE, _CL_ORDER)
+        body = 2 + _varint_len(m) + m  # field tag, length, stream
+        out[pos] = 0x0A
+        pos = _put_varint(out, pos + 1, body)
+        out[pos] = 0x92  # field 50, length-delimited
+        out[pos + 1] = 0x03
+        pos = _put_varint(out, pos + 2, m)
+        out[pos:pos + m] = scratch[:m]
+        pos += m
+    return pos
+
+
+@numba.njit(cache=True, inline="always")
+def _varint_len(v):  # pragma: no cover - compiled
+    n = 1
+    while v >= 128:
+        v >>= 7
+        n += 1
+    return n
+
+
+def bundle_bound(n: int, pieces: int) -> int:
+    """Bytes :func:`_bundles` may write for ``n`` bytes in ``pieces`` pieces."""
+    return n + (n >> 8) + 1100 * max(pieces, 1)
+
+
+def bundles(src: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Framed ``compressed_packets`` packets of ``src`` cut at ``cuts`` (from 0 to ``len(src)``)."""
+    out = np.empty(bundle_bound(src.shape[0], cuts.shape[0]), np.uint8)
+    return out[:_bundles(src, np.ascontiguousarray(cuts, np.int64), out)]
+
+
 def compress(data: bytes | bytearray | memoryview | np.ndarray) -> bytes:
     """A zlib stream of ``data`` that ``zlib.decompress`` (and Perfetto) inflates back."""
     src = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 import numba
 import numpy as np
@@ -33,13 +34,15 @@ _DENSE = 256
 
 
 class Sink:
-    """Writes framed packets, optionally bundled into deflated ``compressed_packets`` chunks of
-    about ``chunk_bytes`` (whole packets each).
+    """Writes framed packets in order, optionally bundled into deflated ``compressed_packets``
+    chunks of about ``chunk_bytes`` (whole packets each).
 
-    Chunks are deflated on worker threads (:mod:`tracekit.io.perfetto_deflate` runs without the
-    GIL) while the writer encodes the next rows, and written in order, so the bytes do not depend
-    on thread timing. At most ``max_pending_bytes`` of packets wait to be deflated: memory stays
-    bounded whatever the trace length."""
+    Work is handed to worker threads: deflating chunks (:mod:`tracekit.io.perfetto_deflate` runs
+    without the GIL) and encoding batches of rows (:meth:`write_encoded`), while the writer
+    prepares the next batch. Results are written in submission order and chunk boundaries depend
+    only on the bytes, so the file does not depend on thread timing. At most about
+    ``max_pending_bytes`` of packets are in flight: memory stays bounded whatever the trace
+    length."""
 
     def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20,
                  max_pending_bytes: int = 24 << 20) -> None:
@@ -49,40 +52,30 @@ class Sink:
         self.parts: list[bytes | np.ndarray] = []
         self.size = 0
         workers = max(1, min(8, (os.cpu_count() or 1)))
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers) if compress else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         self.max_pending_bytes = max_pending_bytes
-        self.pending: collections.deque = collections.deque()  # (future, raw bytes)
+        self.pending: collections.deque = collections.deque()  # (future or ready parts, size)
         self.pending_bytes = 0
-        self.bytes_in = 0
 
     def write(self, data: bytes | np.ndarray) -> None:
         """Append whole packets (bytes or a uint8 array, which must not change afterwards)."""
         n = len(data)
         if not n:
             return
-        self.bytes_in += n
         self.parts.append(data)
         self.size += n
         if self.size >= self.chunk_bytes:
             self._flush_chunk()
 
-    def write_rows(self, data: np.ndarray, ends: np.ndarray) -> None:
-        """Append packets that may be cut into chunks only at the offsets ``ends`` (ascending,
-        the last one ``len(data)``)."""
-        pos = 0
-        total = len(data)
-        while total - pos > self.chunk_bytes - self.size:
-            k = int(np.searchsorted(ends, pos + self.chunk_bytes - self.size, side="right")) - 1
-            cut = int(ends[k]) if k >= 0 else 0
-            if cut <= pos:  # not even one row fits in the room left
-                if self.size:
-                    self._flush_chunk()
-                    continue
-                cut = int(ends[np.searchsorted(ends, pos, side="right")])  # a row larger than a chunk
-            self.write(data[pos:cut])
-            self._flush_chunk()
-            pos = cut
-        self.write(data[pos:])
+    def write_encoded(self, job: Callable[[bytes, bool, int], list], size_hint: int) -> None:
+        """Append what ``job(prefix, compress, chunk_bytes)`` returns, run on a worker thread: the
+        parts to write for ``prefix`` (the packets written before, which go first) and the
+        packets the job encodes, deflated into bundles of about ``chunk_bytes`` when
+        ``compress`` (see :func:`tracekit.io.perfetto_wire.slice_writer`). A chunk ends after
+        them. ``size_hint``: about how many bytes the job encodes."""
+        prefix = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        self._push(self.pool.submit(job, prefix, self.compress, self.chunk_bytes), len(prefix) + size_hint)
 
     def packet(self, p: pb.TracePacket) -> None:
         self.write(wire.frame(p))
@@ -93,18 +86,19 @@ class Sink:
         parts, size = self.parts, self.size
         self.parts, self.size = [], 0
         if not self.compress:
-            for part in parts:
-                self.f.write(part)
-            return
-        raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.pending.append((self.pool.submit(_bundle, raw), size))
+            self._push(parts, size)
+        else:
+            self._push(self.pool.submit(_bundle, parts[0] if len(parts) == 1 else b"".join(parts)), size)
+
+    def _push(self, item: Any, size: int) -> None:
+        self.pending.append((item, size))
         self.pending_bytes += size
         while self.pending_bytes > self.max_pending_bytes:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        future, size = self.pending.popleft()
-        for part in future.result():
+        item, size = self.pending.popleft()
+        for part in (item.result() if isinstance(item, concurrent.futures.Future) else item):
             self.f.write(part)
         self.pending_bytes -= size
 
@@ -114,16 +108,14 @@ class Sink:
             while self.pending:
                 self._drain_one()
         finally:
-            if self.pool is not None:
-                self.pool.shutdown()
+            self.pool.shutdown()
 
 
-def _bundle(raw: bytes | np.ndarray) -> tuple[bytes, bytes]:
-    """(framing, zlib stream) of a ``compressed_packets`` packet holding ``raw``: the same bytes
-    as :func:`tracekit.io.perfetto_wire.compressed_frame`, in two pieces."""
-    data = deflate.compress(raw)
-    body = 2 + len(wire.varint_bytes(len(data))) + len(data)
-    return b"\x0a" + wire.varint_bytes(body) + b"\x92\x03" + wire.varint_bytes(len(data)), data
+def _bundle(raw: bytes | np.ndarray) -> list:
+    """A framed ``compressed_packets`` packet holding ``raw``: the bytes of
+    :func:`tracekit.io.perfetto_wire.compressed_frame`."""
+    src = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw
+    return [deflate.bundles(src, np.array([0, src.shape[0]], np.int64))]
 
 
 @numba.njit(cache=True)

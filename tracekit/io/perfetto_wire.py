@@ -23,6 +23,7 @@ Wire layout of a slice (one sequence per track lane, so ``track_uuid`` comes fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numba
@@ -88,9 +89,10 @@ def _put64(buf, pos, v):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+def _encode_slices(start, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
                    fo, fo_p, fi, fi_p, buf, row_end):  # pragma: no cover - compiled
-    pos = 0
+    """Packets of each row into ``buf`` from ``start``; ``row_end[i]``: where row i's end."""
+    pos = start
     n_ann = ann_iid.shape[0]
     head = np.empty(n_ann, np.int64)  # bytes of an annotation before its value: tag, size, name_iid, value tag
     for a in range(n_ann):
@@ -244,28 +246,100 @@ class SliceBatch:
         return int(self.seq.shape[0])
 
 
-def encode_slices(b: SliceBatch) -> tuple[np.ndarray, np.ndarray]:
-    """Wire bytes of the slices in ``b`` (a uint8 array) and the byte offset where each row
-    (BEGIN + END) ends."""
+def _slice_args(b: SliceBatch) -> tuple:
+    """The kernel's column arguments for ``b`` (contiguous, of the kernel's types)."""
     n = b.n
-    if n == 0:
-        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
-    k = b.ann_iid.shape[0]
     false = np.zeros(n, np.bool_)
     zero = np.zeros(n, np.uint64)
     fo = zero if b.flow_out is None else np.ascontiguousarray(b.flow_out, np.uint64)
     fi = zero if b.flow_in is None else np.ascontiguousarray(b.flow_in, np.uint64)
     fo_p = false if b.flow_out_present is None else np.ascontiguousarray(b.flow_out_present, np.bool_)
     fi_p = false if b.flow_in_present is None else np.ascontiguousarray(b.flow_in_present, np.bool_)
-    buf = np.empty(n * (64 + 20 * k + 24), np.uint8)
-    row_end = np.empty(n, np.int64)
-    size = _encode_slices(np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.begin_delta, np.uint64),
-                          np.ascontiguousarray(b.dur, np.uint64), np.ascontiguousarray(b.instant, np.bool_),
-                          np.ascontiguousarray(b.name_iid, np.uint64),
-                          np.ascontiguousarray(b.ann_vals, np.int64).view(np.uint64),
-                          np.ascontiguousarray(b.ann_present, np.bool_), np.ascontiguousarray(b.ann_iid, np.uint64),
-                          np.ascontiguousarray(b.ann_interned, np.bool_), fo, fo_p, fi, fi_p, buf, row_end)
+    return (np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.begin_delta, np.uint64),
+            np.ascontiguousarray(b.dur, np.uint64), np.ascontiguousarray(b.instant, np.bool_),
+            np.ascontiguousarray(b.name_iid, np.uint64), np.ascontiguousarray(b.ann_vals, np.int64).view(np.uint64),
+            np.ascontiguousarray(b.ann_present, np.bool_), np.ascontiguousarray(b.ann_iid, np.uint64),
+            np.ascontiguousarray(b.ann_interned, np.bool_), fo, fo_p, fi, fi_p)
+
+
+def _slice_bound(b: SliceBatch) -> int:
+    return b.n * (64 + 20 * b.ann_iid.shape[0] + 24)
+
+
+def encode_slices(b: SliceBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Wire bytes of the slices in ``b`` (a uint8 array) and the byte offset where each row
+    (BEGIN + END) ends."""
+    if b.n == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    buf = np.empty(_slice_bound(b), np.uint8)
+    row_end = np.empty(b.n, np.int64)
+    size = _encode_slices(0, *_slice_args(b), buf, row_end)
     return buf[:size], row_end
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_cuts(first_end, ends, chunk, cuts):  # pragma: no cover - compiled
+    """Greedy cuts of a stream into pieces of at most ``chunk`` bytes, cut only where a row ends
+    (at ``first_end`` when > 0, then at each of ``ends``, ascending; the last is the stream's
+    end). A row longer than ``chunk`` is a piece of its own. ``cuts`` gets 0, the cut points and
+    the end; returns how many."""
+    n = ends.shape[0]
+    total = ends[n - 1] if n else first_end
+    cuts[0] = 0
+    m = 1
+    pos = 0
+    j = 0 if first_end > 0 else 1  # candidate j: first_end for j == 0, else ends[j - 1]
+    while total - pos > chunk:
+        while j <= n and (first_end if j == 0 else ends[j - 1]) <= pos + chunk:
+            j += 1
+        last = (first_end if j == 1 else ends[j - 2]) if j >= 1 else -1
+        if last > pos:
+            cut = last
+        else:
+            cut = first_end if j == 0 else ends[j - 1]
+            j += 1
+        cuts[m] = cut
+        m += 1
+        pos = cut
+    if total > pos:
+        cuts[m] = total
+        m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_chunked(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+                    fo, fo_p, fi, fi_p, buf, row_end, chunk, compress, out):  # pragma: no cover - compiled
+    """``prefix`` then the packets of the rows, in ``buf``; with ``compress``, deflated into
+    ``compressed_packets`` bundles of about ``chunk`` bytes (cut where a row ends) in ``out``.
+    Returns the bytes in ``buf`` (plain) or ``out``. One call, without the GIL."""
+    p = prefix.shape[0]
+    buf[:p] = prefix
+    total = _encode_slices(p, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+                           fo, fo_p, fi, fi_p, buf, row_end)
+    if not compress:
+        return total
+    cuts = np.empty(row_end.shape[0] + 3, np.int64)
+    m = _chunk_cuts(p, row_end, chunk, cuts)
+    return deflate._bundles(buf[:total], cuts[:m], out)
+
+
+def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
+    """A job for :meth:`tracekit.io.perfetto_state.Sink.write_encoded`: given the packets that go
+    before, whether to deflate and the bundle size, it returns the parts to write. The arrays are
+    prepared here; the job itself is one compiled call that runs without the GIL."""
+    args = _slice_args(b)
+    bound = _slice_bound(b)
+
+    def job(prefix: bytes, compress: bool, chunk: int) -> list:
+        head = np.frombuffer(prefix, np.uint8)
+        buf = np.empty(head.shape[0] + bound, np.uint8)
+        row_end = np.empty(b.n, np.int64)
+        out = np.empty(deflate.bundle_bound(buf.shape[0], 2 * (buf.shape[0] // chunk) + 3) if compress else 0, np.uint8)
+        size = _encode_chunked(head, *args, buf, row_end, chunk, compress, out)
+        return [(out if compress else buf)[:size]]
+
+    return job
 
 
 def _frame(packet: pb.TracePacket) -> bytes:
