@@ -169,3 +169,41 @@ def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
         d = extra.track_descriptor
         node = Node(d.name, d.uuid, first.parent_uuid, "", first.sibling_order_rank)
         assert extra == descriptor(node, has_children=False)
+
+
+def _cuts_reference(first_end, ends, chunk):
+    candidates = ([first_end] if first_end > 0 else []) + list(ends)
+    total = candidates[-1] if candidates else 0
+    cuts, pos = [0], 0
+    while total - pos > chunk:
+        fitting = [c for c in candidates if pos < c <= pos + chunk]
+        pos = max(fitting) if fitting else min(c for c in candidates if c > pos)
+        cuts.append(pos)
+    if total > pos:
+        cuts.append(total)
+    return cuts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 50), st.lists(st.integers(1, 60), max_size=30), st.integers(1, 100))
+def test_chunks_are_cut_greedily_at_row_ends(first_end, rows, chunk):
+    ends = np.cumsum([first_end] + rows)[1:].astype(np.int64)
+    cuts = np.empty(len(rows) + 3, np.int64)
+    m = wire._chunk_cuts(first_end, ends, chunk, cuts)
+    assert cuts[:m].tolist() == _cuts_reference(first_end, ends.tolist(), chunk)
+
+
+@settings(max_examples=40, deadline=None)
+@given(slice_batches(), st.binary(max_size=300), st.integers(1, 400))
+def test_slice_writer_jobs_are_the_packets_prefixed_and_bundled(batch, prefix, chunk):
+    import zlib
+
+    packets = prefix + wire.encode_slices_reference(batch)
+    plain = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, False, chunk))
+    assert plain == packets
+    bundled = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, True, chunk))
+    inner = [zlib.decompress(p.compressed_packets) for p in pb.Trace.FromString(bundled).packet]
+    assert b"".join(inner) == packets
+    _data, ends = wire.encode_slices(batch)
+    row_ends = [len(prefix)] * bool(prefix) + [len(prefix) + int(e) for e in ends]
+    assert [len(x) for x in inner] == np.diff(_cuts_reference(len(prefix), row_ends[bool(prefix):], chunk)).tolist()
