@@ -13,7 +13,7 @@ written for this data and compiled with numba:
   packets better: short repeats of tag bytes would otherwise displace the useful candidates;
 * one dynamic-Huffman block per :data:`BLOCK_SYMBOLS` symbols (code lengths limited to 15 bits,
   7 for the code-length code), or a stored block where that would be smaller;
-* a 64-bit bit buffer; Adler-32 at the end.
+* a 64-bit bit buffer; Adler-32 at the end (vectorized).
 
 It runs without the GIL (a worker thread compresses one bundle while the writer encodes the next),
 and gives the same bytes on every machine (nothing depends on the zlib build). Tests hold
@@ -344,35 +344,27 @@ def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, fina
     return pos, bitbuf, bitcnt
 
 
+#: Adler-32 runs: over L bytes x_j, a gains sum(x_j) and b gains L * a + sum((L - j) * x_j).
+_ADLER_RUN = 4096
+_ADLER_WEIGHTS = np.arange(_ADLER_RUN, 0, -1).astype(np.int32)
+
+
 @numba.njit(cache=True, nogil=True)
 def _adler32(src):  # pragma: no cover - compiled
-    """Adler-32 of ``src`` as (a, b), eight bytes at a time.
-
-    Over a run of L bytes x_j, a gains sum(x_j) and b gains L * a + sum((L - j) * x_j). Per
-    eight-byte word w_m the bytes are summed in 16-bit lanes (even and odd bytes apart, so a lane
-    holds up to 256 words), the word sum S_m is folded out of the lanes, and sum((L - j) * x_j)
-    = 8 * sum_m (M - m) * S_m - sum_k k * C_k, where the first term is the sum of the running
-    totals of S_m and C_k is the lane total of byte k of every word."""
+    """Adler-32 of ``src`` as (a, b), in runs of 4096 bytes whose two sums (plain and weighted by
+    the bytes that follow) the compiler vectorizes."""
     n = src.shape[0]
-    lanes = 0x00FF00FF00FF00FF
     a, b = 1, 0
     i = 0
-    while i + 2048 <= n:
-        even, odd, total, runs = 0, 0, 0, 0
-        for m in range(256):
-            w = _load64(src, i + 8 * m)
-            e = w & lanes
-            o = (w >> 8) & lanes
-            even += e
-            odd += o
-            total += (((e + o) * 0x0001000100010001) >> 48) & 0xFFFF
-            runs += total
-        weighted = 0
-        for k in range(4):
-            weighted += 2 * k * ((even >> (16 * k)) & 0xFFFF) + (2 * k + 1) * ((odd >> (16 * k)) & 0xFFFF)
-        b = (b + 2048 * a + 8 * runs - weighted) % 65521
-        a = (a + total) % 65521
-        i += 2048
+    while i + _ADLER_RUN <= n:
+        plain, weighted = 0, 0
+        for j in range(_ADLER_RUN):
+            x = np.int64(src[i + j])
+            plain += x
+            weighted += _ADLER_WEIGHTS[j] * x
+        b = (b + _ADLER_RUN * a + weighted) % 65521
+        a = (a + plain) % 65521
+        i += _ADLER_RUN
     while i < n:
         a += src[i]
         b += a
