@@ -85,8 +85,9 @@ def test_hand_built_sequence_starts_equal_the_bindings():
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_interned_packets_equal_the_bindings(data):
-    """Interner.packets, batch after batch, defines on each sequence exactly what its rows use
-    first, one packet per sequence in sequence order, as the bindings serialize it."""
+    """Interner.packets, batch after batch, defines on each sequence exactly the event names and
+    string values its rows use first, one packet per sequence in sequence order, as the bindings
+    serialize it."""
     from tracekit.io.perfetto_state import Interner
 
     names = [f"stage{i}" for i in range(300)]
@@ -102,13 +103,11 @@ def test_interned_packets_equal_the_bindings(data):
         seq = rows(st.sampled_from([1, 2, 3, 70, 300]))
         name_iid = rows(ids)
         strings = [(rows(ids), rows(st.booleans()).astype(bool)) for _ in range(data.draw(st.integers(0, 2)))]
-        bits = rows(st.integers(0, 15))
-        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings, bits).tobytes()
+        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings).tobytes()
         want = {}
         for i in range(n):
             s = int(seq[i])
-            uses = [(0, int(name_iid[i]))] + [(1, k + 1) for k in range(4) if bits[i] >> k & 1]
-            uses += [(2, int(v[i])) for v, present in strings if present[i]]
+            uses = [(0, int(name_iid[i]))] + [(2, int(v[i])) for v, present in strings if present[i]]
             for use in uses:
                 if (s, use) not in done:
                     done.add((s, use))
@@ -119,12 +118,14 @@ def test_interned_packets_equal_the_bindings(data):
             for table, iid in sorted(want[s]):
                 if table == 0:
                     p.interned_data.event_names.add(iid=iid, name=names[iid - 1])
-                elif table == 1:
-                    p.interned_data.debug_annotation_names.add(iid=iid, name="abcd"[iid - 1])
                 else:
                     p.interned_data.debug_annotation_string_values.add(iid=iid, str=strs[iid - 1].encode())
             expected += wire.frame(p)
         assert got == expected
+    p = pb.TracePacket()
+    for k, name in enumerate("abcd"):
+        p.interned_data.debug_annotation_names.add(iid=k + 1, name=name)
+    assert it.name_entries().tobytes() == p.interned_data.SerializeToString()
 
 
 @settings(max_examples=60, deadline=None)
@@ -142,14 +143,24 @@ def test_lane_packets_equal_the_bindings(lanes):
     hi = lo + np.array([len(t) for t in tmpl])
     seqs, uuids, extra, res = (np.array([lane[k] for lane in lanes], dt) for k, dt in
                                enumerate((np.int64, np.int64, np.bool_, np.int64)))
-    got = lane_packets(seqs, uuids, extra, res, (np.frombuffer(blob, np.uint8), lo, hi)).tobytes()
-    expected = b""
-    for s, u, x, r in lanes:
-        if x:
-            n = nodes[r]
-            expected += wire.frame(descriptor(Node(n.name, u, n.parent, n.path, n.rank), has_children=False))
-        expected += wire.frame(sequence_start(s, u))
-    assert got == expected
+    names = pb.InternedData()
+    names.debug_annotation_names.add(iid=1, name="bytes")
+    names.debug_annotation_names.add(iid=2, name="tokens")
+    entries = np.frombuffer(names.SerializeToString(), np.uint8)
+    for with_names in (False, True):
+        got = lane_packets(seqs, uuids, extra, res, (np.frombuffer(blob, np.uint8), lo, hi),
+                           entries if with_names else None).tobytes()
+        expected = b""
+        for s, u, x, r in lanes:
+            if x:
+                n = nodes[r]
+                expected += wire.frame(descriptor(Node(n.name, u, n.parent, n.path, n.rank), has_children=False))
+            expected += wire.frame(sequence_start(s, u))
+            if with_names:
+                p = pb.TracePacket(trusted_packet_sequence_id=s)
+                p.interned_data.CopyFrom(names)
+                expected += wire.frame(p)
+        assert got == expected
 
 
 def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
@@ -193,12 +204,38 @@ def test_chunks_are_cut_greedily_at_row_ends(first_end, rows, chunk):
     assert cuts[:m].tolist() == _cuts_reference(first_end, ends.tolist(), chunk)
 
 
-@settings(max_examples=40, deadline=None)
-@given(slice_batches(), st.binary(max_size=300), st.integers(1, 400))
-def test_slice_writer_jobs_are_the_packets_prefixed_and_bundled(batch, prefix, chunk):
+def _with_rules(data, batch):
+    """``batch`` with presence rules on some int annotations, and the same batch with the
+    presence those rules give written out (for the reference encoder)."""
+    import copy
+
+    k, n = batch.ann_iid.shape[0], batch.n
+    r = data.draw(st.integers(1, 4))
+    implied = np.array(data.draw(st.lists(st.lists(st.integers(-2, 2), min_size=r, max_size=r), min_size=3,
+                                          max_size=3)), np.int64)
+    res = np.array(data.draw(st.lists(st.integers(0, r - 1), min_size=n, max_size=n)), np.int64)
+    rule = np.array([-1 if batch.ann_interned[a] else data.draw(st.integers(-1, 3)) for a in range(k)], np.int64)
+    ref = np.array(data.draw(st.lists(st.integers(-2, 2), min_size=k, max_size=k)), np.int64)
+    for a in range(k):
+        if rule[a] >= 0:
+            batch.ann_vals[a] = np.array(data.draw(st.lists(st.integers(-2, 2), min_size=n, max_size=n)), np.int64)
+    expected = copy.deepcopy(batch)
+    for a in range(k):
+        if rule[a] == 0:
+            expected.ann_present[a] = batch.ann_vals[a] != ref[a]
+        elif rule[a] > 0:
+            expected.ann_present[a] = batch.ann_vals[a] != implied[rule[a] - 1][res]
+    batch.ann_rule, batch.ann_ref, batch.implied, batch.res = rule, ref, implied, res
+    return batch, expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(slice_batches(), st.binary(max_size=300), st.integers(1, 400), st.data())
+def test_slice_writer_jobs_are_the_packets_prefixed_and_bundled(batch, prefix, chunk, data):
     import zlib
 
-    packets = prefix + wire.encode_slices_reference(batch)
+    batch, expected = _with_rules(data, batch)
+    packets = prefix + wire.encode_slices_reference(expected)
     plain = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, False, chunk))
     assert plain == packets
     bundled = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, True, chunk))
@@ -207,3 +244,26 @@ def test_slice_writer_jobs_are_the_packets_prefixed_and_bundled(batch, prefix, c
     _data, ends = wire.encode_slices(batch)
     row_ends = [len(prefix)] * bool(prefix) + [len(prefix) + int(e) for e in ends]
     assert [len(x) for x in inner] == np.diff(_cuts_reference(len(prefix), row_ends[bool(prefix):], chunk)).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_presence_rules(data):
+    """An int annotation is present where it differs from its default, or from the value the row's
+    resource implies; rule -1 keeps the given presence."""
+    n, k, r = data.draw(st.integers(0, 20)), data.draw(st.integers(0, 4)), data.draw(st.integers(1, 5))
+    small = st.integers(-2, 2)
+    vals = np.array(data.draw(st.lists(st.lists(small, min_size=n, max_size=n), min_size=k, max_size=k)),
+                    np.int64).reshape(k, n)
+    given_present = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=n, max_size=n), min_size=k,
+                                                max_size=k)), np.bool_).reshape(k, n)
+    rule = np.array(data.draw(st.lists(st.integers(-1, 3), min_size=k, max_size=k)), np.int64)
+    ref = np.array(data.draw(st.lists(small, min_size=k, max_size=k)), np.int64)
+    implied = np.array(data.draw(st.lists(st.lists(small, min_size=r, max_size=r), min_size=3, max_size=3)), np.int64)
+    res = np.array(data.draw(st.lists(st.integers(0, r - 1), min_size=n, max_size=n)), np.int64)
+    present = given_present.copy()
+    wire._resolve_presence(vals, present, rule, ref, implied, res)
+    for a in range(k):
+        want = (given_present[a] if rule[a] < 0 else vals[a] != ref[a] if rule[a] == 0
+                else vals[a] != implied[rule[a] - 1][res])
+        assert present[a].tolist() == want.tolist()

@@ -77,6 +77,8 @@ MAX_INTERNED_STRINGS = 1 << 16
 #: Flow ids of group g (grouped traces) are offset by g << FLOW_GROUP_SHIFT to stay unique.
 FLOW_GROUP_SHIFT = 56
 
+#: Rows of a group's table of the values resource paths imply.
+_IMPLIED_ROW = {"rank": 0, "channel": 1, "qp": 2}
 _UNITS = {"B": pb.CounterDescriptor.UNIT_SIZE_BYTES, "ns": pb.CounterDescriptor.UNIT_TIME_NS}
 _EVENTS = schemas.load("events")
 _NUMERIC = {"int32": np.int32, "int64": np.int64}
@@ -175,7 +177,8 @@ class _Group:
         self.nodes = build_tree(parent, self.paths, ids)
         self.value_set = pa.array(self.paths, pa.string())
         implied_values = [implied(p) for p in self.paths]
-        self.implied = {k: np.array([v[k] for v in implied_values], np.int64) for k in ("rank", "channel", "qp")}
+        self.implied_table = np.array([[v[k] for v in implied_values] for k in _IMPLIED_ROW], np.int64).reshape(
+            len(_IMPLIED_ROW), len(self.paths))
         self.res_nodes = [self.nodes[p] for p in self.paths]
         self.res_uuid = np.array([n.uuid for n in self.res_nodes], np.int64)
         self.counter_parents: set[int] = set()
@@ -230,7 +233,8 @@ class _Group:
         uuids = self.res_uuid[res]
         uuids[extra] = self.ids.uuids(int(extra.sum()))  # an extra lane: a sibling track, same name
         seqs = np.concatenate([lane_seq, self.ids.seqs(new - old).astype(np.uint64)])
-        self.sink.write(lane_packets(seqs[old:], uuids, extra, res, self._lane_templates(res[extra])))
+        self.sink.write(lane_packets(seqs[old:], uuids, extra, res, self._lane_templates(res[extra]),
+                                     self.interner.name_entries()))
         return seqs
 
     def _lane_templates(self, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,14 +302,16 @@ class _Group:
         present = np.empty((len(ANNOTATIONS), n), np.bool_)
         iids: list[int] = []
         interned: list[bool] = []
+        rule: list[int] = []  # how the encoder finds where an int annotation is present
+        ref: list[int] = []
         strings: list[tuple[np.ndarray, np.ndarray]] = []
-        ann_bits = np.zeros(n, np.int64)
         inline: dict[str, tuple[list, np.ndarray]] = {}  # annotation -> (values, rows written inline)
         for k, (aname, col, typ, default) in enumerate(ANNOTATIONS):
             j = len(iids)
             if typ == "int":
                 vals[j] = t[col]
-                np.not_equal(vals[j], self.implied[aname][res] if default is None else default, out=present[j])
+                rule.append(_IMPLIED_ROW[aname] + 1 if default is None else 0)
+                ref.append(0 if default is None else default)
                 iids.append(k + 1)
                 interned.append(False)
             elif t[col] is None:
@@ -327,21 +333,17 @@ class _Group:
                 spill = used & (sids == 0)  # the string table is full: inline
                 if spill.any():
                     inline[aname] = (t[col].to_pylist(), spill)
-                ann_bits |= used.astype(np.int64) << k
                 vals[j] = sids
                 np.logical_and(used, ~spill, out=present[j])
+                rule.append(-1)
+                ref.append(0)
                 iids.append(k + 1)
                 interned.append(True)
                 strings.append((sids, present[j]))
-                continue
             else:  # free text (captured kernels' args): those rows take the slow path
                 used = _bools(pc.not_equal(t[col], default))
-                if not used.any():
-                    continue
-                inline[aname] = (t[col].to_pylist(), used)
-                ann_bits |= used.astype(np.int64) << k
-                continue
-            ann_bits |= present[j].astype(np.int64) << k
+                if used.any():
+                    inline[aname] = (t[col].to_pylist(), used)
         flows = {}
         for col in ("flow_out", "flow_in"):
             raw, valid = t[col], t[col + "_ok"]
@@ -355,9 +357,10 @@ class _Group:
             flow_out=flows["flow_out"][0], flow_out_present=flows["flow_out"][1],
             flow_in=flows["flow_in"][0], flow_in_present=flows["flow_in"][1],
             ann_vals=vals[:k], ann_present=present[:k], ann_iid=np.array(iids, np.uint64),
-            ann_interned=np.array(interned, np.bool_),
+            ann_interned=np.array(interned, np.bool_), ann_rule=np.array(rule, np.int64),
+            ann_ref=np.array(ref, np.int64), implied=self.implied_table, res=res,
         )
-        self.sink.write(it.packets(seq, name_iid, strings, ann_bits))
+        self.sink.write(it.packets(seq, name_iid, strings))
         if not inline:
             self.sink.write_encoded(wire.slice_writer(batch), 100 * n)
             return

@@ -136,12 +136,6 @@ def _first_uses(seq, iids, present, seen, flags):  # pragma: no cover - compiled
             flags[i] = 1
 
 
-@numba.njit(cache=True)
-def _or_bits(seq, bits, seq_bits):  # pragma: no cover - compiled
-    for i in range(seq.shape[0]):
-        seq_bits[seq[i]] |= bits[i]
-
-
 @numba.njit(cache=True, inline="always")
 def _vlen(v):  # pragma: no cover - compiled
     n = 1
@@ -192,10 +186,11 @@ def _interned_packets(ent_seq, ent_table, ent_iid, blob, lo, hi, out):  # pragma
 
 
 @numba.njit(cache=True)
-def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, out):  # pragma: no cover - compiled
+def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, names, out):  # pragma: no cover
     """For each new lane: its TrackDescriptor when it is an extra lane (the resource's template
-    ``tmpl[tmpl_lo[r]:tmpl_hi[r]]`` after a fresh uuid), then its sequence start packet (see
-    :func:`sequence_start`)."""
+    ``tmpl[tmpl_lo[r]:tmpl_hi[r]]`` after a fresh uuid), its sequence start packet (see
+    :func:`sequence_start`), then, when ``names`` is not empty, an interned-data packet holding
+    those serialized entries."""
     pos = 0
     for i in range(seqs.shape[0]):
         u = uuids[i]
@@ -234,6 +229,16 @@ def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, out
         out[pos + 1] = 0x03
         out[pos + 2] = CLOCK_ID
         pos += 3
+        m = names.shape[0]
+        if m:
+            out[pos] = 0x0A
+            pos = _put(out, pos + 1, 1 + _vlen(seqs[i]) + 1 + _vlen(m) + m)
+            out[pos] = 0x50
+            pos = _put(out, pos + 1, seqs[i])
+            out[pos] = 0x62
+            pos = _put(out, pos + 1, m)
+            out[pos:pos + m] = names
+            pos += m
     return pos
 
 
@@ -278,7 +283,6 @@ class Interner:
         self.strings_by_iid: list[str] = [""]
         self.seen_names = np.zeros((64, _DENSE), np.bool_)
         self.seen_strings = np.zeros((64, _DENSE), np.bool_)
-        self.seq_bits = np.zeros(64, np.int64)
         self.sparse = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # sorted seq << 32 | iid emitted
         # serialized entries by (table, iid): 0 event names, 1 annotation names, 2 string values
         # (the order the serializer writes InternedData's fields 2, 3 and 29 in); id 0 unused
@@ -287,9 +291,17 @@ class Interner:
             self.entries.add(table, b"")
         for k in range(len(annotation_names)):
             self.entries.add(1, _entry(b"\x1a", k + 1, annotation_names[k]))
+        self._name_entries: np.ndarray | None = None
+
+    def name_entries(self) -> np.ndarray:
+        """The InternedData entries defining every annotation name (ids 1..), serialized."""
+        if self._name_entries is None:
+            blob, lo, hi = self.entries.arrays()
+            self._name_entries = blob[lo[1, 1]:hi[1, len(self.annotation_names)]].copy()
+        return self._name_entries
 
     def _grow(self, seq_max: int) -> None:
-        rows = self.seq_bits.shape[0]
+        rows = self.seen_names.shape[0]
         if seq_max < rows:
             return
         new = max(2 * rows, seq_max + 1)
@@ -298,9 +310,6 @@ class Interner:
             grown = np.zeros((new, _DENSE), np.bool_)
             grown[:rows] = old
             setattr(self, name, grown)
-        bits = np.zeros(new, np.int64)
-        bits[:rows] = self.seq_bits
-        self.seq_bits = bits
 
     @staticmethod
     def encode(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
@@ -351,11 +360,11 @@ class Interner:
                 keys = np.concatenate([keys, fresh])
         return keys
 
-    def packets(self, seq: np.ndarray, name_iid: np.ndarray, strings: list[tuple[np.ndarray, np.ndarray]],
-                ann_bits: np.ndarray) -> np.ndarray:
-        """Framed interned-data packets defining, on each sequence, what these rows use that the
-        sequence has not seen yet (one packet per such sequence, by sequence id). ``strings``:
-        (ids, present) pairs; ``ann_bits``: each row's bitmask of annotation names."""
+    def packets(self, seq: np.ndarray, name_iid: np.ndarray, strings: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Framed interned-data packets defining, on each sequence, the event names and string
+        values these rows use that the sequence has not seen yet (one packet per such sequence,
+        by sequence id). ``strings``: (ids, present) pairs. Annotation names are defined when a
+        sequence starts (:meth:`name_entries`)."""
         n = seq.shape[0]
         if n == 0:
             return np.zeros(0, np.uint8)
@@ -366,14 +375,6 @@ class Interner:
         for iids, present in strings:
             keys.append(self._new(1, seq64, iids, present, self.seen_strings))
             tables.append(np.full(keys[-1].shape[0], 2, np.int64))
-        before = self.seq_bits.copy()
-        _or_bits(seq64, ann_bits.astype(np.int64), self.seq_bits)
-        changed = np.flatnonzero(before != self.seq_bits)
-        new_bits = self.seq_bits[changed] & ~before[changed]
-        for k in range(len(self.annotation_names)):
-            s = changed[(new_bits >> k) & 1 == 1]
-            keys.append((s << 32) | (k + 1))
-            tables.append(np.ones(s.shape[0], np.int64))
         key = np.concatenate(keys)
         if key.size == 0:
             return np.zeros(0, np.uint8)
@@ -394,15 +395,18 @@ def _entry(tag: bytes, iid: int, text: str) -> bytes:
 
 
 def lane_packets(seqs: np.ndarray, uuids: np.ndarray, extra: np.ndarray, res: np.ndarray,
-                 templates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+                 templates: tuple[np.ndarray, np.ndarray, np.ndarray], names: np.ndarray | None = None) -> np.ndarray:
     """Framed packets that open new lanes: for each, a TrackDescriptor where ``extra`` (a sibling
-    track: the descriptor body ``templates`` holds for its resource, after uuid field 1), then
-    the start of its sequence (:func:`sequence_start`, byte for byte)."""
+    track: the descriptor body ``templates`` holds for its resource, after uuid field 1), the
+    start of its sequence (:func:`sequence_start`, byte for byte), and an interned-data packet
+    with the serialized entries ``names`` (the annotation names) if given."""
     tmpl, lo, hi = templates
-    size = int((hi[res[extra]] - lo[res[extra]]).sum()) + 24 * int(extra.sum()) + (_SNAPSHOT.size + 40) * seqs.size
+    names = np.zeros(0, np.uint8) if names is None else names
+    size = (int((hi[res[extra]] - lo[res[extra]]).sum()) + 24 * int(extra.sum())
+            + (_SNAPSHOT.size + 40 + names.size + 20) * seqs.size)
     out = np.empty(size, np.uint8)
     n = _lane_packets(seqs.astype(np.int64), uuids.astype(np.int64), extra, res.astype(np.int64), tmpl, lo, hi,
-                      _SNAPSHOT, out)
+                      _SNAPSHOT, names, out)
     return out[:n]
 
 

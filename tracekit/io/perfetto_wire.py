@@ -229,6 +229,13 @@ class SliceBatch:
     ann_present: np.ndarray | None = None
     ann_iid: np.ndarray | None = None
     ann_interned: np.ndarray | None = None
+    # presence rules, applied when encoding: annotation a is present where its value differs
+    # from ann_ref[a] (ann_rule[a] == 0) or from implied[ann_rule[a] - 1, res[i]] (> 0);
+    # ann_rule[a] == -1 keeps ann_present[a] as given
+    ann_rule: np.ndarray | None = None
+    ann_ref: np.ndarray | None = None
+    implied: np.ndarray | None = None
+    res: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.ann_vals is None:
@@ -240,10 +247,30 @@ class SliceBatch:
                 self.ann_present[j] = a.present
             self.ann_iid = np.array([a.name_iid for a in self.annotations], np.uint64)
             self.ann_interned = np.array([a.interned for a in self.annotations], np.bool_)
+        k = self.ann_iid.shape[0]
+        if self.ann_rule is None:
+            self.ann_rule = np.full(k, -1, np.int64)
+            self.ann_ref = np.zeros(k, np.int64)
+        if self.implied is None:
+            self.implied = np.zeros((0, 1), np.int64)
+            self.res = np.zeros(self.n, np.int64)
 
     @property
     def n(self) -> int:
         return int(self.seq.shape[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _resolve_presence(vals, present, rule, ref, implied, res):  # pragma: no cover - compiled
+    """Fill ``present`` from the rules of :class:`SliceBatch` (``vals`` as int64 or its uint64 view)."""
+    for a in range(rule.shape[0]):
+        r = rule[a]
+        if r == 0:
+            for i in range(vals.shape[1]):
+                present[a, i] = np.int64(vals[a, i]) != ref[a]
+        elif r > 0:
+            for i in range(vals.shape[1]):
+                present[a, i] = np.int64(vals[a, i]) != implied[r - 1, res[i]]
 
 
 def _slice_args(b: SliceBatch) -> tuple:
@@ -262,6 +289,11 @@ def _slice_args(b: SliceBatch) -> tuple:
             np.ascontiguousarray(b.ann_interned, np.bool_), fo, fo_p, fi, fi_p)
 
 
+def _rule_args(b: SliceBatch) -> tuple:
+    return (np.ascontiguousarray(b.ann_rule, np.int64), np.ascontiguousarray(b.ann_ref, np.int64),
+            np.ascontiguousarray(b.implied, np.int64), np.ascontiguousarray(b.res, np.int64))
+
+
 def _slice_bound(b: SliceBatch) -> int:
     return b.n * (64 + 20 * b.ann_iid.shape[0] + 24)
 
@@ -271,6 +303,7 @@ def encode_slices(b: SliceBatch) -> tuple[np.ndarray, np.ndarray]:
     (BEGIN + END) ends."""
     if b.n == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    _resolve_presence(b.ann_vals, b.ann_present, *_rule_args(b))
     buf = np.empty(_slice_bound(b), np.uint8)
     row_end = np.empty(b.n, np.int64)
     size = _encode_slices(0, *_slice_args(b), buf, row_end)
@@ -309,10 +342,12 @@ def _chunk_cuts(first_end, ends, chunk, cuts):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _encode_chunked(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
-                    fo, fo_p, fi, fi_p, buf, row_end, chunk, compress, out):  # pragma: no cover - compiled
+                    fo, fo_p, fi, fi_p, rule, ref, implied, res, buf, row_end, chunk, compress,
+                    out):  # pragma: no cover - compiled
     """``prefix`` then the packets of the rows, in ``buf``; with ``compress``, deflated into
     ``compressed_packets`` bundles of about ``chunk`` bytes (cut where a row ends) in ``out``.
     Returns the bytes in ``buf`` (plain) or ``out``. One call, without the GIL."""
+    _resolve_presence(ann_vals, ann_present, rule, ref, implied, res)
     p = prefix.shape[0]
     buf[:p] = prefix
     total = _encode_slices(p, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
@@ -328,7 +363,7 @@ def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
     """A job for :meth:`tracekit.io.perfetto_state.Sink.write_encoded`: given the packets that go
     before, whether to deflate and the bundle size, it returns the parts to write. The arrays are
     prepared here; the job itself is one compiled call that runs without the GIL."""
-    args = _slice_args(b)
+    args = _slice_args(b) + _rule_args(b)
     bound = _slice_bound(b)
 
     def job(prefix: bytes, compress: bool, chunk: int) -> list:
