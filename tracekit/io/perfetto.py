@@ -82,6 +82,7 @@ _IMPLIED_ROW = {"rank": 0, "channel": 1, "qp": 2}
 _UNITS = {"B": pb.CounterDescriptor.UNIT_SIZE_BYTES, "ns": pb.CounterDescriptor.UNIT_TIME_NS}
 _EVENTS = schemas.load("events")
 _NUMERIC = {"int32": np.int32, "int64": np.int64}
+_EVENTS_DEFAULTS = {f.name: f.default for f in _EVENTS.fields}
 
 
 def implied_index(path: str, prefix: str) -> int:
@@ -119,9 +120,8 @@ def _sorted_by_ts(t: pa.Table) -> pa.Table:
 
 def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
     """The columns of one batch (rows ``start``...) of a table already checked against events.v1
-    (on its empty slice): numeric columns as numpy, strings as Arrow (None when absent: all
-    default), absent numeric columns filled with their defaults, nullable ones as values (int64)
-    and ``<name>_ok`` (bool)."""
+    (on its empty slice): numeric columns as numpy, strings as Arrow, None for an absent column
+    (every row has the default), nullable ones as values (int64) and ``<name>_ok`` (bool)."""
     n = t.num_rows
     out: dict[str, Any] = {"num_rows": n}
     names = set(t.column_names)
@@ -141,10 +141,8 @@ def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
                                                                              np.zeros(n, np.bool_))
         elif f.nullable:
             out[f.name], out[f.name + "_ok"] = np.zeros(n, np.int64), np.zeros(n, np.bool_)
-        elif f.type in _NUMERIC:
-            out[f.name] = np.full(n, f.default, _NUMERIC[f.type])
         else:
-            out[f.name] = None  # an absent string column: every row has the default
+            out[f.name] = None  # an absent column: every row has the default
     return out
 
 
@@ -297,7 +295,6 @@ class _Group:
         it = self.interner
         stage_idx, stage_values = it.encode(t["stage"])
         name_iid = it.event_name_ids(stage_values)[stage_idx]
-        stage_sid = it.string_ids(stage_values)[stage_idx]  # to compare names with stages by id
         vals = np.empty((len(ANNOTATIONS), n), np.int64)  # rows 0..k-1: the annotations written
         present = np.empty((len(ANNOTATIONS), n), np.bool_)
         iids: list[int] = []
@@ -309,7 +306,12 @@ class _Group:
         for k, (aname, col, typ, default) in enumerate(ANNOTATIONS):
             j = len(iids)
             if typ == "int":
-                vals[j] = t[col]
+                if t[col] is None:  # an absent column
+                    if default is not None:
+                        continue  # every row has the default: never written
+                    vals[j] = _EVENTS_DEFAULTS[col]
+                else:
+                    vals[j] = t[col]
                 rule.append(_IMPLIED_ROW[aname] + 1 if default is None else 0)
                 ref.append(0 if default is None else default)
                 iids.append(k + 1)
@@ -324,7 +326,7 @@ class _Group:
                 idx, values = it.encode(t[col])
                 if default is None:  # name: written where it differs from the stage
                     sids = it.string_ids(values, capped=True)[idx]
-                    used = sids != stage_sid
+                    used = sids != it.string_ids(stage_values)[stage_idx]  # compared by id
                 else:
                     sids = it.string_ids(values)[idx]
                     used = sids != it.strings.get(default, 0)

@@ -119,21 +119,34 @@ def _bundle(raw: bytes | np.ndarray) -> list:
 
 
 @numba.njit(cache=True)
-def _first_uses(seq, iids, present, seen, flags):  # pragma: no cover - compiled
-    """Mark rows whose (sequence, id) is new and record it in ``seen``; ids beyond the dense
-    table are flagged -1 for the caller's sorted set."""
-    cap = seen.shape[1]
-    for i in range(seq.shape[0]):
-        if not present[i]:
-            continue
-        v = iids[i]
-        if v >= cap:
-            flags[i] = -1
-            continue
-        s = seq[i]
-        if not seen[s, v]:
-            seen[s, v] = True
-            flags[i] = 1
+def _first_uses(seq, iids, present, table, seen, keys, key_table, far):  # pragma: no cover - compiled
+    """The (sequence, id) pairs that rows use for the first time, in tables ``table[c]`` of
+    columns ``c`` of ``iids`` (where ``present``), recorded in ``seen[table, sequence, id]``:
+    (a bit per id), ``keys`` gets sequence << 32 | id and ``key_table`` the table. Ids past the
+    dense table go
+    to ``far`` (column << 32 | row) for the caller. Returns (pairs, far rows)."""
+    cap = 64 * seen.shape[2]
+    m = 0
+    f = 0
+    for c in range(iids.shape[0]):
+        t = table[c]
+        for i in range(seq.shape[0]):
+            if not present[c, i]:
+                continue
+            v = iids[c, i]
+            s = seq[i]
+            if v >= cap:
+                far[f] = (c << 32) | i
+                f += 1
+                continue
+            bit = np.int64(1) << (v & 63)
+            w = seen[t, s, v >> 6]
+            if not w & bit:
+                seen[t, s, v >> 6] = w | bit
+                keys[m] = (s << 32) | v
+                key_table[m] = t
+                m += 1
+    return m, f
 
 
 @numba.njit(cache=True, inline="always")
@@ -281,8 +294,7 @@ class Interner:
         self.strings: dict[str, int] = {}
         self.names_by_iid: list[str] = [""]
         self.strings_by_iid: list[str] = [""]
-        self.seen_names = np.zeros((64, _DENSE), np.bool_)
-        self.seen_strings = np.zeros((64, _DENSE), np.bool_)
+        self.seen = np.zeros((2, 64, _DENSE // 64), np.int64)  # bits [event names | strings, sequence, id]
         self.sparse = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # sorted seq << 32 | iid emitted
         # serialized entries by (table, iid): 0 event names, 1 annotation names, 2 string values
         # (the order the serializer writes InternedData's fields 2, 3 and 29 in); id 0 unused
@@ -301,15 +313,12 @@ class Interner:
         return self._name_entries
 
     def _grow(self, seq_max: int) -> None:
-        rows = self.seen_names.shape[0]
+        rows = self.seen.shape[1]
         if seq_max < rows:
             return
-        new = max(2 * rows, seq_max + 1)
-        for name in ("seen_names", "seen_strings"):
-            old = getattr(self, name)
-            grown = np.zeros((new, _DENSE), np.bool_)
-            grown[:rows] = old
-            setattr(self, name, grown)
+        grown = np.zeros((2, max(2 * rows, seq_max + 1), _DENSE // 64), np.int64)
+        grown[:, :rows] = self.seen
+        self.seen = grown
 
     @staticmethod
     def encode(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
@@ -343,23 +352,6 @@ class Interner:
         """Ids of ``values`` in the string-value table (capped: at most ``max_strings`` entries)."""
         return self._ids(values, self.strings, self.strings_by_iid, self.max_strings if capped else None, 2)
 
-    def _new(self, k: int, seq64: np.ndarray, iids: np.ndarray, present: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """seq << 32 | iid of the (sequence, id) pairs of table ``k`` these rows use first."""
-        flags = np.zeros(seq64.shape[0], np.int8)
-        iids64 = iids.astype(np.int64)
-        _first_uses(seq64, iids64, present, seen, flags)
-        rows = np.flatnonzero(flags == 1)
-        keys = (seq64[rows] << 32) | iids64[rows]
-        far = np.flatnonzero(flags == -1)
-        if far.size:
-            cand = np.unique((seq64[far] << 32) | iids64[far])
-            done = self.sparse[k]
-            fresh = cand[~np.isin(cand, done, assume_unique=True)]
-            if fresh.size:
-                self.sparse[k] = np.union1d(done, fresh)
-                keys = np.concatenate([keys, fresh])
-        return keys
-
     def packets(self, seq: np.ndarray, name_iid: np.ndarray, strings: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Framed interned-data packets defining, on each sequence, the event names and string
         values these rows use that the sequence has not seen yet (one packet per such sequence,
@@ -370,11 +362,30 @@ class Interner:
             return np.zeros(0, np.uint8)
         self._grow(int(seq.max()))
         seq64 = seq.astype(np.int64)
-        keys = [self._new(0, seq64, name_iid, np.ones(n, np.bool_), self.seen_names)]
-        tables = [np.zeros(keys[0].shape[0], np.int64)]
-        for iids, present in strings:
-            keys.append(self._new(1, seq64, iids, present, self.seen_strings))
-            tables.append(np.full(keys[-1].shape[0], 2, np.int64))
+        m = 1 + len(strings)
+        iids = np.empty((m, n), np.int64)
+        present = np.ones((m, n), np.bool_)
+        iids[0] = name_iid
+        for c, (ids, used) in enumerate(strings):
+            iids[c + 1] = ids
+            present[c + 1] = used
+        table = np.array([0] + [1] * len(strings), np.int64)
+        keys, key_table, far = np.empty(m * n, np.int64), np.empty(m * n, np.int64), np.empty(m * n, np.int64)
+        k, f = _first_uses(seq64, iids, present, table, self.seen, keys, key_table, far)
+        key, tables = [keys[:k]], [key_table[:k] * 2]  # blob tables: 0 event names, 2 strings
+        for t in (0, 1):
+            col, row = far[:f] >> 32, far[:f] & 0xFFFFFFFF
+            sel = table[col] == t
+            if not sel.any():
+                continue
+            cand = np.unique((seq64[row[sel]] << 32) | iids[col[sel], row[sel]])
+            done = self.sparse[t]
+            fresh = cand[~np.isin(cand, done, assume_unique=True)]
+            if fresh.size:
+                self.sparse[t] = np.union1d(done, fresh)
+                key.append(fresh)
+                tables.append(np.full(fresh.size, 2 * t, np.int64))
+        keys = key
         key = np.concatenate(keys)
         if key.size == 0:
             return np.zeros(0, np.uint8)
