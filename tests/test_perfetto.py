@@ -290,3 +290,10 @@ def test_compiled_flow_plan_agrees_with_the_checked_one(data):
         assert str(got.value) == str(exc)
         return
     assert pf._flow_plan(t, "x").tolist() == want.tolist()
+
+
+def test_values_implied_by_resource_paths():
+    assert pf.implied("node0/rank3/nic0/qp5") == {"rank": 3, "channel": -1, "qp": 5}
+    assert pf.implied("node1/rank12/sm/ch4/a") == {"rank": 12, "channel": 4, "qp": -1}
+    assert pf.implied("switch0/port2") == {"rank": -1, "channel": -1, "qp": -1}
+    assert pf.implied("rank1/rank2/ch3x/ch") == {"rank": 1, "channel": -1, "qp": -1}  # first segment of a kind

@@ -94,9 +94,19 @@ def implied_index(path: str, prefix: str) -> int:
     return -1
 
 
+_IMPLIED_SEGMENT = re.compile(r"(rank|ch|qp)(\d+)")
+_IMPLIED_KEY = {"rank": "rank", "ch": "channel", "qp": "qp"}
+
+
 def implied(path: str) -> dict[str, int]:
-    """The annotation values a resource path implies (left out of the trace when equal)."""
-    return {"rank": implied_rank(path), "channel": implied_index(path, "ch"), "qp": implied_index(path, "qp")}
+    """The annotation values a resource path implies (left out of the trace when equal): the
+    number of its first ``rank<r>``, ``ch<c>`` and ``qp<q>`` segment, -1 without one."""
+    out = {"rank": -1, "channel": -1, "qp": -1}
+    for seg in reversed(path.split("/")):  # the first segment of a kind wins
+        m = _IMPLIED_SEGMENT.fullmatch(seg)
+        if m:
+            out[_IMPLIED_KEY[m.group(1)]] = int(m.group(2))
+    return out
 
 
 def _to_arrow(table: pl.DataFrame | pa.Table | None, what: str) -> pa.Table | None:
