@@ -116,11 +116,14 @@ def test_info_rejects_bad_file(tmp_path, capsys):
 def test_demo_summary(tmp_path, capsys):
     code, stdout, err = _run(capsys, "demo", "-o", tmp_path / "d")
     assert code == 0 and not err
-    for text in ("EP16 on 2 nodes x 8 GPUs", "to other nodes (RDMA)", "busiest rank", "hottest expert",
-                 "routing.parquet"):
+    for text in ("EP16 on 2 nodes x 8 GPUs", "dispatch", "combine", "bottleneck", "conservation: ok",
+                 "ui.perfetto.dev", "timeline.pftrace"):
         assert text in stdout, text
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["routing.parquet", "traffic.parquet"]
-    assert _run(capsys, "validate", tmp_path / "d" / "routing.parquet", tmp_path / "d" / "traffic.parquet")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "counters.parquet", "events.parquet", "routing.parquet", "summary.json", "timeline.pftrace", "traffic.parquet"]
+    files = [tmp_path / "d" / f for f in ("routing.parquet", "traffic.parquet", "events.parquet", "counters.parquet",
+                                           "timeline.pftrace")]
+    assert _run(capsys, "validate", *files)[0] == 0
 
 
 def test_hw_list_and_show(capsys):

@@ -75,6 +75,12 @@ def test_real_deepep_trace():
         if a["stage"] == "notify":
             assert a["phase"] == b["phase"] and b["stage"] in ("dispatch", "combine")
     assert set(deepep.filter(pl.col("stage") == "combine")["phase"]) == {"combine"}
+    # the n-th dispatch (combine) kernel of a step is layer n; its layout and notify share its layer
+    for stage in ("dispatch", "combine"):
+        assert sorted(deepep.filter(pl.col("stage") == stage)["layer"].to_list()) == list(range(8))
+    for a, b in zip(rows, rows[1:]):
+        if a["stage"] in ("layout", "notify") and b["stage"] in ("dispatch", "combine", "notify"):
+            assert a["layer"] == b["layer"]
     compute = ev.filter(pl.col("kind") == "compute")
     assert compute.height > 900 and set(compute["stage"]) == {"compute"}
     assert ev.filter(pl.col("kind") == "annotation")["name"].str.contains("dispatch").any()

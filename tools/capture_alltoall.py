@@ -16,6 +16,14 @@ world_size per rank), then runs, under
     expert   one matmul over the received tokens (the expert compute)
     combine  all_to_all_single back, then the weighted top-k sum on the source rank
 
+With ``--shared-expert N`` each step also runs a shared expert on the rank's own tokens (an
+[H, N] up-projection with SiLU launched just before the dispatch all-to-all, the [N, H]
+down-projection just before the combine all-to-all, added to the output at the end). Without
+``--overlap`` it runs on the main stream, serialised with the all-to-alls; with ``--overlap`` the
+same kernels run on a second stream, concurrent with the all-to-alls (the overlap DeepSeek-V3
+uses). Both variants launch the same kernels, so their summed kernel durations match while the
+communication left exposed differs.
+
 Outputs in ``--out``: ``rank<r>.pt.trace.json.gz`` (one Kineto trace per rank), ``routing.npz``
 (``topk_idx`` int64 [world, tokens, topk] with -1 for nothing masked here, ``topk_weights``
 float32, and the sizes), and ``capture.json`` (versions, device, settings, per-phase timings from
@@ -84,6 +92,22 @@ def _worker(rank: int, args, port: int) -> None:
     send_counts = torch.bincount(dst, minlength=W)
     x = torch.randn(T, H, device=dev, dtype=torch.bfloat16)
     w_expert = torch.randn(H, H, device=dev, dtype=torch.bfloat16) / H ** 0.5
+    S = args.shared_expert
+    w_up = torch.randn(H, max(S, 1), device=dev, dtype=torch.bfloat16) / H ** 0.5
+    w_down = torch.randn(max(S, 1), H, device=dev, dtype=torch.bfloat16) / max(S, 1) ** 0.5
+    side = torch.cuda.Stream(device=dev) if args.overlap else None
+
+    def shared(fn):
+        """Run ``fn`` on the main stream, or on the side stream after what the main stream queued."""
+        if side is None:
+            return fn()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            return fn()
+
+    def join() -> None:
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
     start = {k: torch.cuda.Event(enable_timing=True) for k in ("notify", "dispatch", "expert", "combine")}
     end = {k: torch.cuda.Event(enable_timing=True) for k in start}
     timings: dict[str, list[float]] = {k: [] for k in start}
@@ -100,6 +124,9 @@ def _worker(rank: int, args, port: int) -> None:
             start["dispatch"].record()
             send = x.index_select(0, tok)
             recv = torch.empty(sum(out_splits), H, device=dev, dtype=torch.bfloat16)
+            if S:
+                with record_function("shared_expert"):
+                    h = shared(lambda: torch.nn.functional.silu(x @ w_up))
             dist.all_to_all_single(recv, send, out_splits, in_splits)
             end["dispatch"].record()
         with record_function("expert"):
@@ -109,9 +136,15 @@ def _worker(rank: int, args, port: int) -> None:
         with record_function("combine"):
             start["combine"].record()
             back = torch.empty(sum(in_splits), H, device=dev, dtype=torch.bfloat16)
+            if S:
+                with record_function("shared_expert"):
+                    s_out = shared(lambda: h @ w_down)
             dist.all_to_all_single(back, y, in_splits, out_splits)
             out = torch.zeros(T, H, device=dev, dtype=torch.float32)
             out.index_add_(0, tok, back.float())
+            if S:
+                join()
+                out += s_out.float()
             end["combine"].record()
         torch.cuda.synchronize()
         for k in start:
@@ -156,7 +189,8 @@ def _worker(rank: int, args, port: int) -> None:
             "gpus": [torch.cuda.get_device_name(i) for i in range(W)],
             "env": {k: os.environ.get(k) for k in SAFE_ENV},
             "settings": {k: getattr(args, k) for k in ("world_size", "tokens", "hidden", "experts", "topk", "seed",
-                                                       "steps", "warmup", "skew", "annotate")},
+                                                       "steps", "warmup", "skew", "annotate", "shared_expert",
+                                                       "overlap")},
             "ranks": [],
         }
         for r, t in enumerate(all_t):
@@ -193,6 +227,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
     ap.add_argument("--skew", type=float, default=0.0,
                     help="add this to the scores of the last rank's experts (uneven traffic; 0 = none)")
+    ap.add_argument("--shared-expert", type=int, default=0, metavar="N",
+                    help="also run a shared expert of intermediate size N around the all-to-alls (0 = none)")
+    ap.add_argument("--overlap", action="store_true",
+                    help="run the shared expert on a second stream, concurrent with the all-to-alls")
     ap.add_argument("--no-annotate", dest="annotate", action="store_false",
                     help="no record_function scopes (importers must infer dispatch/combine)")
     args = ap.parse_args()

@@ -32,6 +32,7 @@ class ReplayResult:
     counters: pl.DataFrame
     summary: dict[str, Any]
     phases: list[PhaseResult] = field(default_factory=list)
+    memops: pl.DataFrame | None = None  # with ReplayConfig.record_memops
 
 
 def _check_inputs(routing: Routing, hw: Profile, cfg: ReplayConfig) -> None:
@@ -43,6 +44,11 @@ def _check_inputs(routing: Routing, hw: Profile, cfg: ReplayConfig) -> None:
             f"routing has gpus_per_node={m.gpus_per_node} but hardware profile {hw.name} has "
             f"{hw.system.gpus_per_node}",
             fix="synthesise the routing with --gpus-per-node matching the profile, or choose another profile",
+        )
+    if cfg.record_memops and m.ep_size > m.gpus_per_node:
+        raise TracekitError(
+            f"--record-memops covers the NVLink rings of an intranode dispatch; this workload spans "
+            f"{m.num_nodes} nodes", fix="replay a single-node workload (ep <= gpus per node) to record memory operations",
         )
     if m.ep_size > m.gpus_per_node and m.ep_size % m.gpus_per_node:
         raise TracekitError(f"ep_size={m.ep_size} is not a whole number of {m.gpus_per_node}-GPU nodes",
@@ -62,11 +68,11 @@ def replay(
     _check_inputs(routing, hw, cfg)
     t0 = 0
     ids = {"flow": 1, "msg": 0}
-    events, counters, phases = [], [], []
+    events, counters, phases, memops = [], [], [], []
     for step, layer in routing.steps_layers():
         part = routing.select(step, layer)
         layout = dispatch_layout(part)
-        for builder in (build_dispatch, build_combine):
+        for builder in _builders(cfg.mode):
             built: Built = builder(part, layout, hw, cfg)
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
@@ -74,6 +80,10 @@ def replay(
             ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids)
             events.append(ev)
             counters.append(ctr)
+            if cfg.record_memops and built.phase == "dispatch":
+                from tracekit.model.memops import ring_memops
+
+                memops.append(ring_memops(built, sched, t0=t0))
             phases.append(result)
             t0 = result.end_ns
             if on_phase is not None:
@@ -84,7 +94,22 @@ def replay(
         counters=pl.concat(counters, how="vertical"),
         summary=summary,
         phases=phases,
+        memops=_renumber(memops) if cfg.record_memops else None,
     )
+
+
+def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """One memops table over all phases: seq runs on across them."""
+    out = pl.concat(parts, how="vertical")
+    return out.with_columns(pl.int_range(0, out.height, dtype=pl.Int64).alias("seq"))
+
+
+def _builders(mode: str):
+    if mode == "low_latency":
+        from tracekit.model.low_latency import build_ll_combine, build_ll_dispatch
+
+        return build_ll_dispatch, build_ll_combine
+    return build_dispatch, build_combine
 
 
 def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
@@ -100,7 +125,8 @@ def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
         for k, v in r.summary["stalls"].items():
             stalls[k] = stalls.get(k, 0) + v
     finish = np.concatenate([r.rank_finish for r in results])
-    bw = {k: float(np.mean([r.summary["bandwidth_gbps"][k] for r in results])) for k in results[0].summary["bandwidth_gbps"]}
+    bw = {k: (float(np.mean([r.summary["bandwidth_gbps"][k] for r in results])) if k != "unit" else v)
+          for k, v in results[0].summary["bandwidth_gbps"].items()}
     bottlenecks = [r.summary["bottleneck"]["resource_kind"] for r in results]
     worst = max(results, key=lambda r: r.summary["latency_ns"])
     return {

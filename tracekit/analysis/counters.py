@@ -159,6 +159,7 @@ def phase_counters(built: Built, sched: Schedule, t0: int, result) -> pl.DataFra
         grid = np.round(busy[used], 6)
         change = np.ones_like(grid, dtype=bool)
         change[:, 1:] = grid[:, 1:] != grid[:, :-1]
+        change[:, -(-span // width):] = False  # only bins that start inside the phase
         ri, bi = np.nonzero(change)
         out.add(bi * width, used[ri], grid[ri, bi], list(g.res_names), ["utilisation"] * nres, ["1"] * nres)
     return out.frame(t0)

@@ -68,13 +68,17 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
     tokens_attr = g.attr("tokens")
     R = layout.ep_size
     row, where, task = built.delivery_row, built.delivery_rank, built.delivery_task
-    expected = np.argwhere(layout.is_token_in_rank)
-    if row.shape[0] != expected.shape[0]:
-        raise ConservationError(f"{phase}: {row.shape[0]} deliveries for {expected.shape[0]} (token, rank) pairs")
-    key = row * R + where
-    counts = np.bincount(key, minlength=layout.is_token_in_rank.size)
-    if counts.max(initial=0) > 1 or not np.array_equal(np.flatnonzero(counts), np.flatnonzero(layout.is_token_in_rank.reshape(-1))):
-        raise ConservationError(f"{phase}: a (token, rank) pair was delivered twice or not at all")
+    if built.delivery_expert is not None:
+        _check_selections(built, routing, phase)
+    else:
+        expected = np.argwhere(layout.is_token_in_rank)
+        if row.shape[0] != expected.shape[0]:
+            raise ConservationError(f"{phase}: {row.shape[0]} deliveries for {expected.shape[0]} (token, rank) pairs")
+        key = row * R + where
+        counts = np.bincount(key, minlength=layout.is_token_in_rank.size)
+        if counts.max(initial=0) > 1 or not np.array_equal(np.flatnonzero(counts),
+                                                           np.flatnonzero(layout.is_token_in_rank.reshape(-1))):
+            raise ConservationError(f"{phase}: a (token, rank) pair was delivered twice or not at all")
     if (sched.finish[task] < 0).any():
         raise ConservationError(f"{phase}: a delivery never completed")
     # the delivering task must run on the receiving GPU: the destination in dispatch, the token's
@@ -86,7 +90,7 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
         i = int(np.flatnonzero(wrong)[0])
         raise ConservationError(f"{phase}: token row {int(row[i])} for rank {int(where[i])} landed on rank "
                                 f"{int(rank_attr[task[i]])}")
-    if phase == "dispatch":
+    if phase == "dispatch" and built.delivery_expert is None:
         # each delivering task carries exactly the tokens mapped to it
         per_task = np.bincount(task, minlength=g.num_tasks)
         if not np.array_equal(per_task[task], tokens_attr[task]):
@@ -114,6 +118,20 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
             sb = np.bincount(s_attr[mb] * R + d_attr[mb], weights=nbytes[mb], minlength=R * R)
             if not np.array_equal(sa, sb):
                 raise ConservationError(f"{phase}: bytes sent by NICs differ from bytes received per rank pair")
+
+
+def _check_selections(built: Built, routing: Routing, phase: str) -> None:
+    """Low-latency kernels: every valid (token, expert) selection is delivered exactly once, to the
+    expert's rank (dispatch) or back to the token's owner (combine)."""
+    e = routing.topk_expert
+    rows, ks = np.nonzero(e >= 0)
+    want = np.sort(rows.astype(np.int64) * routing.meta.num_experts + e[rows, ks])
+    got = np.sort(built.delivery_row * routing.meta.num_experts + built.delivery_expert)
+    if not np.array_equal(want, got):
+        raise ConservationError(f"{phase}: selections delivered differ from the routing's (token, expert) pairs")
+    epr = routing.meta.num_experts // routing.meta.ep_size
+    if not np.array_equal(built.delivery_rank, built.delivery_expert // epr):
+        raise ConservationError(f"{phase}: a selection was sent to a rank that does not host its expert")
 
 
 def _critical_path(built: Built, sched: Schedule, end_task: int) -> tuple[list[int], dict[str, int]]:
@@ -145,13 +163,17 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     stage = g.attr("stage")
     first_start = int(sched.start[built.first_data].min()) if built.first_data.size else 0
     task = built.delivery_task
+    if built.receive_done is not None:  # receivers that also wait for messages carrying no tokens
+        task = np.concatenate([task, built.receive_done])
     last = int(task[np.argmax(sched.finish[task])]) if task.size else int(np.argmax(sched.finish))
     last_finish = int(sched.finish[last])
     latency = last_finish - first_start
     src = layout.src_rank.astype(np.int64)
     receiver = built.delivery_rank if built.phase == "dispatch" else src[built.delivery_row]
     rank_finish = np.zeros(R, np.int64)
-    np.maximum.at(rank_finish, receiver, sched.finish[task])
+    np.maximum.at(rank_finish, receiver, sched.finish[built.delivery_task])
+    if built.receive_done is not None:
+        np.maximum.at(rank_finish, g.attr("rank")[built.receive_done], sched.finish[built.receive_done])
     # per-rank kernel time: from its launch to the last task it runs
     data = np.ones(g.num_tasks, bool)
     data[list(np.flatnonzero(np.isin(stage, list(_SYNC | _BOOKKEEPING))))] = False
@@ -163,12 +185,21 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     bpt = built.bytes_per_token
     recv_tokens = layout.num_tokens_per_rank.sum(axis=0)  # tokens each rank receives in dispatch
     node_pairs = layout.num_tokens_per_node.sum(axis=1)  # (token, node) pairs per source rank
-    bandwidth = {
-        "nvlink": float(np.mean(recv_tokens * bpt / kernel_ns)),
-        "rdma": float(np.mean(node_pairs * bpt / kernel_ns)) if cl.N > 1 else 0.0,
-        "unit": "GB/s (DeepEP definitions: NVL = bytes received per rank, RDMA = (token, node) pairs "
-                "x bytes per token, each over the rank's kernel time, averaged over ranks)",
-    }
+    if built.delivery_expert is not None:
+        selections = np.bincount(src[built.delivery_row], minlength=R)  # valid top-k entries of each rank
+        bandwidth = {
+            "nvlink": 0.0,
+            "rdma": float(np.mean(selections * built.bandwidth_bytes / kernel_ns)),
+            "unit": "GB/s (DeepEP low-latency definition: valid top-k selections x bytes per selection over "
+                    "the rank's kernel time, averaged over ranks)",
+        }
+    else:
+        bandwidth = {
+            "nvlink": float(np.mean(recv_tokens * bpt / kernel_ns)),
+            "rdma": float(np.mean(node_pairs * bpt / kernel_ns)) if cl.N > 1 else 0.0,
+            "unit": "GB/s (DeepEP definitions: NVL = bytes received per rank, RDMA = (token, node) pairs "
+                    "x bytes per token, each over the rank's kernel time, averaged over ranks)",
+        }
     path, stages = _critical_path(built, sched, last)
     # utilisation of every resource over the phase's data window
     res = g.column("res")
@@ -201,7 +232,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     if latency < bound:
         raise ConservationError(f"{built.phase}: replay latency {latency} ns is below the analytical bound {bound} ns")
     tail_rank = int(np.argmax(rank_finish))
-    bytes_total = int(built.delivery_row.shape[0] * bpt)
+    bytes_total = int(built.delivery_row.shape[0] * (built.bandwidth_bytes or bpt))
     summary = {
         "latency_ns": int(latency),
         "bytes": bytes_total,
@@ -228,7 +259,10 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         "routing_table_bytes": int(routing.num_rows * routing.topk * 8),
         "notify_bytes_per_rank": int(R * 8 + routing.meta.num_experts * 4),
     }
-    return PhaseResult(built.phase, step, layer, t0, t0 + int(sched.finish.max()), summary, rank_finish, scale)
+    # the phase ends when its last task ends and its last credit has travelled back
+    r_task, _, _, r_lag = g.releases()
+    end = max(int(sched.finish.max()), int((sched.finish[r_task] + r_lag).max(initial=0)))
+    return PhaseResult(built.phase, step, layer, t0, t0 + end, summary, rank_finish, scale)
 
 
 _VIRTUAL = {
@@ -364,10 +398,14 @@ def _expert_queue(built: Built, sched: Schedule, routing: Routing, result: Phase
     epr = routing.meta.num_experts // R
     row, dst, task = built.delivery_row, built.delivery_rank, built.delivery_task
     arrive = sched.finish[task]
-    e = routing.topk_expert[row]
-    ok = (e >= 0) & (e // epr == dst[:, None])
-    ii, kk = np.nonzero(ok)
-    expert = e[ii, kk].astype(np.int64)
+    if built.delivery_expert is not None:
+        expert = built.delivery_expert.astype(np.int64)
+        ii = np.arange(expert.size)
+    else:
+        e = routing.topk_expert[row]
+        ok = (e >= 0) & (e // epr == dst[:, None])
+        ii, kk = np.nonzero(ok)
+        expert = e[ii, kk].astype(np.int64)
     first = np.full(routing.meta.num_experts, np.iinfo(np.int64).max)
     np.minimum.at(first, expert, arrive[ii])
     count = np.bincount(expert, minlength=routing.meta.num_experts)

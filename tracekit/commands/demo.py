@@ -1,29 +1,28 @@
 """`tracekit demo`: the main job end to end on an embedded default workload.
 
-For now: synthesise a decode batch (EP16 on 2 nodes of 8), compute its dispatch layout, write the
-routing and traffic tables and print a summary. Replay and the Perfetto timeline join later.
+Synthesise a prefill batch (EP16 on 2 nodes of 8 H800s, 512 tokens per rank, DeepEP's test recipe),
+replay its dispatch and combine on the ``h800-ib`` profile, write the tables, the summary and a
+Perfetto timeline, and say how to open it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from tracekit.commands.info import show
-from tracekit.io.atomic import atomic_dir
+from tracekit.hardware import load_profile
 from tracekit.io.tables import write_table
-from tracekit.workload.layout import dispatch_layout, traffic_bytes, traffic_meta, traffic_table
-from tracekit.workload.routing import bytes_per_token
+from tracekit.model.config import ReplayConfig
+from tracekit.workload.layout import traffic_meta, traffic_table
 from tracekit.workload.synth import SynthConfig, synth
 
-HELP = "run the main job end to end on an embedded default workload (decode, EP16, 2 nodes)"
+HELP = "run the main job end to end on an embedded default: synth -> replay -> Perfetto timeline"
 
-#: The embedded default: DeepEP's low-latency test sizes on two H800 nodes.
-DEMO_CONFIG = SynthConfig(preset="decode", ep=16, gpus_per_node=8, seed=0)
+#: The embedded default: a small prefill batch on two H800 nodes (DeepEP's normal-kernel setting).
+DEMO_CONFIG = SynthConfig(preset="prefill", ep=16, gpus_per_node=8, tokens=512, seed=0)
+DEMO_HARDWARE = "h800-ib"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,46 +32,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracekit.io.replay_out import write_replay
+    from tracekit.replay import replay
+
     config = DEMO_CONFIG.check()
     out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="tracekit-demo-"))
     routing = synth(config)
-    layout = dispatch_layout(routing)
-    traffic = traffic_table(routing)
-    with atomic_dir(out) as tmp:
-        write_table(routing.to_arrow(), tmp / "routing.parquet", "routing", routing.meta.to_dict())
-        write_table(traffic, tmp / "traffic.parquet", "traffic", traffic_meta(routing))
+    hw = load_profile(DEMO_HARDWARE)
+    cfg = ReplayConfig()
+    result = replay(routing, hw, cfg)
+    meta = {"source": "replay", "ep_size": routing.meta.ep_size, "gpus_per_node": routing.meta.gpus_per_node,
+            "hardware": hw.name, "config": json.dumps(cfg.resolved(routing.meta.ep_size).to_dict(), default=str)}
+    write_replay(result, out, meta=meta)
+    write_table(routing.to_arrow(), out / "routing.parquet", "routing", routing.meta.to_dict())
+    write_table(traffic_table(routing), out / "traffic.parquet", "traffic", traffic_meta(routing))
+    timeline = out / "timeline.pftrace"
     if args.quiet:
         print(out)
         return 0
-    m = routing.meta
-    tokens = layout.num_tokens_per_rank
-    nbytes = traffic_bytes(layout, m.hidden, m.dispatch_dtype)
-    print(f"workload: decode, EP{m.ep_size} on {m.num_nodes} nodes x {m.gpus_per_node} GPUs, "
-          f"{config.tokens_per_rank} tokens/rank, top-{config.topk} of {m.num_experts} experts "
-          f"(<= {config.max_nodes} nodes per token), hidden {m.hidden}, dispatch {m.dispatch_dtype} "
-          f"({bytes_per_token(m.hidden, m.dispatch_dtype)} B/token), seed {config.seed}")
-    node = np.arange(m.ep_size) // m.gpus_per_node
-    same = node[:, None] == node[None, :]
-    off_diag = ~np.eye(m.ep_size, dtype=bool)
-    show(pl.DataFrame({
-        "traffic (dispatch)": ["to own rank", "to other ranks on the node (NVLink)", "to other nodes (RDMA)"],
-        "tokens": [int(np.trace(tokens)), int(tokens[same & off_diag].sum()), int(tokens[~same].sum())],
-        "bytes": [int(np.trace(nbytes)), int(nbytes[same & off_diag].sum()), int(nbytes[~same].sum())],
-        "rank pairs": [m.ep_size, int((same & off_diag).sum()), int((~same).sum())],
-        "tokens per pair (min/mean/max)": [
-            f"{int(v.min())}/{v.mean():.1f}/{int(v.max())}" for v in
-            (np.diag(tokens), tokens[same & off_diag], tokens[~same])],
-    }))
-    sent, recv = tokens.sum(axis=1), tokens.sum(axis=0)
-    busiest = int(np.argmax(recv))
-    load = layout.num_tokens_per_expert.sum(axis=0)
-    hot = int(np.argmax(load))
-    print(f"busiest rank: {busiest} receives {int(recv[busiest])} tokens ({int(nbytes[:, busiest].sum())} B), "
-          f"{recv[busiest] / recv.mean():.2f}x the mean of {recv.mean():.1f}; senders send "
-          f"{int(sent.min())}-{int(sent.max())} tokens")
-    print(f"experts: {int(load.sum())} selections, {load.mean():.1f} per expert on average; hottest expert "
-          f"{hot} (rank {hot // m.experts_per_rank}) has {int(load[hot])} = {load[hot] / load.mean():.2f}x the mean; "
-          f"{int((load == 0).sum())} expert(s) idle")
-    print(f"wrote {out / 'routing.parquet'} and {out / 'traffic.parquet'}")
-    print(f"next: tracekit info {out / 'routing.parquet'}")
+    m, s = routing.meta, result.summary
+    print(f"workload: prefill, EP{m.ep_size} on {m.num_nodes} nodes x {m.gpus_per_node} GPUs, "
+          f"{config.tokens_per_rank} tokens/rank, top-{config.topk} of {m.num_experts} experts, hidden {m.hidden}, "
+          f"{m.dispatch_dtype} dispatch / {m.combine_dtype} combine; hardware {hw.name}")
+    for phase in ("dispatch", "combine"):
+        d = s[phase]
+        top = sorted(d["stages"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"{phase:8s}: {d['latency_ns'] / 1e3:7.1f} us first send -> last receive; rank finish p50/p99/max "
+              f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
+              f"{d['rank_finish_ns']['max'] / 1e3:.1f} us; NVL {d['bandwidth_gbps']['nvlink']:.0f} GB/s, "
+              f"RDMA {d['bandwidth_gbps']['rdma']:.0f} GB/s; bottleneck {d['bottleneck']['resource']} "
+              f"({d['bottleneck']['utilisation']:.0%} busy); critical path mostly "
+              + ", ".join(f"{k} {v / 1e3:.0f} us" for k, v in top))
+    print(f"conservation: {s['conservation']} ({result.events.height} events, {result.counters.height} counter samples)")
+    print(f"wrote {out}/: routing.parquet traffic.parquet events.parquet counters.parquet summary.json "
+          f"timeline.pftrace")
+    print(f"open the timeline: drag {timeline} onto https://ui.perfetto.dev (it is read in the browser, "
+          f"nothing is uploaded); docs/perfetto.md explains the tracks")
     return 0

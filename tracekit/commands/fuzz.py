@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--litmus", action="store_true",
                    help="enumerate every schedule of the litmus tests (MP, SB, LB, IRIW, coherence) and show "
                         "their outcome sets")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format of --list and --litmus")
+    p.add_argument("--check", metavar="MEMOPS.parquet",
+                   help="check a recorded execution (a replay's memops.parquet from tracekit replay --record-memops, "
+                        "or a counterexample's) and list its hazards; exit 1 if there are any")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="output format of --list, --litmus and --check")
     p.add_argument("--variant", help="variant to fuzz (default: the protocol's first correct variant)")
     p.add_argument("--examples", type=int, help="schedules to try (default 10000; 500 with --engine hypothesis)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
@@ -86,7 +90,30 @@ def _litmus(args: argparse.Namespace) -> int:
     return 0 if all(r["matches_model"] for r in rows) else 1
 
 
+def _check(args: argparse.Namespace) -> int:
+    from tracekit.hazards import check_trace
+    from tracekit.io.tables import read_table
+
+    table, meta, _ = read_table(args.check, "memops")
+    hazards = check_trace(table, complete=meta.get("complete", "yes") == "yes")
+    hazards = sorted(hazards, key=lambda h: not h.manifest)  # what happened first, then what could
+    if args.format == "json":
+        print(json.dumps([{"name": h.name, "manifest": h.manifest, "message": h.message, "events": list(h.events)}
+                          for h in hazards], indent=2))
+    else:
+        happened = sum(h.manifest for h in hazards)
+        print(f"{args.check}: {table.num_rows} memory operations, {happened} hazard(s) that happened, "
+              f"{len(hazards) - happened} possible under another ordering")
+        for h in hazards[:20]:
+            print(f"  {h}  [events {', '.join(map(str, h.events[:12]))}]")
+        if len(hazards) > 20:
+            print(f"  ... {len(hazards) - 20} more (--format json lists all)")
+    return 1 if hazards else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check(args)
     if args.list:
         return _list(args)
     if args.litmus:

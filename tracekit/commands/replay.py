@@ -17,6 +17,10 @@ HELP = "replay MoE dispatch and combine of a routing table on a modelled cluster
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("routing", metavar="ROUTING.parquet", nargs="?", help="routing table (routing.v1)")
+    p.add_argument("--from-capture", metavar="OUTDIR",
+                   help="replay a capture imported with tracekit import: its routing.parquet if present, else its "
+                        "traffic.parquet (the captured rows between the captured rank pairs)")
+    p.add_argument("--hidden", type=int, metavar="H", help="hidden size, when a captured traffic matrix lacks it")
     p.add_argument("--hardware", "--hw", metavar="PROFILE", default="h800-ib",
                    help=f"hardware profile name ({', '.join(list_profiles())}) or .toml path (default h800-ib)")
     p.add_argument("-o", "--output", metavar="OUTDIR", required=True,
@@ -38,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credit-return", choices=CREDIT_RETURN, default="after_consume",
                    help="when receivers return ring credits (early = a broken protocol, for the hazard checker)")
     p.add_argument("--cached", action="store_true", help="cached layout: no notify or CPU sync")
+    p.add_argument("--record-memops", action="store_true",
+                   help="also write memops.parquet: the NVLink rings' memory operations (intranode dispatch), "
+                        "for tracekit fuzz --check")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a hardware value, e.g. --set nic.line_rate_gbit_s=800 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed (recorded; the model is deterministic)")
@@ -67,6 +74,7 @@ def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
         granularity=args.granularity, doorbell=args.doorbell, adaptive_routing=args.adaptive_routing,
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
+        record_memops=args.record_memops,
     )
 
 
@@ -75,15 +83,20 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.replay import replay
     from tracekit.workload.validate import check_routing
 
-    if not args.routing:
-        raise TracekitError("no routing table given", where="replay",
-                            fix="pass ROUTING.parquet (make one with tracekit synth)")
-    table, meta, _ = read_table(args.routing, "routing")
-    routing = Routing.from_arrow(table, meta, where=args.routing)
-    check_routing(routing, where=args.routing)
     hw = load_profile(args.hardware)
+    overrides = _overrides(args.set)
+    hw_eff = hw.with_overrides(overrides)  # fail early on a bad --set
+    if bool(args.routing) == bool(args.from_capture):
+        raise TracekitError("give either ROUTING.parquet or --from-capture OUTDIR", where="replay",
+                            fix="make a routing table with tracekit synth, or import a capture with tracekit import")
+    if args.from_capture:
+        routing, source = _capture_routing(args.from_capture, hw_eff.system.gpus_per_node, args.hidden)
+    else:
+        table, meta, _ = read_table(args.routing, "routing")
+        routing = Routing.from_arrow(table, meta, where=args.routing)
+        source = args.routing
+    check_routing(routing, where=source)
     cfg = config_from_args(args, routing.meta.ep_size)
-    hw.with_overrides(cfg.hardware_overrides)  # fail early on a bad --set
     total = 2 * len(routing.steps_layers())
     with Progress("replay", total=total, quiet=args.quiet) as progress:
         result = replay(routing, hw, cfg, on_phase=lambda *_: progress.advance())
@@ -104,6 +117,28 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             print(f"wrote {path}")
     return 0
+
+
+def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tuple[Routing, str]:
+    """The routing to replay for an imported capture directory."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from tracekit.workload.from_traffic import routing_from_traffic
+
+    d = Path(outdir)
+    if (d / "routing.parquet").is_file():
+        table, meta, _ = read_table(d / "routing.parquet", "routing")
+        return Routing.from_arrow(table, meta, where=str(d / "routing.parquet")), str(d / "routing.parquet")
+    if (d / "traffic.parquet").is_file():
+        table, meta, _ = read_table(d / "traffic.parquet", "traffic")
+        where = str(d / "traffic.parquet")
+        return routing_from_traffic(pl.from_arrow(table), meta, gpus_per_node=gpus_per_node, hidden=hidden,
+                                    where=where), where
+    raise TracekitError("no routing.parquet or traffic.parquet", where=outdir,
+                        fix="import the capture first: tracekit import kineto TRACES -o OUTDIR "
+                            "(or tracekit import routing DUMP ... -o OUTDIR)")
 
 
 def _has_perfetto() -> bool:

@@ -355,6 +355,7 @@ def _rank_rows(r: _Rank, gpn: int, rows: list[dict[str, Any]], sends: list[dict[
             row["args"] = json.dumps(kept, default=str, sort_keys=True)
             rows.append(row)
     _resolve_deepep_notify(rows, r.rank)
+    _deepep_layers(rows, r.rank)
     _all_to_alls(kernels, r, rows, sends, where)
 
 
@@ -372,6 +373,29 @@ def _resolve_deepep_notify(rows: list[dict[str, Any]], rank: int) -> None:
                 nxt = row["phase"]
             elif nxt:
                 row["phase"] = nxt
+
+
+def _deepep_layers(rows: list[dict[str, Any]], rank: int) -> None:
+    """Number a rank's DeepEP dispatch (and combine) kernels in time order within each step: the n-th is
+    layer n. Layout and notify kernels take the layer of the next dispatch or combine on their stream."""
+    mine = sorted((row for row in rows if row["rank"] == rank and '"deepep"' in row.get("args", "")),
+                  key=lambda row: row["ts_ns"])
+    count: dict[tuple[int, str], int] = {}
+    for row in mine:
+        if row["stage"] in ("dispatch", "combine"):
+            key = (row["step"], row["stage"])
+            row["layer"] = count.get(key, 0)
+            count[key] = row["layer"] + 1
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for row in mine:
+        by_stream.setdefault(row["resource"], []).append(row)
+    for seq in by_stream.values():
+        nxt = None
+        for row in reversed(seq):
+            if row["stage"] in ("dispatch", "combine"):
+                nxt = row["layer"]
+            elif nxt is not None:
+                row["layer"] = nxt
 
 
 def _all_to_alls(kernels: list[dict[str, Any]], r: _Rank, rows: list[dict[str, Any]], sends: list[dict[str, Any]],

@@ -29,6 +29,10 @@ def write_replay(result: ReplayResult, outdir: str | os.PathLike[str], *, meta: 
             t = schemas.conform(table, name, meta, where=f"{name}.parquet")
             pq.write_table(t, tmp / f"{name}.parquet", compression="zstd", write_statistics=False)
             written.append(Path(outdir) / f"{name}.parquet")
+        if result.memops is not None:
+            t = schemas.conform(result.memops, "memops", {"source": "replay", "complete": "yes"}, where="memops.parquet")
+            pq.write_table(t, tmp / "memops.parquet", compression="zstd", write_statistics=False)
+            written.append(Path(outdir) / "memops.parquet")
         (tmp / "summary.json").write_text(summary_json(result.summary))
         written.append(Path(outdir) / "summary.json")
         if timeline:

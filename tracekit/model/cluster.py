@@ -83,7 +83,7 @@ class Cluster:
         self.ns_pcie = 1.0 / hw.pcie.bandwidth_gbyte_s
         self.ns_line = 8.0 / hw.nic.line_rate_gbit_s
         self.ns_port = 8.0 / hw.switch.port_rate_gbit_s
-        if self.N > 1:
+        if self.N > 1 or cfg.mode == "low_latency":  # low-latency kernels use RDMA even inside a node
             self._init_fabric()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -162,17 +162,25 @@ class Cluster:
             leaves = int(self.leaf_of.max()) + 1
             spines = hw.switch.spines
             self.spines = spines
-            if leaves > ports:
-                raise TracekitError(f"{leaves} leaves exceed the {ports} ports of a spine", fix="use a larger switch")
+            if half % spines:
+                raise TracekitError(f"{half} uplinks per leaf do not split evenly over {spines} spines",
+                                    fix="choose switch.spines dividing switch.ports / 2")
+            per_spine = half // spines  # parallel links between a leaf and a spine: non-blocking
+            self.per_spine = per_spine
+            if leaves * per_spine > ports:
+                raise TracekitError(f"{leaves} leaves x {per_spine} links exceed the {ports} ports of a spine",
+                                    fix="use more spines or larger switches")
             self.down = g.resources([f"leaf{k // half}/port{k % half}" for k in range(R)])
             self.down_buf = np.array([g.pool(f"leaf{k // half}/port{k % half}/buffer", port_buffer, "switch_buffer")
                                       for k in range(R)])
-            self.up = g.resources([f"leaf{lf}/up{s}" for lf in range(leaves) for s in range(spines)])
-            self.up_buf = np.array([g.pool(f"leaf{lf}/up{s}/buffer", port_buffer, "switch_buffer")
-                                    for lf in range(leaves) for s in range(spines)])
-            self.spine_down = g.resources([f"spine{s}/port{lf}" for s in range(spines) for lf in range(leaves)])
-            self.spine_buf = np.array([g.pool(f"spine{s}/port{lf}/buffer", port_buffer, "switch_buffer")
-                                       for s in range(spines) for lf in range(leaves)])
+            self.up = g.resources([f"leaf{lf}/up{u}" for lf in range(leaves) for u in range(half)])
+            self.up_buf = np.array([g.pool(f"leaf{lf}/up{u}/buffer", port_buffer, "switch_buffer")
+                                    for lf in range(leaves) for u in range(half)])
+            self.spine_down = g.resources([f"spine{s}/port{lf * per_spine + j}" for s in range(spines)
+                                           for lf in range(leaves) for j in range(per_spine)])
+            self.spine_buf = np.array([g.pool(f"spine{s}/port{lf * per_spine + j}/buffer", port_buffer, "switch_buffer")
+                                       for s in range(spines) for lf in range(leaves) for j in range(per_spine)])
+            self.leaves = leaves
         # QP context cache: beyond max_qps active QPs each message risks a context fetch over PCIe
         qps = (R - 1) * self.C
         self.qps_per_nic = qps
@@ -188,19 +196,22 @@ class Cluster:
         return np.asarray(nbytes, np.int64) + packets * self.hw.nic.header_bytes
 
     def rdma(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray, after: np.ndarray,
-             sq_pool: np.ndarray, cq_pool: np.ndarray, qp: np.ndarray, **attrs: object) -> Message:
-        """RDMA WRITE of ``nbytes`` plus an RDMA atomic tail update from ``src`` to ``dst`` on QP ``qp``,
-        posted after tasks ``after``. The post takes two send-queue entries of ``sq_pool``; the
-        completion takes one CQ entry of ``cq_pool`` until the next poll, which frees both."""
+             sq_pool: np.ndarray, cq_pool: np.ndarray, qp: np.ndarray, *, atomic: bool = True,
+             **attrs: object) -> Message:
+        """RDMA WRITE of ``nbytes`` plus (with ``atomic``) an RDMA atomic tail update from ``src`` to
+        ``dst`` on QP ``qp``, posted after tasks ``after``. The post takes a send-queue entry of
+        ``sq_pool`` per work request; the completion takes one CQ entry of ``cq_pool`` until the next
+        poll, which frees them."""
         hw = self.hw
         n = src.shape[0]
+        wqes = 2 if atomic else 1
         common = dict(src_rank=src, dst_rank=dst, qp=qp, **attrs)
         if self.cfg.doorbell == "gpu":
-            post = self.add(n, "rdma_post", src, dur=hw.nic.doorbell_gpu_ns, pool=sq_pool, amount=2,
+            post = self.add(n, "rdma_post", src, dur=hw.nic.doorbell_gpu_ns, pool=sq_pool, amount=wqes,
                             tokens=tokens, bytes=nbytes, **common)
         else:
             post = self.add(n, "rdma_post", src, res=self.proxy[src], dur=hw.nic.doorbell_cpu_proxy_ns, pool=sq_pool,
-                            amount=2, tokens=tokens, bytes=nbytes, **common)
+                            amount=wqes, tokens=tokens, bytes=nbytes, **common)
         self.g.add_edges(after, post)
         rd = self.add(n, "pcie", src, res=self.pcie_rd[src], dur=ceil_div(nbytes, 1.0 / self.ns_pcie),
                       bytes=nbytes, **common)
@@ -212,16 +223,19 @@ class Cluster:
         mem = wr  # NIC writes are counted on PCIe; HBM contention is modelled for the SM copies
         # The tail atomic follows the write on the same QP. Single-path delivery keeps it behind the
         # data; under adaptive routing it must wait for the write's acknowledgement (one round trip).
-        atomic = self.add(n, "rdma_atomic", dst, dur=hw.nic.atomic_ns, **common)
-        extra = 2 * self.one_way_ns if self.cfg.adaptive_routing else 0
-        self.g.add_edges(mem, atomic, lag=hw.pcie.latency_ns + extra)
+        if atomic:
+            tail = self.add(n, "rdma_atomic", dst, dur=hw.nic.atomic_ns, **common)
+            extra = 2 * self.one_way_ns if self.cfg.adaptive_routing else 0
+            self.g.add_edges(mem, tail, lag=hw.pcie.latency_ns + extra)
+        else:
+            tail = mem
         # completion: the ack returns, the NIC writes a CQE, a poller drains it and frees the SQ slots.
-        # One CQE per message (two WQEs): the CQ can only overflow when cq_depth < wqe_depth / 2, and only
+        # One CQE per message (of wqes WQEs): the CQ can only overflow when cq_depth < wqe_depth / wqes, and only
         # then is it modelled as a pool of its own.
         ack = self.one_way_ns + hw.pcie.latency_ns
-        if 2 * hw.nic.cq_depth >= hw.nic.wqe_depth:
+        if wqes * hw.nic.cq_depth >= hw.nic.wqe_depth:
             poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=sq_pool,
-                            rel_amount=2, **common)
+                            rel_amount=wqes, **common)
             self.g.add_edges(last_rx, poll, lag=ack)
         else:
             cqe = self.add(n, "cq_poll", src, dur=0, pool=cq_pool, amount=1, record=False, **common)
@@ -229,9 +243,9 @@ class Cluster:
             poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=cq_pool,
                             rel_amount=1, **common)
             self.g.add_edges(cqe, poll)
-            free = self.add(n, "cq_poll", src, dur=0, rel_pool=sq_pool, rel_amount=2, record=False, **common)
+            free = self.add(n, "cq_poll", src, dur=0, rel_pool=sq_pool, rel_amount=wqes, record=False, **common)
             self.g.add_edges(poll, free)
-        return Message(post=post, nic_send=first_tx, nic_recv=last_rx, arrival=mem, tail=atomic)
+        return Message(post=post, nic_send=first_tx, nic_recv=last_rx, arrival=mem, tail=tail)
 
     def _wire(self, src, dst, nbytes, tokens, after, common) -> tuple[np.ndarray, np.ndarray]:
         """NIC transmit, switch port(s), NIC receive; per chunk or per MTU packet."""
@@ -257,6 +271,11 @@ class Cluster:
         m = msg.size
         pc = {k: (v[msg] if isinstance(v, np.ndarray) and v.shape == (n,) else v) for k, v in common.items()}
         hops = self._hops(s, d, pc.get("qp", 0))
+        # Link-level flow control holds a sender's port while the next buffer is full (head-of-line
+        # blocking). That is exact for packets; a whole chunk holding a port for its full length would
+        # exaggerate it, so at chunk granularity a chunk waits for buffer room without blocking the
+        # chunks behind it (packets of different chunks interleave on a real link).
+        hol = self.cfg.granularity == "packet"
         if self.cfg.granularity != "packet":
             # a chunk larger than a port's buffer takes the whole buffer (packet granularity is exact)
             wire_buf = np.minimum(wire, self.port_buffer)
@@ -272,7 +291,7 @@ class Cluster:
             first_buf = np.where(res >= 0, buf, first_buf)
         # first hop: NIC transmit, holding its port while the next buffer has no room
         tx = self.add(m, "nic_send", s, res=self.nic_tx[s], dur=overhead + ceil_div(wire, 1.0 / self.ns_line),
-                      pool=first_buf, amount=wire_buf, hold=True, bytes=pbytes, tokens=ptokens, **pc)
+                      pool=first_buf, amount=wire_buf, hold=hol, bytes=pbytes, tokens=ptokens, **pc)
         self.g.add_edges(after[msg], tx, lag=hw.nic.latency_ns)
         prev = tx
         for i, (res, buf) in enumerate(hops):
@@ -282,7 +301,7 @@ class Cluster:
             real = res >= 0
             nxt = np.where(real, nxt, -1)
             t = self.add(m, "fabric", -1, res=res, dur=np.where(real, ceil_div(wire, 1.0 / self.ns_port), 0),
-                         pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=True,
+                         pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=hol,
                          rel_pool=np.where(real, buf, -1), rel_amount=np.where(real, wire_buf, 0),
                          bytes=pbytes, tokens=ptokens, record=real, **pc)
             self.g.add_edges(prev, t, lag=np.where(real, self.hop_ns, 0))
@@ -310,10 +329,11 @@ class Cluster:
         if not self.leaf_spine:
             return [(self.down[d], self.down_buf[d])]
         ls, ld = self.leaf_of[s], self.leaf_of[d]
-        spine = (s + d + np.asarray(qp, np.int64)) % self.spines  # ECMP hash
-        leaves = int(self.leaf_of.max()) + 1
-        up = ls * self.spines + spine
-        sp = spine * leaves + ld
+        half = self.hosts_per_leaf
+        u = (s * 7919 + d * 104729 + np.asarray(qp, np.int64)) % half  # ECMP: a hash of the flow picks the uplink
+        spine, j = u % self.spines, u // self.spines
+        up = ls * half + u
+        sp = (spine * self.leaves + ld) * self.per_spine + j
         cross = ls != ld
         return [
             (np.where(cross, self.up[up], -1), np.where(cross, self.up_buf[up], -1)),

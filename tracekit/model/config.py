@@ -24,7 +24,7 @@ DEEPEP_COMBINE = {
 }
 DEFAULT_NUM_SMS = 20
 
-MODES = ("normal",)
+MODES = ("normal", "low_latency")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
@@ -63,6 +63,8 @@ class ReplayConfig:
     * ``credit_return``: ``after_consume`` (correct) or ``early`` (receivers return ring credits
       before copying out: a deliberately broken protocol for the hazard checker).
     * ``cached``: reuse the previous layout (DeepEP cached mode): no notify, no CPU sync.
+    * ``record_memops``: also record the memory-level operations of the NVLink rings (intranode
+      dispatch) for the hazard checker (``tracekit fuzz --check``).
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
       1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
       costs are still charged per token. ``token`` granularity ignores it.
@@ -81,6 +83,7 @@ class ReplayConfig:
     combine_dtype: str | None = None
     meta_bytes_per_token: int | None = None
     min_chunk_tokens: int = 4
+    record_memops: bool = False
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 

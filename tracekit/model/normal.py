@@ -40,6 +40,29 @@ class Built:
     delivery_rank: np.ndarray  # ... and the rank it was delivered to
     delivery_task: np.ndarray  # ... and the task that delivered it
     flows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    rings: "RingLog | None" = None  # NVLink ring bookkeeping for memory-operation records
+    delivery_expert: np.ndarray | None = None  # low-latency kernels deliver per (token, expert) selection
+    bandwidth_bytes: int = 0  # low-latency: bytes per selection in DeepEP's bandwidth figure
+    receive_done: np.ndarray | None = None  # tasks ending a receive that delivers no token (counts, flags)
+
+
+@dataclass
+class RingLog:
+    """Per chunk of the NVLink rings of an intranode dispatch: what :mod:`tracekit.model.memops` needs
+    to write the memory-level operations (slot stores, tail, credits) of every chunk."""
+
+    capacity: int  # ring slots (tokens)
+    group: np.ndarray  # ring of each chunk (chunks of a ring are consecutive, in send order)
+    src: np.ndarray
+    channel: np.ndarray
+    dst: np.ndarray
+    tokens: np.ndarray
+    pack: np.ndarray  # task that takes the credits and copies
+    arrive: np.ndarray  # task whose end puts the data in the receiver's ring
+    unpack: np.ndarray  # task that copies the chunk out
+    credit_task: np.ndarray  # task whose end (+ credit_lag) returns the chunk's credits
+    credit_lag: np.ndarray
+    item_chunk: np.ndarray  # chunk of each delivered item (built.delivery_row order)
 
 
 def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,10 +200,14 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
     cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
     cl.g.add_edges(unpack[a], unpack[b])
-    _release_by(cl, arrive if early else unpack, ring, ntok, np.where(remote, lat_nvl, 0))
+    credit_task = arrive if early else unpack
+    credit_lag = np.where(remote, lat_nvl, 0)
+    _release_by(cl, credit_task, ring, ntok, credit_lag)
     built.first_data = pack
     built.delivery_task = mem[item_chunk]
     built.flows.append((pack, unpack))
+    built.rings = RingLog(pc.nvl_recv_buffer, cgroup, cs, cc, cd, ntok, pack, arrive, unpack, credit_task, credit_lag,
+                          item_chunk)
 
 
 def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat_nvl, early) -> None:

@@ -186,7 +186,8 @@ def check_counters(table: pa.Table, meta: dict[str, Any], where: str) -> None:
         raise _fail(where, "value", row, f"value {value[row]} is not finite", "counter values are finite numbers")
     _check_rank_column(_np(table, "rank"), _ep_size(meta), where, "rank", -1)
     if table.num_rows > 1:
-        series = pc.binary_join_element_wise(table.column("resource"), table.column("counter"), "\x00")
+        series = pc.binary_join_element_wise(table.column("resource").cast(pa.string()),
+                                             table.column("counter").cast(pa.string()), "\x00")
         codes = series.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
         order = np.lexsort((np.arange(ts.size), codes))
         same = codes[order][1:] == codes[order][:-1]

@@ -1,0 +1,81 @@
+"""`tracekit diff`: compare two traces (replays or captures) and report what moved, where and why."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tracekit.errors import TracekitError
+
+HELP = "compare two traces (replays or captures): phases, stages, tails, exposed communication, resources"
+
+_SUFFIX = {".txt": "text", ".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("before", metavar="BEFORE", help="replay output directory, events.parquet, imported capture "
+                   "directory, Kineto .json[.gz] traces or .pftrace")
+    p.add_argument("after", metavar="AFTER", help="the same kinds as BEFORE")
+    p.add_argument("-o", "--output", metavar="REPORT", help="write the report here (default: print it)")
+    p.add_argument("--format", choices=["text", "md", "json", "html"],
+                   help="report format (default: from REPORT's suffix, else text)")
+    p.add_argument("--perfetto", metavar="FILE", help="also write one Perfetto trace with both timelines, aligned at "
+                   "their start, as groups 'before' and 'after'")
+    p.add_argument("--map", metavar="MAPPING.json", help="JSON object renaming kernels before matching: "
+                   '{"old name": "new name", "re:PATTERN": "name"}')
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) on a partial match (different ranks or phases) instead of reporting it")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors when writing to a file")
+
+
+def _format(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    if args.output:
+        return _SUFFIX.get(Path(args.output).suffix.lower(), "text")
+    return "text"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracekit.analysis.diff import diff_traces
+    from tracekit.io.diff_input import load_mapping, load_side
+    from tracekit.io.report import render, write_report
+
+    fmt = _format(args)
+    names = load_mapping(args.map) if args.map else None
+    before, sid_b = load_side(args.before)
+    after, sid_a = load_side(args.after)
+    if sid_b != sid_a:
+        raise TracekitError(f"different schema versions: {args.before} holds {sid_b}, {args.after} holds {sid_a}",
+                            fix="convert both traces to the same version")
+    d = diff_traces(before, after, names=names, seed=args.seed)
+    partial = [w for w in d.warnings if w.startswith("partial match")]
+    if args.strict and partial:
+        raise TracekitError(partial[0], where="diff", fix="compare traces of the same ranks and phases, or drop --strict")
+    if args.perfetto:
+        _write_perfetto(args.perfetto, before, after)
+    if args.output:
+        path = write_report(d, args.output, fmt)
+        if not args.quiet:
+            for w in d.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            print(f"wrote {path} ({fmt})")
+            if args.perfetto:
+                print(f"wrote {args.perfetto} (Perfetto: groups before, after)")
+    else:
+        sys.stdout.write(render(d, fmt))
+        if args.perfetto and not args.quiet:
+            print(f"wrote {args.perfetto} (Perfetto: groups before, after)", file=sys.stderr)
+    return 0
+
+
+def _write_perfetto(path: str, before, after) -> None:  # type: ignore[no-untyped-def]
+    try:
+        from tracekit.io.perfetto import write_trace_groups
+    except ImportError:
+        raise TracekitError("this tracekit has no Perfetto writer", where="--perfetto",
+                            fix="drop --perfetto, or use a tracekit with 'tracekit export'") from None
+    write_trace_groups(path, {"before": (before.events, before.counters), "after": (after.events, after.counters)},
+                       title=f"tracekit diff: {before.label} -> {after.label}")

@@ -1,0 +1,107 @@
+"""Read one side of a diff from disk: a replay output directory, an imported capture directory, an
+``events.parquet`` file, PyTorch profiler (Kineto) traces, or a ``.pftrace`` written by tracekit."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tracekit.analysis.matching import NameMap
+from tracekit.analysis.profile import Trace
+from tracekit.errors import TracekitError
+from tracekit.io.tables import read_table
+
+#: what a side can be, for help texts and errors
+FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.json)",
+         "an imported capture directory (events.parquet, traffic.parquet)", "an events.parquet file",
+         "Kineto traces (.json / .json.gz files or a directory of them)", "a .pftrace written by tracekit")
+
+
+def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
+    table, meta, s = read_table(path, schema)
+    return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracekitError(f"cannot read ({exc})", where=str(path), fix="write the replay output again") from None
+    except json.JSONDecodeError as exc:
+        raise TracekitError(f"not JSON ({exc.msg} at line {exc.lineno})", where=str(path),
+                            fix="write the replay output again") from None
+    if not isinstance(doc, dict):
+        raise TracekitError("not a JSON object", where=str(path), fix="pass the summary.json a replay wrote")
+    sid = doc.get("schema")
+    if sid is not None and sid != "summary.v1":
+        raise TracekitError(f"summary schema {sid!r} is not supported by this tracekit", where=str(path),
+                            fix="this version reads summary.v1; replay again with this tracekit")
+    return doc
+
+
+def _is_kineto(p: Path) -> bool:
+    return p.is_file() and p.name.endswith((".json", ".json.gz"))
+
+
+def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, str]:
+    """One side of a diff and the schema id of its events (``events.v1``). Raises
+    :class:`TracekitError` naming the file for anything unreadable."""
+    p = Path(path)
+    label = label or str(p)
+    if not p.exists():
+        raise TracekitError("no such file or directory", where=str(p), fix="check the path")
+    if p.is_dir():
+        ev_path = p / "events.parquet"
+        if ev_path.is_file():
+            events, meta, sid = _frame(ev_path, "events")
+            counters = _frame(p / "counters.parquet", "counters")[0] if (p / "counters.parquet").is_file() else None
+            traffic = _frame(p / "traffic.parquet", "traffic")[0] if (p / "traffic.parquet").is_file() else None
+            summary = _summary(p / "summary.json") if (p / "summary.json").is_file() else None
+            return Trace(events, counters, summary, traffic, meta, label), sid
+        if any(_is_kineto(q) for q in p.iterdir()):
+            return _kineto([p], label)
+        raise TracekitError("directory holds neither events.parquet nor Kineto .json traces", where=str(p),
+                            fix="pass " + "; or ".join(FORMS))
+    if p.name.endswith(".parquet"):
+        events, meta, sid = _frame(p, "events")
+        return Trace(events, None, None, None, meta, label), sid
+    if p.name.endswith((".pftrace", ".perfetto-trace")):
+        try:
+            from tracekit.io.perfetto import read_trace
+        except ImportError:
+            raise TracekitError("this tracekit cannot read .pftrace files", where=str(p),
+                                fix="pass the replay output directory or events.parquet instead") from None
+        events, counters = read_trace(p)
+        return Trace(events, counters, None, None, {"source": "import:perfetto"}, label), "events.v1"
+    if _is_kineto(p):
+        return _kineto([p], label)
+    raise TracekitError("unrecognised input", where=str(p), fix="pass " + "; or ".join(FORMS))
+
+
+def _kineto(paths: list[Path], label: str) -> tuple[Trace, str]:
+    try:
+        from tracekit.io.kineto import import_kineto
+    except ImportError:
+        raise TracekitError("this tracekit cannot import Kineto traces", where=str(paths[0]),
+                            fix="import them with a tracekit that has 'tracekit import kineto'") from None
+    imp = import_kineto(paths)
+    return Trace(imp.events, None, None, imp.traffic, dict(imp.meta), label), "events.v1"
+
+
+def load_mapping(path: str | os.PathLike[str]) -> NameMap:
+    """A ``--map`` file: a JSON object of kernel name (or ``re:PATTERN``) -> canonical name."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TracekitError("no such file", where=str(p), fix="check the path of --map") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracekitError(f"cannot read ({exc})", where=str(p), fix="check the file") from None
+    except json.JSONDecodeError as exc:
+        raise TracekitError(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", where=str(p),
+                            fix='write a JSON object such as {"old kernel": "new kernel"}') from None
+    return NameMap.from_dict(doc, where=str(p))
