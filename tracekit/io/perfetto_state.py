@@ -45,7 +45,7 @@ class Sink:
     length."""
 
     def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20,
-                 max_pending_bytes: int = 24 << 20) -> None:
+                 max_pending_bytes: int = 16 << 20) -> None:
         self.f = f
         self.compress = compress
         self.chunk_bytes = chunk_bytes
