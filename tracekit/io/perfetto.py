@@ -18,8 +18,12 @@ Compactness: each track lane is its own packet sequence whose ``TrackEventDefaul
 track and whose incremental clock makes every timestamp a delta; event names, annotation names
 and string values are interned; values implied by the resource path (rank, channel, qp) and
 defaults are left out; and by default packets are deflated in ~1 MiB ``compressed_packets``
-bundles, as Perfetto's own tracing service writes them. The hot packets come from the compiled
-columnar encoder in :mod:`tracekit.io.perfetto_wire`, byte-identical to the protobuf bindings.
+bundles, as Perfetto's own tracing service writes them.
+
+Speed: batches are prepared here (strings, interning, lanes) and handed to worker threads, which
+encode them with the compiled columnar encoder of :mod:`tracekit.io.perfetto_wire` (byte-identical
+to the protobuf bindings) and deflate them with :mod:`tracekit.io.perfetto_deflate`, in one call
+without the GIL; the sink writes the results in order (:class:`tracekit.io.perfetto_state.Sink`).
 """
 
 from __future__ import annotations
