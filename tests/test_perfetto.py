@@ -297,3 +297,28 @@ def test_values_implied_by_resource_paths():
     assert pf.implied("node1/rank12/sm/ch4/a") == {"rank": 12, "channel": 4, "qp": -1}
     assert pf.implied("switch0/port2") == {"rank": -1, "channel": -1, "qp": -1}
     assert pf.implied("rank1/rank2/ch3x/ch") == {"rank": 1, "channel": -1, "qp": -1}  # first segment of a kind
+
+
+def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeypatch):
+    """Batches are encoded and deflated on workers; many small batches and bundles, one worker or
+    several, give the same file."""
+    import os
+
+    from tracekit.io import perfetto_state
+
+    monkeypatch.setattr(pf, "BATCH_ROWS", 50)
+    rng = np.random.default_rng(4)
+    n = 2000
+    ev = pl.DataFrame({"ts_ns": np.sort(rng.integers(0, 50_000, n)), "dur_ns": rng.integers(0, 900, n),
+                       "rank": np.ones(n, np.int32), "resource": rng.choice(RESOURCES, n),
+                       "stage": rng.choice(STAGES, n), "name": "x", "msg_id": np.arange(n),
+                       "phase": rng.choice(["dispatch", "combine"], n)})
+    files = []
+    for cpus, chunk in ((1, 1 << 20), (4, 1 << 20), (4, 1 << 20), (2, 700)):
+        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        monkeypatch.setattr(perfetto_state.Sink.__init__, "__defaults__", (chunk, 16 << 20))
+        files.append(write_trace(tmp_path / f"w{cpus}_{chunk}_{len(files)}.pftrace", ev).read_bytes())
+    assert files[0] == files[1] == files[2]
+    assert files[3] != files[0]  # smaller bundles: other bytes, the same trace
+    back, _ = read_trace(tmp_path / "w2_700_3.pftrace")
+    _same_rows(_conformed(ev, "events"), back)
