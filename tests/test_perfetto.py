@@ -322,3 +322,14 @@ def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeyp
     assert files[3] != files[0]  # smaller bundles: other bytes, the same trace
     back, _ = read_trace(tmp_path / "w2_700_3.pftrace")
     _same_rows(_conformed(ev, "events"), back)
+
+
+def test_columns_all_at_their_default_are_the_same_as_absent(tmp_path):
+    ev = _flows([0, 10, 20], [5, 5, 5], [1, None, None], [None, 1, None])
+    full = ev.with_columns(kind=pl.lit("comm"), phase=pl.lit(""), args=pl.lit(""), stall_cause=pl.lit(""))
+    a = write_trace(tmp_path / "a.pftrace", ev).read_bytes()
+    assert write_trace(tmp_path / "b.pftrace", full).read_bytes() == a
+    assert write_trace(tmp_path / "c.pftrace", full.to_arrow()).read_bytes() == a
+    mixed = full.with_columns(pl.Series("kind", ["comm", "sync", "comm"]))
+    back, _ = read_trace(write_trace(tmp_path / "d.pftrace", mixed))
+    assert back.sort("ts_ns")["kind"].to_list() == ["comm", "sync", "comm"]

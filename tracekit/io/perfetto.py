@@ -617,7 +617,20 @@ def _take(t: dict[str, Any], order: np.ndarray) -> dict[str, Any]:
             for k, v in t.items()}
 
 
-def _prepare(events: Any, counters: Any, where: str) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+def _without_defaults(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` without the optional string columns whose every value is the default (``kind``
+    "comm", empty ``phase``, ``stall_cause``, ``args``): the writer leaves those values out, so the
+    columns need neither converting to Arrow nor looking at batch by batch."""
+    drop = [col for col, default in (("kind", "comm"), ("phase", ""), ("stall_cause", ""), ("args", ""))
+            if col in df.columns and df.schema[col] == pl.String and not df[col].null_count()
+            and (df.height == 0 or bool((df[col] == default).all()))]
+    return df.drop(drop) if drop else df
+
+
+def _prepare(events: Any, counters: Any, where: str,
+             drop_defaults: bool = False) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+    if drop_defaults and isinstance(events, pl.DataFrame):
+        events = _without_defaults(events)
     ev = _to_arrow(events, "events")
     schemas.conform(ev.slice(0, 0), "events", where=where)  # column errors before any work
     if ev.num_rows and "ts_ns" in ev.column_names and ev.column("ts_ns").null_count:
@@ -679,7 +692,7 @@ def write_trace(path: str | os.PathLike[str], events: pl.DataFrame | pa.Table,
     started or ended twice, or ending before it starts, is bad input. ``compress=False`` writes plain packets
     (about 3x larger, faster to write) instead of deflated bundles. Events that are not sorted
     by ``ts_ns`` are sorted first (a copy). Bad input raises :class:`TracekitError`."""
-    ev, ct, unpaired = _prepare(events, counters, str(path))
+    ev, ct, unpaired = _prepare(events, counters, str(path), drop_defaults=True)
     return _write(path, [(None, ev, ct, 0, unpaired)], title, compress)
 
 
@@ -700,7 +713,7 @@ def write_trace_groups(path: str | os.PathLike[str],
             raise TracekitError(f"group {name!r} must be an (events, counters) pair", fix="use None for no counters")
         if not str(name) or "/" in str(name):
             raise TracekitError(f"group name {name!r} must be non-empty and without '/'", fix="rename the group")
-        ev, ct, unpaired = _prepare(pair[0], pair[1], f"{path}: group {name}")
+        ev, ct, unpaired = _prepare(pair[0], pair[1], f"{path}: group {name}", drop_defaults=True)
         starts = [int(pc.min(t.column("ts_ns")).as_py()) for t in (ev, ct) if t is not None and t.num_rows]
         prepared.append((str(name), ev, ct, -min(starts) if starts else 0, unpaired))
     return _write(path, prepared, title, compress)
