@@ -207,9 +207,29 @@ class _Group:
         t = self.counters
         if t is None or t.num_rows == 0:
             return [], {}, []
-        keys = (pl.from_arrow(t.select(["resource", "counter", "unit"]))
-                .unique(subset=["resource", "counter"], keep="first", maintain_order=True))
-        rows = sorted(keys.iter_rows(), key=lambda r: ([natural_key(s) for s in r[0].split("/")], natural_key(r[1])))
+        # the first (resource, counter) pairs, batch by batch: resources and counters as numbers,
+        # a table of the pairs seen so far (resources x counter capacity)
+        counter_ids: dict[str, int] = {}
+        seen = np.zeros((len(self.paths), 8), np.bool_)
+        first: list[tuple[int, str, str]] = []  # (resource, counter, unit) in order of appearance
+        for start in range(0, t.num_rows, BATCH_ROWS):
+            b = t.slice(start, BATCH_ROWS)
+            res = self._resource_ids(b.column("resource"))
+            codes, names = Interner.encode(b.column("counter"))
+            for name in names:
+                counter_ids.setdefault(name, len(counter_ids))
+            if len(counter_ids) > seen.shape[1]:
+                grown = np.zeros((len(self.paths), 2 * len(counter_ids)), np.bool_)
+                grown[:, :seen.shape[1]] = seen
+                seen = grown
+            cid = np.array([counter_ids[name] for name in names], np.int64)[codes]
+            rows = np.zeros(res.shape[0], np.int64)
+            m = _first_pairs(res, cid, seen, rows)
+            if m:
+                units = b.column("unit").take(pa.array(rows[:m])).to_pylist()
+                first += [(int(res[i]), b.column("counter")[int(i)].as_py(), u) for i, u in zip(rows[:m], units)]
+        keys = [(self.paths[r], c, u) for r, c, u in first]
+        rows = sorted(keys, key=lambda r: ([natural_key(s) for s in r[0].split("/")], natural_key(r[1])))
         res_index = {p: k for k, p in enumerate(self.paths)}
         tracks, index = [], {}
         seen: dict[str, int] = {}
@@ -279,13 +299,17 @@ class _Group:
             t = _batch(t_all.slice(start, BATCH_ROWS), start, self.where)
             ts = t["ts_ns"].astype(np.int64)
             role = _flow_role(t)
+            order = None
             if ((ts[1:] == ts[:-1]) & (role[1:] < role[:-1])).any():
-                t = _take(t, np.lexsort((role, ts)))
+                order = np.lexsort((role, ts))
+                t = _take(t, order)
                 ts = t["ts_ns"].astype(np.int64)
             ts = ts + self.shift
             dur = t["dur_ns"].astype(np.int64)
             self._check_times(ts, dur, start)
             res = self._resource_ids(t["resource"])
+            if order is not None:
+                res = res[order]
             # each BEGIN is a delta from the previous END on its lane (the lane's sequence clock)
             lane, begin_delta = lanes.assign(res, ts, ts + dur)
             if lanes.num_lanes > lane_seq.shape[0]:
@@ -307,7 +331,15 @@ class _Group:
                       res: np.ndarray) -> None:
         n = t["num_rows"]
         it = self.interner
+        order = t.get("order")  # rows to take, in this order, of the string columns (still unordered)
+
+        def perm(x: Any) -> Any:
+            if order is None:
+                return x
+            return [x[i] for i in order.tolist()] if isinstance(x, list) else x[order]
+
         stage_idx, stage_values = it.encode(t["stage"])
+        stage_idx = perm(stage_idx)
         name_iid = it.event_name_ids(stage_values)[stage_idx]
         vals = np.empty((len(ANNOTATIONS), n), np.int64)  # rows 0..k-1: the annotations written
         present = np.empty((len(ANNOTATIONS), n), np.bool_)
@@ -338,6 +370,7 @@ class _Group:
                 if same.null_count == 0 and pc.all(same).as_py():
                     continue
                 idx, values = it.encode(t[col])
+                idx = perm(idx)
                 if default is None:  # name: written where it differs from the stage
                     sids = it.string_ids(values, capped=True)[idx]
                     used = sids != it.string_ids(stage_values)[stage_idx]  # compared by id
@@ -348,7 +381,7 @@ class _Group:
                     continue
                 spill = used & (sids == 0)  # the string table is full: inline
                 if spill.any():
-                    inline[aname] = (t[col].to_pylist(), spill)
+                    inline[aname] = (perm(t[col].to_pylist()), spill)
                 vals[j] = sids
                 np.logical_and(used, ~spill, out=present[j])
                 rule.append(-1)
@@ -357,9 +390,9 @@ class _Group:
                 interned.append(True)
                 strings.append((sids, present[j]))
             else:  # free text (captured kernels' args): those rows take the slow path
-                used = _bools(pc.not_equal(t[col], default))
+                used = perm(_bools(pc.not_equal(t[col], default)))
                 if used.any():
-                    inline[aname] = (t[col].to_pylist(), used)
+                    inline[aname] = (perm(t[col].to_pylist()), used)
         flows = {}
         for col in ("flow_out", "flow_in"):
             raw, valid = t[col], t[col + "_ok"]
@@ -477,6 +510,18 @@ def _int_column(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray] | None:
         return values, np.ones(n, np.bool_)
     valid = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[off:off + n].view(np.bool_)
     return values, valid
+
+
+@numba.njit(cache=True)
+def _first_pairs(res, cid, seen, rows):  # pragma: no cover - compiled
+    """Rows whose (resource, counter) pair is new, recorded in ``seen``; returns how many."""
+    m = 0
+    for i in range(res.shape[0]):
+        if not seen[res[i], cid[i]]:
+            seen[res[i], cid[i]] = True
+            rows[m] = i
+            m += 1
+    return m
 
 
 @numba.njit(cache=True)
@@ -612,9 +657,11 @@ def _flow_role(t: dict[str, Any]) -> np.ndarray:
 
 
 def _take(t: dict[str, Any], order: np.ndarray) -> dict[str, Any]:
-    idx = pa.array(order)
-    return {k: (v if k == "num_rows" or v is None else v[order] if isinstance(v, np.ndarray) else pc.take(v, idx))
-            for k, v in t.items()}
+    """The batch with its numeric columns in ``order``; string (Arrow) columns stay as they are,
+    with ``order`` recorded for whoever turns them into numbers (cheaper than moving strings)."""
+    out = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in t.items()}
+    out["order"] = order
+    return out
 
 
 def _without_defaults(df: pl.DataFrame) -> pl.DataFrame:
