@@ -333,3 +333,22 @@ def test_columns_all_at_their_default_are_the_same_as_absent(tmp_path):
     mixed = full.with_columns(pl.Series("kind", ["comm", "sync", "comm"]))
     back, _ = read_trace(write_trace(tmp_path / "d.pftrace", mixed))
     assert back.sort("ts_ns")["kind"].to_list() == ["comm", "sync", "comm"]
+
+
+def test_counter_tracks_found_across_batches(tmp_path, monkeypatch):
+    """Counter tracks come from (resource, counter) pairs first seen in any batch; a pair's unit
+    is the first one given."""
+    monkeypatch.setattr(pf, "BATCH_ROWS", 3)
+    ev = _flows([0, 10, 20], [5, 5, 5], [None, None, None], [None, None, None])
+    rng = np.random.default_rng(5)
+    n = 40
+    res = rng.choice(RESOURCES, n)
+    counter = rng.choice(["queue_depth", "credits", "wqe_occupancy"] + [f"c{i}" for i in range(12)], n)
+    ct = pl.DataFrame({"ts_ns": np.sort(rng.integers(0, 1000, n)), "resource": res, "counter": counter,
+                       "value": rng.integers(0, 9, n).astype(float), "unit": rng.choice(["B", "ns", "x"], n),
+                       "rank": [pf.implied(r)["rank"] for r in res]})
+    _ev, back = read_trace(write_trace(tmp_path / "c.pftrace", ev, ct))
+    want = _conformed(ct, "counters")
+    first_unit = {k: u for k, u in reversed(list(zip(zip(want["resource"], want["counter"]), want["unit"])))}
+    want = want.with_columns(pl.Series("unit", [first_unit[k] for k in zip(want["resource"], want["counter"])]))
+    _same_rows(want.select(back.columns), back)
