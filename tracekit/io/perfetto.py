@@ -47,7 +47,7 @@ from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
 from tracekit.io.perfetto_state import Interner, Sink, lane_packets, running_delta, sequence_start_bytes
-from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor, implied_rank,
+from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
 #: Debug annotations in the order they are written: (name, events column, type, default).
