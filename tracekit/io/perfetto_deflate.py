@@ -7,7 +7,7 @@ per-byte entropy coder (Huffman-only mode is no faster). This module is a small 
 written for this data and compiled with numba:
 
 * LZ77 over a 32 KiB window with one hash probe per position: the next eight bytes are hashed
-  (Fibonacci hashing, 2**16 buckets holding the last position) and a candidate must match all
+  (Fibonacci hashing, 2**17 buckets holding the last position) and a candidate must match all
   eight; matches are extended eight bytes at a time (XOR and count trailing zeros); greedy, with
   only match starts inserted. Hashing eight bytes rather than four is faster and compresses these
   packets better: short repeats of tag bytes would otherwise displace the useful candidates;
@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 #: Symbols (literals and matches) per deflate block: each block gets its own Huffman codes.
 BLOCK_SYMBOLS = 1 << 15
-_HASH_BITS = 16
+_HASH_BITS = 17
 _WINDOW = 32768
 _MIN_MATCH = 8  # matches are found by hashing eight bytes: shorter repeats stay literals
 _HASH_MUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
