@@ -60,6 +60,9 @@ def _code_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _LEN_CODE, _DIST_CODE = _code_tables()
+#: The code tables, passed to the compiled functions as an argument (a compiled function that
+#: refers to a large global array cannot be cached).
+TABLES = (_LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA, _DIST_BASE, _CL_ORDER)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -89,7 +92,14 @@ def _code_lengths(freq, max_bits, out):  # pragma: no cover - compiled
         if freq[s] > 0:
             syms[k] = s
             k += 1
-    order = syms[np.argsort(freq[syms], kind="mergesort")]  # rarest first, ties by symbol
+    order = syms.copy()  # rarest first, ties by symbol: insertion sort (at most 286 symbols)
+    for i in range(1, m):
+        s = order[i]
+        j = i - 1
+        while j >= 0 and freq[order[j]] > freq[s]:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = s
     weight = np.empty(2 * m - 1, np.int64)
     parent = np.empty(2 * m - 1, np.int64)
     for i in range(m):
@@ -194,9 +204,10 @@ def _ctz(typingctx, v):
 
 @numba.njit(cache=True, nogil=True)
 def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, final, out, pos, bitbuf, bitcnt,
-           len_code, len_extra, len_base, dist_code, dist_extra, dist_base, cl_order):  # pragma: no cover
+           tables):  # pragma: no cover - compiled
     """Write one block (dynamic Huffman, or stored where that is smaller); return the bit
     writer's state (``pos``, pending bits, their count, always < 8)."""
+    _LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA, _DIST_BASE, _CL_ORDER = tables
     len_ll = np.zeros(286, np.int64)
     len_d = np.zeros(30, np.int64)
     _code_lengths(freq_ll, 15, len_ll)
@@ -250,7 +261,7 @@ def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, fina
     len_cl = np.zeros(19, np.int64)
     _code_lengths(cl_freq, 7, len_cl)
     hclen = 19
-    while hclen > 4 and len_cl[cl_order[hclen - 1]] == 0:
+    while hclen > 4 and len_cl[_CL_ORDER[hclen - 1]] == 0:
         hclen -= 1
     # size of the dynamic block in bits, against storing the bytes
     dyn = 17 + 3 * hclen + extra_bits
@@ -298,7 +309,7 @@ def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, fina
         pos += bitcnt >> 3
         bitbuf >>= bitcnt & 56
         bitcnt &= 7
-        bitbuf |= len_cl[cl_order[k]] << bitcnt
+        bitbuf |= len_cl[_CL_ORDER[k]] << bitcnt
         bitcnt += 3
     for k in range(ncl):
         _store64(out, pos, bitbuf)
@@ -313,9 +324,9 @@ def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, fina
     lcode = np.zeros(_MAX_MATCH + 1, np.int64)
     lbits = np.zeros(_MAX_MATCH + 1, np.int64)
     for m in range(3, _MAX_MATCH + 1):
-        c = len_code[m]
-        lcode[m] = code_ll[257 + c] | ((m - len_base[c]) << len_ll[257 + c])
-        lbits[m] = len_ll[257 + c] + len_extra[c]
+        c = _LEN_CODE[m]
+        lcode[m] = code_ll[257 + c] | ((m - _LEN_BASE[c]) << len_ll[257 + c])
+        lbits[m] = len_ll[257 + c] + _LEN_EXTRA[c]
     for k in range(nsym):
         _store64(out, pos, bitbuf)
         pos += bitcnt >> 3
@@ -328,9 +339,9 @@ def _block(src, blk_start, blk_end, sym, nsym, freq_ll, freq_d, extra_bits, fina
         else:
             m = v & 511
             d = v >> 9
-            dc = dist_code[d]
-            bitbuf |= (lcode[m] | ((code_d[dc] | ((d - dist_base[dc]) << len_d[dc])) << lbits[m])) << bitcnt
-            bitcnt += lbits[m] + len_d[dc] + dist_extra[dc]
+            dc = _DIST_CODE[d]
+            bitbuf |= (lcode[m] | ((code_d[dc] | ((d - _DIST_BASE[dc]) << len_d[dc])) << lbits[m])) << bitcnt
+            bitcnt += lbits[m] + len_d[dc] + _DIST_EXTRA[dc]
     _store64(out, pos, bitbuf)
     pos += bitcnt >> 3
     bitbuf >>= bitcnt & 56
@@ -373,7 +384,8 @@ def _adler32(src):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _deflate(src, out, len_code, len_extra, len_base, dist_code, dist_extra, dist_base, cl_order):  # pragma: no cover
+def _deflate(src, out, tables):  # pragma: no cover - compiled
+    _LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA, _DIST_BASE, _CL_ORDER = tables
     n = src.shape[0]
     out[0] = 0x78  # deflate, 32 KiB window
     out[1] = 0x01  # fastest compression, no dictionary (0x7801 % 31 == 0)
@@ -412,11 +424,11 @@ def _deflate(src, out, len_code, len_extra, len_base, dist_code, dist_extra, dis
                     m += 8
                 dist = p - cand
                 sym[nsym] = (dist << 9) | m
-                c = len_code[m]
+                c = _LEN_CODE[m]
                 freq_ll[257 + c] += 1
-                dc = dist_code[dist]
+                dc = _DIST_CODE[dist]
                 freq_d[dc] += 1
-                extra += len_extra[c] + dist_extra[dc]
+                extra += _LEN_EXTRA[c] + _DIST_EXTRA[dc]
                 p += m
             else:
                 b = src[p]
@@ -434,7 +446,7 @@ def _deflate(src, out, len_code, len_extra, len_base, dist_code, dist_extra, dis
         freq_ll[256] += 1  # end of block
         final = p >= n
         pos, bitbuf, bitcnt = _block(src, blk_start, p, sym, nsym, freq_ll, freq_d, extra, final, out, pos, bitbuf,
-                                     bitcnt, len_code, len_extra, len_base, dist_code, dist_extra, dist_base, cl_order)
+                                     bitcnt, tables)
         if final:
             break
     if bitcnt:
@@ -459,7 +471,7 @@ def _put_varint(buf, pos, v):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _bundles(src, cuts, out):  # pragma: no cover - compiled
+def _bundles(src, cuts, out, tables):  # pragma: no cover - compiled
     """For each piece ``src[cuts[k]:cuts[k + 1]]``, a framed ``TracePacket{compressed_packets}``
     holding its zlib stream, one after another in ``out``; returns the bytes written."""
     longest = 0
@@ -468,8 +480,7 @@ def _bundles(src, cuts, out):  # pragma: no cover - compiled
     scratch = np.empty(longest + (longest >> 8) + 1024, np.uint8)
     pos = 0
     for k in range(cuts.shape[0] - 1):
-        m = _deflate(src[cuts[k]:cuts[k + 1]], scratch, _LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA,
-                     _DIST_BASE, _CL_ORDER)
+        m = _deflate(src[cuts[k]:cuts[k + 1]], scratch, tables)
         body = 2 + _varint_len(m) + m  # field tag, length, stream
         out[pos] = 0x0A
         pos = _put_varint(out, pos + 1, body)
@@ -495,16 +506,25 @@ def bundle_bound(n: int, pieces: int) -> int:
     return n + (n >> 8) + 1100 * max(pieces, 1)
 
 
-def bundles(src: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+def _writable(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """``data`` as a writable contiguous uint8 array (a copy only where needed): the compiled
+    functions are built for one array type (each other type would compile them again)."""
+    src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    src = np.ascontiguousarray(src.view(np.uint8).ravel())
+    return src if src.flags.writeable else src.copy()
+
+
+def bundles(src: bytes | np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """Framed ``compressed_packets`` packets of ``src`` cut at ``cuts`` (from 0 to ``len(src)``)."""
+    src = _writable(src)
     out = np.empty(bundle_bound(src.shape[0], cuts.shape[0]), np.uint8)
-    return out[:_bundles(src, np.ascontiguousarray(cuts, np.int64), out)]
+    return out[:_bundles(src, np.ascontiguousarray(cuts, np.int64), out, TABLES)]
 
 
 def compress(data: bytes | bytearray | memoryview | np.ndarray) -> bytes:
     """A zlib stream of ``data`` that ``zlib.decompress`` (and Perfetto) inflates back."""
-    src = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    src = _writable(data)
     n = src.shape[0]
     out = np.empty(n + (n >> 8) + 1024, np.uint8)  # stored blocks bound the size; slack for 8-byte stores
-    size = _deflate(src, out, _LEN_CODE, _LEN_EXTRA, _LEN_BASE, _DIST_CODE, _DIST_EXTRA, _DIST_BASE, _CL_ORDER)
+    size = _deflate(src, out, TABLES)
     return out[:size].tobytes()

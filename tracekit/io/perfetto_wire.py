@@ -342,8 +342,8 @@ def _chunk_cuts(first_end, ends, chunk, cuts):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _encode_chunked(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
-                    fo, fo_p, fi, fi_p, rule, ref, implied, res, buf, row_end, chunk, compress,
-                    out):  # pragma: no cover - compiled
+                    fo, fo_p, fi, fi_p, rule, ref, implied, res, buf, row_end, chunk, compress, out,
+                    tables):  # pragma: no cover - compiled
     """``prefix`` then the packets of the rows, in ``buf``; with ``compress``, deflated into
     ``compressed_packets`` bundles of about ``chunk`` bytes (cut where a row ends) in ``out``.
     Returns the bytes in ``buf`` (plain) or ``out``. One call, without the GIL."""
@@ -356,7 +356,7 @@ def _encode_chunked(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_p
         return total
     cuts = np.empty(row_end.shape[0] + 3, np.int64)
     m = _chunk_cuts(p, row_end, chunk, cuts)
-    return deflate._bundles(buf[:total], cuts[:m], out)
+    return deflate._bundles(buf[:total], cuts[:m], out, tables)
 
 
 def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
@@ -371,7 +371,7 @@ def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
         buf = np.empty(head.shape[0] + bound, np.uint8)
         row_end = np.empty(b.n, np.int64)
         out = np.empty(deflate.bundle_bound(buf.shape[0], 2 * (buf.shape[0] // chunk) + 3) if compress else 0, np.uint8)
-        size = _encode_chunked(head, *args, buf, row_end, chunk, compress, out)
+        size = _encode_chunked(head, *args, buf, row_end, chunk, compress, out, deflate.TABLES)
         return [(out if compress else buf)[:size]]
 
     return job
