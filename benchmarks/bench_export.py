@@ -8,7 +8,9 @@ a chain pack (SM channel) -> RDMA write (NIC QP, many outstanding, so lanes) -> 
 slice; plus counter samples (QP occupancy, port queue bytes). Reported, best of ``--repeat``:
 
 * ``write_trace`` (deflated bundles, the default) and ``write_trace(compress=False)``:
-  events per second and bytes per slice on disk;
+  events per second and bytes per slice on disk, measured in the same runs (each to a new file),
+  with the CPU time they took (all threads) and how much CPU other processes used meanwhile (the
+  writer uses both cores: on a shared machine the wall-clock rate drops accordingly);
 * the baseline in the same process: the same slice packets built one ``TracePacket`` at a time
   with the protobuf bindings and serialized (the reference encoder), on a sample of rows;
 * the ratio of the two;
@@ -92,11 +94,38 @@ def _best(fn, repeat: int) -> float:
     return min(_timed(fn)[0] for _ in range(repeat))
 
 
-def _timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads) of one run."""
-    t, c = time.perf_counter(), time.process_time()
+def _fresh(tmp: str, stem: str):
+    """Paths that do not exist yet: writing over an old file would also time deleting it."""
+    count = [0]
+
+    def path() -> Path:
+        count[0] += 1
+        p = Path(tmp) / f"{stem}{count[0]}.pftrace"
+        old = Path(tmp) / f"{stem}{count[0] - 1}.pftrace"
+        if old.exists():
+            old.unlink()
+        return p
+    return path
+
+
+def _machine_busy() -> float:
+    """CPU seconds all processes have used on this machine (Linux /proc/stat; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(fn) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process (all threads), CPU seconds other processes used
+    meanwhile) of one run."""
+    t, c, m = time.perf_counter(), time.process_time(), _machine_busy()
     fn()
-    return time.perf_counter() - t, time.process_time() - c
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return wall, cpu, max(0.0, _machine_busy() - m - cpu)
 
 
 def _rss_mb() -> float:
@@ -133,7 +162,7 @@ def _peak_growth(fn) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--baseline-rows", type=int, default=20_000)
     ap.add_argument("--replay", action="store_true",
                     help="use the events and counters of a real replay (synthetic prefill routing on h800-ib, "
@@ -161,34 +190,39 @@ def main() -> int:
         pf.write_trace(warm, events.head(1000), counters.head(100))  # compile the numba kernels once
         results = {}
         for label, kw in (("compressed (default)", {}), ("plain packets", {"compress": False})):
-            path = Path(tmp) / "t.pftrace"
-            runs = [_timed(lambda: pf.write_trace(path, events, **kw)) for _ in range(args.repeat)]
-            dt, cpu = min(runs)
-            size = path.stat().st_size
+            fresh = _fresh(tmp, "t")
+            runs = []
+            for _ in range(args.repeat):
+                path = fresh()
+                runs.append(_timed(lambda: pf.write_trace(path, events, **kw)) + (path.stat().st_size,))
+            dt, cpu, others, size = min(runs)
+            path = fresh()
             dt_c = _best(lambda: pf.write_trace(path, events, counters, **kw), 1)
             results[label] = (n / dt, size / n)
-            print(f"write_trace {label:21}: {n / dt / 1e6:5.2f} M events/s ({dt:.2f} s wall, {cpu:.2f} s CPU), "
-                  f"{size / n:5.1f} bytes/slice; with counters {(n + counters.height) / dt_c / 1e6:4.2f} M rows/s, "
-                  f"{path.stat().st_size / 1e6:.1f} MB")
+            print(f"write_trace {label:21}: {n / dt / 1e6:5.2f} M events/s ({dt:.2f} s wall, {cpu:.2f} s CPU: "
+                  f"{n / cpu / 1e6:.2f} M events per CPU-second; other processes used {others / dt:.0%} of a CPU "
+                  f"meanwhile), {size / n:5.1f} bytes/slice; with counters "
+                  f"{(n + counters.height) / dt_c / 1e6:4.2f} M rows/s, {path.stat().st_size / 1e6:.1f} MB")
         # memory: the writer's own growth over the input (sampled RSS), whatever the trace length
         for rows in (n // 4, n):
             part = events.head(rows)
-            grow = _peak_growth(lambda: pf.write_trace(Path(tmp) / "m.pftrace", part))
+            target = Path(tmp) / f"m{rows}.pftrace"
+            grow = _peak_growth(lambda: pf.write_trace(target, part))
             print(f"memory: writing {rows:,} events raised RSS by at most {grow:.0f} MB")
         # baseline: the same packets built one message at a time through the bindings
         sample = events.head(args.baseline_rows)
         captured: list[wire.SliceBatch] = []
-        real = wire.encode_slices
+        real = wire.slice_writer
 
         def spy(batch):
             captured.append(batch)
             return real(batch)
 
-        wire.encode_slices = spy
+        wire.slice_writer = spy
         try:
             pf.write_trace(Path(tmp) / "s.pftrace", sample, compress=False)
         finally:
-            wire.encode_slices = real
+            wire.slice_writer = real
         rows = sum(b.n for b in captured)
         dt_ref = _best(lambda: [wire.encode_slices_reference(b) for b in captured], 1)
         dt_fast = _best(lambda: [wire.encode_slices(b) for b in captured], args.repeat)

@@ -268,3 +268,87 @@ def test_null_required_values_are_named(tmp_path):
     ev = ev.with_columns(pl.Series("ts_ns", [0, 1, 2]), pl.Series("stage", ["a", None, "a"]))
     with pytest.raises(TracekitError, match="column stage row 1: null"):
         write_trace(tmp_path / "n.pftrace", ev)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_compiled_flow_plan_agrees_with_the_checked_one(data):
+    """The compiled dense-id flow check leaves out the same ids and rejects the same tables (with
+    the same message) as the sorting one."""
+    n = data.draw(st.integers(1, 30))
+    ids = st.one_of(st.none(), st.integers(0, 12), st.integers(-3, 40))
+    ts = sorted(data.draw(st.lists(st.integers(0, 50), min_size=n, max_size=n)))
+    t = pl.DataFrame({"ts_ns": ts, "flow_out": data.draw(st.lists(ids, min_size=n, max_size=n)),
+                      "flow_in": data.draw(st.lists(ids, min_size=n, max_size=n))},
+                     schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64}).to_arrow()
+    t = t.slice(data.draw(st.integers(0, n - 1)))  # buffers with an offset
+    try:
+        want = pf._flow_plan_checked(t, "x")
+    except TracekitError as exc:
+        with pytest.raises(TracekitError) as got:
+            pf._flow_plan(t, "x")
+        assert str(got.value) == str(exc)
+        return
+    assert pf._flow_plan(t, "x").tolist() == want.tolist()
+
+
+def test_values_implied_by_resource_paths():
+    assert pf.implied("node0/rank3/nic0/qp5") == {"rank": 3, "channel": -1, "qp": 5}
+    assert pf.implied("node1/rank12/sm/ch4/a") == {"rank": 12, "channel": 4, "qp": -1}
+    assert pf.implied("switch0/port2") == {"rank": -1, "channel": -1, "qp": -1}
+    assert pf.implied("rank1/rank2/ch3x/ch") == {"rank": 1, "channel": -1, "qp": -1}  # first segment of a kind
+
+
+def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeypatch):
+    """Batches are encoded and deflated on workers; many small batches and bundles, one worker or
+    several, give the same file."""
+    import os
+
+    from tracekit.io import perfetto_state
+
+    monkeypatch.setattr(pf, "BATCH_ROWS", 50)
+    rng = np.random.default_rng(4)
+    n = 2000
+    ev = pl.DataFrame({"ts_ns": np.sort(rng.integers(0, 50_000, n)), "dur_ns": rng.integers(0, 900, n),
+                       "rank": np.ones(n, np.int32), "resource": rng.choice(RESOURCES, n),
+                       "stage": rng.choice(STAGES, n), "name": "x", "msg_id": np.arange(n),
+                       "phase": rng.choice(["dispatch", "combine"], n)})
+    files = []
+    for cpus, chunk in ((1, 1 << 20), (4, 1 << 20), (4, 1 << 20), (2, 700)):
+        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        monkeypatch.setattr(perfetto_state.Sink.__init__, "__defaults__", (chunk, 16 << 20))
+        files.append(write_trace(tmp_path / f"w{cpus}_{chunk}_{len(files)}.pftrace", ev).read_bytes())
+    assert files[0] == files[1] == files[2]
+    assert files[3] != files[0]  # smaller bundles: other bytes, the same trace
+    back, _ = read_trace(tmp_path / "w2_700_3.pftrace")
+    _same_rows(_conformed(ev, "events"), back)
+
+
+def test_columns_all_at_their_default_are_the_same_as_absent(tmp_path):
+    ev = _flows([0, 10, 20], [5, 5, 5], [1, None, None], [None, 1, None])
+    full = ev.with_columns(kind=pl.lit("comm"), phase=pl.lit(""), args=pl.lit(""), stall_cause=pl.lit(""))
+    a = write_trace(tmp_path / "a.pftrace", ev).read_bytes()
+    assert write_trace(tmp_path / "b.pftrace", full).read_bytes() == a
+    assert write_trace(tmp_path / "c.pftrace", full.to_arrow()).read_bytes() == a
+    mixed = full.with_columns(pl.Series("kind", ["comm", "sync", "comm"]))
+    back, _ = read_trace(write_trace(tmp_path / "d.pftrace", mixed))
+    assert back.sort("ts_ns")["kind"].to_list() == ["comm", "sync", "comm"]
+
+
+def test_counter_tracks_found_across_batches(tmp_path, monkeypatch):
+    """Counter tracks come from (resource, counter) pairs first seen in any batch; a pair's unit
+    is the first one given."""
+    monkeypatch.setattr(pf, "BATCH_ROWS", 3)
+    ev = _flows([0, 10, 20], [5, 5, 5], [None, None, None], [None, None, None])
+    rng = np.random.default_rng(5)
+    n = 40
+    res = rng.choice(RESOURCES, n)
+    counter = rng.choice(["queue_depth", "credits", "wqe_occupancy"] + [f"c{i}" for i in range(12)], n)
+    ct = pl.DataFrame({"ts_ns": np.sort(rng.integers(0, 1000, n)), "resource": res, "counter": counter,
+                       "value": rng.integers(0, 9, n).astype(float), "unit": rng.choice(["B", "ns", "x"], n),
+                       "rank": [pf.implied(r)["rank"] for r in res]})
+    _ev, back = read_trace(write_trace(tmp_path / "c.pftrace", ev, ct))
+    want = _conformed(ct, "counters")
+    first_unit = {k: u for k, u in reversed(list(zip(zip(want["resource"], want["counter"]), want["unit"])))}
+    want = want.with_columns(pl.Series("unit", [first_unit[k] for k in zip(want["resource"], want["counter"])]))
+    _same_rows(want.select(back.columns), back)

@@ -33,6 +33,7 @@ def slice_batches(draw):
 @given(slice_batches())
 def test_slices_are_byte_identical_to_the_bindings(batch):
     fast, ends = wire.encode_slices(batch)
+    fast = fast.tobytes()
     assert fast == wire.encode_slices_reference(batch)
     assert (ends[-1] if batch.n else 0) == len(fast)
     # and the bytes parse back into the same packets
@@ -74,20 +75,92 @@ def test_compressed_frame_parses_as_a_packet():
     assert pb.Trace.FromString(zlib.decompress(packet.compressed_packets)).packet[0].timestamp == 5
 
 
-def test_hand_built_control_packets_equal_the_bindings():
-    from tracekit.io.perfetto_state import interned_packet, sequence_start, sequence_start_bytes
+def test_hand_built_sequence_starts_equal_the_bindings():
+    from tracekit.io.perfetto_state import sequence_start, sequence_start_bytes
 
     for seq, uuid in [(1, 1), (127, 128), (300, 1 << 40)]:
         assert sequence_start_bytes(seq, uuid) == wire.frame(sequence_start(seq, uuid))
-    p = pb.TracePacket(trusted_packet_sequence_id=300)
-    p.interned_data.event_names.add(iid=1, name="pack")
-    p.interned_data.debug_annotation_names.add(iid=3, name="msg_id")
-    p.interned_data.debug_annotation_string_values.add(iid=200, str=b"dispatch")
-    entries = [b"\x12" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.event_names[0].SerializeToString()]]
-    entries += [b"\x1a" + wire.varint_bytes(len(e)) + e for e in [p.interned_data.debug_annotation_names[0].SerializeToString()]]
-    e = p.interned_data.debug_annotation_string_values[0].SerializeToString()
-    entries.append(b"\xea\x01" + wire.varint_bytes(len(e)) + e)
-    assert interned_packet(300, entries) == wire.frame(p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_interned_packets_equal_the_bindings(data):
+    """Interner.packets, batch after batch, defines on each sequence exactly the event names and
+    string values its rows use first, one packet per sequence in sequence order, as the bindings
+    serialize it."""
+    from tracekit.io.perfetto_state import Interner
+
+    names = [f"stage{i}" for i in range(300)]
+    strs = [f"value{i}" for i in range(300)]
+    it = Interner(["a", "b", "c", "d"], 1 << 16)
+    it.event_name_ids(names)
+    it.string_ids(strs)
+    done: set = set()
+    ids = st.one_of(st.integers(1, 5), st.integers(250, 300))
+    for _batch in range(data.draw(st.integers(1, 3))):
+        n = data.draw(st.integers(0, 30))
+        rows = lambda s: np.array(data.draw(st.lists(s, min_size=n, max_size=n)), np.int64)  # noqa: E731
+        seq = rows(st.sampled_from([1, 2, 3, 70, 300]))
+        name_iid = rows(ids)
+        strings = [(rows(ids), rows(st.booleans()).astype(bool)) for _ in range(data.draw(st.integers(0, 2)))]
+        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings).tobytes()
+        want = {}
+        for i in range(n):
+            s = int(seq[i])
+            uses = [(0, int(name_iid[i]))] + [(2, int(v[i])) for v, present in strings if present[i]]
+            for use in uses:
+                if (s, use) not in done:
+                    done.add((s, use))
+                    want.setdefault(s, set()).add(use)
+        expected = b""
+        for s in sorted(want):
+            p = pb.TracePacket(trusted_packet_sequence_id=s)
+            for table, iid in sorted(want[s]):
+                if table == 0:
+                    p.interned_data.event_names.add(iid=iid, name=names[iid - 1])
+                else:
+                    p.interned_data.debug_annotation_string_values.add(iid=iid, str=strs[iid - 1].encode())
+            expected += wire.frame(p)
+        assert got == expected
+    p = pb.TracePacket()
+    for k, name in enumerate("abcd"):
+        p.interned_data.debug_annotation_names.add(iid=k + 1, name=name)
+    assert it.name_entries().tobytes() == p.interned_data.SerializeToString()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, (1 << 32) - 1), st.integers(1, 1 << 40), st.booleans(), st.integers(0, 2)),
+                max_size=20))
+def test_lane_packets_equal_the_bindings(lanes):
+    from tracekit.io.perfetto_state import lane_packets, sequence_start
+    from tracekit.io.perfetto_tracks import Node, descriptor
+
+    nodes = [Node("qp3", 1, 77, "node0/rank1/nic0/qp3", 4), Node("ch12", 1, 1 << 33, "x/ch12", 0),
+             Node("tx", 1, 9, "node0/rank1/nvlink/tx", 300)]
+    tmpl = [descriptor(n, has_children=False).track_descriptor.SerializeToString()[2:] for n in nodes]
+    blob = b"".join(tmpl)
+    lo = np.cumsum([0] + [len(t) for t in tmpl[:-1]])
+    hi = lo + np.array([len(t) for t in tmpl])
+    seqs, uuids, extra, res = (np.array([lane[k] for lane in lanes], dt) for k, dt in
+                               enumerate((np.int64, np.int64, np.bool_, np.int64)))
+    names = pb.InternedData()
+    names.debug_annotation_names.add(iid=1, name="bytes")
+    names.debug_annotation_names.add(iid=2, name="tokens")
+    entries = np.frombuffer(names.SerializeToString(), np.uint8)
+    for with_names in (False, True):
+        got = lane_packets(seqs, uuids, extra, res, (np.frombuffer(blob, np.uint8), lo, hi),
+                           entries if with_names else None).tobytes()
+        expected = b""
+        for s, u, x, r in lanes:
+            if x:
+                n = nodes[r]
+                expected += wire.frame(descriptor(Node(n.name, u, n.parent, n.path, n.rank), has_children=False))
+            expected += wire.frame(sequence_start(s, u))
+            if with_names:
+                p = pb.TracePacket(trusted_packet_sequence_id=s)
+                p.interned_data.CopyFrom(names)
+                expected += wire.frame(p)
+        assert got == expected
 
 
 def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
@@ -107,3 +180,90 @@ def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
         d = extra.track_descriptor
         node = Node(d.name, d.uuid, first.parent_uuid, "", first.sibling_order_rank)
         assert extra == descriptor(node, has_children=False)
+
+
+def _cuts_reference(first_end, ends, chunk):
+    candidates = ([first_end] if first_end > 0 else []) + list(ends)
+    total = candidates[-1] if candidates else 0
+    cuts, pos = [0], 0
+    while total - pos > chunk:
+        fitting = [c for c in candidates if pos < c <= pos + chunk]
+        pos = max(fitting) if fitting else min(c for c in candidates if c > pos)
+        cuts.append(pos)
+    if total > pos:
+        cuts.append(total)
+    return cuts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 50), st.lists(st.integers(1, 60), max_size=30), st.integers(1, 100))
+def test_chunks_are_cut_greedily_at_row_ends(first_end, rows, chunk):
+    ends = np.cumsum([first_end] + rows)[1:].astype(np.int64)
+    cuts = np.empty(len(rows) + 3, np.int64)
+    m = wire._chunk_cuts(first_end, ends, chunk, cuts)
+    assert cuts[:m].tolist() == _cuts_reference(first_end, ends.tolist(), chunk)
+
+
+def _with_rules(data, batch):
+    """``batch`` with presence rules on some int annotations, and the same batch with the
+    presence those rules give written out (for the reference encoder)."""
+    import copy
+
+    k, n = batch.ann_iid.shape[0], batch.n
+    r = data.draw(st.integers(1, 4))
+    implied = np.array(data.draw(st.lists(st.lists(st.integers(-2, 2), min_size=r, max_size=r), min_size=3,
+                                          max_size=3)), np.int64)
+    res = np.array(data.draw(st.lists(st.integers(0, r - 1), min_size=n, max_size=n)), np.int64)
+    rule = np.array([-1 if batch.ann_interned[a] else data.draw(st.integers(-1, 3)) for a in range(k)], np.int64)
+    ref = np.array(data.draw(st.lists(st.integers(-2, 2), min_size=k, max_size=k)), np.int64)
+    for a in range(k):
+        if rule[a] >= 0:
+            batch.ann_vals[a] = np.array(data.draw(st.lists(st.integers(-2, 2), min_size=n, max_size=n)), np.int64)
+    expected = copy.deepcopy(batch)
+    for a in range(k):
+        if rule[a] == 0:
+            expected.ann_present[a] = batch.ann_vals[a] != ref[a]
+        elif rule[a] > 0:
+            expected.ann_present[a] = batch.ann_vals[a] != implied[rule[a] - 1][res]
+    batch.ann_rule, batch.ann_ref, batch.implied, batch.res = rule, ref, implied, res
+    return batch, expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(slice_batches(), st.binary(max_size=300), st.integers(1, 400), st.data())
+def test_slice_writer_jobs_are_the_packets_prefixed_and_bundled(batch, prefix, chunk, data):
+    import zlib
+
+    batch, expected = _with_rules(data, batch)
+    packets = prefix + wire.encode_slices_reference(expected)
+    plain = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, False, chunk))
+    assert plain == packets
+    bundled = b"".join(bytes(p) for p in wire.slice_writer(batch)(prefix, True, chunk))
+    inner = [zlib.decompress(p.compressed_packets) for p in pb.Trace.FromString(bundled).packet]
+    assert b"".join(inner) == packets
+    _data, ends = wire.encode_slices(batch)
+    row_ends = [len(prefix)] * bool(prefix) + [len(prefix) + int(e) for e in ends]
+    assert [len(x) for x in inner] == np.diff(_cuts_reference(len(prefix), row_ends[bool(prefix):], chunk)).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_presence_rules(data):
+    """An int annotation is present where it differs from its default, or from the value the row's
+    resource implies; rule -1 keeps the given presence."""
+    n, k, r = data.draw(st.integers(0, 20)), data.draw(st.integers(0, 4)), data.draw(st.integers(1, 5))
+    small = st.integers(-2, 2)
+    vals = np.array(data.draw(st.lists(st.lists(small, min_size=n, max_size=n), min_size=k, max_size=k)),
+                    np.int64).reshape(k, n)
+    given_present = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=n, max_size=n), min_size=k,
+                                                max_size=k)), np.bool_).reshape(k, n)
+    rule = np.array(data.draw(st.lists(st.integers(-1, 3), min_size=k, max_size=k)), np.int64)
+    ref = np.array(data.draw(st.lists(small, min_size=k, max_size=k)), np.int64)
+    implied = np.array(data.draw(st.lists(st.lists(small, min_size=r, max_size=r), min_size=3, max_size=3)), np.int64)
+    res = np.array(data.draw(st.lists(st.integers(0, r - 1), min_size=n, max_size=n)), np.int64)
+    present = given_present.copy()
+    wire._resolve_presence(vals, present, rule, ref, implied, res)
+    for a in range(k):
+        want = (given_present[a] if rule[a] < 0 else vals[a] != ref[a] if rule[a] == 0
+                else vals[a] != implied[rule[a] - 1][res])
+        assert present[a].tolist() == want.tolist()

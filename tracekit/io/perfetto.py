@@ -18,8 +18,12 @@ Compactness: each track lane is its own packet sequence whose ``TrackEventDefaul
 track and whose incremental clock makes every timestamp a delta; event names, annotation names
 and string values are interned; values implied by the resource path (rank, channel, qp) and
 defaults are left out; and by default packets are deflated in ~1 MiB ``compressed_packets``
-bundles, as Perfetto's own tracing service writes them. The hot packets come from the compiled
-columnar encoder in :mod:`tracekit.io.perfetto_wire`, byte-identical to the protobuf bindings.
+bundles, as Perfetto's own tracing service writes them.
+
+Speed: batches are prepared here (strings, interning, lanes) and handed to worker threads, which
+encode them with the compiled columnar encoder of :mod:`tracekit.io.perfetto_wire` (byte-identical
+to the protobuf bindings) and deflate them with :mod:`tracekit.io.perfetto_deflate`, in one call
+without the GIL; the sink writes the results in order (:class:`tracekit.io.perfetto_state.Sink`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -41,8 +46,8 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_state import Interner, Sink, running_delta, sequence_start_bytes
-from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor, implied_rank,
+from tracekit.io.perfetto_state import Interner, Sink, lane_packets, running_delta, sequence_start_bytes
+from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
 #: Debug annotations in the order they are written: (name, events column, type, default).
@@ -76,9 +81,12 @@ MAX_INTERNED_STRINGS = 1 << 16
 #: Flow ids of group g (grouped traces) are offset by g << FLOW_GROUP_SHIFT to stay unique.
 FLOW_GROUP_SHIFT = 56
 
+#: Rows of a group's table of the values resource paths imply.
+_IMPLIED_ROW = {"rank": 0, "channel": 1, "qp": 2}
 _UNITS = {"B": pb.CounterDescriptor.UNIT_SIZE_BYTES, "ns": pb.CounterDescriptor.UNIT_TIME_NS}
 _EVENTS = schemas.load("events")
 _NUMERIC = {"int32": np.int32, "int64": np.int64}
+_EVENTS_DEFAULTS = {f.name: f.default for f in _EVENTS.fields}
 
 
 def implied_index(path: str, prefix: str) -> int:
@@ -90,9 +98,19 @@ def implied_index(path: str, prefix: str) -> int:
     return -1
 
 
+_IMPLIED_SEGMENT = re.compile(r"(rank|ch|qp)(\d+)")
+_IMPLIED_KEY = {"rank": "rank", "ch": "channel", "qp": "qp"}
+
+
 def implied(path: str) -> dict[str, int]:
-    """The annotation values a resource path implies (left out of the trace when equal)."""
-    return {"rank": implied_rank(path), "channel": implied_index(path, "ch"), "qp": implied_index(path, "qp")}
+    """The annotation values a resource path implies (left out of the trace when equal): the
+    number of its first ``rank<r>``, ``ch<c>`` and ``qp<q>`` segment, -1 without one."""
+    out = {"rank": -1, "channel": -1, "qp": -1}
+    for seg in reversed(path.split("/")):  # the first segment of a kind wins
+        m = _IMPLIED_SEGMENT.fullmatch(seg)
+        if m:
+            out[_IMPLIED_KEY[m.group(1)]] = int(m.group(2))
+    return out
 
 
 def _to_arrow(table: pl.DataFrame | pa.Table | None, what: str) -> pa.Table | None:
@@ -116,8 +134,8 @@ def _sorted_by_ts(t: pa.Table) -> pa.Table:
 
 def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
     """The columns of one batch (rows ``start``...) of a table already checked against events.v1
-    (on its empty slice): numeric columns as numpy, strings as Arrow (None when absent: all
-    default), absent numeric columns filled with their defaults."""
+    (on its empty slice): numeric columns as numpy, strings as Arrow, None for an absent column
+    (every row has the default), nullable ones as values (int64) and ``<name>_ok`` (bool)."""
     n = t.num_rows
     out: dict[str, Any] = {"num_rows": n}
     names = set(t.column_names)
@@ -132,14 +150,13 @@ def _batch(t: pa.Table, start: int, where: str) -> dict[str, Any]:
                 out[f.name] = a.astype(_NUMERIC[f.type], copy=False)
             elif f.type == "string":
                 out[f.name] = c.fill_null(f.default) if (c.null_count and f.default is not None) else c
-            else:
-                out[f.name] = c.cast(pa.int64()) if c.type != pa.int64() else c
+            else:  # a nullable id: values and validity
+                out[f.name], out[f.name + "_ok"] = _int_column(t, f.name) or (np.zeros(n, np.int64),
+                                                                             np.zeros(n, np.bool_))
         elif f.nullable:
-            out[f.name] = pa.nulls(n, pa.int64())
-        elif f.type in _NUMERIC:
-            out[f.name] = np.full(n, f.default, _NUMERIC[f.type])
+            out[f.name], out[f.name + "_ok"] = np.zeros(n, np.int64), np.zeros(n, np.bool_)
         else:
-            out[f.name] = None  # an absent string column: every row has the default
+            out[f.name] = None  # an absent column: every row has the default
     return out
 
 
@@ -172,10 +189,13 @@ class _Group:
         self.nodes = build_tree(parent, self.paths, ids)
         self.value_set = pa.array(self.paths, pa.string())
         implied_values = [implied(p) for p in self.paths]
-        self.implied = {k: np.array([v[k] for v in implied_values], np.int64) for k in ("rank", "channel", "qp")}
+        self.implied_table = np.array([[v[k] for v in implied_values] for k in _IMPLIED_ROW], np.int64).reshape(
+            len(_IMPLIED_ROW), len(self.paths))
         self.res_nodes = [self.nodes[p] for p in self.paths]
+        self.res_uuid = np.array([n.uuid for n in self.res_nodes], np.int64)
         self.counter_parents: set[int] = set()
-        self._lane_templates: dict[int, bytes] = {}
+        self._templates: dict[int, bytes] = {}
+        self._template_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _resource_ids(self, col: Any) -> np.ndarray:
         return np.asarray(pc.index_in(col, value_set=self.value_set).to_numpy(zero_copy_only=False), np.int64)
@@ -187,9 +207,29 @@ class _Group:
         t = self.counters
         if t is None or t.num_rows == 0:
             return [], {}, []
-        keys = (pl.from_arrow(t.select(["resource", "counter", "unit"]))
-                .unique(subset=["resource", "counter"], keep="first", maintain_order=True))
-        rows = sorted(keys.iter_rows(), key=lambda r: ([natural_key(s) for s in r[0].split("/")], natural_key(r[1])))
+        # the first (resource, counter) pairs, batch by batch: resources and counters as numbers,
+        # a table of the pairs seen so far (resources x counter capacity)
+        counter_ids: dict[str, int] = {}
+        seen = np.zeros((len(self.paths), 8), np.bool_)
+        first: list[tuple[int, str, str]] = []  # (resource, counter, unit) in order of appearance
+        for start in range(0, t.num_rows, BATCH_ROWS):
+            b = t.slice(start, BATCH_ROWS)
+            res = self._resource_ids(b.column("resource"))
+            codes, names = Interner.encode(b.column("counter"))
+            for name in names:
+                counter_ids.setdefault(name, len(counter_ids))
+            if len(counter_ids) > seen.shape[1]:
+                grown = np.zeros((len(self.paths), 2 * len(counter_ids)), np.bool_)
+                grown[:, :seen.shape[1]] = seen
+                seen = grown
+            cid = np.array([counter_ids[name] for name in names], np.int64)[codes]
+            rows = np.zeros(res.shape[0], np.int64)
+            m = _first_pairs(res, cid, seen, rows)
+            if m:
+                units = b.column("unit").take(pa.array(rows[:m])).to_pylist()
+                first += [(int(res[i]), b.column("counter")[int(i)].as_py(), u) for i, u in zip(rows[:m], units)]
+        keys = [(self.paths[r], c, u) for r, c, u in first]
+        rows = sorted(keys, key=lambda r: ([natural_key(s) for s in r[0].split("/")], natural_key(r[1])))
         res_index = {p: k for k, p in enumerate(self.paths)}
         tracks, index = [], {}
         seen: dict[str, int] = {}
@@ -219,33 +259,36 @@ class _Group:
 
     def _new_lanes(self, lanes: LaneAssigner, lane_seq: np.ndarray) -> np.ndarray:
         """Sequences (and tracks, for lanes past the first) of the lanes created by the last batch."""
-        old = lane_seq.shape[0]
-        seqs = np.zeros(lanes.num_lanes, np.uint64)
-        seqs[:old] = lane_seq
-        for lane in range(old, lanes.num_lanes):
-            r = int(lanes.lane_res[lane])
-            node = self.res_nodes[r]
-            uuid = node.uuid
-            if lanes.lane_index[lane]:  # an extra lane: a sibling of the resource's track, same name
-                uuid = self.ids.uuid()
-                self.sink.write(self._lane_descriptor(r, uuid))
-            seqs[lane] = self.ids.seq()
-            self.sink.write(sequence_start_bytes(int(seqs[lane]), uuid))
+        old, new = lane_seq.shape[0], lanes.num_lanes
+        res = lanes.lane_res[old:new]
+        extra = lanes.lane_index[old:new] > 0
+        uuids = self.res_uuid[res]
+        uuids[extra] = self.ids.uuids(int(extra.sum()))  # an extra lane: a sibling track, same name
+        seqs = np.concatenate([lane_seq, self.ids.seqs(new - old).astype(np.uint64)])
+        self.sink.write(lane_packets(seqs[old:], uuids, extra, res, self._lane_templates(res[extra]),
+                                     self.interner.name_entries()))
         return seqs
 
-    def _lane_descriptor(self, r: int, uuid: int) -> bytes:
-        """Framed TrackDescriptor of an extra lane of resource ``r``: the resource's own descriptor
-        (no children) with another uuid. uuid is field 1, serialized first."""
-        body = self._lane_templates.get(r)
-        if body is None:
-            node = self.res_nodes[r]
-            tmpl = Node(node.name, 1, node.parent, node.path, node.rank)
-            body = descriptor(tmpl, has_children=False).track_descriptor.SerializeToString()
-            assert body[:2] == b"\x08\x01"
-            body = self._lane_templates[r] = body[2:]
-        d = b"\x08" + wire.varint_bytes(uuid) + body
-        packet = b"\xe2\x03" + wire.varint_bytes(len(d)) + d
-        return b"\x0a" + wire.varint_bytes(len(packet)) + packet
+    def _lane_templates(self, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The TrackDescriptor of resource r's extra lanes without its uuid (field 1, serialized
+        first): the resource's own descriptor, no children; built for the resources in ``res``."""
+        todo = [int(r) for r in np.unique(res) if int(r) not in self._templates]
+        if todo or self._template_arrays is None:
+            for r in todo:
+                node = self.res_nodes[r]
+                body = descriptor(Node(node.name, 1, node.parent, node.path, node.rank),
+                                  has_children=False).track_descriptor.SerializeToString()
+                assert body[:2] == b"\x08\x01"
+                self._templates[r] = body[2:]
+            lo = np.zeros(len(self.res_nodes), np.int64)
+            hi = np.zeros(len(self.res_nodes), np.int64)
+            blob = bytearray()
+            for r, body in self._templates.items():
+                lo[r] = len(blob)
+                blob += body
+                hi[r] = len(blob)
+            self._template_arrays = np.frombuffer(bytes(blob) or b"\0", np.uint8), lo, hi
+        return self._template_arrays
 
     # -- events -----------------------------------------------------------------------------
     def write_events(self) -> None:
@@ -256,13 +299,17 @@ class _Group:
             t = _batch(t_all.slice(start, BATCH_ROWS), start, self.where)
             ts = t["ts_ns"].astype(np.int64)
             role = _flow_role(t)
+            order = None
             if ((ts[1:] == ts[:-1]) & (role[1:] < role[:-1])).any():
-                t = _take(t, np.lexsort((role, ts)))
+                order = np.lexsort((role, ts))
+                t = _take(t, order)
                 ts = t["ts_ns"].astype(np.int64)
             ts = ts + self.shift
             dur = t["dur_ns"].astype(np.int64)
             self._check_times(ts, dur, start)
             res = self._resource_ids(t["resource"])
+            if order is not None:
+                res = res[order]
             # each BEGIN is a delta from the previous END on its lane (the lane's sequence clock)
             lane, begin_delta = lanes.assign(res, ts, ts + dur)
             if lanes.num_lanes > lane_seq.shape[0]:
@@ -284,18 +331,37 @@ class _Group:
                       res: np.ndarray) -> None:
         n = t["num_rows"]
         it = self.interner
+        order = t.get("order")  # rows to take, in this order, of the string columns (still unordered)
+
+        def perm(x: Any) -> Any:
+            if order is None:
+                return x
+            return [x[i] for i in order.tolist()] if isinstance(x, list) else x[order]
+
         stage_idx, stage_values = it.encode(t["stage"])
+        stage_idx = perm(stage_idx)
         name_iid = it.event_name_ids(stage_values)[stage_idx]
-        stage_sid = it.string_ids(stage_values)[stage_idx]  # to compare names with stages by id
-        anns: list[wire.Annotation] = []
+        vals = np.empty((len(ANNOTATIONS), n), np.int64)  # rows 0..k-1: the annotations written
+        present = np.empty((len(ANNOTATIONS), n), np.bool_)
+        iids: list[int] = []
+        interned: list[bool] = []
+        rule: list[int] = []  # how the encoder finds where an int annotation is present
+        ref: list[int] = []
         strings: list[tuple[np.ndarray, np.ndarray]] = []
-        ann_bits = np.zeros(n, np.int64)
         inline: dict[str, tuple[list, np.ndarray]] = {}  # annotation -> (values, rows written inline)
         for k, (aname, col, typ, default) in enumerate(ANNOTATIONS):
+            j = len(iids)
             if typ == "int":
-                vals = t[col].astype(np.int64, copy=False)
-                present = vals != (self.implied[aname][res] if default is None else default)
-                anns.append(wire.Annotation(k + 1, vals, present))
+                if t[col] is None:  # an absent column
+                    if default is not None:
+                        continue  # every row has the default: never written
+                    vals[j] = _EVENTS_DEFAULTS[col]
+                else:
+                    vals[j] = t[col]
+                rule.append(_IMPLIED_ROW[aname] + 1 if default is None else 0)
+                ref.append(0 if default is None else default)
+                iids.append(k + 1)
+                interned.append(False)
             elif t[col] is None:
                 continue  # absent column: every row has the default
             elif typ == "str":
@@ -304,48 +370,50 @@ class _Group:
                 if same.null_count == 0 and pc.all(same).as_py():
                     continue
                 idx, values = it.encode(t[col])
+                idx = perm(idx)
                 if default is None:  # name: written where it differs from the stage
                     sids = it.string_ids(values, capped=True)[idx]
-                    present = sids != stage_sid
+                    used = sids != it.string_ids(stage_values)[stage_idx]  # compared by id
                 else:
                     sids = it.string_ids(values)[idx]
-                    present = sids != it.strings.get(default, 0)
-                if not present.any():
+                    used = sids != it.strings.get(default, 0)
+                if not used.any():
                     continue
-                spill = present & (sids == 0)  # the string table is full: inline
+                spill = used & (sids == 0)  # the string table is full: inline
                 if spill.any():
-                    inline[aname] = (t[col].to_pylist(), spill)
-                ann_bits |= present.astype(np.int64) << k
-                present = present & ~spill
-                anns.append(wire.Annotation(k + 1, sids, present, interned=True))
-                strings.append((sids, present))
-                continue
+                    inline[aname] = (perm(t[col].to_pylist()), spill)
+                vals[j] = sids
+                np.logical_and(used, ~spill, out=present[j])
+                rule.append(-1)
+                ref.append(0)
+                iids.append(k + 1)
+                interned.append(True)
+                strings.append((sids, present[j]))
             else:  # free text (captured kernels' args): those rows take the slow path
-                present = _bools(pc.not_equal(t[col], default))
-                if not present.any():
-                    continue
-                inline[aname] = (t[col].to_pylist(), present)
-            ann_bits |= present.astype(np.int64) << k
+                used = perm(_bools(pc.not_equal(t[col], default)))
+                if used.any():
+                    inline[aname] = (perm(t[col].to_pylist()), used)
         flows = {}
         for col in ("flow_out", "flow_in"):
-            c = t[col]
-            raw = c.fill_null(0).to_numpy().astype(np.int64, copy=False)
-            present = _bools(pc.is_valid(c))
+            raw, valid = t[col], t[col + "_ok"]
             if self.unpaired.size:
                 at = np.minimum(np.searchsorted(self.unpaired, raw), self.unpaired.size - 1)
-                present &= self.unpaired[at] != raw
-            flows[col] = (raw.view(np.uint64) + self.flow_offset, present)
+                valid = valid & (self.unpaired[at] != raw)
+            flows[col] = (raw.view(np.uint64) + self.flow_offset, valid)
+        k = len(iids)
         batch = wire.SliceBatch(
-            seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid, annotations=anns,
+            seq=seq, begin_delta=begin_delta, dur=dur, instant=dur == 0, name_iid=name_iid,
             flow_out=flows["flow_out"][0], flow_out_present=flows["flow_out"][1],
             flow_in=flows["flow_in"][0], flow_in_present=flows["flow_in"][1],
+            ann_vals=vals[:k], ann_present=present[:k], ann_iid=np.array(iids, np.uint64),
+            ann_interned=np.array(interned, np.bool_), ann_rule=np.array(rule, np.int64),
+            ann_ref=np.array(ref, np.int64), implied=self.implied_table, res=res,
         )
-        for p in it.packets(seq, name_iid, strings, ann_bits):
-            self.sink.write(p)
-        data, ends = wire.encode_slices(batch)
+        self.sink.write(it.packets(seq, name_iid, strings))
         if not inline:
-            self.sink.write(data)
+            self.sink.write_encoded(wire.slice_writer(batch), 100 * n)
             return
+        data, ends = wire.encode_slices(batch)
         slow = np.zeros(n, np.bool_)
         for _vals, rows in inline.values():
             slow |= rows
@@ -362,17 +430,17 @@ class _Group:
         annotations in the order of :data:`ANNOTATIONS`."""
         packets = wire.slice_packets_reference(b, i)
         te = packets[0].track_event
-        present = {a.name_iid: a for a in b.annotations if a.present[i]}
+        present = {int(b.ann_iid[a]): a for a in range(b.ann_iid.shape[0]) if b.ann_present[a, i]}
         del te.debug_annotations[:]
         for k, aname in enumerate(ANNOTATION_NAMES):
             if k + 1 in present:
                 a = present[k + 1]
                 d = te.debug_annotations.add()
                 d.name_iid = k + 1
-                if a.interned:
-                    d.string_value_iid = int(a.values[i])
+                if b.ann_interned[a]:
+                    d.string_value_iid = int(b.ann_vals[a, i])
                 else:
-                    d.int_value = int(a.values[i])
+                    d.int_value = int(b.ann_vals[a, i])
             elif aname in inline:
                 d = te.debug_annotations.add()
                 d.name_iid = k + 1
@@ -424,7 +492,103 @@ def _flow_ids(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, valid.astype(np.int32 if len(c) < 2**31 else np.int64)
 
 
+def _int_column(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values as int64, valid) of a nullable integer column, read from its buffers (the
+    values of null rows are whatever the buffer holds); None when absent or all null."""
+    if col not in t.column_names:
+        return None
+    c = t.column(col)
+    if c.null_count == len(c):
+        return None
+    a = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+    if a.type != pa.int64():
+        a = a.cast(pa.int64())
+    n, off = len(a), a.offset
+    bitmap, data = a.buffers()
+    values = np.frombuffer(data, np.int64)[off:off + n]
+    if bitmap is None:
+        return values, np.ones(n, np.bool_)
+    valid = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[off:off + n].view(np.bool_)
+    return values, valid
+
+
+@numba.njit(cache=True)
+def _first_pairs(res, cid, seen, rows):  # pragma: no cover - compiled
+    """Rows whose (resource, counter) pair is new, recorded in ``seen``; returns how many."""
+    m = 0
+    for i in range(res.shape[0]):
+        if not seen[res[i], cid[i]]:
+            seen[res[i], cid[i]] = True
+            rows[m] = i
+            m += 1
+    return m
+
+
+@numba.njit(cache=True)
+def _valid_range(ids, ok):  # pragma: no cover - compiled
+    """(min, max, count) of ``ids[ok]``."""
+    lo, hi, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
+    for r in range(ids.shape[0]):
+        if ok[r]:
+            lo = min(lo, ids[r])
+            hi = max(hi, ids[r])
+            n += 1
+    return lo, hi, n
+
+
+@numba.njit(cache=True)
+def _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired):  # pragma: no cover - compiled
+    """The flow checks of :func:`_flow_plan` for ids in ``lo .. lo + len(at_o) - 1``, through
+    direct-address tables (row of each id's start and end). Returns the number of unpaired ids
+    written to ``unpaired`` (ascending), or -1 when an id starts or ends twice or ends before it
+    starts (the caller then finds and reports the first such id)."""
+    for r in range(o_ids.shape[0]):
+        if o_ok[r]:
+            k = o_ids[r] - lo
+            if at_o[k] >= 0:
+                return -1
+            at_o[k] = r
+    for r in range(i_ids.shape[0]):
+        if i_ok[r]:
+            k = i_ids[r] - lo
+            if at_i[k] >= 0:
+                return -1
+            at_i[k] = r
+    m = 0
+    for k in range(at_o.shape[0]):
+        o, i = at_o[k], at_i[k]
+        if o >= 0 and i >= 0:
+            if ts[i] < ts[o]:
+                return -1
+        elif o >= 0 or i >= 0:
+            unpaired[m] = lo + k
+            m += 1
+    return m
+
+
 def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
+    """:func:`_flow_plan_checked`, compiled for dense ids (the usual 0..F) of valid tables."""
+    out, into = _int_column(t, "flow_out"), _int_column(t, "flow_in")
+    if out is None or into is None:
+        return _flow_plan_checked(t, where)
+    (o_ids, o_ok), (i_ids, i_ok) = out, into
+    lo_o, hi_o, n_o = _valid_range(o_ids, o_ok)
+    lo_i, hi_i, n_i = _valid_range(i_ids, i_ok)
+    lo, hi, count = min(lo_o, lo_i), max(hi_o, hi_i), n_o + n_i
+    if hi - lo >= 4 * count + 1024:
+        return _flow_plan_checked(t, where)
+    span = hi - lo + 1
+    rows = np.int32 if t.num_rows < 2**31 else np.int64
+    at_o, at_i = np.full(span, -1, rows), np.full(span, -1, rows)
+    unpaired = np.empty(count, np.int64)
+    ts = t.column("ts_ns").to_numpy().astype(np.int64, copy=False)
+    m = _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired)
+    if m < 0:
+        return _flow_plan_checked(t, where)  # raises, naming the first bad id
+    return unpaired[:m].copy()
+
+
+def _flow_plan_checked(t: pa.Table, where: str) -> np.ndarray:
     """Check the flow columns of a time-sorted table; return the ids that have no partner (a
     flow_out never terminated, or a flow_in never started), which are left out of the trace.
 
@@ -488,18 +652,32 @@ def _flow_role(t: dict[str, Any]) -> np.ndarray:
     """0 for rows that only start a flow, 1 for rows that do both or neither, 2 for rows that
     only end one: rows with equal timestamps are written in this order, so that a flow's source
     comes before its sink in the file (Perfetto breaks timestamp ties by file order)."""
-    out = _bools(pc.is_valid(t["flow_out"]))
-    into = _bools(pc.is_valid(t["flow_in"]))
+    out, into = t["flow_out_ok"], t["flow_in_ok"]
     return 1 - (out & ~into).astype(np.int64) + (into & ~out).astype(np.int64)
 
 
 def _take(t: dict[str, Any], order: np.ndarray) -> dict[str, Any]:
-    idx = pa.array(order)
-    return {k: (v if k == "num_rows" or v is None else v[order] if isinstance(v, np.ndarray) else pc.take(v, idx))
-            for k, v in t.items()}
+    """The batch with its numeric columns in ``order``; string (Arrow) columns stay as they are,
+    with ``order`` recorded for whoever turns them into numbers (cheaper than moving strings)."""
+    out = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in t.items()}
+    out["order"] = order
+    return out
 
 
-def _prepare(events: Any, counters: Any, where: str) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+def _without_defaults(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` without the optional string columns whose every value is the default (``kind``
+    "comm", empty ``phase``, ``stall_cause``, ``args``): the writer leaves those values out, so the
+    columns need neither converting to Arrow nor looking at batch by batch."""
+    drop = [col for col, default in (("kind", "comm"), ("phase", ""), ("stall_cause", ""), ("args", ""))
+            if col in df.columns and df.schema[col] == pl.String and not df[col].null_count()
+            and (df.height == 0 or bool((df[col] == default).all()))]
+    return df.drop(drop) if drop else df
+
+
+def _prepare(events: Any, counters: Any, where: str,
+             drop_defaults: bool = False) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+    if drop_defaults and isinstance(events, pl.DataFrame):
+        events = _without_defaults(events)
     ev = _to_arrow(events, "events")
     schemas.conform(ev.slice(0, 0), "events", where=where)  # column errors before any work
     if ev.num_rows and "ts_ns" in ev.column_names and ev.column("ts_ns").null_count:
@@ -561,7 +739,7 @@ def write_trace(path: str | os.PathLike[str], events: pl.DataFrame | pa.Table,
     started or ended twice, or ending before it starts, is bad input. ``compress=False`` writes plain packets
     (about 3x larger, faster to write) instead of deflated bundles. Events that are not sorted
     by ``ts_ns`` are sorted first (a copy). Bad input raises :class:`TracekitError`."""
-    ev, ct, unpaired = _prepare(events, counters, str(path))
+    ev, ct, unpaired = _prepare(events, counters, str(path), drop_defaults=True)
     return _write(path, [(None, ev, ct, 0, unpaired)], title, compress)
 
 
@@ -582,7 +760,7 @@ def write_trace_groups(path: str | os.PathLike[str],
             raise TracekitError(f"group {name!r} must be an (events, counters) pair", fix="use None for no counters")
         if not str(name) or "/" in str(name):
             raise TracekitError(f"group name {name!r} must be non-empty and without '/'", fix="rename the group")
-        ev, ct, unpaired = _prepare(pair[0], pair[1], f"{path}: group {name}")
+        ev, ct, unpaired = _prepare(pair[0], pair[1], f"{path}: group {name}", drop_defaults=True)
         starts = [int(pc.min(t.column("ts_ns")).as_py()) for t in (ev, ct) if t is not None and t.num_rows]
         prepared.append((str(name), ev, ct, -min(starts) if starts else 0, unpaired))
     return _write(path, prepared, title, compress)

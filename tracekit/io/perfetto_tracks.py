@@ -113,6 +113,16 @@ class Uuids:
         self.next_seq += 1
         return self.next_seq - 1
 
+    def uuids(self, k: int) -> np.ndarray:
+        """The next ``k`` uuids, in order."""
+        self.next_uuid += k
+        return np.arange(self.next_uuid - k, self.next_uuid, dtype=np.int64)
+
+    def seqs(self, k: int) -> np.ndarray:
+        """The next ``k`` sequence ids, in order."""
+        self.next_seq += k
+        return np.arange(self.next_seq - k, self.next_seq, dtype=np.int64)
+
 
 def build_tree(root: Node, paths: list[str], ids: Uuids) -> dict[str, Node]:
     """Add the tracks for ``paths`` under ``root``; return path -> Node for every prefix."""

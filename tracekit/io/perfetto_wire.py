@@ -23,12 +23,18 @@ Wire layout of a slice (one sequence per track lane, so ``track_uuid`` comes fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from tracekit.io import perfetto_deflate as deflate
 
 TYPE_SLICE_BEGIN = 1
 TYPE_SLICE_END = 2
@@ -50,13 +56,19 @@ def varint_bytes(value: int) -> bytes:
             return bytes(out)
 
 
+@intrinsic
+def _clz(typingctx, v):
+    """Leading zero bits of a uint64 (64 for 0)."""
+    def codegen(context, builder, sig, args):
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+    return types.uint64(types.uint64), codegen
+
+
 @numba.njit(cache=True, inline="always")
 def _vlen(v):  # pragma: no cover - compiled
-    n = 1
-    while v >= 128:
-        v >>= np.uint64(7)
-        n += 1
-    return n
+    """Bytes in the varint of a uint64: 1 + (highest set bit) // 7, the division by 7 done as
+    a multiply-shift (exact below 64)."""
+    return ((np.uint64(63) - _clz(v | np.uint64(1))) * np.uint64(37) >> np.uint64(8)) + np.uint64(1)
 
 
 @numba.njit(cache=True, inline="always")
@@ -77,38 +89,42 @@ def _put64(buf, pos, v):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+def _encode_slices(start, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
                    fo, fo_p, fi, fi_p, buf, row_end):  # pragma: no cover - compiled
-    pos = 0
+    """Packets of each row into ``buf`` from ``start``; ``row_end[i]``: where row i's end."""
+    pos = start
     n_ann = ann_iid.shape[0]
+    head = np.empty(n_ann, np.int64)  # bytes of an annotation before its value: tag, size, name_iid, value tag
+    for a in range(n_ann):
+        head[a] = 3 + _vlen(ann_iid[a]) + (2 if ann_interned[a] else 1)
+    vsize = np.empty(n_ann, np.int64)
     for i in range(seq.shape[0]):
-        te = 2 + 1 + _vlen(name_iid[i])
+        te = 3 + _vlen(name_iid[i])
         for a in range(n_ann):
             if ann_present[a, i]:
-                inner = 1 + _vlen(ann_iid[a]) + (2 if ann_interned[a] else 1) + _vlen(ann_vals[a, i])
-                te += 1 + _vlen(np.uint64(inner)) + inner
+                vsize[a] = _vlen(ann_vals[a, i])
+                te += head[a] + vsize[a]  # an annotation is < 128 bytes: its size is one byte
         if fo_p[i]:
             te += 10
         if fi_p[i]:
             te += 10
         te64 = np.uint64(te)
-        body = 1 + _vlen(bdelta[i]) + 1 + _vlen(seq[i]) + 1 + _vlen(te64) + te
+        s = seq[i]
+        body = 1 + _vlen(bdelta[i]) + 1 + _vlen(s) + 1 + _vlen(te64) + te
         buf[pos] = 0x0A
         pos = _put(buf, pos + 1, np.uint64(body))
         buf[pos] = 0x40
         pos = _put(buf, pos + 1, bdelta[i])
         buf[pos] = 0x50
-        pos = _put(buf, pos + 1, seq[i])
+        pos = _put(buf, pos + 1, s)
         buf[pos] = 0x5A
         pos = _put(buf, pos + 1, te64)
         for a in range(n_ann):
             if ann_present[a, i]:
-                v = ann_vals[a, i]
-                inner = 1 + _vlen(ann_iid[a]) + (2 if ann_interned[a] else 1) + _vlen(v)
                 buf[pos] = 0x22
-                pos = _put(buf, pos + 1, np.uint64(inner))
-                buf[pos] = 0x08
-                pos = _put(buf, pos + 1, ann_iid[a])
+                buf[pos + 1] = head[a] - 2 + vsize[a]
+                buf[pos + 2] = 0x08
+                pos = _put(buf, pos + 3, ann_iid[a])
                 if ann_interned[a]:
                     buf[pos] = 0x88
                     buf[pos + 1] = 0x01
@@ -116,7 +132,7 @@ def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, a
                 else:
                     buf[pos] = 0x20
                     pos += 1
-                pos = _put(buf, pos, v)
+                pos = _put(buf, pos, ann_vals[a, i])
         buf[pos] = 0x48
         buf[pos + 1] = TYPE_INSTANT if instant[i] else TYPE_SLICE_BEGIN
         buf[pos + 2] = 0x50
@@ -130,13 +146,12 @@ def _encode_slices(seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, a
             buf[pos + 1] = 0x03
             pos = _put64(buf, pos + 2, fi[i])
         if not instant[i]:
-            end_body = 1 + _vlen(dur[i]) + 1 + _vlen(seq[i]) + 4
             buf[pos] = 0x0A
-            pos = _put(buf, pos + 1, np.uint64(end_body))
-            buf[pos] = 0x40
-            pos = _put(buf, pos + 1, dur[i])
+            buf[pos + 1] = 1 + _vlen(dur[i]) + 1 + _vlen(s) + 4
+            buf[pos + 2] = 0x40
+            pos = _put(buf, pos + 3, dur[i])
             buf[pos] = 0x50
-            pos = _put(buf, pos + 1, seq[i])
+            pos = _put(buf, pos + 1, s)
             buf[pos] = 0x5A
             buf[pos + 1] = 0x02
             buf[pos + 2] = 0x48
@@ -194,7 +209,11 @@ class Annotation:
 
 @dataclass
 class SliceBatch:
-    """The encoded fields of ``n`` slices, one row each, in output order."""
+    """The encoded fields of ``n`` slices, one row each, in output order.
+
+    Debug annotations are ``k`` columns: ``ann_vals`` (k, n) int64 (int_value, or an interned
+    string id), ``ann_present`` (k, n) bool, ``ann_iid`` (k) their interned names, written in
+    this order, and ``ann_interned`` (k) bool. ``annotations`` builds those from a list instead."""
 
     seq: np.ndarray            # uint64 trusted_packet_sequence_id
     begin_delta: np.ndarray    # uint64 timestamp delta of the BEGIN (or INSTANT) packet
@@ -206,41 +225,156 @@ class SliceBatch:
     flow_out_present: np.ndarray | None = None
     flow_in: np.ndarray | None = None   # uint64 flow id terminated here
     flow_in_present: np.ndarray | None = None
+    ann_vals: np.ndarray | None = None
+    ann_present: np.ndarray | None = None
+    ann_iid: np.ndarray | None = None
+    ann_interned: np.ndarray | None = None
+    # presence rules, applied when encoding: annotation a is present where its value differs
+    # from ann_ref[a] (ann_rule[a] == 0) or from implied[ann_rule[a] - 1, res[i]] (> 0);
+    # ann_rule[a] == -1 keeps ann_present[a] as given
+    ann_rule: np.ndarray | None = None
+    ann_ref: np.ndarray | None = None
+    implied: np.ndarray | None = None
+    res: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.ann_vals is None:
+            k, n = len(self.annotations), self.n
+            self.ann_vals = np.zeros((k, n), np.int64)
+            self.ann_present = np.zeros((k, n), np.bool_)
+            for j, a in enumerate(self.annotations):
+                self.ann_vals[j] = np.asarray(a.values).astype(np.int64, copy=False)
+                self.ann_present[j] = a.present
+            self.ann_iid = np.array([a.name_iid for a in self.annotations], np.uint64)
+            self.ann_interned = np.array([a.interned for a in self.annotations], np.bool_)
+        k = self.ann_iid.shape[0]
+        if self.ann_rule is None:
+            self.ann_rule = np.full(k, -1, np.int64)
+            self.ann_ref = np.zeros(k, np.int64)
+        if self.implied is None:
+            self.implied = np.zeros((0, 1), np.int64)
+            self.res = np.zeros(self.n, np.int64)
 
     @property
     def n(self) -> int:
         return int(self.seq.shape[0])
 
 
-def encode_slices(b: SliceBatch) -> tuple[bytes, np.ndarray]:
-    """Wire bytes of the slices in ``b`` and the byte offset where each row (BEGIN + END) ends."""
+@numba.njit(cache=True, nogil=True)
+def _resolve_presence(vals, present, rule, ref, implied, res):  # pragma: no cover - compiled
+    """Fill ``present`` from the rules of :class:`SliceBatch` (``vals`` as int64 or its uint64 view)."""
+    for a in range(rule.shape[0]):
+        r = rule[a]
+        if r == 0:
+            for i in range(vals.shape[1]):
+                present[a, i] = np.int64(vals[a, i]) != ref[a]
+        elif r > 0:
+            for i in range(vals.shape[1]):
+                present[a, i] = np.int64(vals[a, i]) != implied[r - 1, res[i]]
+
+
+def _slice_args(b: SliceBatch) -> tuple:
+    """The kernel's column arguments for ``b`` (contiguous, of the kernel's types)."""
     n = b.n
-    if n == 0:
-        return b"", np.zeros(0, np.int64)
-    k = len(b.annotations)
-    vals = np.zeros((k, n), np.uint64)
-    present = np.zeros((k, n), np.bool_)
-    iids = np.zeros(k, np.uint64)
-    interned = np.zeros(k, np.bool_)
-    for j, a in enumerate(b.annotations):
-        vals[j] = np.asarray(a.values).astype(np.int64, copy=False).view(np.uint64)
-        present[j] = a.present
-        iids[j] = a.name_iid
-        interned[j] = a.interned
     false = np.zeros(n, np.bool_)
     zero = np.zeros(n, np.uint64)
     fo = zero if b.flow_out is None else np.ascontiguousarray(b.flow_out, np.uint64)
     fi = zero if b.flow_in is None else np.ascontiguousarray(b.flow_in, np.uint64)
     fo_p = false if b.flow_out_present is None else np.ascontiguousarray(b.flow_out_present, np.bool_)
     fi_p = false if b.flow_in_present is None else np.ascontiguousarray(b.flow_in_present, np.bool_)
-    bound = 64 + 20 * k + 24
-    buf = np.empty(n * bound, np.uint8)
-    row_end = np.empty(n, np.int64)
-    size = _encode_slices(np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.begin_delta, np.uint64),
-                          np.ascontiguousarray(b.dur, np.uint64), np.ascontiguousarray(b.instant, np.bool_),
-                          np.ascontiguousarray(b.name_iid, np.uint64), vals, present, iids, interned,
-                          fo, fo_p, fi, fi_p, buf, row_end)
-    return buf[:size].tobytes(), row_end
+    return (np.ascontiguousarray(b.seq, np.uint64), np.ascontiguousarray(b.begin_delta, np.uint64),
+            np.ascontiguousarray(b.dur, np.uint64), np.ascontiguousarray(b.instant, np.bool_),
+            np.ascontiguousarray(b.name_iid, np.uint64), np.ascontiguousarray(b.ann_vals, np.int64).view(np.uint64),
+            np.ascontiguousarray(b.ann_present, np.bool_), np.ascontiguousarray(b.ann_iid, np.uint64),
+            np.ascontiguousarray(b.ann_interned, np.bool_), fo, fo_p, fi, fi_p)
+
+
+def _rule_args(b: SliceBatch) -> tuple:
+    return (np.ascontiguousarray(b.ann_rule, np.int64), np.ascontiguousarray(b.ann_ref, np.int64),
+            np.ascontiguousarray(b.implied, np.int64), np.ascontiguousarray(b.res, np.int64))
+
+
+def _slice_bound(b: SliceBatch) -> int:
+    return b.n * (64 + 20 * b.ann_iid.shape[0] + 24)
+
+
+def encode_slices(b: SliceBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Wire bytes of the slices in ``b`` (a uint8 array) and the byte offset where each row
+    (BEGIN + END) ends."""
+    if b.n == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    _resolve_presence(b.ann_vals, b.ann_present, *_rule_args(b))
+    buf = np.empty(_slice_bound(b), np.uint8)
+    row_end = np.empty(b.n, np.int64)
+    size = _encode_slices(0, *_slice_args(b), buf, row_end)
+    return buf[:size], row_end
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_cuts(first_end, ends, chunk, cuts):  # pragma: no cover - compiled
+    """Greedy cuts of a stream into pieces of at most ``chunk`` bytes, cut only where a row ends
+    (at ``first_end`` when > 0, then at each of ``ends``, ascending; the last is the stream's
+    end). A row longer than ``chunk`` is a piece of its own. ``cuts`` gets 0, the cut points and
+    the end; returns how many."""
+    n = ends.shape[0]
+    total = ends[n - 1] if n else first_end
+    cuts[0] = 0
+    m = 1
+    pos = 0
+    j = 0 if first_end > 0 else 1  # candidate j: first_end for j == 0, else ends[j - 1]
+    while total - pos > chunk:
+        while j <= n and (first_end if j == 0 else ends[j - 1]) <= pos + chunk:
+            j += 1
+        last = (first_end if j == 1 else ends[j - 2]) if j >= 1 else -1
+        if last > pos:
+            cut = last
+        else:
+            cut = first_end if j == 0 else ends[j - 1]
+            j += 1
+        cuts[m] = cut
+        m += 1
+        pos = cut
+    if total > pos:
+        cuts[m] = total
+        m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_chunked(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+                    fo, fo_p, fi, fi_p, rule, ref, implied, res, buf, row_end, chunk, compress, out,
+                    tables):  # pragma: no cover - compiled
+    """``prefix`` then the packets of the rows, in ``buf``; with ``compress``, deflated into
+    ``compressed_packets`` bundles of about ``chunk`` bytes (cut where a row ends) in ``out``.
+    Returns the bytes in ``buf`` (plain) or ``out``. One call, without the GIL."""
+    _resolve_presence(ann_vals, ann_present, rule, ref, implied, res)
+    p = prefix.shape[0]
+    buf[:p] = prefix
+    total = _encode_slices(p, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
+                           fo, fo_p, fi, fi_p, buf, row_end)
+    if not compress:
+        return total
+    cuts = np.empty(row_end.shape[0] + 3, np.int64)
+    m = _chunk_cuts(p, row_end, chunk, cuts)
+    return deflate._bundles(buf[:total], cuts[:m], out, tables)
+
+
+def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
+    """A job for :meth:`tracekit.io.perfetto_state.Sink.write_encoded`: given the packets that go
+    before, whether to deflate and the bundle size, it returns the parts to write. The arrays are
+    prepared here; the job itself is one compiled call that runs without the GIL."""
+    args = _slice_args(b) + _rule_args(b)
+    bound = _slice_bound(b)
+
+    def job(prefix: bytes, compress: bool, chunk: int) -> list:
+        head = np.frombuffer(prefix, np.uint8)
+        buf = np.empty(head.shape[0] + bound, np.uint8)
+        row_end = np.empty(b.n, np.int64)
+        out = np.empty(deflate.bundle_bound(buf.shape[0], 2 * (buf.shape[0] // chunk) + 3) if compress else 0, np.uint8)
+        size = _encode_chunked(head, *args, buf, row_end, chunk, compress, out, deflate.TABLES)
+        return [(out if compress else buf)[:size]]
+
+    return job
 
 
 def _frame(packet: pb.TracePacket) -> bytes:
@@ -254,15 +388,15 @@ def slice_packets_reference(b: SliceBatch, i: int) -> list[pb.TracePacket]:
     begin.timestamp = int(b.begin_delta[i])
     begin.trusted_packet_sequence_id = int(b.seq[i])
     te = begin.track_event
-    for a in b.annotations:
-        if not a.present[i]:
+    for a in range(b.ann_iid.shape[0]):
+        if not b.ann_present[a, i]:
             continue
         d = te.debug_annotations.add()
-        d.name_iid = a.name_iid
-        if a.interned:
-            d.string_value_iid = int(a.values[i])
+        d.name_iid = int(b.ann_iid[a])
+        if b.ann_interned[a]:
+            d.string_value_iid = int(b.ann_vals[a, i])
         else:
-            d.int_value = int(a.values[i])
+            d.int_value = int(b.ann_vals[a, i])
     te.type = TYPE_INSTANT if b.instant[i] else TYPE_SLICE_BEGIN
     te.name_iid = int(b.name_iid[i])
     if b.flow_out is not None and b.flow_out_present[i]:
@@ -336,11 +470,10 @@ def frame(packet: pb.TracePacket) -> bytes:
     return _frame(packet)
 
 
-def compressed_frame(raw: bytes, level: int = 1) -> bytes:
-    """A ``TracePacket{compressed_packets}`` holding ``raw`` (framed packets), zlib-deflated as
-    Perfetto's tracing service writes them."""
-    import zlib
-
-    data = zlib.compress(raw, level)
+def compressed_frame(raw: bytes) -> bytes:
+    """A ``TracePacket{compressed_packets}`` holding ``raw`` (framed packets) as a zlib stream
+    (:mod:`tracekit.io.perfetto_deflate`), which Perfetto inflates as it does its tracing
+    service's bundles."""
+    data = deflate.compress(raw)
     body = b"\x92\x03" + varint_bytes(len(data)) + data  # field 50, length-delimited
     return b"\x0a" + varint_bytes(len(body)) + body
