@@ -103,3 +103,10 @@ def sorted_unique(key: np.ndarray) -> np.ndarray:
 def ceil_div(a: np.ndarray | int, b: float) -> np.ndarray:
     """Integer ceil(a / b) for non-negative a and positive b (b may be a float rate)."""
     return np.ceil(np.asarray(a, dtype=np.float64) / b).astype(np.int64)
+
+
+def first_items(item_chunk: np.ndarray, nchunks: int) -> np.ndarray:
+    """Index of the first item (in item order) of each of ``nchunks`` chunks."""
+    first = np.zeros(nchunks, np.int64)
+    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    return first

@@ -19,7 +19,7 @@ from tracekit.arrays import sort_packed
 from tracekit.engine import TaskGraph
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
-from tracekit.model.chunks import chain_edges, chain_pairs, chunk_items, combine_keys, time_major, unique_pairs
+from tracekit.model.chunks import first_items, chain_edges, chain_pairs, chunk_items, combine_keys, time_major, unique_pairs
 from tracekit.model.cluster import Cluster
 from tracekit.model.config import ReplayConfig
 from tracekit.workload.layout import DispatchLayout
@@ -158,16 +158,21 @@ def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nb
     return sm, mem
 
 
+def _phase_setup(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig, phase: str):
+    """Model chunk sizes, graph, cluster, payload bytes per token and per-row (source, token, channel)."""
+    meta = routing.meta
+    pc = cfg.model_chunks(cfg.dispatch if phase == "dispatch" else cfg.combine)
+    g = TaskGraph()
+    cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, phase)
+    dtype = (cfg.dispatch_dtype or meta.dispatch_dtype) if phase == "dispatch" else (cfg.combine_dtype or meta.combine_dtype)
+    src, tok, ch = _rows_channels(layout, cl.C)
+    return pc, g, cl, bytes_per_token(meta.hidden, dtype), src, tok, ch
+
+
 def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     """The dispatch of one (step, layer) as a task graph."""
-    meta = routing.meta
-    pc = cfg.model_chunks(cfg.dispatch)
-    g = TaskGraph()
-    cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "dispatch")
-    dtype = cfg.dispatch_dtype or meta.dispatch_dtype
-    bpt = bytes_per_token(meta.hidden, dtype)
+    pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "dispatch")
     wire = bpt + (cfg.meta_bytes_per_token if cfg.meta_bytes_per_token is not None else 8 + 8 * routing.topk)
-    src, tok, ch = _rows_channels(layout, cl.C)
     tokens_per_rank = np.bincount(src, minlength=cl.R)
     start = _prologue(cl, tokens_per_rank, routing.topk, cfg.cached, "dispatch")
     lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
@@ -188,8 +193,7 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     group = combine_keys(s, c, d)
     item_chunk, cgroup, ntok, kidx = chunk_items(group, tok[row], pc.nvl_send_chunk)
     m = cgroup.shape[0]
-    first = np.zeros(m, np.int64)
-    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    first = first_items(item_chunk, m)
     cs, cc, cd = s[first], c[first], d[first]
     nbytes = ntok * wire
     ring = _ring_pools(cl, cd, cc, cs, "nvl_ring", pc.nvl_recv_buffer, cgroup)
@@ -235,8 +239,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     # tasks are created in chunk-index order; messages keep their (source, channel, node)-major ids
     item_chunk, cgroup, ntok, kidx, msg = time_major(item_chunk, kidx, cgroup, ntok, kidx)
     m = cgroup.shape[0]
-    first = np.zeros(m, np.int64)
-    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    first = first_items(item_chunk, m)
     rs, rc, rb = s[first], c[first], nnode[first]
     fwd_rank = rb * G + cl.local_of[rs]  # same local index on the destination node
     nbytes = ntok * wire
@@ -271,8 +274,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
                           kidx[k_of_item] // window)
     f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], pc.nvl_send_chunk)
     fm = f_group.shape[0]
-    ffirst = np.zeros(fm, np.int64)
-    ffirst[f_item_chunk[::-1]] = np.arange(f_item_chunk.size)[::-1]
+    ffirst = first_items(f_item_chunk, fm)
     f_item_chunk, f_group, f_ntok, ffirst, f_old = time_major(f_item_chunk, kidx[k_of_item[ffirst]], f_group, f_ntok,
                                                               ffirst)
     fk = k_of_item[ffirst]  # (first) RDMA chunk feeding it
@@ -313,14 +315,8 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
 
 def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
-    meta = routing.meta
-    pc = cfg.model_chunks(cfg.combine)
-    g = TaskGraph()
-    cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, "combine")
-    dtype = cfg.combine_dtype or meta.combine_dtype
-    bpt = bytes_per_token(meta.hidden, dtype)
+    pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "combine")
     wire = bpt
-    src, tok, ch = _rows_channels(layout, cl.C)
     start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.topk, cfg.cached, "combine")
     row, holder = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
@@ -360,8 +356,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     item_chunk, cgroup, ntok, kidx = chunk_items(group, order, pc.nvl_send_chunk)
     item_chunk, cgroup, ntok, kidx, msg = time_major(item_chunk, kidx, cgroup, ntok, kidx)
     m = cgroup.shape[0]
-    first = np.zeros(m, np.int64)
-    first[item_chunk[::-1]] = np.arange(item_chunk.size)[::-1]
+    first = first_items(item_chunk, m)
     ch_, cc, cf = holder[first], c[first], fwd[first]
     nbytes = ntok * wire
     ring = _ring_pools(cl, cf, cc, ch_ if N == 1 else ch_ * N + cl.node_of[s[first]], "nvl_ring_combine",
@@ -399,8 +394,7 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     r_item_chunk, r_group, r_ntok, r_kidx = chunk_items(rgroup, tok[nrow], r_chunk)
     r_item_chunk, r_group, r_ntok, r_kidx, r_old = time_major(r_item_chunk, r_kidx, r_group, r_ntok, r_kidx)
     rm = r_group.shape[0]
-    rfirst = np.zeros(rm, np.int64)
-    rfirst[r_item_chunk[::-1]] = np.arange(r_item_chunk.size)[::-1]
+    rfirst = first_items(r_item_chunk, rm)
     k_s, k_c, k_b = rs[rfirst], rcn[rfirst], nnode[rfirst]
     k_f = k_b * G + cl.local_of[k_s]
     chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
@@ -448,8 +442,7 @@ def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arriva
     b_of_row, b_group, b_ntok, b_kidx = chunk_items(combine_keys(src, ch), tok, block)
     bm = b_group.shape[0]
     cl.order(msg_base + np.arange(bm), (b_kidx + 1) * max(block // 4, 1))
-    bfirst = np.zeros(bm, np.int64)
-    bfirst[b_of_row[::-1]] = np.arange(b_of_row.size)[::-1]
+    bfirst = first_items(b_of_row, bm)
     b_s, b_c = src[bfirst], ch[bfirst]
     contrib = np.bincount(b_of_row[item_row], minlength=bm)
     fin, fin_mem = _copy_out(cl, "combine_unpack", b_s, b_c, (contrib + b_ntok) * built.wire_bytes_per_token // 2,
