@@ -117,29 +117,29 @@ class ReplayConfig:
                        rdma_send_chunk=min(max(pc.rdma_send_chunk, m), pc.rdma_recv_buffer))
 
     def check(self) -> None:
-        def bad(flag: str, value: Any, expected: str) -> TracekitError:
-            return TracekitError(f"{flag}={value!r}: expected {expected}", fix=f"pass {flag} {expected}")
+        def bad(flag: str, value: Any, expected: str, example: object) -> TracekitError:
+            return TracekitError(f"{flag}={value!r}: expected {expected}", fix=f"e.g. {flag} {example}")
 
         if self.mode not in MODES:
-            raise bad("--mode", self.mode, f"one of {', '.join(MODES)}")
+            raise bad("--mode", self.mode, f"one of {', '.join(MODES)}", MODES[0])
         if self.granularity not in GRANULARITIES:
-            raise bad("--granularity", self.granularity, f"one of {', '.join(GRANULARITIES)}")
+            raise bad("--granularity", self.granularity, f"one of {', '.join(GRANULARITIES)}", GRANULARITIES[0])
         if self.doorbell not in DOORBELLS:
-            raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}")
+            raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}", DOORBELLS[0])
         if self.credit_return not in CREDIT_RETURN:
-            raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}")
+            raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}", CREDIT_RETURN[0])
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None for half the RDMA ring")
         if self.num_sms < 2 or self.num_sms % 2:
-            raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)")
+            raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)", DEFAULT_NUM_SMS)
         for phase in ("dispatch", "combine"):
             pc: PhaseConfig | None = getattr(self, phase)
             if pc is None:
                 continue
             for name in ("nvl_send_chunk", "nvl_recv_buffer", "rdma_send_chunk", "rdma_recv_buffer"):
                 if getattr(pc, name) < 1:
-                    raise bad(f"--{phase}-{name.replace('_', '-')}", getattr(pc, name), "a positive number of tokens")
+                    raise bad(f"--{phase}-{name.replace('_', '-')}", getattr(pc, name), "a positive number of tokens", 8)
             # DeepEP's own Config checks: an NVLink ring holds more than one chunk, an RDMA ring two
             if pc.nvl_recv_buffer <= pc.nvl_send_chunk:
                 raise TracekitError(
