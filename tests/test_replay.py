@@ -63,7 +63,7 @@ def small_cases(draw):
         adaptive_routing=draw(st.booleans()),
         min_chunk_tokens=1,
         forward_window=draw(st.sampled_from([None, 1, 2])),
-        mode=draw(st.sampled_from(["normal", "normal", "low_latency"])),
+        mode=draw(st.sampled_from(["normal", "normal", "low_latency", "zero_buffer"])),
     ).resolved(ep)
     return routing, hw, cfg
 
@@ -209,3 +209,22 @@ def test_forward_window_must_be_positive():
 
     with pytest.raises(TracekitError, match="forward_window=0"):
         ReplayConfig(forward_window=0).resolved(16)
+
+
+def test_zero_buffer_trades_a_round_trip_for_the_receiver_copy():
+    routing = _routing(ep=16, tokens=64, experts=64, topk=8, hidden=7168)
+    hw = load_profile("h800-ib")
+    ll = replay(routing, hw, ReplayConfig(mode="low_latency"))
+    zb = replay(routing, hw, ReplayConfig(mode="zero_buffer"))
+    ev_ll, ev_zb = ll.events, zb.events
+
+    def total(ev, stage, col="bytes"):
+        return ev.filter((ev["phase"] == "dispatch") & (ev["stage"] == stage))[col].sum()
+
+    assert total(ev_zb, "nic_send") > total(ev_ll, "nic_send")  # the same writes plus the reservations
+    assert total(ev_ll, "unpack") > 0 and total(ev_zb, "unpack") == 0  # nothing to copy: data lands in place
+    pairs = len({(int(r), int(e)) for r, e in zip(routing.rank[np.nonzero(routing.topk_expert >= 0)[0]],
+                                                  routing.topk_expert[routing.topk_expert >= 0])})
+    atomics_zb = ev_zb.filter((ev_zb["phase"] == "dispatch") & (ev_zb["stage"] == "rdma_atomic")).height
+    atomics_ll = ev_ll.filter((ev_ll["phase"] == "dispatch") & (ev_ll["stage"] == "rdma_atomic")).height
+    assert atomics_zb == atomics_ll + 2 * pairs  # a fetch-and-add and its reply per (source, expert) pair

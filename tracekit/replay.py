@@ -107,7 +107,7 @@ def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _builders(mode: str):
-    if mode == "low_latency":
+    if mode in ("low_latency", "zero_buffer"):
         from tracekit.model.low_latency import build_ll_combine, build_ll_dispatch
 
         return build_ll_dispatch, build_ll_combine

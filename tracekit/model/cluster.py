@@ -83,7 +83,7 @@ class Cluster:
         self.ns_pcie = 1.0 / hw.pcie.bandwidth_gbyte_s
         self.ns_line = 8.0 / hw.nic.line_rate_gbit_s
         self.ns_port = 8.0 / hw.switch.port_rate_gbit_s
-        if self.N > 1 or cfg.mode == "low_latency":  # low-latency kernels use RDMA even inside a node
+        if self.N > 1 or cfg.mode != "normal":  # low-latency / zero-buffer kernels may use RDMA in a node
             self._init_fabric()
 
     # -- helpers ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ DEEPEP_COMBINE = {
 }
 DEFAULT_NUM_SMS = 20
 
-MODES = ("normal", "low_latency")
+MODES = ("normal", "low_latency", "zero_buffer")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")

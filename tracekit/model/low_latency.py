@@ -1,4 +1,5 @@
-"""DeepEP-like low-latency kernels (decode) as task graphs: pure RDMA, no rings, no credits.
+"""DeepEP-like low-latency kernels (decode) as task graphs: pure RDMA, no rings, no credits; and the
+zero-buffer variant.
 
 Dispatch: every SM takes every ``num_sms``-th token, casts it (FP8 by default) into a send buffer and
 writes it once per valid top-k selection straight into the expert's receive slot on the expert's
@@ -10,7 +11,12 @@ copies that source's tokens into the expert's packed input. QPs: one per (peer, 
 
 Combine: each expert's rank sends every result row back by RDMA write into the token owner's slot
 for that expert, then a flag per (expert, source) by RDMA atomic; the owner waits for the flags and
-computes each token's weighted sum of its top-k rows. Message sizes follow DeepEP: dispatch
+computes each token's weighted sum of its top-k rows.
+
+Zero buffer (``--mode zero_buffer``): as low-latency, but each (source, expert) pair first reserves its
+place in the expert's final input by a fetch-and-add round trip to the expert's rank, and the writes
+land there directly, so the receiver copies nothing (zero copy) while every pair pays one round trip
+before its first write. Message sizes follow DeepEP: dispatch
 ``bytes_per_token + 16`` (the token index and scales header), combine ``2H`` (BF16).
 """
 
@@ -145,7 +151,25 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
     nsel = sel.size
     smsg = n_rows + np.arange(nsel)
     cl.order(smsg, ll.tok[sel] // ll.nsm)
-    arrive = ll.send(s, d, le, np.full(nsel, msg_bytes), np.ones(nsel, np.int64), pack[sel], smsg, "ll")
+    pair_of_sel = s * ll.E + ll.expert
+    ready = pack[sel]
+    zero = cfg.mode == "zero_buffer"
+    if zero:
+        # zero buffer: the first token of each (source, expert) pair reserves the pair's place in the
+        # expert's final input with a fetch-and-add round trip; every write of the pair waits for it
+        pairs, first = np.unique(pair_of_sel, return_index=True)
+        n_pairs = pairs.size
+        amsg = n_rows + nsel + ll.R * ll.E + np.arange(n_pairs)
+        cl.order(amsg, ll.tok[sel[first]] // ll.nsm)
+        reserve = ll.signal(s[first], d[first], le[first], pack[sel[first]], amsg, "ll")
+        back = cl.add(n_pairs, "rdma_atomic", s[first], dur=0, msg_id=amsg, src_rank=d[first], dst_rank=s[first])
+        g.add_edges(reserve, back, lag=np.where(cl.node_of[s[first]] != cl.node_of[d[first]],
+                                                cl.one_way_ns + hw.pcie.latency_ns if cl.N > 1 else 0,
+                                                np.where(s[first] != d[first], hw.nvlink.latency_ns, 0)))
+        ready = cl.add(nsel, "pack", s, dur=0, record=False, msg_id=smsg)
+        g.add_edges(pack[sel], ready)
+        g.add_edges(back[np.searchsorted(pairs, pair_of_sel)], ready)
+    arrive = ll.send(s, d, le, np.full(nsel, msg_bytes), np.ones(nsel, np.int64), ready, smsg, "ll")
     # 3. counts: after a rank has sent everything, one atomic per (source, expert) behind its data
     sent = cl.add(ll.R, "pack", np.arange(ll.R), dur=0, record=False)
     g.add_edges(pack, sent[ll.src])
@@ -154,12 +178,12 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
     pmsg = n_rows + nsel + np.arange(pairs_s.size)
     cl.order(pmsg, np.full(pairs_s.size, 1 << 20))
     count = ll.signal(pairs_s, pairs_e // ll.epr, pairs_e % ll.epr, sent[pairs_s], pmsg, "ll")
-    # 4. the receiver copies each (expert, source)'s tokens once their count has landed
-    pair_of_sel = s * ll.E + ll.expert
+    # 4. the receiver copies each (expert, source)'s tokens once their count has landed (zero buffer:
+    # they already are where the expert reads them; only the per-token bookkeeping remains)
     ntok = np.bincount(pair_of_sel, minlength=pairs_s.size)
     rd = pairs_e // ll.epr
-    unpack, mem = ll.copy_out("unpack", rd, (pairs_e % ll.epr) * ll.R + pairs_s, ntok * msg_bytes, ntok,
-                              msg_id=pmsg, src_rank=pairs_s, dst_rank=rd)
+    unpack, mem = ll.copy_out("unpack", rd, (pairs_e % ll.epr) * ll.R + pairs_s, ntok * (0 if zero else msg_bytes),
+                              ntok, msg_id=pmsg, src_rank=pairs_s, dst_rank=rd)
     g.add_edges(count, unpack)
     g.add_edges(arrive, unpack[pair_of_sel])
     built = Built("dispatch", g, cl, bpt, msg_bytes, ll.start, pack, sel, d, mem[pair_of_sel])
