@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -228,3 +229,24 @@ def test_zero_buffer_trades_a_round_trip_for_the_receiver_copy():
     atomics_zb = ev_zb.filter((ev_zb["phase"] == "dispatch") & (ev_zb["stage"] == "rdma_atomic")).height
     atomics_ll = ev_ll.filter((ev_ll["phase"] == "dispatch") & (ev_ll["stage"] == "rdma_atomic")).height
     assert atomics_zb == atomics_ll + 2 * pairs  # a fetch-and-add and its reply per (source, expert) pair
+
+
+def test_expert_gemm_delays_each_ranks_combine_by_its_experts_work():
+    hw = load_profile("h800-ib")
+    for skew in (0.0, 1.2):
+        routing = _routing(ep=16, tokens=256, experts=64, topk=8, hidden=2048, skew=skew)
+        res = replay(routing, hw, ReplayConfig(expert_gemm=True, expert_ffn=1024))
+        gemm = res.events.filter(res.events["stage"] == "expert_gemm")
+        assert gemm["tokens"].sum() == int((routing.topk_expert >= 0).sum())  # every selection computed once
+        assert (gemm["kind"] == "compute").all() and res.events["ts_ns"].is_sorted()
+        per_rank = gemm.group_by("rank").agg(pl.col("dur_ns").sum())
+        busiest = per_rank.sort("dur_ns")[-1]
+        # the busiest rank's experts set the GEMM tail, and nothing of the combine starts before some
+        # rank is done
+        assert res.summary["expert_gemm"]["rank_ns"]["max"] >= int(busiest["dur_ns"][0])
+        comb = res.events.filter(res.events["phase"] == "combine")
+        assert comb["ts_ns"].min() >= gemm["ts_ns"].min() + int(gemm.group_by("rank").agg(
+            pl.col("dur_ns").sum())["dur_ns"].min())
+        if skew:
+            hot = res.summary["expert_gemm"]["rank_ns"]
+            assert hot["max"] > 1.3 * hot["p50"]  # hot experts make a GEMM tail

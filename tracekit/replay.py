@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tracekit import schemas
 from tracekit.engine import Schedule, run
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
@@ -70,16 +71,25 @@ def replay(
     _check_inputs(routing, hw, cfg)
     t0 = 0
     ids = {"flow": 1, "msg": 0}
+    gemm_events = None
+    gemm_ranks: list[np.ndarray] = []
     events, counters, phases, memops = [], [], [], []
     for step, layer in routing.steps_layers():
         part = routing.select(step, layer)
         layout = dispatch_layout(part)
+        gemm_done = None
         for builder in _builders(cfg.mode):
             built: Built = builder(part, layout, hw, cfg)
+            if gemm_done is not None:  # each rank starts its combine when its experts are done
+                built.graph.update(built.start, release=gemm_done[built.graph.attr("rank")[built.start]])
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
             ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids)
+            if gemm_events is not None and built.phase == "combine":
+                gemm = pl.from_arrow(schemas.conform(gemm_events, "events", {"source": "replay"})).cast(ev.schema)
+                ev = pl.concat([gemm, ev], how="vertical").sort("ts_ns", maintain_order=True)
+                gemm_events = None
             events.append(ev)
             counters.append(ctr)
             if cfg.record_memops and built.phase == "dispatch":
@@ -88,9 +98,19 @@ def replay(
                 memops.append(ring_memops(built, sched, t0=t0))
             phases.append(result)
             t0 = result.end_ns
+            if cfg.expert_gemm and built.phase == "dispatch":
+                from tracekit.model.expert import expert_gemm
+
+                gemm_done, gemm_events = expert_gemm(part, layout, hw, cfg.expert_ffn, built.cluster.prefix, t0,
+                                                     step, layer)
+                gemm_ranks.append(gemm_done)
             if on_phase is not None:
                 on_phase(built.phase, step, layer)
     summary = summarise(phases, routing, hw, cfg)
+    if gemm_ranks:
+        done = np.concatenate(gemm_ranks)
+        summary["expert_gemm"] = {"rank_ns": {"p50": int(np.percentile(done, 50)), "max": int(done.max())},
+                                  "tflops": hw.gpu.gemm_tflops, "expert_ffn": cfg.expert_ffn}
     return ReplayResult(
         events=pl.concat(events, how="vertical"),  # phases follow each other; each is sorted by time
         counters=pl.concat(counters, how="vertical"),

@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credit-return", choices=CREDIT_RETURN, default="after_consume",
                    help="when receivers return ring credits (early = a broken protocol, for the hazard checker)")
     p.add_argument("--cached", action="store_true", help="cached layout: no notify or CPU sync")
+    p.add_argument("--expert-gemm", action="store_true",
+                   help="run each rank's expert GEMMs between dispatch and combine (combine starts per rank when "
+                        "its experts are done)")
+    p.add_argument("--expert-ffn", type=int, default=2048, metavar="F",
+                   help="expert intermediate size for --expert-gemm (default 2048, DeepSeek-V3)")
     p.add_argument("--record-memops", action="store_true",
                    help="also write memops.parquet: the NVLink rings' memory operations (intranode dispatch), "
                         "for tracekit fuzz --check")
@@ -74,7 +79,7 @@ def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
         granularity=args.granularity, doorbell=args.doorbell, adaptive_routing=args.adaptive_routing,
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
-        record_memops=args.record_memops,
+        record_memops=args.record_memops, expert_gemm=args.expert_gemm, expert_ffn=args.expert_ffn,
     )
 
 

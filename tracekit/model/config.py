@@ -63,6 +63,9 @@ class ReplayConfig:
     * ``credit_return``: ``after_consume`` (correct) or ``early`` (receivers return ring credits
       before copying out: a deliberately broken protocol for the hazard checker).
     * ``cached``: reuse the previous layout (DeepEP cached mode): no notify, no CPU sync.
+    * ``expert_gemm``: run each rank's expert GEMMs (three matrices of ``hidden x expert_ffn`` per
+      expert, roofline of ``gpu.gemm_tflops`` and HBM weight reads) between dispatch and combine;
+      a rank starts its combine when its experts are done, so load imbalance shows in the tail.
     * ``record_memops``: also record the memory-level operations of the NVLink rings (intranode
       dispatch) for the hazard checker (``tracekit fuzz --check``).
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
@@ -89,6 +92,8 @@ class ReplayConfig:
     meta_bytes_per_token: int | None = None
     min_chunk_tokens: int = 4
     record_memops: bool = False
+    expert_gemm: bool = False
+    expert_ffn: int = 2048
     forward_window: int | None = None
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +136,8 @@ class ReplayConfig:
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None for half the RDMA ring")
+        if self.expert_ffn < 1:
+            raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.num_sms < 2 or self.num_sms % 2:
             raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)", DEFAULT_NUM_SMS)
         for phase in ("dispatch", "combine"):
