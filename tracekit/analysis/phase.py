@@ -146,6 +146,9 @@ def _critical_path(built: Built, sched: Schedule, end_task: int) -> tuple[list[i
         name = STAGES[int(stage[t])]
         stages[name] = stages.get(name, 0) + int(sched.finish[t]) - begin
         if b < 0:
+            # a source held back by a release time: the rank's expert GEMMs (ReplayConfig.expert_gemm)
+            if begin > 0:
+                stages["expert_gemm"] = stages.get("expert_gemm", 0) + begin
             break
         t = b
     return path, stages
