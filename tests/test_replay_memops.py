@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from tracekit.cli import main
+from tracekit.errors import TracekitError
 from tracekit.hardware import load_profile
 from tracekit.hazards import check_trace
 from tracekit.io.tables import write_table
@@ -66,5 +67,5 @@ def test_cli_record_then_check(tmp_path, capsys):
 def test_record_memops_refuses_internode(capsys):
     cfg = ReplayConfig(record_memops=True)
     routing = synth(SynthConfig(preset="decode", ep=16, tokens=8, experts=32, topk=2))
-    with pytest.raises(Exception, match="intranode dispatch"):
+    with pytest.raises(TracekitError, match="intranode dispatch"):
         replay(routing, load_profile("h800-ib"), cfg)

@@ -107,15 +107,13 @@ def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, ro
     stage = g.attr("stage")
     nbytes = g.attr("bytes")
     s_attr, d_attr = g.attr("src_rank"), g.attr("dst_rank")
-    for a, b in (("nic_send", "nic_recv"),):
-        ma, mb = stage == STAGE[a], stage == STAGE[b]
-        ma &= nbytes > 0
-        mb &= nbytes > 0
-        if ma.any() or mb.any():
-            sa = np.bincount(s_attr[ma] * R + d_attr[ma], weights=nbytes[ma], minlength=R * R)
-            sb = np.bincount(s_attr[mb] * R + d_attr[mb], weights=nbytes[mb], minlength=R * R)
-            if not np.array_equal(sa, sb):
-                raise ConservationError(f"{phase}: bytes sent by NICs differ from bytes received per rank pair")
+    sent = (stage == STAGE["nic_send"]) & (nbytes > 0)
+    recv = (stage == STAGE["nic_recv"]) & (nbytes > 0)
+    if sent.any() or recv.any():
+        sa = np.bincount(s_attr[sent] * R + d_attr[sent], weights=nbytes[sent], minlength=R * R)
+        sb = np.bincount(s_attr[recv] * R + d_attr[recv], weights=nbytes[recv], minlength=R * R)
+        if not np.array_equal(sa, sb):
+            raise ConservationError(f"{phase}: bytes sent by NICs differ from bytes received per rank pair")
 
 
 def _check_selections(built: Built, routing: Routing, phase: str) -> None:
@@ -177,7 +175,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         np.maximum.at(rank_finish, g.attr("rank")[built.receive_done], sched.finish[built.receive_done])
     # per-rank kernel time: from its launch to the last task it runs
     data = np.ones(g.num_tasks, bool)
-    data[list(np.flatnonzero(np.isin(stage, list(_SYNC | _BOOKKEEPING))))] = False
+    data[np.isin(stage, list(_SYNC | _BOOKKEEPING))] = False
     data &= rank_attr >= 0
     rank_end = np.zeros(R, np.int64)
     np.maximum.at(rank_end, rank_attr[data], sched.finish[data])

@@ -310,16 +310,14 @@ class Cluster:
                       tokens=ptokens, **pc)
         self.g.add_edges(prev, rx, lag=hw.switch.cable_latency_ns)
         if self.cfg.granularity == "packet":
-            last = np.r_[first[1:], m] - 1
-            self._msg_of_join = np.asarray(common.get("msg_id", -1)) if np.ndim(common.get("msg_id", -1)) else np.full(n, -1)
             self.g.add_edges(tx[pos > 0] - 1, tx[pos > 0])  # packets of a message leave in order
-            return tx[first], self._join(rx, msg, last)
+            msg_id = np.broadcast_to(np.asarray(common.get("msg_id", -1), np.int64), (n,))
+            return tx[first], self._join(rx, msg, msg_id)
         return tx, rx
 
-    def _join(self, rx: np.ndarray, msg: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _join(self, rx: np.ndarray, msg: np.ndarray, msg_id: np.ndarray) -> np.ndarray:
         """A zero-time task per message that waits for all its packets."""
-        n = last.shape[0]
-        done = self.add(n, "nic_recv", -1, dur=0, record=False, msg_id=self._msg_of_join)
+        done = self.add(msg_id.shape[0], "nic_recv", -1, dur=0, record=False, msg_id=msg_id)
         self.g.add_edges(rx, done[msg])
         return done
 
