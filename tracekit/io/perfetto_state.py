@@ -25,6 +25,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit.io import perfetto_deflate as deflate
 from tracekit.io import perfetto_wire as wire
+from tracekit.io.perfetto_deflate import _put_varint as _put  # one varint writer for plain ints
 
 #: Sequence-scoped incremental clock used by every sequence (ids 64..127 are sequence-scoped).
 CLOCK_ID = 64
@@ -156,16 +157,6 @@ def _vlen(v):  # pragma: no cover - compiled
         v >>= 7
         n += 1
     return n
-
-
-@numba.njit(cache=True, inline="always")
-def _put(buf, pos, v):  # pragma: no cover - compiled
-    while v >= 128:
-        buf[pos] = (v & 0x7F) | 0x80
-        v >>= 7
-        pos += 1
-    buf[pos] = v
-    return pos + 1
 
 
 @numba.njit(cache=True)
