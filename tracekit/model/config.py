@@ -112,6 +112,12 @@ class ReplayConfig:
         cfg.check()
         return cfg
 
+    def payload_dtype(self, meta: Any, phase: str) -> str:
+        """The payload type of ``phase``: the override if given, else the routing table's."""
+        if phase == "dispatch":
+            return self.dispatch_dtype or meta.dispatch_dtype
+        return self.combine_dtype or meta.combine_dtype
+
     def model_chunks(self, pc: PhaseConfig) -> PhaseConfig:
         """The chunk sizes the model moves: ``token`` granularity moves single tokens; ``chunk`` and
         ``packet`` merge chunks below ``min_chunk_tokens`` (never beyond the ring's capacity)."""

@@ -67,6 +67,8 @@ class _LL:
 
     def __init__(self, routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig, phase: str) -> None:
         _check(routing, layout)
+        meta = routing.meta
+        self.payload = bytes_per_token(meta.hidden, cfg.payload_dtype(meta, phase))  # bytes of one token in this phase's type
         self.g = TaskGraph()
         self.cl = Cluster(self.g, hw, routing.meta.ep_size, routing.meta.gpus_per_node, cfg, phase)
         cl = self.cl
@@ -134,9 +136,7 @@ class _LL:
 def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     ll = _LL(routing, layout, hw, cfg, "dispatch")
     cl, g = ll.cl, ll.g
-    meta = routing.meta
-    dtype = cfg.dispatch_dtype or meta.dispatch_dtype
-    bpt = bytes_per_token(meta.hidden, dtype)
+    bpt = ll.payload
     msg_bytes = bpt + HEADER_BYTES
     n_rows = ll.src.shape[0]
     rows = np.arange(n_rows)
@@ -197,9 +197,7 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
 def build_ll_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     ll = _LL(routing, layout, hw, cfg, "combine")
     cl, g = ll.cl, ll.g
-    meta = routing.meta
-    dtype = cfg.combine_dtype or meta.combine_dtype
-    row_bytes = bytes_per_token(meta.hidden, dtype)
+    row_bytes = ll.payload
     sel = ll.row
     s, d, le = ll.src[sel], ll.dst, ll.local
     nsel = sel.size

@@ -164,7 +164,7 @@ def _phase_setup(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: Rep
     pc = cfg.model_chunks(cfg.dispatch if phase == "dispatch" else cfg.combine)
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, phase)
-    dtype = (cfg.dispatch_dtype or meta.dispatch_dtype) if phase == "dispatch" else (cfg.combine_dtype or meta.combine_dtype)
+    dtype = cfg.payload_dtype(meta, phase)
     src, tok, ch = _rows_channels(layout, cl.C)
     return pc, g, cl, bytes_per_token(meta.hidden, dtype), src, tok, ch
 
