@@ -20,6 +20,7 @@ from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
 from tracekit.model.config import ReplayConfig
 from tracekit.model.normal import Built, build_combine, build_dispatch
+from tracekit.summary_types import Summary
 from tracekit.arrays import small_pages
 from tracekit.analysis.phase import PhaseResult, analyse_phase, check_conservation, phase_tables
 from tracekit.workload.layout import dispatch_layout
@@ -28,11 +29,17 @@ from tracekit.workload.routing import Routing
 
 @dataclass
 class ReplayResult:
-    """Everything one replay produced."""
+    """Everything one replay produced: events and counters (polars), the typed summary, per-phase results.
+
+    >>> from tracekit import replay, synth
+    >>> r = replay(synth("decode", ep=8, tokens=16))
+    >>> r.events.columns[:3], r.summary.workload.ep_size
+    (['ts_ns', 'dur_ns', 'rank'], 8)
+    """
 
     events: pl.DataFrame
     counters: pl.DataFrame
-    summary: dict[str, Any]
+    summary: Summary  # also reads like the summary.json dict (a read-only mapping)
     phases: list[PhaseResult] = field(default_factory=list)
     memops: pl.DataFrame | None = None  # with ReplayConfig.record_memops
 
@@ -114,7 +121,7 @@ def replay(
     return ReplayResult(
         events=pl.concat(events, how="vertical"),  # phases follow each other; each is sorted by time
         counters=pl.concat(counters, how="vertical"),
-        summary=summary,
+        summary=Summary.from_dict(summary),
         phases=phases,
         memops=_renumber(memops) if cfg.record_memops else None,
     )

@@ -140,11 +140,20 @@ def available() -> dict[str, Schema]:
     """All schemas shipped with tracekit, keyed by id (``"events.v1"``)."""
     out: dict[str, Schema] = {}
     for path in sorted(_schema_dir().glob("*.json")):
-        s = _parse(json.loads(path.read_text()))
+        doc = json.loads(path.read_text())
+        if "$schema" in doc:  # a JSON Schema document (summary.v1), not a table schema
+            continue
+        s = _parse(doc)
         if path.name != f"{s.id}.json":
             raise ValueError(f"schema file {path.name} declares {s.id}; rename it to {s.id}.json")
         out[s.id] = s
     return out
+
+
+@functools.cache
+def json_schema(schema_id: str) -> dict[str, Any]:
+    """A JSON Schema document shipped in ``schemas/`` (e.g. ``"summary.v1"``)."""
+    return json.loads((_schema_dir() / f"{schema_id}.json").read_text())
 
 
 def load(name: str) -> Schema:

@@ -19,6 +19,7 @@ Definitions (all times integer nanoseconds):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +178,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     resources = _resources(inphase, instances)
     stalls, recorded = _stalls(inphase, phases, trace.meta)
     experts = _experts(ev)
-    summary = trace.summary if isinstance(trace.summary, dict) else None
+    summary = trace.summary if isinstance(trace.summary, Mapping) else None
     payload, dtypes, engine = _from_summary(summary, phases, trace.meta)
     prof = Profile(
         label=label, source=str(trace.meta.get("source", "")), ranks=ranks, phases=phases, ops=ev,

@@ -10,13 +10,26 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tracekit import schemas
+from tracekit.errors import TracekitError
 from tracekit.io.atomic import atomic_dir
 from tracekit.replay import ReplayResult
+from tracekit.summary_types import Summary
 
 
-def summary_json(summary: dict[str, Any]) -> str:
+def summary_json(summary: Summary | dict[str, Any]) -> str:
     """Deterministic text of a summary: sorted keys, fixed float formatting."""
+    if isinstance(summary, Summary):
+        return summary.to_json()
     return json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def read_summary(path: str | os.PathLike[str]) -> Summary:
+    """A ``summary.json`` written by a replay, typed; bad files raise :class:`TracekitError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracekitError(f"cannot read ({exc})", where=str(path), fix="write the replay output again") from None
+    return Summary.from_json(text, where=str(path))
 
 
 def write_replay(result: ReplayResult, outdir: str | os.PathLike[str], *, meta: dict[str, Any],

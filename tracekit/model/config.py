@@ -32,7 +32,11 @@ CREDIT_RETURN = ("after_consume", "early")
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """Ring and chunk sizes of one phase, in tokens."""
+    """Ring and chunk sizes of one phase, in tokens.
+
+    >>> PhaseConfig(nvl_send_chunk=8, nvl_recv_buffer=256, rdma_send_chunk=16, rdma_recv_buffer=128).nvl_send_chunk
+    8
+    """
 
     nvl_send_chunk: int
     nvl_recv_buffer: int
@@ -51,6 +55,9 @@ def deepep_defaults(ep_size: int, phase: str) -> PhaseConfig:
 @dataclass(frozen=True)
 class ReplayConfig:
     """Everything a replay needs besides the routing table and the hardware profile.
+
+    >>> ReplayConfig(num_sms=24, dispatch_dtype="bf16").resolved(16).dispatch.nvl_send_chunk  # DeepEP's EP16 default
+    36
 
     * ``granularity``: ``chunk`` (default) moves DeepEP chunks through every stage; ``token`` uses
       chunks of one token (slow, finest SM/NVLink detail); ``packet`` keeps chunks on the GPUs but

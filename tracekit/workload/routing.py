@@ -87,6 +87,11 @@ class Routing:
     """Routing decisions as numpy columns, one row per (step, layer, rank, token), in that order.
 
     ``topk_expert`` is ``int32[N, K]`` with -1 for masked entries; ``topk_weight`` is ``float32[N, K]``.
+
+    >>> from tracekit import synth
+    >>> r = synth("decode", ep=8, tokens=16, layers=2)
+    >>> r.steps_layers(), r.select(0, 1).num_rows
+    ([(0, 0), (0, 1)], 128)
     """
 
     step: np.ndarray

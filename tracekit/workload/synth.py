@@ -55,6 +55,9 @@ class SynthConfig:
     popularity bias (0 = none). ``rank_imbalance`` is the sigma of a log-normal factor on each rank's
     token count (0 = every rank has ``tokens``; the mean stays ``tokens``). ``masked`` entries per
     rank batch are set to -1 (weight 0), like DeepEP's low-latency test.
+
+    >>> SynthConfig(preset="prefill", ep=32).check().num_nodes
+    4
     """
 
     preset: str = "decode"
