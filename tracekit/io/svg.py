@@ -252,3 +252,70 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], labels: Sequence[int]
     body.append(_text(left, top + side + 16, scale, size=10, color="#555"))
     width = max(left + side + 12, 8 + 7.5 * len(title), left + 6 * len(scale))
     return _svg(width, top + side + 24, body, title)
+
+
+def lines(title: str, xs: Sequence[str], series: dict[str, Sequence[float | None]], *, fmt: Callable[[float], str],
+          xlabel: str, ylabel: str, width: int = 460, height: int = 260) -> str:
+    """Lines over categorical x values (evenly spaced, in the given order), one per named series;
+    ``None`` leaves a gap. Dots carry their value as a tooltip."""
+    left, right, top, bottom = 70, 20, 40, 44
+    pw, ph = width - left - right, height - top - bottom
+    vals = [v for s in series.values() for v in s if v is not None]
+    ticks = nice_ticks(max(vals + [1e-9]))
+    ymax = ticks[-1] or 1.0
+    n = max(len(xs), 1)
+    body = [_text(8, 16, title, size=13, weight="bold")]
+    leg, _ = legend([(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(series)], left, 32, pw)
+    top += 12 * (len(series) > 1)
+    body += leg + _axes(left, top, pw, ph - 12 * (len(series) > 1), [], ticks, 1.0, ymax, str, fmt, xlabel, ylabel)
+    ph -= 12 * (len(series) > 1)
+    step = max(1, int(math.ceil(n / 12)))
+    for i, x in enumerate(xs):
+        if i % step == 0:
+            body.append(_text(left + pw * (i + 0.5) / n, top + ph + 14, str(x), size=10, anchor="middle"))
+    for k, (name, s) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        pts = [(left + pw * (i + 0.5) / n, top + ph - ph * v / ymax, v, xs[i]) for i, v in enumerate(s) if v is not None]
+        if len(pts) > 1:
+            body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="'
+                        + " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in pts) + '"/>')
+        for x, y, v, label in pts:
+            body.append(f'<circle cx="{_n(x)}" cy="{_n(y)}" r="3" fill="{colour}"><title>{escape(name)} '
+                        f'{escape(str(label))}: {escape(fmt(v))}</title></circle>')
+    return _svg(width, height, body, title)
+
+
+def table_heatmap(title: str, matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *,
+                  fmt: Callable[[float], str], xlabel: str, ylabel: str, mark: tuple[int, int] | None = None,
+                  cell: int = 40) -> str:
+    """A rows x columns matrix as cells coloured from the lowest (white) to the highest value (blue),
+    each labelled with its value; ``mark`` outlines one cell (e.g. the best point); ``None`` is grey."""
+    left, top = 70, 50
+    flat = [v for row in matrix for v in row if v is not None]
+    lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
+    body = [_text(8, 16, title, size=13, weight="bold")]
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            colour = "#eeeeee" if v is None else _mix((255, 255, 255), (31, 90, 160), (v - lo) / ((hi - lo) or 1.0))
+            x, y = left + j * cell, top + i * cell
+            tip = f"{ylabel} {rows[i]}, {xlabel} {cols[j]}: {fmt(v) if v is not None else 'no value'}"
+            body.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{colour}">'
+                        f'<title>{escape(tip)}</title></rect>')
+            if v is not None and cell >= 34:
+                dark = (v - lo) / ((hi - lo) or 1.0) > 0.6
+                body.append(_text(x + cell / 2, y + cell / 2 + 3, fmt(v), size=8, anchor="middle",
+                                  color="#fff" if dark else "#333"))
+    if mark is not None:
+        body.append(f'<rect x="{left + mark[1] * cell}" y="{top + mark[0] * cell}" width="{cell}" height="{cell}" '
+                    f'fill="none" stroke="#e15759" stroke-width="2.5"/>')
+    for j, c in enumerate(cols):
+        body.append(_text(left + (j + 0.5) * cell, top - 5, str(c), size=9, anchor="middle"))
+    for i, r in enumerate(rows):
+        body.append(_text(left - 5, top + (i + 0.5) * cell + 3, str(r), size=9, anchor="end"))
+    w, h = cell * max(len(cols), 1), cell * max(len(rows), 1)
+    body.append(_text(left + w / 2, top - 20, xlabel, size=10, anchor="middle"))
+    body.append(_text(12, top + h / 2, ylabel, size=10, anchor="middle", rotate=-90))
+    scale = f"scale: {fmt(lo)} (white) .. {fmt(hi)} (blue)"
+    body.append(_text(left, top + h + 16, scale, size=10, color="#555"))
+    width = max(left + w + 12, 8 + 7.5 * len(title), left + 6 * len(scale))
+    return _svg(width, top + h + 24, body, title)
