@@ -81,6 +81,8 @@ def test_every_replay_config_field_is_a_knob_with_its_type():
     (GRID.replace("num_sms = [20, 24]", "num_sms = [21]"), "--num-sms=21: expected an even number"),
     (GRID.replace("[[workloads]]", "[[workload]]"), "unknown key 'workload' (did you mean 'workloads'?)"),
     (GRID.replace('metric = "dispatch.latency_ns"', "metric = 3"), "metric: got an integer 3"),
+    (GRID.replace('metric = "dispatch.latency_ns"', 'metric = "dispatch.latency"'),
+     "metric 'dispatch.latency' is not a summary figure (did you mean 'dispatch.latency_ns'?)"),
     ("[knobs]\nnum_sms = [20]\n", "the grid has no workloads"),
     (GRID.replace("tokens = 32", "tokenz = 32"), "synth: unknown field 'tokenz' (did you mean 'tokens'?)"),
     (GRID.replace('profiles = ["h800-ib"]', 'profiles = ["h900"]'), "unknown hardware profile 'h900'"),

@@ -246,6 +246,7 @@ def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path(".")) -> Gr
         raise TracekitError(f"unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
                             where=where, fix=f"use only {', '.join(_TOP_KEYS)}")
     metric = _get(doc, "metric", str, "dispatch.latency_ns", where)
+    _check_metric(metric, where)
     goal = _get(doc, "goal", str, "min", where)
     if goal not in ("min", "max"):
         raise TracekitError(f"goal = {goal!r}", where=where, fix='use goal = "min" or goal = "max"')
@@ -285,6 +286,39 @@ def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path(".")) -> Gr
     block = Block("grid", tuple(wls),
                   tuple(_profile(x, where, base) for x in profiles), tuple(swept), tuple(fixed), metric, goal)
     return expand([block], source=where, group_by=("block", *group_by), plot=plot)
+
+
+def _summary_figures() -> tuple[set[str], set[str]]:
+    """Typed figure names of the summary (``dispatch.latency_ns``) and prefixes of its dict figures."""
+    from tracekit.summary_types import schema_skeleton
+
+    sk = schema_skeleton()
+    leaves, dicts = set(), set()
+
+    def walk(node: dict, path: str) -> None:
+        for k, prop in node.get("properties", {}).items():
+            name = f"{path}{k}"
+            if "$ref" in prop:
+                walk(sk["$defs"][prop["$ref"].rsplit("/", 1)[1]], name + ".")
+            elif prop.get("type") == "object":
+                dicts.add(name + ".")
+            else:
+                leaves.add(name)
+
+    walk(sk, "")
+    return leaves, dicts
+
+
+def _check_metric(metric: str, where: str) -> None:
+    """A typo of a known figure is an error now, before any replay; a name the summary types do not
+    know (a figure another feature adds as an extra) is accepted and checked on the results."""
+    leaves, dicts = _summary_figures()
+    if metric in leaves or any(metric.startswith(d) for d in dicts):
+        return
+    close = difflib.get_close_matches(metric, sorted(leaves), n=1, cutoff=0.8)
+    if close:
+        raise TracekitError(f"metric {metric!r} is not a summary figure (did you mean {close[0]!r}?)", where=where,
+                            fix="use a results column such as dispatch.latency_ns or combine.bandwidth_gbps.rdma")
 
 
 def _get(doc: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
