@@ -63,6 +63,20 @@ def test_grid_expands_to_checked_points(tmp_path):
     assert len({q.key for q in grid.points}) == 8 and grid.points[0].key == load_grid(_grid_file(tmp_path)).points[0].key
 
 
+def test_readme_and_docs_grids_parse():
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text().split("## Sweeps", 1)[1].split("\n## ", 1)[0]
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert len(parse_grid(tomllib.loads(block), "README.md").points) == 3 * 4 * 2
+    doc = (ROOT / "docs" / "sweep.md").read_text().split("```toml\n", 1)[1].split("```", 1)[0]
+    parsed = tomllib.loads(doc)
+    parsed["workloads"] = parsed["workloads"][:1]
+    grid = parse_grid(parsed, "docs/sweep.md")
+    assert [w.name for w in grid.blocks[0].workloads] == ["prefill-ep16", "prefill-ep32"]
+    assert len(grid.points) == 2 * 3 * 2 * 3 * 2
+
+
 def test_every_replay_config_field_is_a_knob_with_its_type():
     doc = {"workloads": [{"synth": {"preset": "decode", "ep": 8, "tokens": 8}}],
            "knobs": {"mode": ["normal", "low_latency"], "expert_gemm": [True], "forward_window": [1, 2],

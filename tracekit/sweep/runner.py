@@ -96,12 +96,11 @@ def run_sweep(grid: Grid, out: str | os.PathLike[str], *, ray_address: str | Non
 
     ``on_point(key, done, total)`` runs after each point is stored; raising ``KeyboardInterrupt``
     from it (or Ctrl-C / SIGTERM) stops the sweep with :class:`SweepInterrupted`."""
-    out = Path(out)
-    (out / "points").mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # points/ appears with the first finished point
     todo = [p for p in grid.points if not point_path(out, p.key).is_file()]
     timeline_dir = str((out / "timelines").resolve()) if timelines else None
-    if timeline_dir:
-        Path(timeline_dir).mkdir(exist_ok=True)
+    if timeline_dir and tasks:
+        Path(timeline_dir).mkdir(parents=True, exist_ok=True)
     tasks = [make_task(p, ship_bytes=ray_address is not None, timeline_dir=timeline_dir) for p in todo]
     done = 0
     try:
