@@ -129,6 +129,21 @@ def test_sweep_help_and_argument_errors(capsys):
 # running, resuming
 
 
+def test_point_row_holds_the_summary_figures_of_a_full_replay(tmp_path):
+    """Workers skip the events tables (speed); their figures must still be the full replay's."""
+    from tracekit.replay import replay
+    from tracekit.summary_types import flat_figures
+    from tracekit.sweep.point import make_task, run_task
+    from tracekit.workload.synth import SynthConfig, synth
+
+    p = load_grid(_grid_file(tmp_path)).points[3]
+    row = run_task(make_task(p)).to_pylist()[0]
+    full = replay(synth(SynthConfig(**dict(p.workload.synth))), p.profile, p.config)
+    figures = flat_figures(full.summary)
+    assert {k: row[k] for k in figures} == figures and full.events.height > 0
+    assert set(row) == set(figures) | set(p.columns())
+
+
 def test_interrupted_sweep_resumes_with_only_the_missing_points(tmp_path):
     grid = load_grid(_grid_file(tmp_path))
     out = tmp_path / "out"

@@ -71,8 +71,10 @@ def replay(
     cfg: ReplayConfig | None = None,
     *,
     on_phase: Callable[[str, int, int], None] | None = None,
+    tables: bool = True,
 ) -> ReplayResult:
-    """Replay every (step, layer) of ``routing`` on ``hw``; see the module docstring."""
+    """Replay every (step, layer) of ``routing`` on ``hw``; see the module docstring. ``tables=False``
+    skips building the events and counters tables (left empty; the summary is the same), for sweeps."""
     cfg = (cfg or ReplayConfig()).resolved(routing.meta.ep_size)
     hw = hw.with_overrides(cfg.hardware_overrides)
     _check_inputs(routing, hw, cfg)
@@ -92,8 +94,8 @@ def replay(
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
-            ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids)
-            if gemm_events is not None and built.phase == "combine":
+            ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids) if tables else _no_tables()
+            if gemm_events is not None and built.phase == "combine" and tables:
                 gemm = pl.from_arrow(schemas.conform(gemm_events, "events", {"source": "replay"})).cast(ev.schema)
                 ev = pl.concat([gemm, ev], how="vertical").sort("ts_ns", maintain_order=True)
                 gemm_events = None
@@ -125,6 +127,11 @@ def replay(
         phases=phases,
         memops=_renumber(memops) if cfg.record_memops else None,
     )
+
+
+def _no_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    ev, ctr = (pl.from_arrow(schemas.load(name).arrow_schema().empty_table()) for name in ("events", "counters"))
+    return ev, ctr  # type: ignore[return-value]
 
 
 def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:

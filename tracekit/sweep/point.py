@@ -91,7 +91,8 @@ def run_task(task: Task) -> pa.Table:
     from tracekit.errors import TracekitError
 
     try:
-        result = replay(_routing(task.workload, task.routing_bytes), _profile(task.profile), task.config)
+        result = replay(_routing(task.workload, task.routing_bytes), _profile(task.profile), task.config,
+                        tables=task.timeline is not None)
     except TracekitError as exc:
         raise TracekitError(f"{task.label}: {exc}") from None
     if task.timeline:
