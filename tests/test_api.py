@@ -129,6 +129,8 @@ def test_added_keys_survive_at_every_level(real_summary):
     doc["dispatch"]["overlap_ns"] = 120
     doc["workload"]["schedule"] = "ping-pong"
     doc["scale"]["switch_ports"] = 64
+    doc["combine"]["bottleneck"]["confidence"] = 0.5
+    doc["combine"]["rank_finish_ns"]["p90"] = 7
     s = Summary.from_dict(copy.deepcopy(doc))
     assert s.to_dict() == doc
     assert s.extras["fabric"] == {"ecmp_collisions": 3} and s.dispatch.extras == {"overlap_ns": 120}

@@ -5,8 +5,9 @@ the JSON Schema of the same document, with a description of every key, and a tes
 equal (:func:`schema_skeleton` is the schema these classes imply, descriptions left out).
 
 Adding a figure: write it into the summary dict (in :func:`tracekit.replay.summarise` or a phase's
-summary). A key these classes do not know lands in the ``extras`` dict of its level (top level,
-``workload``, ``scale`` or a phase) and is written back unchanged, so a new figure needs no change
+summary). A key these classes do not know lands in the ``extras`` dict of its level (every class
+has one: the top level, ``workload``, ``scale``, a phase, its ``bottleneck``, ...) and is written back
+unchanged, so a new figure needs no change
 here. To give it a type, add a field with a default (``None`` = absent from the JSON) to the class
 of its level and its description to ``schemas/summary.v1.json``; the schema test says what to add.
 
@@ -127,6 +128,7 @@ class RankFinish(_Record):
     p50: int
     p99: int
     max: int
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Spread(_Record):
 
     p50: int
     max: int
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class Bandwidth(_Record):
     nvlink: float
     rdma: float
     unit: str
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +161,7 @@ class Bottleneck(_Record):
     busiest_kind: str
     busiest_utilisation: float
     most_common_kind: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,6 +221,7 @@ class ExpertGemm(_Record):
     rank_ns: Spread
     tflops: float
     expert_ffn: int
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

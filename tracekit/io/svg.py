@@ -254,28 +254,53 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], labels: Sequence[int]
     return _svg(width, top + side + 24, body, title)
 
 
+def range_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (not forced to start at 0), at least two."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        base = lo if math.isfinite(lo) else 0.0
+        return [base - 1.0, base + 1.0] if base else [0.0, 1.0]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    count = int(math.ceil((hi - first) / step - 1e-9))
+    return [first + i * step for i in range(max(count, 1) + 1)]
+
+
 def lines(title: str, xs: Sequence[str], series: dict[str, Sequence[float | None]], *, fmt: Callable[[float], str],
           xlabel: str, ylabel: str, width: int = 460, height: int = 260) -> str:
     """Lines over categorical x values (evenly spaced, in the given order), one per named series;
-    ``None`` leaves a gap. Dots carry their value as a tooltip."""
-    left, right, top, bottom = 70, 20, 40, 44
+    ``None`` leaves a gap. The y axis spans the values (not from 0), so small differences show.
+    Dots carry their value as a tooltip."""
+    left, right, bottom = 70, 20, 44
+    body = [_text(8, 16, title, size=13, weight="bold")]
+    leg, leg_h = legend([(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(series)], left, 32,
+                        width - left - right) if len(series) > 1 else ([], 0.0)
+    body += leg
+    top = 36 + leg_h
+    height += int(leg_h)
     pw, ph = width - left - right, height - top - bottom
     vals = [v for s in series.values() for v in s if v is not None]
-    ticks = nice_ticks(max(vals + [1e-9]))
-    ymax = ticks[-1] or 1.0
+    ticks = range_ticks(min(vals, default=0.0), max(vals, default=1.0))
+    y0, y1 = ticks[0], ticks[-1]
     n = max(len(xs), 1)
-    body = [_text(8, 16, title, size=13, weight="bold")]
-    leg, _ = legend([(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(series)], left, 32, pw)
-    top += 12 * (len(series) > 1)
-    body += leg + _axes(left, top, pw, ph - 12 * (len(series) > 1), [], ticks, 1.0, ymax, str, fmt, xlabel, ylabel)
-    ph -= 12 * (len(series) > 1)
+
+    def y_of(v: float) -> float:
+        return top + ph - ph * (v - y0) / (y1 - y0)
+
+    body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>')
+    for v in ticks:
+        body.append(f'<line x1="{left}" y1="{_n(y_of(v))}" x2="{left + pw}" y2="{_n(y_of(v))}" stroke="#e5e5e5"/>')
+        body.append(_text(left - 6, y_of(v) + 4, fmt(v), size=10, anchor="end"))
     step = max(1, int(math.ceil(n / 12)))
     for i, x in enumerate(xs):
         if i % step == 0:
             body.append(_text(left + pw * (i + 0.5) / n, top + ph + 14, str(x), size=10, anchor="middle"))
+    body.append(_text(left + pw / 2, top + ph + 30, xlabel, size=11, anchor="middle"))
+    body.append(_text(14, top + ph / 2, ylabel, size=11, anchor="middle", rotate=-90))
     for k, (name, s) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
-        pts = [(left + pw * (i + 0.5) / n, top + ph - ph * v / ymax, v, xs[i]) for i, v in enumerate(s) if v is not None]
+        pts = [(left + pw * (i + 0.5) / n, y_of(v), v, xs[i]) for i, v in enumerate(s) if v is not None]
         if len(pts) > 1:
             body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="'
                         + " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in pts) + '"/>')
@@ -317,5 +342,5 @@ def table_heatmap(title: str, matrix: Sequence[Sequence[float | None]], rows: Se
     body.append(_text(12, top + h / 2, ylabel, size=10, anchor="middle", rotate=-90))
     scale = f"scale: {fmt(lo)} (white) .. {fmt(hi)} (blue)"
     body.append(_text(left, top + h + 16, scale, size=10, color="#555"))
-    width = max(left + w + 12, 8 + 7.5 * len(title), left + 6 * len(scale))
+    width = max(left + w + 12, 12 + 8.5 * len(title), left + 6 * len(scale))
     return _svg(width, top + h + 24, body, title)
