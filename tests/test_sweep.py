@@ -217,6 +217,17 @@ def test_ray_rows_are_byte_identical_to_the_local_pool(tmp_path):
     assert (tmp_path / "local" / "results.parquet").read_bytes() == (tmp_path / "ray" / "results.parquet").read_bytes()
 
 
+@pytest.mark.slow
+def test_ray_without_a_cluster_is_one_line_and_no_output(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "sweep", _grid_file(tmp_path), "-o", out, "--ray", "auto")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("tracekit: error: --ray auto: cannot connect"), err
+    assert not out.exists()
+
+
 def test_routing_file_workloads_and_results_columns(tmp_path, capsys):
     routing = tmp_path / "r.parquet"
     assert main(["synth", "--preset", "decode", "--ep", "8", "--tokens", "16", "-o", str(routing), "--quiet"]) == 0
