@@ -247,6 +247,20 @@ def test_routing_file_workloads_and_results_columns(tmp_path, capsys):
         tmp_path, grid.read_text().replace("r.parquet", "copy.parquet"), "g2.toml")).points[0].key
 
 
+def test_timelines_only_when_asked(tmp_path):
+    from tracekit.io.perfetto import read_trace
+
+    grid = parse_grid({"workloads": [{"synth": {"preset": "decode", "ep": 8, "tokens": 8}}],
+                       "knobs": {"num_sms": [20, 24]}}, "g")
+    plain = run_sweep(grid, tmp_path / "plain", workers=0, quiet=True)
+    assert not (plain.out / "timelines").exists()
+    res = run_sweep(grid, tmp_path / "tl", workers=0, quiet=True, timelines=True)
+    files = sorted((res.out / "timelines").glob("*.pftrace"))
+    assert [f.stem for f in files] == sorted(p.key for p in grid.points)
+    events, _ = read_trace(files[0])
+    assert events.height > 0 and res.results.equals(plain.results)
+
+
 def test_report_has_heatmap_lines_and_best_point(tmp_path):
     grid = load_grid(_grid_file(tmp_path))
     res = run_sweep(grid, tmp_path / "out", workers=0, quiet=True)

@@ -99,7 +99,7 @@ def run_sweep(grid: Grid, out: str | os.PathLike[str], *, ray_address: str | Non
     out = Path(out)  # points/ appears with the first finished point
     todo = [p for p in grid.points if not point_path(out, p.key).is_file()]
     timeline_dir = str((out / "timelines").resolve()) if timelines else None
-    if timeline_dir and tasks:
+    if timeline_dir and todo:
         Path(timeline_dir).mkdir(parents=True, exist_ok=True)
     tasks = [make_task(p, ship_bytes=ray_address is not None, timeline_dir=timeline_dir) for p in todo]
     done = 0
