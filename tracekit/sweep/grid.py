@@ -37,7 +37,6 @@ PHASES = ("dispatch", "combine")
 #: ReplayConfig fields that are not knobs: set through ``dispatch.*`` / ``combine.*`` and hardware keys
 _NOT_KNOBS = ("dispatch", "combine", "hardware_overrides")
 _TOP_KEYS = ("metric", "goal", "profiles", "group_by", "plot", "workloads", "knobs")
-_IDENTITY = ("point", "key", "block", "workload", "profile")
 
 
 @dataclass(frozen=True)
