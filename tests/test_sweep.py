@@ -203,7 +203,11 @@ def test_local_pool_rows_equal_in_process_rows(tmp_path):
 @pytest.mark.slow
 def test_ray_rows_are_byte_identical_to_the_local_pool(tmp_path):
     ray = pytest.importorskip("ray")
-    grid = load_grid(_grid_file(tmp_path))
+    assert main(["synth", "--preset", "prefill", "--ep", "16", "--tokens", "16", "-o", str(tmp_path / "r.parquet"),
+                 "--quiet"]) == 0
+    grid = load_grid(_grid_file(tmp_path, GRID.replace("[knobs]", '[[workloads]]\nrouting = "r.parquet"\n[knobs]')
+                                .replace("dispatch.nvl_send_chunk = [8, 16]\n", "")))
+    assert len(grid.points) == 8 and {p.workload.name for p in grid.points} == {"p16", "r"}
     local = run_sweep(grid, tmp_path / "local", workers=2, quiet=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

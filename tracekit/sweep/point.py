@@ -33,16 +33,15 @@ class Task:
     config: ReplayConfig
     columns: tuple[tuple[str, Any], ...]
     label: str
-    routing_bytes: bytes | None = None  # shipped to workers that may not see the file (Ray)
+    routing_data: Any = None  # the routing file's bytes (or a Ray object holding them), for workers that
+    # may not see the file
     timeline: str | None = None  # write the replay's timeline here (off by default: speed)
 
 
-def make_task(point: Point, *, ship_bytes: bool = False, timeline_dir: str | None = None) -> Task:
-    wl = point.workload
-    data = open(wl.path, "rb").read() if ship_bytes and wl.path else None
+def make_task(point: Point, *, routing_data: Any = None, timeline_dir: str | None = None) -> Task:
     timeline = f"{timeline_dir}/{point.key}.pftrace" if timeline_dir else None
-    return Task(point.key, wl, profile_doc(point.profile), point.config, tuple(point.columns().items()), point.label(), data,
-                timeline)
+    return Task(point.key, point.workload, profile_doc(point.profile), point.config, tuple(point.columns().items()),
+                point.label(), routing_data, timeline)
 
 
 def profile_doc(hw: Profile) -> dict[str, Any]:
@@ -62,7 +61,7 @@ def _profile(doc: dict[str, Any]) -> Profile:
     return _CACHE[cache_key]
 
 
-def _routing(wl: Workload, data: bytes | None) -> Any:
+def _routing(wl: Workload, data: Any) -> Any:
     """The workload's routing table, built once per worker process."""
     cache_key = (wl.synth, wl.sha256)
     if cache_key not in _CACHE:
@@ -76,6 +75,10 @@ def _routing(wl: Workload, data: bytes | None) -> Any:
             from tracekit import schemas
             from tracekit.workload.routing import Routing
 
+            if data is not None and not isinstance(data, bytes):  # a Ray object reference
+                import ray
+
+                data = ray.get(data)
             table = pq.read_table(io.BytesIO(data) if data is not None else wl.path)
             meta = json.loads((table.schema.metadata or {}).get(schemas.META_KEY, b"{}"))
             table = schemas.conform(table, "routing", meta, where=wl.name)
@@ -91,7 +94,7 @@ def run_task(task: Task) -> pa.Table:
     from tracekit.errors import TracekitError
 
     try:
-        result = replay(_routing(task.workload, task.routing_bytes), _profile(task.profile), task.config,
+        result = replay(_routing(task.workload, task.routing_data), _profile(task.profile), task.config,
                         tables=task.timeline is not None)
     except TracekitError as exc:
         raise TracekitError(f"{task.label}: {exc}") from None

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from tracekit.errors import TracekitError
 from tracekit.io.atomic import atomic_path
 from tracekit.progress import Progress
-from tracekit.sweep.grid import Grid
-from tracekit.sweep.point import COLUMNS_KEY, make_task, run_task
+from tracekit.sweep.grid import Grid, Point
+from tracekit.sweep.point import COLUMNS_KEY, Task, make_task, run_task
 
 _POLARS = {bool: pl.Boolean, int: pl.Int64, float: pl.Float64, str: pl.String}
 
@@ -101,22 +101,22 @@ def run_sweep(grid: Grid, out: str | os.PathLike[str], *, ray_address: str | Non
     timeline_dir = str((out / "timelines").resolve()) if timelines else None
     if timeline_dir and todo:
         Path(timeline_dir).mkdir(parents=True, exist_ok=True)
-    tasks = [make_task(p, ship_bytes=ray_address is not None, timeline_dir=timeline_dir) for p in todo]
     done = 0
     try:
-        with Progress("sweep", total=len(tasks), quiet=quiet) as progress, contextlib.ExitStack() as stack:
-            if tasks and workers != 0:
-                rows = stack.enter_context(_pool(ray_address, workers)).imap_unordered(run_task, tasks)
+        with Progress("sweep", total=len(todo), quiet=quiet) as progress, contextlib.ExitStack() as stack:
+            if todo and workers != 0:
+                pool = stack.enter_context(_pool(ray_address, workers))
+                rows = pool.imap_unordered(run_task, _tasks(todo, ray_address, timeline_dir))
             else:
-                rows = map(run_task, tasks)
+                rows = map(run_task, _tasks(todo, None, timeline_dir))
             for table in rows:
                 _store(out, table)
                 done += 1
                 progress.advance()
                 if on_point is not None:
-                    on_point(table.column("key")[0].as_py(), done, len(tasks))
+                    on_point(table.column("key")[0].as_py(), done, len(todo))
     except KeyboardInterrupt:
-        raise SweepInterrupted(done, len(tasks), out) from None
+        raise SweepInterrupted(done, len(todo), out) from None
     results = collect(grid, out)
     with atomic_path(out / "results.parquet") as tmp:
         pq.write_table(results.to_arrow(), tmp, compression="zstd")
@@ -124,6 +124,19 @@ def run_sweep(grid: Grid, out: str | os.PathLike[str], *, ray_address: str | Non
 
     write_report(grid, results, out / "report.html")
     return SweepResult(results, done, len(grid.points) - len(todo), out)
+
+
+def _tasks(todo: list[Point], ray_address: str | None, timeline_dir: str | None) -> list[Task]:
+    """Tasks for the points; on Ray a routing file travels once per workload, as a shared object."""
+    shared: dict[str, Any] = {}
+    if ray_address is not None:
+        import ray
+
+        for p in todo:
+            wl = p.workload
+            if wl.path and wl.sha256 not in shared:
+                shared[wl.sha256] = ray.put(Path(wl.path).read_bytes())
+    return [make_task(p, routing_data=shared.get(p.workload.sha256), timeline_dir=timeline_dir) for p in todo]
 
 
 def _store(out: Path, table: pa.Table) -> None:
