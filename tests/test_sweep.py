@@ -3,6 +3,7 @@ the report, and the deepep-tune preset."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracekit.cli import main
 from tracekit.errors import TracekitError
@@ -75,6 +78,24 @@ def test_readme_and_docs_grids_parse():
     grid = parse_grid(parsed, "docs/sweep.md")
     assert [w.name for w in grid.blocks[0].workloads] == ["prefill-ep16", "prefill-ep32"]
     assert len(grid.points) == 2 * 3 * 2 * 3 * 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from([12, 16, 20, 24, 32]), min_size=1, max_size=4, unique=True),
+       st.lists(st.sampled_from([4, 8, 16, 32]), min_size=1, max_size=3, unique=True),
+       st.lists(st.sampled_from(["fp8", "bf16"]), min_size=1, max_size=2, unique=True),
+       st.lists(st.sampled_from([200, 400, 800]), min_size=1, max_size=3, unique=True))
+def test_grid_is_the_product_of_its_lists(sms, chunks, dtypes, rates):
+    doc = {"workloads": [{"synth": {"preset": "decode", "ep": 16, "tokens": 8}}],
+           "knobs": {"num_sms": sms, "dispatch.nvl_send_chunk": chunks, "dispatch_dtype": dtypes,
+                     "nic.line_rate_gbit_s": rates}}
+    grid = parse_grid(doc, "g")
+    assert len(grid.points) == len(sms) * len(chunks) * len(dtypes) * len(rates)
+    seen = {(p.config.num_sms, p.config.dispatch.nvl_send_chunk, p.config.dispatch_dtype,
+             p.config.hardware_overrides["nic.line_rate_gbit_s"]) for p in grid.points}
+    assert seen == set(itertools.product(sms, chunks, dtypes, rates))
+    keys = [p.key for p in grid.points]
+    assert len(set(keys)) == len(keys) and keys == [p.key for p in parse_grid(doc, "g").points]
 
 
 def test_every_replay_config_field_is_a_knob_with_its_type():
@@ -166,6 +187,17 @@ def test_interrupted_sweep_resumes_with_only_the_missing_points(tmp_path):
     fresh = run_sweep(grid, tmp_path / "fresh", workers=0, quiet=True)
     assert res.results.equals(fresh.results) and res.results.height == 8
     assert run_sweep(grid, out, workers=0, quiet=True).ran == 0
+
+
+def test_adding_knob_values_reuses_finished_points(tmp_path):
+    doc = {"workloads": [{"synth": {"preset": "decode", "ep": 8, "tokens": 8}}], "knobs": {"num_sms": [20, 24]}}
+    first = run_sweep(parse_grid(doc, "g"), tmp_path / "out", workers=0, quiet=True)
+    doc["knobs"]["num_sms"] = [16, 20, 24, 28]
+    second = run_sweep(parse_grid(doc, "g"), tmp_path / "out", workers=0, quiet=True)
+    assert (first.ran, second.ran, second.reused) == (2, 2, 2)
+    assert second.results["num_sms"].to_list() == [16, 20, 24, 28] and second.results["point"].to_list() == [0, 1, 2, 3]
+    assert second.results.filter(pl.col("num_sms") == 24).drop("point").equals(
+        first.results.filter(pl.col("num_sms") == 24).drop("point"))
 
 
 @pytest.mark.slow
