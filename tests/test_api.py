@@ -54,6 +54,15 @@ def test_every_export_has_a_runnable_example(name):
     assert runner.failures == 0, name
 
 
+def test_package_docstring_examples_run():
+    import tracekit.sweep
+    import tracekit.summary_types
+
+    for module in (tracekit, tracekit.sweep, tracekit.summary_types):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
 def test_readme_python_api_example_runs(capsys):
     text = (ROOT / "README.md").read_text()
     section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
