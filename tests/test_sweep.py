@@ -108,8 +108,10 @@ def test_every_replay_config_field_is_a_knob_with_its_type():
 
 
 @pytest.mark.parametrize("text, message", [
-    (GRID.replace("num_sms = [20, 24]", "num_smz = [20, 24]"), "unknown knob 'num_smz' (did you mean 'num_sms'?)"),
-    (GRID.replace("num_sms = [20, 24]", 'num_sms = ["many"]'), "knob num_sms: got a string 'many', expected an integer"),
+    (GRID.replace("num_sms = [20, 24]", "num_smz = [20, 24]"),
+     "grid.toml: line 10 [knobs]: unknown knob 'num_smz' (did you mean 'num_sms'?)"),
+    (GRID.replace("num_sms = [20, 24]", 'num_sms = ["many"]'),
+     "line 10 [knobs]: knob num_sms: got a string 'many', expected an integer"),
     (GRID.replace("num_sms = [20, 24]", "num_sms = [20, true]"), "knob num_sms: got a boolean True"),
     (GRID.replace("num_sms = [20, 24]", "num_sms = []"), "knob num_sms: empty list"),
     (GRID.replace("num_sms = [20, 24]", "num_sms = [20, 24"), "not valid TOML"),

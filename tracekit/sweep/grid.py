@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -235,10 +236,10 @@ def load_grid(path: str | Path) -> Grid:
         raise TracekitError(f"cannot read ({exc})", where=where, fix="check the file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TracekitError(f"not valid TOML ({exc})", where=where, fix="fix the syntax (see docs/sweep.md)") from None
-    return parse_grid(doc, where, base=p.parent)
+    return parse_grid(doc, where, base=p.parent, text=p.read_text(encoding="utf-8"))
 
 
-def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path(".")) -> Grid:
+def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path("."), text: str = "") -> Grid:
     unknown = [k for k in doc if k not in _TOP_KEYS]
     if unknown:
         close = difflib.get_close_matches(unknown[0], _TOP_KEYS, n=1)
@@ -265,7 +266,7 @@ def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path(".")) -> Gr
             for v in values:
                 check_knob_value(name, v)
         except TracekitError as exc:
-            raise exc.located(f"{where}: [knobs]") from None
+            raise exc.located(f"{where}: {_line_of(text, name)}[knobs]") from None
         (swept if isinstance(value, list) else fixed).append((name, tuple(values) if isinstance(value, list) else value))
     group_by = tuple(_get(doc, "group_by", list, ["workload", "profile"], where))
     plot = tuple(_get(doc, "plot", list, [], where))
@@ -318,6 +319,15 @@ def _check_metric(metric: str, where: str) -> None:
     if close:
         raise TracekitError(f"metric {metric!r} is not a summary figure (did you mean {close[0]!r}?)", where=where,
                             fix="use a results column such as dispatch.latency_ns or combine.bandwidth_gbps.rdma")
+
+
+def _line_of(text: str, name: str) -> str:
+    """``line N `` of the first line that assigns knob ``name`` (quoted or dotted), or ''."""
+    pattern = re.compile(rf'^\s*(?:"{re.escape(name)}"|{re.escape(name)})\s*=')
+    for i, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return f"line {i} "
+    return ""
 
 
 def _get(doc: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
