@@ -229,14 +229,15 @@ def load_grid(path: str | Path) -> Grid:
     p = Path(path)
     where = str(p)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        doc = tomllib.loads(text)
     except FileNotFoundError:
         raise TracekitError("no such grid file", where=where, fix="check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TracekitError(f"cannot read ({exc})", where=where, fix="check the file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TracekitError(f"not valid TOML ({exc})", where=where, fix="fix the syntax (see docs/sweep.md)") from None
-    return parse_grid(doc, where, base=p.parent, text=p.read_text(encoding="utf-8"))
+    return parse_grid(doc, where, base=p.parent, text=text)
 
 
 def parse_grid(doc: Mapping[str, Any], where: str, base: Path = Path("."), text: str = "") -> Grid:
