@@ -91,6 +91,15 @@ def test_replay_summary_is_typed_and_reads_like_the_old_dict(real_summary):
     assert "fabric" not in s and set(s) == set(s.to_dict())
 
 
+def test_summary_items_can_be_set_like_the_old_dict():
+    s = Summary.example()
+    s["fabric"] = {"ecmp_collisions": 2}
+    s["total_ns"] = 5
+    assert s.extras["fabric"] == {"ecmp_collisions": 2} and s.total_ns == 5 and s["fabric"]["ecmp_collisions"] == 2
+    with pytest.raises(TracekitError, match="summary.total_ns: expected an integer"):
+        s["total_ns"] = "soon"
+
+
 def test_summary_json_round_trip(real_summary, tmp_path):
     from tracekit.io.replay_out import read_summary, summary_json
 

@@ -256,6 +256,15 @@ class Summary(_Record, Mapping):
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        """``s["fabric"] = {...}``: a typed field is converted and checked, another key goes to extras.
+        (Nested items of the view, ``s["dispatch"]["x"] = 1``, are copies: set ``s.dispatch.extras``.)"""
+        names = {f.name for f in fields(self)} - {"extras"}
+        if key in names:
+            setattr(self, key, _convert(typing.get_type_hints(type(self))[key], value, f"summary.{key}"))
+        else:
+            self.extras[key] = value
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
 
