@@ -39,7 +39,7 @@ class ReplayResult:
 
     events: pl.DataFrame
     counters: pl.DataFrame
-    summary: Summary  # also reads like the summary.json dict (a read-only mapping)
+    summary: Summary  # also reads like the summary.json dict (a mapping view)
     phases: list[PhaseResult] = field(default_factory=list)
     memops: pl.DataFrame | None = None  # with ReplayConfig.record_memops
 

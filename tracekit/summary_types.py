@@ -12,7 +12,8 @@ here. To give it a type, add a field with a default (``None`` = absent from the 
 of its level and its description to ``schemas/summary.v1.json``; the schema test says what to add.
 
 A :class:`Summary` also reads like the dict it replaces (``s["dispatch"]["latency_ns"]``,
-``s.get("expert_gemm")``): a read-only mapping view of :meth:`Summary.to_dict`.
+``s.get("expert_gemm")``: a mapping view of :meth:`Summary.to_dict`), and ``s["key"] = value`` sets a
+typed field (checked) or an extra; nested items of the view are copies.
 """
 
 from __future__ import annotations
