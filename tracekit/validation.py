@@ -37,6 +37,9 @@ from tracekit.model.config import PhaseConfig, ReplayConfig, deepep_defaults
 METRICS = {"nvlink_gbps": "GB/s", "rdma_gbps": "GB/s", "latency_us": "us", "kernel_us": "us"}
 STATUSES = ("modelled", "not modelled yet")
 PHASES = ("dispatch", "combine")
+#: Workload kinds: a synth recipe, a directory of Kineto traces (replayed from its traffic), or a
+#: routing dump (``routing`` = .npz path, with ``ep``, ``experts``, ``hidden`` and the dtypes beside it).
+WORKLOADS = ("synth", "capture", "routing")
 SWEEPS = ("chunk_size", "num_sms", "tokens", "dtype", "ep_size", "experts", "skew")
 _PHASE_KNOBS = ("nvl_send_chunk", "nvl_recv_buffer", "rdma_send_chunk", "rdma_recv_buffer")
 
@@ -102,8 +105,8 @@ def _row(d: dict[str, Any], family: str, where: str) -> Row:
               ("phase", d.get("phase") in PHASES, "dispatch or combine"),
               ("metric", d.get("metric") in METRICS, f"one of {', '.join(METRICS)}"),
               ("measured", isinstance(d.get("measured"), (int, float)) and d["measured"] > 0, "a positive number"),
-              ("workload", isinstance(d.get("workload"), dict) and len(d["workload"]) == 1
-               and next(iter(d["workload"])) in ("synth", "capture"), "a table with one key, synth or capture")]
+              ("workload", isinstance(d.get("workload"), dict) and sum(k in WORKLOADS for k in d["workload"]) == 1,
+               f"a table with one of {', '.join(WORKLOADS)}")]
     for name, ok, expected in checks:
         if not ok:
             raise TracekitError(f"{name} = {d.get(name)!r}: expected {expected}", where=where,
@@ -313,6 +316,12 @@ def replay_command(row: Row) -> str:
     if "capture" in row.workload:
         cap = row.workload["capture"]
         return f"tracekit import kineto {cap} -o cap && tracekit replay --from-capture cap {tail} -o out"
+    if "routing" in row.workload:
+        w = row.workload
+        dump = " ".join(f"--{k.replace('_', '-')} {w[k]}" for k in ("ep", "experts", "hidden", "dispatch_dtype",
+                                                                     "combine_dtype") if k in w)
+        return (f"tracekit import routing {w['routing']} {dump} -o cap && tracekit replay --from-capture cap "
+                f"{tail} -o out")
     s = row.workload["synth"]
     synth_flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in s.items())
     return f"tracekit synth {synth_flags} -o w.parquet && tracekit replay w.parquet {tail} -o out"

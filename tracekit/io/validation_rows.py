@@ -52,8 +52,18 @@ def import_capture(workload: dict[str, Any]):
 
 
 def capture_routing(workload: dict[str, Any], gpus_per_node: int):
-    """The routing that ``tracekit replay --from-capture`` replays for an imported capture (its traffic)."""
+    """The routing that ``tracekit replay --from-capture`` replays for an imported capture: a routing
+    dump's tokens (``routing``), else a Kineto capture's traffic (``capture``)."""
     from tracekit.workload.from_traffic import routing_from_traffic
+
+    if "routing" in workload:
+        from tracekit.io.routing_dumps import routing_from_dump
+
+        return routing_from_dump(ROOT / workload["routing"], ep_size=int(workload["ep"]),
+                                 num_experts=int(workload["experts"]), hidden=int(workload["hidden"]),
+                                 gpus_per_node=gpus_per_node,
+                                 dispatch_dtype=workload.get("dispatch_dtype", "fp8"),
+                                 combine_dtype=workload.get("combine_dtype", "bf16"))
 
     imp = import_capture(workload)
     if imp.traffic is None:
