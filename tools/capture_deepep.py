@@ -101,7 +101,7 @@ def _cases(quick: bool) -> list[tuple[str, int, float]]:
 
 def _row(suite: str, world: int, case: str, call: str, phase: str, us: float, dump: str, dtype: str,
          knobs: dict, sweeps: dict) -> dict:
-    return {"id": f"{suite}-ep{world}-{case}-{call}", "phase": phase, "metric": "latency_us", "measured": round(us, 3),
+    return {"id": f"{suite}-ep{world}-{case}-{call}", "phase": phase, "metric": "call_us", "measured": round(us, 3),
             "hardware": "h200-nvlink",
             "workload": {"routing": f"CAPTURE_DIR/{dump}", "ep": world, "experts": EXPERTS, "hidden": HIDDEN,
                          "dispatch_dtype": dtype, "combine_dtype": "bf16"},
@@ -224,6 +224,7 @@ def _v1_ll(rank: int, world: int, args) -> None:
             idx, w = cc.routing(torch, rank, tokens, experts, TOPK, 0.0, args.seed)
             dump = cc.gather_routing(torch, dist, idx, w, run.out, case, rank, num_experts=experts, hidden=HIDDEN,
                                      world_size=world)
+            idx = idx.to(getattr(deep_ep, "topk_idx_t", torch.int64))
             x = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16)
             label = {"suite": "v1-ll", "case": case, "tokens": tokens, "experts": experts, "world": world}
             recv, _, handle, _, _ = buf.low_latency_dispatch(x, idx, max_tokens, experts, use_fp8=True)
@@ -277,7 +278,8 @@ def _v2(rank: int, world: int, args) -> None:
     run = _Run(rank, world, args)
     max_tokens = 512 if args.quick else 8192
     buf = deep_ep.ElasticBuffer(dist.group.WORLD, num_max_tokens_per_rank=max_tokens, hidden=HIDDEN, num_topk=TOPK,
-                                use_fp8_dispatch=False)
+                                use_fp8_dispatch=False, explicitly_destroy=True)
+    idx_t = getattr(deep_ep, "topk_idx_t", torch.int64)
     n0 = buf.get_theoretical_num_sms(EXPERTS, TOPK)
     sweep = sorted({max(4, n0 // 2 // 2 * 2), n0, n0 + 4, 2 * n0})
     if run.results is not None:
@@ -288,6 +290,7 @@ def _v2(rank: int, world: int, args) -> None:
         idx, w = cc.routing(torch, rank, tokens, EXPERTS, TOPK, hot, args.seed)
         dump = cc.gather_routing(torch, dist, idx, w, run.out, case, rank, num_experts=EXPERTS, hidden=HIDDEN,
                                  world_size=world)
+        idx = idx.to(idx_t)
         x = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16)
         for sms in sweep:
             label = {"suite": "v2", "case": case, "tokens": tokens, "hot": hot, "num_sms": sms, "world": world,

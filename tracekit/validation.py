@@ -15,9 +15,12 @@ Metrics (``metric`` of a row) and what is predicted for them:
 * ``nvlink_gbps`` / ``rdma_gbps``: the phase's bandwidth by DeepEP's definitions
   (``summary[phase].bandwidth_gbps``); a positive error means the replay is faster than measured;
 * ``latency_us``: the phase's latency (``summary[phase].latency_ns``, first send to last receive);
+* ``call_us``: the whole call as CUDA events around it see it (host prologue included: layout,
+  notify, CPU wait, launch; ``cached`` skips what a cached handle skips): the phase's end minus its
+  start, averaged over the replay's (step, layer) pairs;
 * ``kernel_us``: one call of a captured step (the phase result of ``step``), against the measured
   time from the last rank joining the collective to the last rank finishing it.
-  For the two time metrics a positive error means the replay is slower than measured.
+  For the time metrics a positive error means the replay is slower than measured.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import polars as pl
 from tracekit.errors import TracekitError
 from tracekit.model.config import PhaseConfig, ReplayConfig, deepep_defaults
 
-METRICS = {"nvlink_gbps": "GB/s", "rdma_gbps": "GB/s", "latency_us": "us", "kernel_us": "us"}
+METRICS = {"nvlink_gbps": "GB/s", "rdma_gbps": "GB/s", "latency_us": "us", "call_us": "us", "kernel_us": "us"}
 STATUSES = ("modelled", "not modelled yet")
 PHASES = ("dispatch", "combine")
 #: Workload kinds: a synth recipe, a directory of Kineto traces (replayed from its traffic), or a
@@ -158,6 +161,9 @@ def _predicted(result, row: Row) -> float:
             raise TracekitError(f"the replay has no {row.phase} of step {row.step}", where=row.id,
                                 fix="set step to one of the capture's profiled steps")
         return hits[0].summary["latency_ns"] / 1e3
+    if row.metric == "call_us":
+        spans = [p.end_ns - p.t0 for p in result.phases if p.phase == row.phase]
+        return sum(spans) / len(spans) / 1e3
     s = result.summary[row.phase]
     if row.metric == "latency_us":
         return s["latency_ns"] / 1e3
