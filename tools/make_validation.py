@@ -171,4 +171,10 @@ def _pending() -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from tracekit.errors import TracekitError
+
+    try:
+        main()
+    except TracekitError as exc:  # bad rows or bands: one line, no partial output
+        print(f"tracekit: error: {exc}", file=sys.stderr)
+        sys.exit(2)
