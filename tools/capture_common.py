@@ -115,22 +115,6 @@ def gather_routing(torch, dist, idx, weights, out: Path, name: str, rank: int, *
     return path.name
 
 
-def time_calls(torch, fn: Callable[[], Any], iters: int, warmup: int = 2) -> list[float]:
-    """Microseconds of ``fn`` per call (CUDA events around each call, synchronised), after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) * 1e3)
-    return out
-
-
 def gzip_trace(path: Path) -> Path:
     """Compress a Chrome-trace JSON in place (``.json`` -> ``.json.gz``)."""
     gz = Path(str(path) + ".gz")
