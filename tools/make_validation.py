@@ -136,6 +136,8 @@ def main() -> None:
         "|---|---|---|---|---|",
         *[f"| {s['sweep']} | {s['group']} | {s['rows']} | {s['predicted']} | {_fmt(s['spearman'], '.2f', 'n/a')} |"
           for s in sweeps.iter_rows(named=True)],
+        *[f"| {kind} | - | 0 | 0 | no measured sweep yet (issue 13's captures) |"
+          for kind in ("chunk_size", "num_sms", "tokens", "dtype", "ep_size") if kind not in set(sweeps["sweep"])],
         "",
         *_pending(),
         "## Rows",
