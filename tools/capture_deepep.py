@@ -183,7 +183,8 @@ def _v1_normal(rank: int, world: int, args) -> None:
                     continue
                 knobs = {"num_sms": sms, "dispatch_nvl_send_chunk": chunk, "dispatch_dtype": dtype}
                 sweeps = {"num_sms" if sweep == "sms" else "chunk_size": f"v1n-ep{world}-{case}-{dtype}-dispatch",
-                          "tokens": f"v1n-ep{world}-{'hot' if hot else 'bal'}-{dtype}-s{sms}-c{chunk}-dispatch"}
+                          "tokens": f"v1n-ep{world}-{'hot' if hot else 'bal'}-{dtype}-s{sms}-c{chunk}-dispatch",
+                          "skew": f"v1n-ep{world}-t{tokens}-{dtype}-s{sms}-c{chunk}-dispatch"}
                 for call, fn, cached in (("dispatch", lambda: buf.dispatch(xin, **kw), False),
                                          ("dispatch_cached", lambda: buf.dispatch(xin, handle=handle, config=cfg), True)):
                     t = run.measure(torch, dist, {**lab, "call": call}, fn)
