@@ -62,3 +62,15 @@ def test_median_and_routing_dump_shape(capture_common, tmp_path):
     _dump(tmp_path / "r.npz", ranks=4, tokens=8)
     routing = capture_routing({"routing": str(tmp_path / "r.npz"), "ep": 4, "experts": 16, "hidden": 7168}, 8)
     assert routing.meta.ep_size == 4 and routing.num_rows == 32
+
+
+def test_capture_scripts_parse_and_show_their_usage():
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(TOOLS / "capture_runs.sh")]).returncode == 0
+    for script, words in (("capture_deepep.py", "{build,run}"), ("capture_nccl_moe.py", "--world-size")):
+        out = subprocess.run([sys.executable, str(TOOLS / script), "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and words in out.stdout, out.stderr
