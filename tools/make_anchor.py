@@ -8,7 +8,8 @@ experts, group-limited to 4 nodes, FP8 dispatch, BF16 combine; EP8 inside one no
 across 2/4/8 nodes of 8 H800s with one 400 Gb/s ConnectX-7 per GPU. Published figures: DeepEP's
 legacy (V1) README, "Normal kernels with NVLink and RDMA forwarding". The h800-ib profile comes from
 datasheets and micro-benchmarks (docs/calibration.md); nothing here is fitted to these figures.
-Bandwidths follow DeepEP's test definitions (see the summary's bandwidth_gbps.unit).
+Bandwidths follow DeepEP's test definitions (see the summary's bandwidth_gbps.unit). The published
+figures are read from validation/rows/ (tools/make_validation.py uses the same rows).
 """
 
 from __future__ import annotations
@@ -19,24 +20,27 @@ import time
 from pathlib import Path
 
 from tracekit.hardware import load_profile
+from tracekit.io.validation_rows import load_rows
 from tracekit.model.config import ReplayConfig
 from tracekit.replay import replay
 from tracekit.workload.synth import SynthConfig, synth
 
-#: Low-latency kernels (decode: 128 tokens per rank, 10 masked entries per rank batch as in DeepEP's test):
-#: (EP, dispatch us, dispatch GB/s, combine us, combine GB/s), DeepEP legacy README, H800 + CX7.
-PUBLISHED_LL = [
-    (8, 77, 98, 114, 127), (16, 118, 63, 195, 74), (32, 155, 48, 273, 53), (64, 173, 43, 314, 46),
-    (128, 192, 39, 369, 39),
-]
 
-#: (EP, kind, published dispatch GB/s, published combine GB/s): DeepEP legacy README, H800.
-PUBLISHED = [
-    (8, "nvlink", 153, 158),
-    (16, "rdma", 43, 43),
-    (32, "rdma", 58, 57),
-    (64, "rdma", 51, 50),
-]
+def _published() -> tuple[list[tuple[int, str, float, float]], list[tuple[int, float, float, float, float]]]:
+    """DeepEP's published V1 figures, read from the validation rows (validation/rows/deepep_v1_*.toml).
+
+    Normal kernels: (EP, kind, dispatch GB/s, combine GB/s); low-latency kernels (decode, 128 tokens per
+    rank): (EP, dispatch us, dispatch GB/s, combine us, combine GB/s). H800 + CX7, DeepEP's V1 README.
+    """
+    rows = load_rows()
+    normal = {(r.workload["synth"]["ep"], r.phase): r for r in rows if r.family == "deepep_v1_normal"}
+    ll = {(r.workload["synth"]["ep"], r.phase): r for r in rows if r.family == "deepep_v1_low_latency"}
+    published = [(ep, normal[ep, "dispatch"].metric.removesuffix("_gbps"), normal[ep, "dispatch"].measured,
+                  normal[ep, "combine"].measured) for ep in sorted({ep for ep, _ in normal})]
+    published_ll = [(ep, ll[ep, "dispatch"].measured, ll[ep, "dispatch"].also_measured["rdma_gbps"],
+                     ll[ep, "combine"].measured, ll[ep, "combine"].also_measured["rdma_gbps"])
+                    for ep in sorted({ep for ep, _ in ll})]
+    return published, published_ll
 
 
 def main() -> None:
@@ -45,8 +49,9 @@ def main() -> None:
     ap.add_argument("--sms", type=int, nargs="+", default=[20, 24], help="SM counts to replay (default 20 24)")
     args = ap.parse_args()
     hw = load_profile("h800-ib")
+    published, published_ll = _published()
     rows = []
-    for ep, kind, pub_d, pub_c in PUBLISHED:
+    for ep, kind, pub_d, pub_c in published:
         routing = synth(SynthConfig(preset="prefill", ep=ep, tokens=4096, hidden=7168, topk=8, experts=256,
                                     max_nodes=4, dispatch_dtype="fp8", combine_dtype="bf16", seed=0))
         for sms in args.sms:
@@ -83,10 +88,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['ep']} | {r['sms']} | {r['phase']} | {r['kind']} | {r['published']} | {r['replay']:.1f} | "
+        lines.append(f"| {r['ep']} | {r['sms']} | {r['phase']} | {r['kind']} | {r['published']:g} | {r['replay']:.1f} | "
                      f"{r['error']:+.1f}% | {r['latency_us']:.0f} us | {r['bottleneck']} ({r['util']:.2f}) |")
     ll_rows = []
-    for ep, d_us, d_bw, c_us, c_bw in PUBLISHED_LL:
+    for ep, d_us, d_bw, c_us, c_bw in published_ll:
         routing = synth(SynthConfig(preset="decode", ep=ep, tokens=128, hidden=7168, topk=8, experts=256 if ep <= 256 else ep,
                                     max_nodes=ep // 8 if ep >= 8 else 1, masked=10, seed=0))
         hw_ll = hw.with_overrides({"switch.topology": "leaf_spine"}) if ep > hw.switch.ports else hw
@@ -127,8 +132,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ll_rows:
-        lines.append(f"| {r['ep']} | {r['phase']} | {r['pub_us']} | {r['us']:.0f} | "
-                     f"{100 * (r['us'] - r['pub_us']) / r['pub_us']:+.0f}% | {r['pub_bw']} | {r['bw']:.1f} | "
+        lines.append(f"| {r['ep']} | {r['phase']} | {r['pub_us']:g} | {r['us']:.0f} | "
+                     f"{100 * (r['us'] - r['pub_us']) / r['pub_us']:+.0f}% | {r['pub_bw']:g} | {r['bw']:.1f} | "
                      f"{100 * (r['bw'] - r['pub_bw']) / r['pub_bw']:+.0f}% | {r['bottleneck']} |")
     lines.append("")
     Path(args.output).write_text("\n".join(lines))
