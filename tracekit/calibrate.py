@@ -120,7 +120,7 @@ class _Fit:
 
 def _median(values: np.ndarray) -> _Fit:
     med = float(np.median(values))
-    spread = float(np.max(np.abs(values - med)) / abs(med)) if med else 0.0
+    spread = float(np.max(np.abs(values - med)) / abs(med)) if med else float(np.max(np.abs(values)) > 0)
     return _Fit(np.array([med]), values.size, f"max deviation {spread:.2%} from the median")
 
 
@@ -132,7 +132,8 @@ def _lstsq(y: np.ndarray, x: np.ndarray, bench: str, where: str, need: str) -> _
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     res = y - x @ coef
     rms = float(np.sqrt(np.mean(res ** 2)))
-    return _Fit(coef, y.size, f"rms {rms:.3g} ns ({rms / float(np.mean(np.abs(y))):.1%} of the mean)")
+    scale = float(np.mean(np.abs(y)))
+    return _Fit(coef, y.size, f"rms {rms:.3g} ns" + (f" ({rms / scale:.1%} of the mean)" if scale else ""))
 
 
 def _select(rows, bench, where, **equal: object) -> list[Mapping[str, Any]]:
