@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -285,6 +286,10 @@ def test_run_suite_pure_parts():
     assert merged == {"meta": {"gpu": "x"}, "benchmarks": {"a": [1], "b": [2]}}
     with pytest.raises(ValueError, match="benchmark a produced by two parts"):
         suite.merge_results({}, [{"a": []}, {"a": []}])
+    log = io.StringIO()
+    assert suite._optional("alloc", lambda: {"alloc": [{"ns": 1}]}, log) == {"alloc": [{"ns": 1}]}
+    assert suite._optional("gemm", lambda: 1 / 0, log) == {}
+    assert "gemm failed: ZeroDivisionError" in log.getvalue()
 
 
 def test_the_committed_conversion_is_what_convert_legacy_writes():

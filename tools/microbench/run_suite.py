@@ -6,8 +6,9 @@
 Builds tools/microbench/microbench.cu with nvcc and runs it (the CUDA C++ benchmarks), then, where
 PyTorch and CuPy are installed, times the caching allocator (alloc) and a bf16 GEMM while k SMs are
 held by a spinning kernel on another stream (gemm_sm_reserved). Writes
-{"meta": {...}, "benchmarks": {name: [rows]}}; docs/calibration.md lists each benchmark's columns.
-A multi-GPU host also runs tools/calibrate_gpu.py (NVLink bandwidth and flag latency).
+{"meta": {...}, "benchmarks": {name: [rows]}}; schemas/microbench.v1.json defines each benchmark's
+columns and docs/calibration.md says which fields are fitted from which rows. With --peer on a host of
+two or more GPUs it also runs tools/calibrate_gpu.py and adds its NVLink rows (peer_store, peer_flag).
 """
 
 from __future__ import annotations
@@ -156,15 +157,32 @@ def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
 
 
 def _optional(name: str, fn, log) -> dict:
-    """{name: rows}, or {} with the error in the log: a failed optional part keeps the CUDA results."""
+    """fn()'s {benchmark: rows}, or {} with the error in the log: a failed optional part keeps the rest."""
     t0 = time.perf_counter()
     try:
-        rows = fn()
+        part = fn()
     except Exception as exc:  # noqa: BLE001 - any failure of an optional part is logged, not fatal
         log.write(f"{name} failed: {type(exc).__name__}: {exc}\n")
         return {}
-    log.write(f"{name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s\n")
-    return {name: rows}
+    log.write(f"{name}: {sum(len(r) for r in part.values())} rows in {time.perf_counter() - t0:.1f} s\n")
+    return part
+
+
+def peer_part(log) -> dict:
+    """Two or more GPUs: tools/calibrate_gpu.py's NVLink figures (SM stores into the peer, copy engine,
+    flag ping-pong) as peer_store and peer_flag rows (recorded; tracekit calibrate fits none of them)."""
+    sys.path.insert(0, str(HERE))
+    from convert_legacy import convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "peer.json")
+        _run([sys.executable, str(HERE.parent / "calibrate_gpu.py"), "--out", out], log, 600)
+        doc = json.loads(Path(out).read_text())
+    if "peer" not in doc:
+        log.write("fewer than two GPUs with peer access: peer_store and peer_flag skipped\n")
+        return {}
+    converted = convert(doc, "tools/calibrate_gpu.py")["benchmarks"]
+    return {k: converted[k] for k in ("peer_store", "peer_flag")}
 
 
 def _driver_version() -> str:
@@ -182,6 +200,8 @@ def main() -> None:
     ap.add_argument("--log", help="log file (default: OUT with .log)")
     ap.add_argument("--arch", default="sm_90", help="nvcc -arch (sm_90 for H100/H200, sm_80 for A100)")
     ap.add_argument("--reps", type=int, default=7, help="timed repeats per configuration (median taken)")
+    ap.add_argument("--peer", action="store_true",
+                    help="also run the two-GPU NVLink part (tools/calibrate_gpu.py, needs CuPy and 2 GPUs)")
     args = ap.parse_args()
     log_path = args.log or str(Path(args.out).with_suffix(".log"))
     with open(log_path, "w") as log:
@@ -200,13 +220,15 @@ def main() -> None:
             log.write("PyTorch not installed: alloc and gemm_sm_reserved skipped\n")
         else:
             meta["torch"], meta["torch_cuda"] = torch.__version__, torch.version.cuda
-            parts.append(_optional("alloc", lambda: alloc_part(torch), log))
+            parts.append(_optional("alloc", lambda: {"alloc": alloc_part(torch)}, log))
             try:
                 import cupy as cp
             except ImportError:
                 log.write("CuPy not installed: gemm_sm_reserved skipped\n")
             else:
-                parts.append(_optional("gemm_sm_reserved", lambda: gemm_part(torch, cp), log))
+                parts.append(_optional("gemm_sm_reserved", lambda: {"gemm_sm_reserved": gemm_part(torch, cp)}, log))
+        if args.peer:
+            parts.append(_optional("peer", lambda: peer_part(log), log))
         result = merge_results(meta, parts)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"run_suite: wrote {args.out} ({sum(len(r) for r in result['benchmarks'].values())} rows)")
