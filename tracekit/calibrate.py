@@ -154,7 +154,7 @@ class _NoRows(Exception):
     """A benchmark is present but holds none of the rows a fit uses (e.g. only recorded methods)."""
 
 
-# -- the fits: one function per benchmark: (fit, {field key: (coefficient index, scale, method)}) --------
+# -- the fits: each returns (fit, {field key: (coefficient index, scale, method)}) ------------------------
 
 
 def _fit_hbm_copy(rows, where):
@@ -164,99 +164,79 @@ def _fit_hbm_copy(rows, where):
     return f, {"gpu.sm_copy_bandwidth_gbyte_s": (0, 1.0, "median GB/s of the one-SM rows")}
 
 
-def _fit_median_of(bench: str, col: str, method: str, key: str, scale: float, text: str):
+def _median_of(bench: str, col: str, method: str, key: str, scale: float, text: str):
+    """A field as ``scale`` x the median of ``col`` over the rows of one ``method``."""
     def fit(rows, where):
         sel = _select(rows, bench, where, method=method)
         return _median(_column(sel, col, bench, where)), {key: (0, scale, text)}
     return fit
 
 
-def _fit_token_copy(rows, where):
-    bench = "token_copy_loop"
-    sel = _select(rows, bench, where, warps_per_sm=1, chunk=0)
-    y = _column(sel, "ns_per_token_per_warp", bench, where)
-    nbytes = _column(sel, "payload_bytes", bench, where) + _column(sel, "meta_bytes", bench, where)
-    fp8 = (_column(sel, "scales", bench, where) > 0).astype(np.float64)
-    f = _lstsq(y, np.column_stack([np.ones_like(y), nbytes, fp8]), bench, where,
-               "one-warp rows with and without scales at two or more payload sizes")
-    text = "least squares ns/token/warp = a + bytes/rate + b*[scales]"
-    return f, {"gpu.dispatch_token_ns": (0, 1.0, text), "gpu.fp8_token_ns": (2, 1.0, text)}
+_Col = Callable[[str], np.ndarray]
 
 
-def _fit_chunk_sync(rows, where):
-    bench = "chunk_sync"
-    y = _column(rows, "ns_per_token", bench, where)
-    chunk = _column(rows, "chunk", bench, where)
-    payload = _column(rows, "payload_bytes", bench, where)
-    levels = np.unique(payload)
-    x = np.column_stack([1.0 / chunk] + [(payload == p).astype(np.float64) for p in levels])
-    f = _lstsq(y, x, bench, where, "two or more chunk sizes per payload")
-    return f, {"gpu.chunk_sync_ns": (0, 1.0, "least squares ns/token = c/chunk + a[payload]")}
-
-
-def _fit_combine(rows, where):
-    bench = "combine_reduce"
-    sel = _select(rows, bench, where, warps_per_sm=1)
-    y = _column(sel, "ns_per_token_per_warp", bench, where)
-    k = _column(sel, "topk", bench, where)
-    nbytes = (k + 1) * _column(sel, "payload_bytes", bench, where)
-    f = _lstsq(y, np.column_stack([np.ones_like(y), k, nbytes]), bench, where,
-               "one-warp rows at two or more top-k values and payload sizes")
-    text = "least squares ns/token/warp = a + b*topk + bytes/rate"
-    return f, {"gpu.combine_token_ns": (0, 1.0, text), "gpu.combine_topk_ns": (1, 1.0, text)}
-
-
-def _fit_ll_send(rows, where):
-    bench = "cast_fp8"
-    sel = _select(rows, bench, where, hidden=REFERENCE_HIDDEN, warps_per_sm="max")
-    y = _column(sel, "ns_per_token_per_sm", bench, where)
-    k = _column(sel, "topk", bench, where)
-    f = _lstsq(y, np.column_stack([np.ones_like(y), k]), bench, where, f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values")
-    text = f"least squares ns/token/SM = a + b*topk at hidden {REFERENCE_HIDDEN}"
-    return f, {"gpu.ll_token_ns": (0, 1.0, text), "gpu.ll_selection_ns": (1, 1.0, text)}
-
-
-def _fit_ll_combine(rows, where):
-    bench = "ll_combine"
-    sel = _select(rows, bench, where, payload_bytes=REFERENCE_ROW_BYTES)
-    y = _column(sel, "ns_per_token_per_sm", bench, where)
-    k = _column(sel, "topk", bench, where)
-    f = _lstsq(y, np.column_stack([np.ones_like(y), k]), bench, where, "two or more top-k values")
-    return f, {"gpu.ll_combine_token_ns": (0, 1.0, f"least squares ns/token/SM = a + b*topk at {REFERENCE_ROW_BYTES} B rows")}
-
-
-def _fit_kernel_beyond_empty(bench: str, xcol: Callable[[Callable[[str], np.ndarray]], np.ndarray], base: str,
-                             slope: str, xtext: str):
+def _linear(bench: str, y: Callable[[_Col], np.ndarray], terms: Sequence[Callable[[_Col], Any]],
+            fields: Mapping[str, int], text: str, need: str, **select: object):
+    """Least squares ``y = sum(coef_i * term_i)`` over the rows matching ``select``; ``fields`` maps a
+    profile field to the index of its coefficient. A term may return a list of columns (one per level)."""
     def fit(rows, where):
-        col = lambda name: _column(rows, name, bench, where)  # noqa: E731
-        y = col("time_ns") - col("empty_kernel_ns")
-        x = xcol(col)
-        f = _lstsq(y, np.column_stack([np.ones_like(y), x]), bench, where, f"two or more values of {xtext}")
-        text = f"least squares (time - empty kernel) = a + b*{xtext}"
-        return f, {base: (0, 1.0, text), slope: (1, 1.0, text)}
+        sel = _select(rows, bench, where, **select) if select else list(rows)
+        col: _Col = lambda name: _column(sel, name, bench, where)  # noqa: E731
+        target = y(col)
+        x = []
+        for term in terms:
+            v = term(col)
+            x.extend(v if isinstance(v, list) else [np.broadcast_to(np.asarray(v, np.float64), target.shape)])
+        f = _lstsq(target, np.column_stack(x), bench, where, need)
+        return f, {key: (i, 1.0, f"least squares {text}") for key, i in fields.items()}
     return fit
+
+
+_ONE = lambda c: 1.0  # noqa: E731 - the intercept term
 
 
 #: benchmark -> its fit. gemm_sm_reserved, cast_int8 and the non-fitted methods are recorded only.
 FITS: dict[str, Callable] = {
     "hbm_copy_per_sm": _fit_hbm_copy,
-    "kernel_launch": _fit_median_of("kernel_launch", "ns_per_launch", "event_back_to_back", "gpu.kernel_launch_ns",
-                                    1.0, "median of back-to-back empty launches (events)"),
-    "token_copy_loop": _fit_token_copy,
-    "chunk_sync": _fit_chunk_sync,
-    "combine_reduce": _fit_combine,
-    "cast_fp8": _fit_ll_send,
-    "ll_combine": _fit_ll_combine,
-    "layout": _fit_kernel_beyond_empty("layout", lambda c: c("tokens") * c("experts"), "host.layout_base_ns",
-                                       "host.layout_token_expert_ns", "tokens x experts"),
-    "notify": _fit_kernel_beyond_empty("notify", lambda c: c("ranks"), "host.notify_base_ns", "host.notify_rank_ns",
-                                       "ranks"),
-    "mapped_poll": _fit_median_of("mapped_poll", "ns", "pingpong_round_trip", "host.cpu_wait_ns", 0.5,
-                                  "half the median GPU-to-CPU-to-GPU round trip over mapped host memory"),
-    "alloc": _fit_median_of("alloc", "ns", "torch_empty_set", "host.alloc_ns", 1.0,
-                            "median host time of one set of receive tensors"),
-    "host_sync": _fit_median_of("host_sync", "ns", "event_record_sync_idle", "host.stream_sync_ns", 1.0,
-                                "median event record + synchronize"),
+    "kernel_launch": _median_of("kernel_launch", "ns_per_launch", "event_back_to_back", "gpu.kernel_launch_ns",
+                                1.0, "median of back-to-back empty launches (events)"),
+    "token_copy_loop": _linear(
+        "token_copy_loop", lambda c: c("ns_per_token_per_warp"),
+        [_ONE, lambda c: c("payload_bytes") + c("meta_bytes"), lambda c: (c("scales") > 0).astype(np.float64)],
+        {"gpu.dispatch_token_ns": 0, "gpu.fp8_token_ns": 2}, "ns/token/warp = a + bytes/rate + b*[scales]",
+        "one-warp rows with and without scales at two or more payload sizes", warps_per_sm=1, chunk=0),
+    "chunk_sync": _linear(
+        "chunk_sync", lambda c: c("ns_per_token"),
+        [lambda c: 1.0 / c("chunk"),
+         lambda c: [(c("payload_bytes") == p).astype(np.float64) for p in np.unique(c("payload_bytes"))]],
+        {"gpu.chunk_sync_ns": 0}, "ns/token = c/chunk + a[payload]", "two or more chunk sizes per payload"),
+    "combine_reduce": _linear(
+        "combine_reduce", lambda c: c("ns_per_token_per_warp"),
+        [_ONE, lambda c: c("topk"), lambda c: (c("topk") + 1) * c("payload_bytes")],
+        {"gpu.combine_token_ns": 0, "gpu.combine_topk_ns": 1}, "ns/token/warp = a + b*topk + bytes/rate",
+        "one-warp rows at two or more top-k values and payload sizes", warps_per_sm=1),
+    "cast_fp8": _linear(
+        "cast_fp8", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
+        {"gpu.ll_token_ns": 0, "gpu.ll_selection_ns": 1}, f"ns/token/SM = a + b*topk at hidden {REFERENCE_HIDDEN}",
+        f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values", hidden=REFERENCE_HIDDEN, warps_per_sm="max"),
+    "ll_combine": _linear(
+        "ll_combine", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
+        {"gpu.ll_combine_token_ns": 0}, f"ns/token/SM = a + b*topk at {REFERENCE_ROW_BYTES} B rows",
+        "two or more top-k values", payload_bytes=REFERENCE_ROW_BYTES),
+    "layout": _linear(
+        "layout", lambda c: c("time_ns") - c("empty_kernel_ns"), [_ONE, lambda c: c("tokens") * c("experts")],
+        {"host.layout_base_ns": 0, "host.layout_token_expert_ns": 1},
+        "(time - empty kernel) = a + b*tokens*experts", "two or more values of tokens x experts"),
+    "notify": _linear(
+        "notify", lambda c: c("time_ns") - c("empty_kernel_ns"), [_ONE, lambda c: c("ranks")],
+        {"host.notify_base_ns": 0, "host.notify_rank_ns": 1}, "(time - empty kernel) = a + b*ranks",
+        "two or more values of ranks"),
+    "mapped_poll": _median_of("mapped_poll", "ns", "pingpong_round_trip", "host.cpu_wait_ns", 0.5,
+                              "half the median GPU-to-CPU-to-GPU round trip over mapped host memory"),
+    "alloc": _median_of("alloc", "ns", "torch_empty_set", "host.alloc_ns", 1.0,
+                        "median host time of one set of receive tensors"),
+    "host_sync": _median_of("host_sync", "ns", "event_record_sync_idle", "host.stream_sync_ns", 1.0,
+                            "median event record + synchronize"),
 }
 
 
