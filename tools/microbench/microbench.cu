@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -360,7 +361,7 @@ __global__ void write_mapped(volatile int* d2h, int v) {
 // ---------------------------------------------------------------------------------------------
 struct Row {
   std::string s;
-  Row& kv(const char* k, double v) { return add(k, fmt("%.6g", v)); }
+  Row& kv(const char* k, double v) { return add(k, std::isfinite(v) ? fmt("%.6g", v) : std::string("null")); }
   Row& kv(const char* k, long long v) { return add(k, fmt("%lld", v)); }
   Row& kv(const char* k, int v) { return kv(k, (long long)v); }
   Row& kv(const char* k, const char* v) { return add(k, std::string("\"") + v + "\""); }

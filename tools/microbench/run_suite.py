@@ -77,12 +77,14 @@ def _run(cmd: list[str], log, timeout: float) -> str:
     return proc.stdout
 
 
-def cuda_part(arch: str, reps: int, log) -> tuple[dict, dict]:
-    """Build and run microbench.cu; returns (device info, benchmarks)."""
+def cuda_part(arch: str, reps: int, log, raw_path: str) -> tuple[dict, dict]:
+    """Build and run microbench.cu, keeping its raw output in ``raw_path``; returns (device, benchmarks)."""
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "microbench")
         _run(["nvcc", "-O3", "-std=c++17", f"-arch={arch}", "-o", exe, str(HERE / "microbench.cu")], log, 300)
-        out = json.loads(_run([exe, str(reps)], log, 600))
+        text = _run([exe, str(reps)], log, 600)
+    Path(raw_path).write_text(text)
+    out = json.loads(text)
     return out["device"], out["benchmarks"]
 
 
@@ -206,7 +208,7 @@ def main() -> None:
     log_path = args.log or str(Path(args.out).with_suffix(".log"))
     with open(log_path, "w") as log:
         nvcc = subprocess.run(["nvcc", "--version"], stdout=subprocess.PIPE, text=True).stdout
-        device, benchmarks = cuda_part(args.arch, args.reps, log)
+        device, benchmarks = cuda_part(args.arch, args.reps, log, str(Path(args.out).with_suffix(".cuda.json")))
         parts = [benchmarks]
         meta = {"gpu": device["name"], "sms": device["sms"], "l2_bytes": device["l2_bytes"],
                 "compute_capability": device["cc"], "driver": _driver_version(), "cuda": nvcc_version(nvcc),
