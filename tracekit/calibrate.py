@@ -29,6 +29,7 @@ from tracekit.hardware.profile import Profile, parse_profile
 #: The reference token of the per-token fields: DeepSeek-V3's hidden size 7168 (BF16 row 14336 B).
 REFERENCE_HIDDEN = 7168
 REFERENCE_ROW_BYTES = 2 * REFERENCE_HIDDEN
+_FIX_FILE = "give the JSON written by tools/microbench/run_suite.py"
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,12 @@ def load_results(path: str | Path) -> Results:
     p = Path(path)
     if not p.is_file():
         raise TracekitError("no such results file", where=where,
-                            fix="give the JSON written by tools/microbench/run_suite.py")
+                            fix=_FIX_FILE)
     try:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TracekitError(f"not valid JSON ({exc})", where=where,
-                            fix="give the JSON written by tools/microbench/run_suite.py") from None
+                            fix=_FIX_FILE) from None
     return parse_results(doc, where)
 
 
@@ -78,7 +79,7 @@ def parse_results(doc: Any, where: str) -> Results:
     """Check the layout of a parsed results document and the types of the columns it carries."""
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), dict) or not isinstance(doc.get("meta"), dict):
         raise TracekitError("not a micro-benchmark results file: expected {\"meta\": {...}, \"benchmarks\": {...}}",
-                            where=where, fix="give the JSON written by tools/microbench/run_suite.py")
+                            where=where, fix=_FIX_FILE)
     known = {f.section for f in schemas.load("microbench").fields}
     for name, rows in doc["benchmarks"].items():
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
