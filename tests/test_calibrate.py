@@ -124,8 +124,9 @@ def test_noise_free_rows_give_back_every_parameter(p):
 @given(params_strategy, st.integers(0, 1000))
 def test_noisy_rows_give_each_parameter_within_the_noise(p, seed):
     fits, _ = _fits(synthetic_results(p, noise=0.01, seed=seed))
-    assert fits["gpu.sm_copy_bandwidth_gbyte_s"].value == pytest.approx(p["sm_copy"], rel=0.011, abs=0.05)
-    assert fits["host.alloc_ns"].value == pytest.approx(p["alloc"], rel=0.011, abs=1)
+    # a median moves by at most the noise; rounding adds half a step (0.1 GB/s, 1 ns)
+    assert abs(fits["gpu.sm_copy_bandwidth_gbyte_s"].value - p["sm_copy"]) <= 0.01 * p["sm_copy"] + 0.05 + 1e-9
+    assert abs(fits["host.alloc_ns"].value - p["alloc"]) <= 0.01 * p["alloc"] + 0.5
     # a least-squares intercept moves by at most the noise on the largest row it was fitted from
     biggest = max(r["ns_per_token_per_warp"] for r in synthetic_results(p)["benchmarks"]["token_copy_loop"])
     assert abs(fits["gpu.dispatch_token_ns"].value - p["dispatch"]) <= 0.05 * biggest + 1
