@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -297,3 +299,17 @@ def test_the_committed_conversion_is_what_convert_legacy_writes():
     legacy = json.loads((ROOT / "docs" / "calibration" / "h200x2.json").read_text())
     converted = _load_tool("convert_legacy").convert(legacy, "docs/calibration/h200x2.json")
     assert json.loads((ROOT / COMMITTED).read_text()) == converted
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
+def test_the_cuda_suite_builds_and_its_json_writer_gives_valid_results(tmp_path):
+    exe = tmp_path / "microbench"
+    subprocess.run(["nvcc", "-O3", "-std=c++17", "-arch=sm_90", "-o", str(exe), str(MICROBENCH / "microbench.cu")],
+                   check=True, capture_output=True)
+    out = json.loads(subprocess.run([str(exe), "--selftest"], check=True, capture_output=True, text=True).stdout)
+    rows = out["benchmarks"]["kernel_launch"]
+    assert rows[0] == {"method": "event_back_to_back", "launches": 1000, "ns_per_launch": 2345.5}
+    assert rows[1]["bytes"] == 1 << 40 and rows[1]["ns_per_launch"] is None  # not finite -> null
+    with pytest.raises(TracekitError, match="row 1: column ns_per_launch is None"):
+        parse_results({"meta": {}, "benchmarks": out["benchmarks"]}, "selftest")
