@@ -16,7 +16,8 @@ from tracekit import __version__
 from tracekit.errors import TracekitError
 
 #: Subcommands in the order ``--help`` lists them; each is ``tracekit.commands.<name>``.
-COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff", "sweep"]
+COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff", "sweep",
+            "calibrate"]
 
 
 def _module_name(command: str) -> str:
