@@ -143,13 +143,16 @@ def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=N
     plan = build(name, layers, sms=total_sms, num_sms=cfg.num_sms, launch_ns=hw.gpu.kernel_launch_ns)
     sched = run(plan.graph)
     tasks = plan_table(plan, sched, routing.meta.gpus_per_node)
-    starts = _phase_starts(tasks, n_mb)
+    spans = _phase_spans(tasks)
     events, counters, phases = [], [], []
     for i, res in enumerate(phase_parts):
         li, m = divmod(i, n_mb)
         step, layer = routing.steps_layers()[li]
         for result, ev, ctr in res:
-            off = starts[(li, m, result.phase)]
+            first, last = spans[(li, m, result.phase)]
+            # the replayed phase starts where the plan starts it; a fused combine, paced by the expert
+            # GEMMs, is placed to end where the plan's last send ends
+            off = last - result.end_ns if (name == "fused" and result.phase == "combine") else first
             phases.append(replace(result, t0=off, end_ns=result.end_ns + off))
             events.append(ev.with_columns(pl.col("ts_ns") + off))
             counters.append(ctr.with_columns(pl.col("ts_ns") + off))
@@ -178,12 +181,12 @@ def plan_table(plan: Plan, sched: Schedule, gpus_per_node: int) -> pl.DataFrame:
     })
 
 
-def _phase_starts(tasks: pl.DataFrame, n_mb: int) -> dict[tuple[int, int, str], int]:
-    """Where each replayed phase goes on the plan's clock: its first task's start."""
+def _phase_spans(tasks: pl.DataFrame) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """Per (layer, micro-batch, phase): the first start and last end of the plan's tasks."""
     t = tasks.with_columns(pl.col("part").str.replace(r"_(send|wire|recv)$", "").alias("phase"))
     t = t.filter(pl.col("phase").is_in(["dispatch", "combine"]))
-    g = t.group_by("layer", "micro", "phase").agg(pl.col("start").min())
-    return {(int(a), int(b), str(c)): int(d) for a, b, c, d in g.iter_rows()}
+    g = t.group_by("layer", "micro", "phase").agg(pl.col("start").min(), pl.col("end").max())
+    return {(int(a), int(b), str(c)): (int(d), int(e)) for a, b, c, d, e in g.iter_rows()}
 
 
 def _plan_events(tasks: pl.DataFrame, routing: Routing) -> pl.DataFrame:
