@@ -27,7 +27,7 @@ from tracekit.model.schedule import COMPUTE_PARTS, FUSED_FEATURES, Plan, Slice, 
 from tracekit.workload.layout import dispatch_layout
 from tracekit.workload.routing import Routing
 
-MICRO_BATCHES = {"serial": 1, "fused": 1, "two_microbatch": 2, "ll_hook": 2}
+MICRO_BATCHES = {"serial": 1, "fused": 1, "two_microbatch": 2, "ll_hook": 2, "dualpipe": 1}
 
 
 def micro_batches(part: Routing, n: int) -> list[Routing]:
@@ -68,6 +68,14 @@ def _phases(part: Routing, hw: Profile, cfg: ReplayConfig, step: int, layer: int
     return out, arrival, layout
 
 
+def _cached_dispatch(part: Routing, layout, hw: Profile, cfg: ReplayConfig) -> PhaseResult:
+    """A dispatch with the cached layout (no notify, no CPU sync): the backward of a combine."""
+    built = _builders(cfg.mode)[0](part, layout, hw, replace(cfg, cached=True))
+    sched = run(built.graph)
+    check_conservation(built, sched, layout, part)
+    return analyse_phase(built, sched, layout, part, step=0, layer=0, t0=0)
+
+
 def _arrival(built, sched: Schedule, part: Routing, result: PhaseResult) -> np.ndarray:
     """Per (rank, local expert): when its last token arrived, ns after the dispatch started."""
     R, E = part.meta.ep_size, part.meta.num_experts
@@ -79,16 +87,21 @@ def _arrival(built, sched: Schedule, part: Routing, result: PhaseResult) -> np.n
     return out.reshape(R, epr)
 
 
-def _slice(part: Routing, layout, hw: Profile, cfg: ReplayConfig, md: cm.ModelDesc, res: list, arrival: np.ndarray,
-           sms_set: tuple[int, ...]) -> Slice:
+def _slice(part: Routing, layout, hw: Profile, md: cm.ModelDesc, res: list, arrival: np.ndarray,
+           sms_set: tuple[int, ...], cached: PhaseResult | None = None) -> Slice:
+    """A micro-batch's durations; with ``cached`` (dualpipe: the backward combine, a cached dispatch),
+    the training blocks too."""
     R, E = part.meta.ep_size, part.meta.num_experts
     epr = E // R
     tokens_rank = np.bincount(part.rank, minlength=R)
     per_expert = layout.num_tokens_per_expert.sum(axis=0).reshape(R, epr)
     compute, experts, fused = {}, {}, {}
+    blocks = [cm.training_blocks(md, int(tokens_rank[r]), per_expert[r]) for r in range(R)] if cached else None
     for s in sms_set:
         compute[s] = {p: np.array([cm.part_ns(getattr(cm, f)(md, int(t)), hw, s) for t in tokens_rank], np.int64)
                       for p, f in (("attention", "attention"), ("shared", "shared_expert"))}
+        if blocks is not None:
+            compute[s].update({p: np.array([cm.part_ns(b[p], hw, s) for b in blocks], np.int64) for p in blocks[0]})
         experts[s] = np.stack([_expert_split(md, per_expert[r], hw, s, io=True) for r in range(R)])
         fused[s] = np.stack([_expert_split(md, per_expert[r], hw, s, io=False) for r in range(R)])
     (d, _, _), (c, _, _) = res
@@ -98,7 +111,8 @@ def _slice(part: Routing, layout, hw: Profile, cfg: ReplayConfig, md: cm.ModelDe
                  dispatch_issue=st_d.get("launch", 0) + st_d.get("pack", 0) + st_d.get("rdma_post", 0),
                  dispatch_recv=st_d.get("unpack", 0),
                  combine_issue=st_c.get("launch", 0) + st_c.get("combine_pack", 0) + st_c.get("rdma_post", 0),
-                 combine_recv=st_c.get("combine_unpack", 0) + st_c.get("combine_reduce", 0))
+                 combine_recv=st_c.get("combine_unpack", 0) + st_c.get("combine_reduce", 0),
+                 dispatch_cached=None if cached is None else cached.rank_finish.astype(np.int64))
 
 
 def _expert_split(md: cm.ModelDesc, tokens: np.ndarray, hw: Profile, sms: int, *, io: bool) -> np.ndarray:
@@ -125,6 +139,8 @@ def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=N
 
     md = cfg.model_desc()
     name = cfg.schedule
+    if name == "dualpipe" and md.workload == "decode":  # forward and backward chunks: a training step
+        md = replace(md, workload="train")
     n_mb = MICRO_BATCHES[name]
     total_sms = hw.gpu.sms
     sms_set = (total_sms, total_sms - cfg.num_sms)
@@ -134,7 +150,8 @@ def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=N
         mbs = []
         for mb in micro_batches(routing.select(step, layer), n_mb):
             res, arrival, layout = _phases(mb, hw, cfg, step, layer, ids)
-            mbs.append(_slice(mb, layout, hw, cfg, md, res, arrival, sms_set))
+            cached = _cached_dispatch(mb, layout, hw, cfg) if name == "dualpipe" else None
+            mbs.append(_slice(mb, layout, hw, md, res, arrival, sms_set, cached))
             phase_parts.append(res)
             if on_phase is not None:
                 for r, _, _ in res:
@@ -183,7 +200,7 @@ def plan_table(plan: Plan, sched: Schedule, gpus_per_node: int) -> pl.DataFrame:
 
 def _phase_spans(tasks: pl.DataFrame) -> dict[tuple[int, int, str], tuple[int, int]]:
     """Per (layer, micro-batch, phase): the first start and last end of the plan's tasks."""
-    t = tasks.with_columns(pl.col("part").str.replace(r"_(send|wire|recv)$", "").alias("phase"))
+    t = tasks.with_columns(pl.col("part").str.replace(r"_(send|wire|recv|f)$", "").alias("phase"))
     t = t.filter(pl.col("phase").is_in(["dispatch", "combine"]))
     g = t.group_by("layer", "micro", "phase").agg(pl.col("start").min(), pl.col("end").max())
     return {(int(a), int(b), str(c)): (int(d), int(e)) for a, b, c, d, e in g.iter_rows()}

@@ -9,8 +9,9 @@ gives, for ``tokens`` tokens on one rank, each kernel's FLOPs, HBM bytes and out
   attention core in its weight-absorbed form, as decode kernels run it: per token and head, scores
   over ``context`` cached latents of ``kv_lora + rope`` elements and a weighted sum of ``kv_lora``
   elements, ``2 context heads (2 kv_lora + rope)`` FLOPs; bytes: decode reads each request's cache
-  (``tokens x context x (kv_lora + rope)`` elements), prefill/training reads Q, K, V and writes the
-  output once (a FlashAttention-style IO bound).
+  (``tokens x context x (kv_lora + rope)`` elements), prefill/training use per-head keys and values
+  (``2 context heads (nope + rope + v)`` FLOPs) and read Q, K, V and write the output once (a
+  FlashAttention-style IO bound).
 * ``shared``: the shared experts' gate/up/down GEMMs, ``6 tokens H F_shared`` FLOPs, weights read once.
 * ``experts``: the rank's routed experts as one grouped GEMM (each expert with tokens reads its
   ``3 H F`` weights once).
@@ -121,10 +122,11 @@ def attention(md: ModelDesc, tokens: int) -> list[Kernel]:
     proj = Kernel("attn_proj", 2.0 * tokens * weights, b * (weights + tokens * (sum(proj_in) + sum(proj_out))),
                   sum(_gemm_tiles(tokens, o) for o in proj_out))
     latent = md.kv_lora + md.qk_rope
-    flops = 2.0 * tokens * md.context * nh * (latent + md.kv_lora)
-    if md.workload == "decode":
+    if md.workload == "decode":  # weight-absorbed: scores over latents, values are latents
+        flops = 2.0 * tokens * md.context * nh * (latent + md.kv_lora)
         io = tokens * md.context * latent * b
-    else:
+    else:  # per-head keys and values (prefill and training kernels do not absorb)
+        flops = 2.0 * tokens * md.context * nh * (md.qk_nope + md.qk_rope + md.v_head)
         io = tokens * b * (nh * (md.qk_nope + md.qk_rope) + latent + 2 * nh * md.v_head)
     core = Kernel("attn_core", flops, io, tokens * -(-nh // ATTN_HEADS_PER_TILE) * -(-md.context // ATTN_KV_BLOCK))
     return [proj, core]
@@ -159,6 +161,24 @@ def layer_kernels(md: ModelDesc, tokens: int, tokens_per_expert: np.ndarray) -> 
     """The compute of one MoE layer on one rank, by part."""
     return {"attention": attention(md, tokens), "shared": shared_expert(md, tokens),
             "experts": experts(md, tokens_per_expert)}
+
+
+#: Backward of the attention core over its forward: FlashAttention-2's backward runs five matrix
+#: products per block where the forward runs two (Dao 2023, section 3.1).
+ATTN_CORE_BACKWARD = 2.5
+
+
+def training_blocks(md: ModelDesc, tokens: int, tokens_per_expert: np.ndarray) -> dict[str, list[Kernel]]:
+    """The six blocks of one layer that DualPipe arranges: attention and MLP forward (F), backward
+    for inputs (B) and for weights (W). A GEMM's B and W each repeat its forward FLOPs and bytes (the
+    input gradient and the weight gradient are each one product of the same shape); the attention
+    core has no weights, and its backward is ``ATTN_CORE_BACKWARD`` forwards."""
+    attn = attention(md, tokens)
+    proj = [k for k in attn if k.name == "attn_proj"]
+    core = [k for k in attn if k.name == "attn_core"]
+    core_b = [Kernel("attn_core_b", k.flops * ATTN_CORE_BACKWARD, k.bytes * ATTN_CORE_BACKWARD, k.tiles) for k in core]
+    mlp = shared_expert(md, tokens) + experts(md, tokens_per_expert)
+    return {"attn_f": attn, "attn_b": proj + core_b, "attn_w": proj, "mlp_f": mlp, "mlp_b": mlp, "mlp_w": mlp}
 
 
 def part_ns(kernels: list[Kernel], hw: Profile, sms: int) -> int:

@@ -29,7 +29,7 @@ MODES = ("normal", "low_latency", "zero_buffer")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
-SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused")  # tracekit.model.schedule
+SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused", "dualpipe")  # tracekit.model.schedule
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ Schedules (``SCHEDULES``):
   one launch, no HBM round trip for the expert input and output; communication warps keep
   ``num_sms`` SMs, the GEMMs the rest.
 
+* ``dualpipe`` (training): each layer's forward chunk paired with a backward chunk as in DeepSeek-V3's
+  overlapped forward-backward (report Figure 4; the order DeepSeek's published training profile
+  shows): compute ``attn(F) mlp(B) mlp(W) mlp(F) attn(B) attn(W)``, communication ``combine(B)
+  dispatch(F) dispatch(B) combine(F)`` (a backward combine is a cached dispatch, a backward dispatch
+  a combine); compute keeps ``sms - num_sms`` SMs.
+
 ``serial`` is ``fused`` with every fused feature off (:data:`FUSED_FEATURES`), so the fused kernel's
 saving splits exactly into one term per feature, switched on one at a time.
 """
@@ -35,10 +41,11 @@ import numpy as np
 
 from tracekit.engine import TaskGraph
 
-SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused")
+SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused", "dualpipe")
 #: Features of the fused kernel, in the order the savings breakdown switches them on.
 FUSED_FEATURES = ("sm_share", "launches", "hbm_round_trips", "barriers", "nic_overlap")
-COMPUTE_PARTS = ("attention", "shared", "experts")
+DUALPIPE_BLOCKS = ("attn_f", "mlp_b", "mlp_w", "mlp_f", "attn_b", "attn_w")  # compute stream order of a pair
+COMPUTE_PARTS = ("attention", "shared", "experts", *DUALPIPE_BLOCKS)
 COMM_PARTS = ("dispatch", "combine", "dispatch_send", "dispatch_recv", "combine_send", "combine_recv",
               "dispatch_wire", "combine_wire")
 
@@ -65,6 +72,7 @@ class Slice:
     dispatch_recv: int = 0
     combine_issue: int = 0
     combine_recv: int = 0
+    dispatch_cached: np.ndarray | None = None  # dualpipe: a backward combine (cached layout: no notify)
 
 
 @dataclass
@@ -141,6 +149,8 @@ def build(name: str, layers: list[list[Slice]], *, sms: int, num_sms: int, launc
             sl = mbs[0]
             done = _moe_block(plan, sl, li, done, on, sms=sms, num_sms=num_sms, launch_ns=launch_ns)
         return plan
+    if name == "dualpipe":
+        return _dualpipe(plan, layers, sms - num_sms, num_sms)
     hook = name == "ll_hook"
     csms = sms if hook else sms - num_sms
     done: list[np.ndarray | None] = [None, None]
@@ -170,6 +180,32 @@ def build(name: str, layers: list[list[Slice]], *, sms: int, num_sms: int, launc
     for m in range(len(layers[-1])):
         if pending[m] is not None:
             _hook_recv(plan, "combine", pending[m], done[m], len(layers) - 1, m, ranks, num_sms)
+    return plan
+
+
+def _dualpipe(plan: Plan, layers: list[list[Slice]], csms: int, num_sms: int) -> Plan:
+    """Forward and backward chunks of each layer overlapped (see the module docstring)."""
+    ranks = np.arange(plan.ranks)
+    prev_cf = prev_ab = None
+    for li, (sl, *_) in enumerate(layers):
+        def block(part, after):
+            return plan.add(part, "compute", sl.compute[csms][part], ranks, layer=li, micro=0, sms=csms, after=after)
+
+        def comm(part, dur, after):
+            return plan.add(part, "comm", dur, ranks, layer=li, micro=0, sms=num_sms, after=[plan.barrier(after)])
+
+        cached = sl.dispatch_cached if sl.dispatch_cached is not None else sl.dispatch
+        cb = plan.add("combine_b", "comm", cached, ranks, layer=li, micro=0, sms=num_sms,
+                      after=[plan.barrier(prev_ab)] if prev_ab is not None else [])
+        af = block("attn_f", [prev_cf] if prev_cf is not None else [])
+        mb = block("mlp_b", [cb])
+        df = comm("dispatch_f", sl.dispatch, af)
+        db = comm("dispatch_b", sl.combine, mb)
+        block("mlp_w", [])
+        mf = block("mlp_f", [df])
+        prev_ab = block("attn_b", [db])
+        block("attn_w", [])
+        prev_cf = comm("combine_f", sl.combine, mf)
     return plan
 
 
