@@ -218,8 +218,8 @@ def _plan_events(tasks: pl.DataFrame, routing: Routing) -> pl.DataFrame:
         pl.format("node{}/rank{}/stream/{}", pl.col("rank") // gpn, "rank", "stream").alias("resource"),
         pl.col("part").alias("stage"),
         pl.format("{} L{} mb{}", "part", "layer", "micro").alias("name"),
-        pl.when(compute).then(pl.lit("compute")).otherwise(pl.col("part").str.replace(r"_(send|wire|recv)$", ""))
-        .alias("phase"),
+        # a stream's kernel spans a whole phase; the replayed phase's own events carry its phase
+        pl.when(compute).then(pl.lit("compute")).otherwise(pl.lit("")).alias("phase"),
         pl.when(compute).then(pl.lit("compute")).otherwise(pl.lit("comm")).alias("kind"),
         pl.col("layer").map_elements(lambda i: steps[i], return_dtype=pl.Int32).alias("step"),
         pl.col("layer").map_elements(lambda i: layers[i], return_dtype=pl.Int32).alias("layer"),
