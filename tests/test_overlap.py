@@ -175,3 +175,25 @@ def test_cli_schedule_and_bad_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--model-hidden=0" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_diff_explains_a_tpot_change_by_its_causes():
+    from tracekit.analysis.diff import diff_traces
+    from tracekit.analysis.profile import Trace
+
+    hw = load_profile("h800-ib")
+    md = cm.ModelDesc(hidden=2048, heads=16, q_lora=512, kv_lora=256, expert_ffn=512, context=1024, layers=4)
+    r = _decode(ep=8, tokens=32)
+    side = {}
+    for name in ("serial", "ll_hook"):
+        res = replay(r, hw, ReplayConfig(mode="low_latency", schedule=name, model=md))
+        side[name] = Trace(res.events, res.counters, res.summary, None, {"source": "replay"}, name)
+    d = diff_traces(side["serial"], side["ll_hook"])
+    rows = {row["cause"]: row for row in d.schedule.iter_rows(named=True)}
+    tpot = [side[n].summary["schedule"]["tpot_ns"] for n in ("serial", "ll_hook")]
+    assert rows["tpot"]["delta"] == tpot[1] - tpot[0]
+    assert rows["critical:combine per layer"]["after"] == 0 < rows["critical:combine per layer"]["before"]
+    assert any(f.startswith("TPOT (serial -> ll_hook)") for f in d.findings)
+    plain = replay(r, hw, ReplayConfig(mode="low_latency"))
+    t = Trace(plain.events, plain.counters, plain.summary, None, {"source": "replay"}, "plain")
+    assert diff_traces(t, t).schedule is None and "schedule" not in diff_traces(t, t).tables()
