@@ -1,8 +1,10 @@
 """The decode TPOT table of docs/overlap.md: EP32, 128 tokens per rank, a DeepSeek-V3-like layer.
 
 Usage: PYTHONPATH=. python tools/overlap_decode.py [--layers 4] [--sweep 8,12,...]
+       PYTHONPATH=. python tools/overlap_decode.py --prefill-sweep
 Prints, per schedule, the TPOT and its causes (critical path by part, exposed communication, SM-time
-split, fused savings), then a --num-sms sweep of two_microbatch. Markdown, for the docs.
+split, fused savings), then a --num-sms sweep of two_microbatch. With --prefill-sweep: the same
+sweep for a prefill layer (EP16, 4096 tokens per rank, normal kernels). Markdown, for the docs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import time
 from tracekit.hardware import load_profile
 from tracekit.model.compute import ModelDesc
 from tracekit.model.config import ReplayConfig
-from tracekit.model.schedule import SCHEDULES
 from tracekit.replay import replay
 from tracekit.workload.synth import preset, synth
 
@@ -25,7 +26,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp8")
     ap.add_argument("--sweep", default="4,8,12,16,20,24,32,48")
     ap.add_argument("--sweep-schedule", default="two_microbatch")
+    ap.add_argument("--prefill-sweep", action="store_true")
     a = ap.parse_args()
+    if a.prefill_sweep:
+        return prefill_sweep(a)
     routing = synth(preset("decode", ep=32, layers=a.layers))
     hw = load_profile(a.hardware)
     md = ModelDesc(dtype=a.dtype)
@@ -33,7 +37,7 @@ def main() -> None:
     print("\n| schedule | layer (us) | TPOT (ms) | exposed comm / layer (us) | comm SM share | critical path per layer (us) |")
     print("|---|---|---|---|---|---|")
     t = time.process_time()
-    for name in SCHEDULES:
+    for name in ("serial", "two_microbatch", "ll_hook", "fused"):  # the decode schedules
         s = replay(routing, hw, ReplayConfig(mode="low_latency", schedule=name, model=md)).summary["schedule"]
         L = len(s["layer_ns"]["per_layer"])
         crit = ", ".join(f"{k} {v / L / 1e3:.1f}" for k, v in s["critical_path_ns"].items())
@@ -55,6 +59,22 @@ def main() -> None:
         n = L * sc["micro_batches"]
         print(f"| {sms} | {s['dispatch']['latency_ns'] / n / 1e3:.1f} | {s['combine']['latency_ns'] / n / 1e3:.1f} | "
               f"{comp / L / 1e3:.1f} | {sc['layer_ns']['steady'] / 1e3:.1f} | {sc['tpot_ns'] / 1e6:.2f} |")
+
+
+def prefill_sweep(a: argparse.Namespace) -> None:
+    routing = synth(preset("prefill", ep=16, tokens=4096))
+    hw = load_profile(a.hardware)
+    md = ModelDesc(dtype=a.dtype, workload="prefill", context=2048)
+    print(f"EP16 prefill, 4096 tokens/rank, normal kernels, two_microbatch, {hw.name}, model {md}\n")
+    print("| --num-sms | dispatch / micro-batch (us) | combine / micro-batch (us) | compute kernels per rank (us) "
+          "| exposed comm (us) | layer (us) |")
+    print("|---|---|---|---|---|---|")
+    for sms in (4, 8, 12, 16, 20, 24, 32, 48, 64):
+        res = replay(routing, hw, ReplayConfig(schedule="two_microbatch", num_sms=sms, model=md))
+        s, sc = res.summary, res.summary["schedule"]
+        comp = res.events.filter(res.events["stage"].is_in(["attention", "shared", "experts"]))["dur_ns"].sum() / 16
+        print(f"| {sms} | {s['dispatch']['latency_ns'] / 2e3:.1f} | {s['combine']['latency_ns'] / 2e3:.1f} | "
+              f"{comp / 1e3:.1f} | {sc['exposed_comm_ns']['max_rank'] / 1e3:.1f} | {sc['step_ns'] / 1e3:.1f} |")
 
 
 if __name__ == "__main__":
