@@ -197,3 +197,11 @@ def test_diff_explains_a_tpot_change_by_its_causes():
     plain = replay(r, hw, ReplayConfig(mode="low_latency"))
     t = Trace(plain.events, plain.counters, plain.summary, None, {"source": "replay"}, "plain")
     assert diff_traces(t, t).schedule is None and "schedule" not in diff_traces(t, t).tables()
+
+
+def test_scheduled_replay_is_deterministic():
+    hw = load_profile("h800-ib")
+    md = cm.ModelDesc(hidden=1024, heads=8, q_lora=256, kv_lora=128, expert_ffn=256, context=256)
+    r = _decode(ep=8, tokens=16)
+    a, b = (replay(r, hw, ReplayConfig(mode="low_latency", schedule="ll_hook", model=md)) for _ in range(2))
+    assert a.events.equals(b.events) and a.counters.equals(b.counters) and a.summary == b.summary

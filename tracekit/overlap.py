@@ -23,7 +23,7 @@ from tracekit.engine import BindKind, Schedule, run
 from tracekit.hardware import Profile
 from tracekit.model import compute as cm
 from tracekit.model.config import ReplayConfig
-from tracekit.model.schedule import COMPUTE_PARTS, FUSED_FEATURES, Plan, Slice, build
+from tracekit.model.schedule import COMPUTE_PARTS, FUSED_FEATURES, Plan, Slice, build, split_exact
 from tracekit.workload.layout import dispatch_layout
 from tracekit.workload.routing import Routing
 
@@ -124,13 +124,7 @@ def _expert_split(md: cm.ModelDesc, tokens: np.ndarray, hw: Profile, sms: int, *
     k = kernels[0]
     if not io:
         k = replace(k, bytes=k.bytes - cm.DTYPE_BYTES[md.dtype] * 2.0 * float(tokens.sum()) * md.hidden)
-    total = cm.kernel_ns(k, hw, sms)
-    w = np.where(tokens > 0, tokens + 1e-9, 0.0)
-    raw = w / w.sum() * total
-    out = np.floor(raw).astype(np.int64)
-    rest = total - int(out.sum())
-    out[np.argsort(-(raw - out), kind="stable")[:rest]] += 1
-    return out
+    return split_exact(cm.kernel_ns(k, hw, sms), tokens)
 
 
 def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=None):

@@ -46,8 +46,6 @@ SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused", "dualpipe")
 FUSED_FEATURES = ("sm_share", "launches", "hbm_round_trips", "barriers", "nic_overlap")
 DUALPIPE_BLOCKS = ("attn_f", "mlp_b", "mlp_w", "mlp_f", "attn_b", "attn_w")  # compute stream order of a pair
 COMPUTE_PARTS = ("attention", "shared", "experts", *DUALPIPE_BLOCKS)
-COMM_PARTS = ("dispatch", "combine", "dispatch_send", "dispatch_recv", "combine_send", "combine_recv",
-              "dispatch_wire", "combine_wire")
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,12 @@ def build(name: str, layers: list[list[Slice]], *, sms: int, num_sms: int, launc
         return plan
     if name == "dualpipe":
         return _dualpipe(plan, layers, sms - num_sms, num_sms)
-    hook = name == "ll_hook"
+    return _two_halves(plan, layers, hook=name == "ll_hook", sms=sms, num_sms=num_sms)
+
+
+def _two_halves(plan: Plan, layers: list[list[Slice]], *, hook: bool, sms: int, num_sms: int) -> Plan:
+    """``two_microbatch`` and ``ll_hook``: one micro-batch communicates while the other computes."""
+    ranks = np.arange(plan.ranks)
     csms = sms if hook else sms - num_sms
     done: list[np.ndarray | None] = [None, None]
     pending: list[Slice | None] = [None, None]  # hook: a combine to receive before the next attention
@@ -274,16 +277,18 @@ def _moe_block(plan: Plan, sl: Slice, li: int, done: np.ndarray | None, on: set[
 
 
 def _shares(total: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Split each rank's ``total`` ns over its local experts in proportion to their tokens, exactly
-    (largest remainder), so that a rank's shares sum to its total."""
+    """Split each rank's ``total`` ns over its local experts in proportion to their tokens (a rank
+    that hosts no token splits evenly)."""
     t = tokens.astype(np.int64)
-    n = t.sum(axis=1, keepdims=True)
-    even = np.where(n > 0, t, 1)  # a rank that hosts no token splits evenly
-    w = even / even.sum(axis=1, keepdims=True)
-    raw = w * total[:, None]
+    return np.stack([split_exact(int(total[r]), t[r] if t[r].sum() > 0 else np.ones_like(t[r]))
+                     for r in range(t.shape[0])])
+
+
+def split_exact(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` split in proportion to ``weights`` into integers that sum to it exactly (largest
+    remainder; ties to the lower index)."""
+    w = np.asarray(weights, np.float64)
+    raw = w / w.sum() * total
     out = np.floor(raw).astype(np.int64)
-    rest = total - out.sum(axis=1)
-    order = np.argsort(-(raw - out), axis=1, kind="stable")
-    for r in range(out.shape[0]):
-        out[r, order[r, :rest[r]]] += 1
+    out[np.argsort(-(raw - out), kind="stable")[:total - int(out.sum())]] += 1
     return out
