@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,8 +60,12 @@ def test_exposed_communication_is_never_negative_and_at_most_the_communication(c
     plan = build(name, layers, sms=SMS, num_sms=COMM_SMS, launch_ns=LAUNCH)
     sched = run(plan.graph)
     assert sched.first_difference(run_reference(plan.graph)) is None  # the reference twin agrees
-    exp = exposed_comm(plan_table(plan, sched, 8))
+    tasks = plan_table(plan, sched, 8)
+    exp = exposed_comm(tasks)
     assert (exp["exposed"] >= 0).all()
+    # analytical bound: no stream of any rank is busier than the step
+    busy = tasks.filter(pl.col("stream") != "").group_by("rank", "stream").agg((pl.col("end") - pl.col("start")).sum())
+    assert busy["end"].max() <= int(sched.finish.max())
     assert (exp["exposed"] <= exp["comm"]).all()
     assert (exp["comm"] <= int(sched.finish.max())).all()
 
