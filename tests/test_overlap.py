@@ -60,7 +60,7 @@ def test_exposed_communication_is_never_negative_and_at_most_the_communication(c
     plan = build(name, layers, sms=SMS, num_sms=COMM_SMS, launch_ns=LAUNCH)
     sched = run(plan.graph)
     assert sched.first_difference(run_reference(plan.graph)) is None  # the reference twin agrees
-    tasks = plan_table(plan, sched, 8)
+    tasks = plan_table(plan, sched)
     exp = exposed_comm(tasks)
     assert (exp["exposed"] >= 0).all()
     # analytical bound: no stream of any rank is busier than the step
@@ -210,3 +210,11 @@ def test_scheduled_replay_is_deterministic():
     r = _decode(ep=8, tokens=16)
     a, b = (replay(r, hw, ReplayConfig(mode="low_latency", schedule="ll_hook", model=md)) for _ in range(2))
     assert a.events.equals(b.events) and a.counters.equals(b.counters) and a.summary == b.summary
+
+
+@pytest.mark.parametrize("flag", ["expert_gemm", "record_memops"])
+def test_schedule_refuses_flags_it_replaces(flag):
+    from tracekit.errors import TracekitError
+
+    with pytest.raises(TracekitError, match="with --schedule"):
+        ReplayConfig(schedule="serial", **{flag: True}).check()

@@ -135,43 +135,16 @@ def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=N
     name = cfg.schedule
     if name == "dualpipe" and md.workload == "decode":  # forward and backward chunks: a training step
         md = replace(md, workload="train")
-    n_mb = MICRO_BATCHES[name]
-    total_sms = hw.gpu.sms
-    sms_set = (total_sms, total_sms - cfg.num_sms)
-    ids = {"flow": 1, "msg": 0}
-    layers, phase_parts = [], []
-    for step, layer in routing.steps_layers():
-        mbs = []
-        for mb in micro_batches(routing.select(step, layer), n_mb):
-            res, arrival, layout = _phases(mb, hw, cfg, step, layer, ids)
-            cached = _cached_dispatch(mb, layout, hw, cfg) if name == "dualpipe" else None
-            mbs.append(_slice(mb, layout, hw, md, res, arrival, sms_set, cached))
-            phase_parts.append(res)
-            if on_phase is not None:
-                for r, _, _ in res:
-                    on_phase(r.phase, step, layer)
-        layers.append(mbs)
-    plan = build(name, layers, sms=total_sms, num_sms=cfg.num_sms, launch_ns=hw.gpu.kernel_launch_ns)
+    layers, replayed = _replayed_layers(routing, hw, cfg, md, on_phase)
+    plan = build(name, layers, sms=hw.gpu.sms, num_sms=cfg.num_sms, launch_ns=hw.gpu.kernel_launch_ns)
     sched = run(plan.graph)
-    tasks = plan_table(plan, sched, routing.meta.gpus_per_node)
-    spans = _phase_spans(tasks)
-    events, counters, phases = [], [], []
-    for i, res in enumerate(phase_parts):
-        li, m = divmod(i, n_mb)
-        step, layer = routing.steps_layers()[li]
-        for result, ev, ctr in res:
-            first, last = spans[(li, m, result.phase)]
-            # the replayed phase starts where the plan starts it; a fused combine, paced by the expert
-            # GEMMs, is placed to end where the plan's last send ends
-            off = last - result.end_ns if (name == "fused" and result.phase == "combine") else first
-            phases.append(replace(result, t0=off, end_ns=result.end_ns + off))
-            events.append(ev.with_columns(pl.col("ts_ns") + off))
-            counters.append(ctr.with_columns(pl.col("ts_ns") + off))
+    tasks = plan_table(plan, sched)
+    events, counters, phases = _placed(replayed, _phase_spans(tasks), name)
     events.append(_plan_events(tasks, routing))
     summary = summarise(phases, routing, hw, cfg)
-    summary["schedule"] = schedule_summary(plan, sched, tasks, md, name, cfg.num_sms, total_sms)
+    summary["schedule"] = schedule_summary(plan, sched, tasks, md, name, cfg.num_sms, hw.gpu.sms)
     if name in ("serial", "fused"):
-        summary["schedule"]["fused_savings_ns"] = fused_savings(layers, total_sms, cfg.num_sms,
+        summary["schedule"]["fused_savings_ns"] = fused_savings(layers, hw.gpu.sms, cfg.num_sms,
                                                                 hw.gpu.kernel_launch_ns)
     summary["total_ns"] = summary["schedule"]["step_ns"]
     return ReplayResult(events=pl.concat(events, how="vertical").sort("ts_ns", maintain_order=True),
@@ -179,7 +152,43 @@ def replay_schedule(routing: Routing, hw: Profile, cfg: ReplayConfig, on_phase=N
                         summary=summary, phases=phases)
 
 
-def plan_table(plan: Plan, sched: Schedule, gpus_per_node: int) -> pl.DataFrame:
+def _replayed_layers(routing: Routing, hw: Profile, cfg: ReplayConfig, md: cm.ModelDesc, on_phase):
+    """Per (step, layer), its micro-batches' slices; and each micro-batch's replayed phases as
+    ((layer index, micro-batch), [(result, events, counters), ...])."""
+    n_mb = MICRO_BATCHES[cfg.schedule]
+    sms_set = (hw.gpu.sms, hw.gpu.sms - cfg.num_sms)
+    ids = {"flow": 1, "msg": 0}
+    layers, replayed = [], []
+    for li, (step, layer) in enumerate(routing.steps_layers()):
+        mbs = []
+        for m, mb in enumerate(micro_batches(routing.select(step, layer), n_mb)):
+            res, arrival, layout = _phases(mb, hw, cfg, step, layer, ids)
+            cached = _cached_dispatch(mb, layout, hw, cfg) if cfg.schedule == "dualpipe" else None
+            mbs.append(_slice(mb, layout, hw, md, res, arrival, sms_set, cached))
+            replayed.append(((li, m), res))
+            if on_phase is not None:
+                for r, _, _ in res:
+                    on_phase(r.phase, step, layer)
+        layers.append(mbs)
+    return layers, replayed
+
+
+def _placed(replayed: list, spans: dict[tuple[int, int, str], tuple[int, int]], name: str):
+    """The replayed phases' events, counters and results moved to where the plan runs each phase:
+    its start; a fused combine, paced by the expert GEMMs, so that it ends where the plan's last send
+    ends."""
+    events, counters, phases = [], [], []
+    for (li, m), res in replayed:
+        for result, ev, ctr in res:
+            first, last = spans[(li, m, result.phase)]
+            off = last - result.end_ns if (name == "fused" and result.phase == "combine") else first
+            phases.append(replace(result, t0=off, end_ns=result.end_ns + off))
+            events.append(ev.with_columns(pl.col("ts_ns") + off))
+            counters.append(ctr.with_columns(pl.col("ts_ns") + off))
+    return events, counters, phases
+
+
+def plan_table(plan: Plan, sched: Schedule) -> pl.DataFrame:
     """One row per planned kernel: rank, part, stream, layer, micro-batch, SMs, start, end (ns)."""
     n = [ids.size for ids in plan.ids]
     ids = np.concatenate(plan.ids)

@@ -100,7 +100,7 @@ def replay_capture_step(cap: CaptureStep, routing: Routing, hw: Profile, cfg: Re
               for blocks in cap.blocks]
     plan = build("dualpipe", layers, sms=hw.gpu.sms, num_sms=cfg.num_sms, launch_ns=hw.gpu.kernel_launch_ns)
     sched = run(plan.graph)
-    exp = exposed_comm(plan_table(plan, sched, routing.meta.gpus_per_node))
+    exp = exposed_comm(plan_table(plan, sched))
     replayed = int(round(exp["exposed"].mean()))
     return {
         "capture": {"exposed_comm_ns": cap.exposed_comm_ns, "exposed_comm_blocks_ns": cap.exposed_comm_blocks_ns,

@@ -159,6 +159,10 @@ class ReplayConfig:
             raise bad("--schedule", self.schedule, f"one of {', '.join(SCHEDULES)}", SCHEDULES[0])
         if self.schedule is not None:
             self.model_desc().check()
+            for flag, on in (("--expert-gemm", self.expert_gemm), ("--record-memops", self.record_memops)):
+                if on:
+                    raise TracekitError(f"{flag} with --schedule {self.schedule}: the schedule runs the expert GEMMs "
+                                        "itself and records no memory operations", fix=f"drop {flag}")
         if self.num_sms < 2 or self.num_sms % 2:
             raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)", DEFAULT_NUM_SMS)
         for phase in ("dispatch", "combine"):
