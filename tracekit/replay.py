@@ -78,6 +78,10 @@ def replay(
     cfg = (cfg or ReplayConfig()).resolved(routing.meta.ep_size)
     hw = hw.with_overrides(cfg.hardware_overrides)
     _check_inputs(routing, hw, cfg)
+    if cfg.schedule is not None:  # whole layers, compute included
+        from tracekit.overlap import replay_schedule
+
+        return replay_schedule(routing, hw, cfg, on_phase)
     t0 = 0
     ids = {"flow": 1, "msg": 0}
     gemm_events = None

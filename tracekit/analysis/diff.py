@@ -49,6 +49,7 @@ class TraceDiff:
     traffic: pl.DataFrame
     warnings: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    schedule: pl.DataFrame | None = None  # both sides replayed with --schedule: the causes of a TPOT change
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """Every table by name, in report order."""
@@ -57,6 +58,7 @@ class TraceDiff:
             "ranks": self.ranks, "exposure": self.exposure, "exposure_totals": self.exposure_totals,
             "resources": self.resources, "bottlenecks": self.bottlenecks, "stalls": self.stalls,
             "counters": self.counters, "matching": self.matching, "traffic": self.traffic,
+            **({"schedule": self.schedule} if self.schedule is not None else {}),
         }
 
 
@@ -147,11 +149,38 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
     traffic = compare(pb.traffic, pa.traffic, ["phase", "src_rank", "dst_rank"], ["bytes", "tokens"]).drop(
         "tokens_rel")
     d = TraceDiff(pb, pa, phases, stages, critical, source, ranks, tails, causes, exposure, totals, resources,
-                  bottlenecks, stalls, counters, matching, traffic, warnings)
+                  bottlenecks, stalls, counters, matching, traffic, warnings, schedule=schedule_causes(pb, pa))
     from tracekit.analysis.findings import findings
 
     d.findings = findings(d)
     return d
+
+
+def schedule_causes(pb: Profile, pa: Profile) -> pl.DataFrame | None:
+    """When both sides were replayed with a schedule: the forward time (TPOT or step time) and its
+    causes per layer (time on the critical path by part, exposed communication, the fused kernel's
+    savings) and the communication SM-time share, as ``cause, before, after, delta`` (ns; the share
+    as a fraction). ``None`` otherwise."""
+    sb, sa = ((p.summary or {}).get("schedule") for p in (pb, pa))
+    if not sb or not sa:
+        return None
+
+    def causes(s: dict[str, Any]) -> dict[str, float]:
+        n = max(len(s["layer_ns"]["per_layer"]), 1)
+        out = {"tpot" if "tpot_ns" in s else "step_time": s.get("tpot_ns", s.get("step_time_ns", 0)),
+               "layer": s["layer_ns"]["steady"], "exposed_comm per layer": s["exposed_comm_ns"]["max_rank"] / n,
+               "comm_sm_share": s["sm_time"]["comm_share"]}
+        out.update({f"critical:{k} per layer": v / n for k, v in s["critical_path_ns"].items()})
+        out.update({f"fused_saves:{k} per layer": v / n for k, v in s.get("fused_savings_ns", {}).items()})
+        return out
+
+    b, a = causes(sb), causes(sa)
+    keys = list(b) + [k for k in a if k not in b]
+    before = [float(b.get(k, 0.0)) for k in keys]
+    after = [float(a.get(k, 0.0)) for k in keys]
+    return pl.DataFrame({"cause": keys, "before": before, "after": after,
+                         "delta": [y - x for x, y in zip(before, after)],
+                         "schedule": [f"{sb['name']} -> {sa['name']}"] * len(keys)})
 
 
 def _phase_rank() -> pl.Expr:

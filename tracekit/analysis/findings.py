@@ -104,6 +104,7 @@ def findings(d: "TraceDiff") -> list[str]:
         out += _critical_sentence(d, phase)
         out += _bottleneck_sentence(d, phase)
     out += _exposure_sentences(d)
+    out += _schedule_sentence(d)
     st = d.stalls.filter(pl.col("ns_delta") != 0)
     for r in st.iter_rows(named=True):
         out.append(f"{r['phase']} {r['cause']} stalls {fmt_ns(r['ns_before'])} -> {fmt_ns(r['ns_after'])} "
@@ -119,6 +120,24 @@ def findings(d: "TraceDiff") -> list[str]:
     if noisy:
         out.append(f"{noisy} change(s) lie within run-to-run noise (bootstrap 95% CI contains 0); {real} beyond it")
     return out
+
+
+def _schedule_sentence(d: "TraceDiff") -> list[str]:
+    """The TPOT (or step time) change of two scheduled replays and its largest causes per layer."""
+    if d.schedule is None:
+        return []
+    rows = {r["cause"]: r for r in d.schedule.iter_rows(named=True)}
+    top = rows.get("tpot") or rows.get("step_time")
+    parts = [r for r in d.schedule.iter_rows(named=True)
+             if r["cause"].startswith(("critical:", "exposed_comm")) and r["delta"] != 0]
+    parts.sort(key=lambda r: -abs(r["delta"]))
+    because = ", ".join(f"{r['cause'].removeprefix('critical:')} {'+' if r['delta'] > 0 else '-'}"
+                        f"{fmt_ns(abs(r['delta']))}" for r in parts[:5])
+    share = rows["comm_sm_share"]
+    return [f"{'TPOT' if 'tpot' in rows else 'step time'} ({top['schedule']}) {fmt_ns(top['before'])} -> "
+            f"{fmt_ns(top['after'])} ({fmt_rel(top['delta'] / top['before'] if top['before'] else None)}); "
+            f"per layer: {because or 'no cause moved'}; communication SM-time share "
+            f"{100 * share['before']:.1f}% -> {100 * share['after']:.1f}%"]
 
 
 def _bytes_sentence(d: "TraceDiff", phase: str, pay: dict) -> str:

@@ -8,7 +8,9 @@ import json
 from tracekit.errors import TracekitError
 from tracekit.hardware import list_profiles, load_profile
 from tracekit.io.tables import read_table
-from tracekit.model.config import CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, PhaseConfig, ReplayConfig, deepep_defaults
+from tracekit.model.compute import DTYPE_BYTES, WORKLOADS, ModelDesc
+from tracekit.model.config import (CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, SCHEDULES, PhaseConfig,
+                                   ReplayConfig, deepep_defaults)
 from tracekit.progress import Progress
 from tracekit.workload.routing import DTYPES, Routing
 
@@ -47,6 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "its experts are done)")
     p.add_argument("--expert-ffn", type=int, default=2048, metavar="F",
                    help="expert intermediate size for --expert-gemm (default 2048, DeepSeek-V3)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="replay whole layers, compute included, under this schedule (docs/overlap.md); default: "
+                        "dispatch and combine only")
+    d = ModelDesc()
+    for name in ("hidden", "heads", "q_lora", "kv_lora", "shared_experts", "context", "layers"):
+        p.add_argument(f"--model-{name.replace('_', '-')}", type=int, metavar="N",
+                       help=f"with --schedule: model {name.replace('_', ' ')} (default {getattr(d, name)}, DeepSeek-V3)")
+    p.add_argument("--model-dtype", choices=list(DTYPE_BYTES), help="with --schedule: compute weights and activations "
+                   f"(default {d.dtype})")
+    p.add_argument("--model-workload", choices=WORKLOADS, help="with --schedule: decode (TPOT), prefill or train "
+                   f"(step time) (default {d.workload})")
     p.add_argument("--record-memops", action="store_true",
                    help="also write memops.parquet: the NVLink rings' memory operations (intranode dispatch), "
                         "for tracekit fuzz --check")
@@ -80,7 +93,14 @@ def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
         record_memops=args.record_memops, expert_gemm=args.expert_gemm, expert_ffn=args.expert_ffn,
+        schedule=args.schedule, model=_model(args),
     )
+
+
+def _model(args: argparse.Namespace) -> ModelDesc | None:
+    """The model description from --model-* flags (None: the defaults, with --expert-ffn)."""
+    given = {k[len("model_"):]: v for k, v in vars(args).items() if k.startswith("model_") and v is not None}
+    return ModelDesc(expert_ffn=args.expert_ffn, **given) if given else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,10 +138,23 @@ def run(args: argparse.Namespace) -> int:
                   f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
                   f"{d['rank_finish_ns']['max'] / 1e3:.1f} us   NVL {bw['nvlink']:.1f} GB/s  RDMA {bw['rdma']:.1f} GB/s"
                   f"   bottleneck {d['bottleneck']['resource_kind']} ({d['bottleneck']['resource']})")
+        if "schedule" in s:
+            _print_schedule(s["schedule"])
         print(f"conservation: {s['conservation']}")
         for path in paths:
             print(f"wrote {path}")
     return 0
+
+
+def _print_schedule(sc: dict) -> None:
+    forward = "TPOT" if "tpot_ns" in sc else "step time"
+    print(f"schedule {sc['name']}: layer {sc['layer_ns']['steady'] / 1e3:.1f} us, {forward} "
+          f"{sc.get('tpot_ns', sc.get('step_time_ns', 0)) / 1e6:.2f} ms ({sc['model']['layers']} layers), exposed "
+          f"communication {sc['exposed_comm_ns']['max_rank'] / 1e3:.1f} us (worst rank), communication SM-time "
+          f"{100 * sc['sm_time']['comm_share']:.1f}%")
+    print("  critical path: " + ", ".join(f"{k} {v / 1e3:.1f} us" for k, v in sc["critical_path_ns"].items()))
+    if "fused_savings_ns" in sc:
+        print("  fused saves: " + ", ".join(f"{k} {v / 1e3:.1f} us" for k, v in sc["fused_savings_ns"].items()))
 
 
 def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tuple[Routing, str]:

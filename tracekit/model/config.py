@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tracekit.errors import TracekitError
+from tracekit.model.compute import ModelDesc
 
 #: DeepEP V1 config tables: ep_size -> (nvl_send_chunk, nvl_recv_buffer, rdma_send_chunk, rdma_recv_buffer).
 DEEPEP_DISPATCH = {
@@ -28,6 +29,7 @@ MODES = ("normal", "low_latency", "zero_buffer")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
+SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused", "dualpipe")  # tracekit.model.schedule
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class ReplayConfig:
       chunks, as DeepEP's forwarder copies whatever has arrived. Default (``None``): half the RDMA
       ring, the most that can arrive while the other half drains; smaller windows give smaller,
       more numerous forward chunks (1 reproduces per-RDMA-chunk forwarding).
+    * ``schedule``: ``None`` (default) replays dispatch and combine only, back to back; a name from
+      ``SCHEDULES`` replays whole layers, compute included (:mod:`tracekit.overlap`), with the layer
+      described by ``model`` (default :class:`ModelDesc`, its ``expert_ffn`` taken from ``expert_ffn``).
     """
 
     mode: str = "normal"
@@ -102,6 +107,8 @@ class ReplayConfig:
     expert_gemm: bool = False
     expert_ffn: int = 2048
     forward_window: int | None = None
+    schedule: str | None = None
+    model: ModelDesc | None = None
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +125,10 @@ class ReplayConfig:
         )
         cfg.check()
         return cfg
+
+    def model_desc(self) -> ModelDesc:
+        """The layer the schedule computes: ``model``, else the defaults with ``expert_ffn``."""
+        return self.model if self.model is not None else ModelDesc(expert_ffn=self.expert_ffn)
 
     def payload_dtype(self, meta: Any, phase: str) -> str:
         """The payload type of ``phase``: the override if given, else the routing table's."""
@@ -151,6 +162,14 @@ class ReplayConfig:
                                 fix="pass forward_window >= 1, or None for half the RDMA ring")
         if self.expert_ffn < 1:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise bad("--schedule", self.schedule, f"one of {', '.join(SCHEDULES)}", SCHEDULES[0])
+        if self.schedule is not None:
+            self.model_desc().check()
+            for flag, on in (("--expert-gemm", self.expert_gemm), ("--record-memops", self.record_memops)):
+                if on:
+                    raise TracekitError(f"{flag} with --schedule {self.schedule}: the schedule runs the expert GEMMs "
+                                        "itself and records no memory operations", fix=f"drop {flag}")
         if self.num_sms < 2 or self.num_sms % 2:
             raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)", DEFAULT_NUM_SMS)
         for phase in ("dispatch", "combine"):
