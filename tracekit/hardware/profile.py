@@ -122,7 +122,9 @@ def _convert(f: schemas.Field, raw: Any, where: str) -> Any:
         raise TracekitError(f"{key}={raw!r} is not a {'number' if f.type == 'float64' else 'whole number'}",
                             where=where, fix=f"give {key} in {f.unit}") from None
     if value <= 0 and f.name not in ("cq_poll_interval_ns", "doorbell_cpu_proxy_ns", "grid_sync_ns",
-                                     "per_token_overhead_ns", "signal_ns", "kernel_launch_ns"):
+                                     "signal_ns", "kernel_launch_ns") and f.section != "host" \
+            and not f.name.endswith("_token_ns") and f.name not in ("combine_topk_ns", "chunk_sync_ns",
+                                                                     "ll_selection_ns"):
         raise TracekitError(f"{key}={raw!r} must be positive", where=where, fix=f"give {key} in {f.unit}, > 0")
     if value < 0:
         raise TracekitError(f"{key}={raw!r} must not be negative", where=where, fix=f"give {key} in {f.unit}, >= 0")

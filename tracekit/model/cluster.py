@@ -67,6 +67,8 @@ class Cluster:
         self.local_of = r % gpus_per_node
         pre = [f"node{n}/rank{k}" for k, n in zip(r, self.node_of)]
         self.prefix = pre
+        self.real = cfg.dispatch if phase == "dispatch" else cfg.combine  # DeepEP's chunk sizes (not merged)
+        self.token_ns = 0  # the phase's fixed SM work per token (set by the model)
         self.sm_a = graph.resources([f"{p}/sm/ch{c}/a" for p in pre for c in range(self.C)])
         self.sm_b = graph.resources([f"{p}/sm/ch{c}/b" for p in pre for c in range(self.C)])
         self.hbm = graph.resources([f"{p}/hbm" for p in pre])
@@ -91,9 +93,35 @@ class Cluster:
         base = self.sm_a if role == "a" else self.sm_b
         return base[np.asarray(rank) * self.C + np.asarray(channel)]
 
-    def copy_ns(self, nbytes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """SM time to copy ``nbytes`` in ``tokens`` tokens."""
-        return ceil_div(nbytes, 1.0 / self.ns_sm) + np.asarray(tokens, np.int64) * self.hw.gpu.per_token_overhead_ns
+    def copy_ns(self, nbytes: np.ndarray, tokens: np.ndarray, token_ns: int, *, sync_ns: object = 0,
+                rows: object = 0) -> np.ndarray:
+        """SM time of a copy task: ``nbytes`` at one SM's copy rate, ``token_ns`` of fixed work per token,
+        ``sync_ns`` of chunk synchronisation (:meth:`sync_ns`) and ``gpu.combine_topk_ns`` per reduced
+        source ``rows``."""
+        return (ceil_div(nbytes, 1.0 / self.ns_sm) + np.asarray(tokens, np.int64) * int(token_ns)
+                + np.asarray(sync_ns, np.int64) + np.asarray(rows, np.int64) * self.hw.gpu.combine_topk_ns)
+
+    def sm_work(self, stage: str, rank: np.ndarray, channel: np.ndarray, role: str, nbytes: np.ndarray,
+                tokens: np.ndarray, sync_ns: np.ndarray, rows: object = 0, **cols: object) -> np.ndarray:
+        """A chunk's work on its channel SM: the copy of ``nbytes``, the phase's fixed work per token
+        (``token_ns``), the ring synchronisation ``sync_ns`` and the reduction of ``rows`` source rows.
+        The SM is one FIFO server: DeepEP's warp groups (one per peer) share its issue slots and load/store
+        units, and every group scans every token of the channel, so their per-token work adds up."""
+        n = np.asarray(rank).shape[0]
+        dur = self.copy_ns(nbytes, tokens, self.token_ns, sync_ns=sync_ns, rows=rows)
+        return self.add(n, stage, rank, res=self.sm(rank, channel, role), dur=dur, channel=channel, tokens=tokens,
+                        bytes=nbytes, **cols)
+
+    def sync_ns(self, tokens: np.ndarray, chunk: int) -> np.ndarray:
+        """SM time of the ring synchronisation (release fence + tail store + poll: ``gpu.chunk_sync_ns``)
+        for ``tokens`` tokens moved in DeepEP chunks of ``chunk`` tokens: one per chunk, so model chunks
+        that merge small DeepEP chunks still pay each of theirs; at ``token`` granularity each token
+        pays its share."""
+        tokens = np.asarray(tokens, np.int64)
+        per = self.hw.gpu.chunk_sync_ns
+        if self.cfg.granularity == "token":
+            return ceil_div(tokens * per, max(chunk, 1))
+        return np.maximum(ceil_div(tokens, max(chunk, 1)), 1) * per
 
     def order(self, msg: np.ndarray, index: np.ndarray) -> None:
         """Declare that message ``msg`` is its group's ``index``-th chunk: tasks of messages with the same

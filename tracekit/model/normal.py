@@ -147,11 +147,12 @@ def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.
 
 
 def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
-              role: str, hbm_factor: int, **attrs: object) -> tuple[np.ndarray, np.ndarray]:
-    """An SM copy on ``rank`` followed by its HBM traffic; returns (sm task, hbm task)."""
+              role: str, hbm_factor: int, sync_ns: np.ndarray, rows: object = 0,
+              **attrs: object) -> tuple[np.ndarray, np.ndarray]:
+    """A receiver's chunk on ``rank`` (:meth:`Cluster.sm_work`) followed by its HBM traffic; returns
+    (sm task, hbm task)."""
     n = rank.shape[0]
-    sm = cl.add(n, stage, rank, res=cl.sm(rank, channel, role), dur=cl.copy_ns(nbytes, tokens), channel=channel,
-                tokens=tokens, bytes=nbytes, **attrs)
+    sm = cl.sm_work(stage, rank, channel, role, nbytes, tokens, sync_ns, rows=rows, **attrs)
     mem = cl.add(n, "hbm", rank, res=cl.hbm[rank], dur=np.ceil(hbm_factor * nbytes * cl.ns_hbm).astype(np.int64),
                  channel=channel, tokens=tokens, bytes=hbm_factor * nbytes, **attrs)
     cl.g.add_edges(sm, mem)
@@ -165,6 +166,9 @@ def _phase_setup(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: Rep
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, phase)
     dtype = cfg.payload_dtype(meta, phase)
+    # fixed SM work per token beyond the bytes: dispatch writes metadata (and scales for FP8/INT8)
+    cl.token_ns = hw.gpu.combine_token_ns if phase == "combine" else \
+        hw.gpu.dispatch_token_ns + (hw.gpu.fp8_token_ns if dtype != "bf16" else 0)
     src, tok, ch = _rows_channels(layout, cl.C)
     return pc, g, cl, bytes_per_token(meta.hidden, dtype), src, tok, ch
 
@@ -200,8 +204,8 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     msg = np.arange(m)
     cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=cs, dst_rank=cd, phase_chunk=msg)
-    pack = cl.add(m, "pack", cs, res=cl.sm(cs, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
-                  channel=cc, tokens=ntok, bytes=nbytes, **attrs)
+    sync = cl.sync_ns(ntok, cl.real.nvl_send_chunk)
+    pack = cl.sm_work("pack", cs, cc, "a", nbytes, ntok, sync, pool=ring, amount=ntok, **attrs)
     cl.g.add_edges(built.start[cs], pack)
     a, b = chain_edges(cgroup)
     cl.g.add_edges(pack[a], pack[b])
@@ -211,7 +215,7 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
         idx = np.flatnonzero(remote)
         arrive[idx] = cl.nvlink(cs[idx], cd[idx], nbytes[idx], pack[idx], channel=cc[idx], tokens=ntok[idx],
                                 msg_id=msg[idx])
-    unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
+    unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, sync, **attrs)
     cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
     cl.g.add_edges(unpack[a], unpack[b])
     credit_task = arrive if early else unpack
@@ -246,8 +250,8 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     ring = _ring_pools(cl, fwd_rank, rc, rs, "rdma_ring", pc.rdma_recv_buffer, cgroup)
     cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=rs, dst_rank=fwd_rank)
-    pack = cl.add(m, "pack", rs, res=cl.sm(rs, rc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
-                  channel=rc, tokens=ntok, bytes=nbytes, **attrs)
+    pack = cl.sm_work("pack", rs, rc, "a", nbytes, ntok, cl.sync_ns(ntok, cl.real.rdma_send_chunk), pool=ring,
+                      amount=ntok, **attrs)
     cl.g.add_edges(built.start[rs], pack)
     a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
@@ -286,8 +290,8 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     fmsg = m + f_old
     cl.order(fmsg, kidx[fk] + 1)
     fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
-    fwd = cl.add(fm, "forward", ff, res=cl.sm(ff, fc, "b"), dur=cl.copy_ns(f_bytes, f_ntok), pool=nvl_ring,
-                 amount=f_ntok, channel=fc, tokens=f_ntok, bytes=f_bytes, **fattrs)
+    fsync = cl.sync_ns(f_ntok, cl.real.nvl_send_chunk)
+    fwd = cl.sm_work("forward", ff, fc, "b", f_bytes, f_ntok, fsync, pool=nvl_ring, amount=f_ntok, **fattrs)
     pk, pf = unique_pairs(k_of_item, f_item_chunk)
     cl.g.add_edges(arrive[pk], fwd[pf])
     first_fwd = np.full(m, np.iinfo(np.int64).max)  # the first forward message fed by each RDMA chunk
@@ -302,7 +306,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     if fidx.size:
         farrive[fidx] = cl.nvlink(ff[fidx], fd[fidx], f_bytes[fidx], fwd[fidx], channel=fc[fidx],
                                   tokens=f_ntok[fidx], msg_id=fmsg[fidx])
-    unpack, mem = _copy_out(cl, "unpack", fd, fc, f_bytes, f_ntok, "a", 2, **fattrs)
+    unpack, mem = _copy_out(cl, "unpack", fd, fc, f_bytes, f_ntok, "a", 2, fsync, **fattrs)
     cl.g.add_edges(farrive, unpack, lag=np.where(fremote, lat_nvl, 0))
     built.flows.append((fwd, unpack))
     # credits: NVLink ring slots after the copy-out; RDMA ring slots after every forward of the chunk
@@ -362,8 +366,8 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     ring = _ring_pools(cl, cf, cc, ch_ if N == 1 else ch_ * N + cl.node_of[s[first]], "nvl_ring_combine",
                        nvl_capacity, cgroup)
     cl.order(msg, kidx)
-    pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
-                  amount=ntok, channel=cc, tokens=ntok, bytes=nbytes, msg_id=msg, src_rank=ch_, dst_rank=cf)
+    pack = cl.sm_work("combine_pack", ch_, cc, "a", nbytes, ntok, cl.sync_ns(ntok, cl.real.nvl_send_chunk), pool=ring,
+                      amount=ntok, msg_id=msg, src_rank=ch_, dst_rank=cf)
     cl.g.add_edges(built.start[ch_], pack)
     a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
@@ -405,9 +409,9 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     rring = _ring_pools(cl, k_s, k_c, k_b, "rdma_ring_combine", pc.rdma_recv_buffer, r_group)
     rmsg = m + r_old
     cl.order(rmsg, r_kidx * max(pc.rdma_send_chunk // max(pc.nvl_send_chunk, 1), 1) + 1)
-    reduce = cl.add(rm, "combine_reduce", k_f, res=cl.sm(k_f, k_c, "b"),
-                    dur=cl.copy_ns((contrib + r_ntok) * wire // 2, contrib), pool=rring, amount=r_ntok,
-                    channel=k_c, tokens=r_ntok, bytes=r_bytes, msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
+    reduce = cl.sm_work("combine_reduce", k_f, k_c, "b", (contrib + r_ntok) * wire // 2, r_ntok,
+                        cl.sync_ns(contrib, cl.real.nvl_send_chunk), rows=contrib, pool=rring, amount=r_ntok,
+                        msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
     pa, pb = unique_pairs(item_chunk, red_of_item)
     cl.g.add_edges(arrive[pa], reduce[pb], lag=np.where(remote[pa], lat_nvl, 0))
     a2, b2 = chain_pairs(r_group, r_kidx)
@@ -445,8 +449,13 @@ def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arriva
     bfirst = first_items(b_of_row, bm)
     b_s, b_c = src[bfirst], ch[bfirst]
     contrib = np.bincount(b_of_row[item_row], minlength=bm)
+    chunk = cl.real.nvl_send_chunk if cl.N == 1 else cl.real.rdma_send_chunk  # arrivals come in these chunks
+    # DeepEP's intranode combine receives on the channel's second SM; between nodes the NVLink senders'
+    # SM also receives the RDMA rows and reduces them (the forwarder has the other)
+    role = "b" if cl.N == 1 else "a"
     fin, fin_mem = _copy_out(cl, "combine_unpack", b_s, b_c, (contrib + b_ntok) * built.wire_bytes_per_token // 2,
-                             b_ntok, "a", 2, msg_id=msg_base + np.arange(bm), src_rank=b_s, dst_rank=b_s)
+                             b_ntok, role, 2, cl.sync_ns(contrib, chunk), rows=contrib,
+                             msg_id=msg_base + np.arange(bm), src_rank=b_s, dst_rank=b_s)
     pa, pb = unique_pairs(item_chunk, b_of_row[item_row])
     cl.g.add_edges(arrival[pa], fin[pb], lag=arrival_lag[pa])
     a, b = chain_edges(b_group)
