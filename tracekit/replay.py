@@ -81,7 +81,8 @@ def replay(
         for builder in _builders(cfg.mode):
             built: Built = builder(part, layout, hw, cfg)
             if gemm_done is not None:  # each rank starts its combine when its experts are done
-                built.graph.update(built.start, release=gemm_done[built.graph.attr("rank")[built.start]])
+                first = built.start if built.call_start is None else built.call_start
+                built.graph.update(first, release=gemm_done[built.graph.attr("rank")[first]])
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)

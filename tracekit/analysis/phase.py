@@ -20,7 +20,7 @@ from tracekit.model.normal import Built
 from tracekit.workload.layout import DispatchLayout
 from tracekit.workload.routing import Routing
 
-_SYNC = {STAGE[s] for s in ("layout", "notify", "cpu_sync", "launch")}
+_SYNC = {STAGE[s] for s in ("layout", "notify", "cpu_sync", "launch", "alloc")}
 _BOOKKEEPING = {STAGE[s] for s in ("credit_return", "cq_poll")}
 
 
@@ -268,7 +268,8 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
 
 
 _VIRTUAL = {
-    "layout": "stream", "notify": "stream", "launch": "stream", "cpu_sync": "cpu/host", "rdma_post": "nic0/qp{qp}",
+    "layout": "stream", "notify": "stream", "launch": "cpu/host", "cpu_sync": "cpu/host", "alloc": "cpu/host",
+    "rdma_post": "nic0/qp{qp}",
     "cq_poll": "nic0/qp{qp}", "rdma_atomic": "nic0/atomic", "credit_return": "credits",
 }
 

@@ -23,7 +23,7 @@ from tracekit.model.config import ReplayConfig
 STAGES = [
     "layout", "notify", "cpu_sync", "launch", "pack", "nvlink", "rdma_post", "pcie", "nic_send", "fabric",
     "nic_recv", "hbm", "rdma_atomic", "cq_poll", "forward", "unpack", "credit_return", "expert_queue",
-    "combine_pack", "combine_reduce", "combine_unpack",
+    "combine_pack", "combine_reduce", "combine_unpack", "alloc",
 ]
 STAGE = {name: i for i, name in enumerate(STAGES)}
 

@@ -45,6 +45,7 @@ class Built:
     delivery_expert: np.ndarray | None = None  # low-latency kernels deliver per (token, expert) selection
     bandwidth_bytes: int = 0  # low-latency: bytes per selection in DeepEP's bandwidth figure
     receive_done: np.ndarray | None = None  # tasks ending a receive that delivers no token (counts, flags)
+    call_start: np.ndarray | None = None  # per rank: the call's first (host) task, if not ``start``
 
 
 @dataclass
@@ -75,27 +76,55 @@ def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, n
     return src, tok, np.minimum(ch, channels - 1)
 
 
-def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, topk: int, cached: bool, phase: str) -> np.ndarray:
-    """Layout, notify (count exchange + barrier), CPU sync and kernel launch per rank; returns, per
-    rank, the task after which the phase's data movement may start."""
+def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, num_experts: int, cached: bool,
+              phase: str) -> tuple[np.ndarray, np.ndarray]:
+    """The host part of a call, per rank; returns (the call's first task, the task after which the
+    phase's data may move).
+
+    The CPU synchronises the communication stream with the compute stream (``host.stream_sync_ns``) and
+    launches kernels (``gpu.kernel_launch_ns`` each) while the GPU runs them. A dispatch without a
+    cached handle runs the layout kernel (``host.layout_base_ns`` + ``layout_token_expert_ns`` per
+    token x expert), the notify kernel (count exchange and barrier: ``notify_base_ns`` +
+    ``notify_rank_ns`` per peer rank, after every rank's layout), then the CPU waits for the receive
+    counts (``cpu_wait_ns``), allocates the outputs (``alloc_ns``) and launches the data kernel. A
+    cached dispatch and every combine run DeepEP's cached notify instead (buffer clean-up and a barrier
+    across ranks: ``gpu.grid_sync_ns``) while the CPU allocates and launches: no layout, no CPU wait.
+    """
     hw = cl.hw
     R = cl.R
     ranks = np.arange(R)
     launch_ns = hw.gpu.kernel_launch_ns
-    if cached or phase == "combine":
-        return cl.add(R, "launch", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
-    layout = cl.add(R, "layout", ranks, dur=launch_ns + (tokens_per_rank * topk * 8 * cl.ns_hbm).astype(np.int64))
-    notify = cl.add(R, "notify", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
-    # every rank needs every other rank's counts: NVLink inside a node, RDMA between nodes
+    # every rank needs every other rank's counts (or barrier arrival): NVLink inside a node, RDMA between
     lag = hw.nvlink.latency_ns + (cl.one_way_ns + 2 * hw.pcie.latency_ns if cl.N > 1 else 0)
     src = np.repeat(ranks, R)
     dst = np.tile(ranks, R)
+    first = cl.add(R, "launch", ranks, dur=hw.host.stream_sync_ns + launch_ns)
+    if cached or phase == "combine":
+        notify = cl.add(R, "notify", ranks, dur=hw.gpu.grid_sync_ns)
+        cl.g.add_edges(first[src], notify[dst], lag=np.where(src == dst, 0, lag))
+        alloc = cl.add(R, "alloc", ranks, dur=hw.host.alloc_ns)
+        cl.g.add_edges(first, alloc)
+        launch = cl.add(R, "launch", ranks, dur=launch_ns)
+        cl.g.add_edges(alloc, launch)
+        start = cl.add(R, "launch", ranks, dur=0, record=False)  # the kernel runs after the notify on its stream
+        cl.g.add_edges(launch, start)
+        cl.g.add_edges(notify, start)
+        return first, start
+    work = hw.host.layout_base_ns + np.ceil(tokens_per_rank * num_experts * hw.host.layout_token_expert_ns)
+    layout = cl.add(R, "layout", ranks, dur=work.astype(np.int64))
+    cl.g.add_edges(first, layout)
+    second = cl.add(R, "launch", ranks, dur=launch_ns)  # the CPU launches notify while layout runs
+    cl.g.add_edges(first, second)
+    notify = cl.add(R, "notify", ranks, dur=hw.host.notify_base_ns + R * hw.host.notify_rank_ns)
     cl.g.add_edges(layout[src], notify[dst], lag=np.where(src == dst, 0, lag))
-    sync = cl.add(R, "cpu_sync", ranks, dur=2 * hw.pcie.latency_ns)
+    cl.g.add_edges(second, notify)
+    sync = cl.add(R, "cpu_sync", ranks, dur=hw.host.cpu_wait_ns)
     cl.g.add_edges(notify, sync)
+    alloc = cl.add(R, "alloc", ranks, dur=hw.host.alloc_ns)
+    cl.g.add_edges(sync, alloc)
     launch = cl.add(R, "launch", ranks, dur=launch_ns)
-    cl.g.add_edges(sync, launch)
-    return launch
+    cl.g.add_edges(alloc, launch)
+    return first, launch
 
 
 def _ring_pools(cl: Cluster, owner: np.ndarray, channel: np.ndarray, peer: np.ndarray, kind: str,
@@ -178,13 +207,14 @@ def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: R
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "dispatch")
     wire = bpt + (cfg.meta_bytes_per_token if cfg.meta_bytes_per_token is not None else 8 + 8 * routing.topk)
     tokens_per_rank = np.bincount(src, minlength=cl.R)
-    start = _prologue(cl, tokens_per_rank, routing.topk, cfg.cached, "dispatch")
+    call, start = _prologue(cl, tokens_per_rank, routing.meta.num_experts, cfg.cached, "dispatch")
     lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
     early = cfg.credit_return == "early"
     row, dst = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
     dst = dst.astype(np.int64)
-    built = Built("dispatch", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, dst, np.zeros(0, np.int64))
+    built = Built("dispatch", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, dst, np.zeros(0, np.int64),
+                  call_start=call)
     if cl.N == 1:
         _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, early)
     else:
@@ -321,11 +351,12 @@ def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: Re
     """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "combine")
     wire = bpt
-    start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.topk, cfg.cached, "combine")
+    call, start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.meta.num_experts, cfg.cached, "combine")
     row, holder = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
     holder = holder.astype(np.int64)
-    built = Built("combine", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, holder, np.zeros(0, np.int64))
+    built = Built("combine", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, holder, np.zeros(0, np.int64),
+                  call_start=call)
     _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, cfg.credit_return == "early")
     return built
 
