@@ -185,7 +185,7 @@ def test_several_steps_and_layers_run_back_to_back():
     assert ev["ts_ns"].is_sorted()
     d = result.summary["dispatch"]
     assert d["latency_ns"] == sum(p.summary["latency_ns"] for p in result.phases if p.phase == "dispatch")
-    assert d["latency_ns_per_layer"]["max"] <= d["latency_ns"]
+    assert d["latency_ns_per_call"]["max"] <= d["latency_ns"] and d["latency_ns_per_call"]["calls"] == 4
     assert isinstance(d["bandwidth_gbps"]["unit"], str)
 
 

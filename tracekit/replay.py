@@ -136,10 +136,13 @@ def _builders(mode: str):
 
 
 def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
-    """One phase's summary over all steps and layers (sums of latency, means of bandwidth)."""
-    if len(results) == 1:
-        return results[0].summary
+    """One phase's summary over all steps and layers (calls): ``latency_ns`` and ``data_ns`` summed over
+    calls, ``latency_ns_per_call`` mean/p50/max, rank finishes pooled per call, means of bandwidth."""
     lat = [r.summary["latency_ns"] for r in results]
+    per_call = {"calls": len(lat), "mean": int(round(float(np.mean(lat)))), "p50": int(np.percentile(lat, 50)),
+                "max": int(max(lat))}
+    if len(results) == 1:
+        return {**results[0].summary, "latency_ns_per_call": per_call}
     stages: dict[str, int] = {}
     stalls: dict[str, int] = {}
     for r in results:
@@ -154,7 +157,8 @@ def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
     worst = max(results, key=lambda r: r.summary["latency_ns"])
     return {
         "latency_ns": int(sum(lat)),
-        "latency_ns_per_layer": {"p50": int(np.percentile(lat, 50)), "max": int(max(lat))},
+        "latency_ns_per_call": per_call,
+        "data_ns": int(sum(r.summary["data_ns"] for r in results)),
         "bytes": int(sum(r.summary["bytes"] for r in results)),
         "stages": dict(sorted(stages.items())),
         "rank_finish_ns": {"p50": int(np.percentile(finish, 50)), "p99": int(np.percentile(finish, 99)),

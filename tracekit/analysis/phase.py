@@ -166,7 +166,11 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         task = np.concatenate([task, built.receive_done])
     last = int(task[np.argmax(sched.finish[task])]) if task.size else int(np.argmax(sched.finish))
     last_finish = int(sched.finish[last])
-    latency = last_finish - first_start
+    # one definition of latency (docs/replay.md): a call's start on the host to its last receive
+    call = built.start if built.call_start is None else built.call_start
+    call_begin = int(sched.start[call].min()) if call.size else 0
+    latency = last_finish - call_begin
+    data_ns = last_finish - first_start
     src = layout.src_rank.astype(np.int64)
     receiver = built.delivery_rank if built.phase == "dispatch" else src[built.delivery_row]
     rank_finish = np.zeros(R, np.int64)
@@ -237,6 +241,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     bytes_total = int(built.delivery_row.shape[0] * (built.bandwidth_bytes or bpt))
     summary = {
         "latency_ns": int(latency),
+        "data_ns": int(data_ns),
         "bytes": bytes_total,
         "stages": dict(sorted(stages.items())),
         "rank_finish_ns": {

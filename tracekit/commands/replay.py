@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         for phase in ("dispatch", "combine"):
             d = s[phase]
             bw = d["bandwidth_gbps"]
-            print(f"{phase:8s} latency {d['latency_ns'] / 1e3:9.1f} us   rank finish p50/p99/max "
+            print(f"{phase:8s} latency per call {d['latency_ns_per_call']['mean'] / 1e3:9.1f} us "
+                  f"(x{d['latency_ns_per_call']['calls']})   rank finish p50/p99/max "
                   f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
                   f"{d['rank_finish_ns']['max'] / 1e3:.1f} us   NVL {bw['nvlink']:.1f} GB/s  RDMA {bw['rdma']:.1f} GB/s"
                   f"   bottleneck {d['bottleneck']['resource_kind']} ({d['bottleneck']['resource']})")

@@ -72,10 +72,9 @@ class ReplayConfig:
       1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
       costs are still charged per token. ``token`` granularity ignores it.
     * ``forward_window``: between nodes, the forwarder copies each source's tokens for one local GPU
-      in NVLink chunks (at most ``nvl_send_chunk`` tokens) drawn from this many consecutive RDMA
-      chunks, as DeepEP's forwarder copies whatever has arrived. Default (``None``): half the RDMA
-      ring, the most that can arrive while the other half drains; smaller windows give smaller,
-      more numerous forward chunks (1 reproduces per-RDMA-chunk forwarding).
+      in NVLink chunks (at most ``nvl_send_chunk`` tokens) as each RDMA chunk arrives, as DeepEP's
+      forwarder copies whatever has arrived (default ``None`` = 1). A larger value is a what-if, not
+      DeepEP's behaviour: each copy waits for that many consecutive RDMA chunks (at most half the ring).
     """
 
     mode: str = "normal"
@@ -141,7 +140,7 @@ class ReplayConfig:
             raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}", CREDIT_RETURN[0])
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
-                                fix="pass forward_window >= 1, or None for half the RDMA ring")
+                                fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
         if self.expert_ffn < 1:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.num_sms < 2 or self.num_sms % 2:

@@ -296,14 +296,15 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
                      channel=rc[ridx], msg_id=msg[ridx])
         arrive[ridx] = m_.tail
         built.flows.append((m_.nic_send, m_.nic_recv))
-    # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens, source by source, in
-    # NVLink chunks of at most nvl_send_chunk tokens drawn from a window of consecutive RDMA chunks
-    # (cfg.forward_window; never more than half the RDMA ring, so credits always come back).
+    # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens of each RDMA chunk as
+    # soon as the chunk has arrived (DeepEP forwards whatever has arrived), in NVLink chunks of at most
+    # nvl_send_chunk tokens. cfg.forward_window > 1 (a what-if, not DeepEP's behaviour) makes a copy wait
+    # for that many consecutive RDMA chunks (never more than half the RDMA ring, so credits come back).
     chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
     chunk_of[nrow, nnode] = item_chunk
     k_of_item = chunk_of[row, cl.node_of[dst]]
     half_ring = max(1, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2)
-    window = min(cl.cfg.forward_window or half_ring, half_ring)
+    window = min(cl.cfg.forward_window or 1, half_ring)
     fgroup = combine_keys(fwd_rank[k_of_item], rc[k_of_item], cl.local_of[dst], rs[k_of_item],
                           kidx[k_of_item] // window)
     f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], pc.nvl_send_chunk)
