@@ -64,7 +64,8 @@ def small_cases(draw):
         adaptive_routing=draw(st.booleans()),
         min_chunk_tokens=1,
         forward_window=draw(st.sampled_from([None, 1, 2])),
-        mode=draw(st.sampled_from(["normal", "normal", "low_latency", "zero_buffer"])),
+        mode=draw(st.sampled_from(["normal", "normal", "low_latency", "zero_buffer", "nccl"])),
+        nccl_channels=draw(st.integers(1, 4)),
     ).resolved(ep)
     return routing, hw, cfg
 

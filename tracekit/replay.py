@@ -128,6 +128,10 @@ def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _builders(mode: str):
+    if mode == "nccl":
+        from tracekit.model.nccl import build_nccl_combine, build_nccl_dispatch
+
+        return build_nccl_dispatch, build_nccl_combine
     if mode in ("low_latency", "zero_buffer"):
         from tracekit.model.low_latency import build_ll_combine, build_ll_dispatch
 

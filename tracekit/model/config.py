@@ -24,7 +24,7 @@ DEEPEP_COMBINE = {
 }
 DEFAULT_NUM_SMS = 20
 
-MODES = ("normal", "low_latency", "zero_buffer")
+MODES = ("normal", "low_latency", "zero_buffer", "nccl")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
@@ -71,6 +71,9 @@ class ReplayConfig:
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
       1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
       costs are still charged per token. ``token`` granularity ignores it.
+    * ``nccl_channels``: ``--mode nccl`` (an NCCL all-to-all, e.g. a capture's traffic matrix): the
+      kernel's channels, one block each (default 32: the grid of ``ncclDevKernel_SendRecv`` in
+      sample_traces/captures/alltoall_2xh200, NCCL 2.28 on two H200s).
     * ``forward_window``: between nodes, the forwarder copies each source's tokens for one local GPU
       in NVLink chunks (at most ``nvl_send_chunk`` tokens) as each RDMA chunk arrives, as DeepEP's
       forwarder copies whatever has arrived (default ``None`` = 1). A larger value is a what-if, not
@@ -94,6 +97,7 @@ class ReplayConfig:
     expert_gemm: bool = False
     expert_ffn: int = 2048
     forward_window: int | None = None
+    nccl_channels: int = 32
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -141,6 +145,8 @@ class ReplayConfig:
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
+        if self.nccl_channels < 1:
+            raise bad("nccl_channels", self.nccl_channels, "a positive number of channels", 32)
         if self.expert_ffn < 1:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.num_sms < 2 or self.num_sms % 2:
