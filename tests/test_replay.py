@@ -46,7 +46,7 @@ def small_cases(draw):
         "switch.port_rate_gbit_s": draw(st.sampled_from([100, 400])),
         "switch.buffer_bytes": draw(st.sampled_from([1 << 19, 1 << 25])),  # 8 KB or 512 KB per port
         "nic.wqe_depth": draw(st.sampled_from([4, 128])),
-        "nic.cq_depth": draw(st.sampled_from([1, 128])),
+        "nic.cq_depth": draw(st.sampled_from([2, 128])),
         **({"switch.topology": "leaf_spine", "switch.ports": 8, "switch.spines": draw(st.sampled_from([2, 4]))}
            if draw(st.booleans()) else {}),
     })

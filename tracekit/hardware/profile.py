@@ -136,9 +136,25 @@ def _checked(name: str, description: str, values: dict, sources: dict, where: st
         if f.section not in values or f.name not in values[f.section]:
             raise TracekitError(f"missing {f.section}.{f.name}", where=where,
                                 fix=f"add {f.name} = {{ value = ..., source = \"...\" }} under [{f.section}] ({f.unit}): {f.description}")
+    _check_headers(values, where)
     frozen_values = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in values.items()})
     frozen_sources = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in sources.items()})
     return Profile(name, description, frozen_values, frozen_sources)
+
+
+#: Fewest wire bytes a transport adds to an RDMA WRITE packet: InfiniBand LRH 8 + BTH 12 + ICRC 4 + VCRC 2
+#: (IBTA spec; RETH 16 on the first packet comes on top); RoCE v2 Ethernet 14 + IPv4 20 + UDP 8 + BTH 12
+#: + ICRC 4 + FCS 4 (IBTA RoCE v2 annex), before preamble and inter-frame gap.
+MIN_HEADER_BYTES = {"ib": 26, "roce": 62}
+
+
+def _check_headers(values: dict, where: str) -> None:
+    transport, header = values["nic"]["transport"], values["nic"]["header_bytes"]
+    least = MIN_HEADER_BYTES.get(transport, 0)
+    if header < least:
+        raise TracekitError(f"nic.header_bytes={header} is below the {least} bytes every {transport} packet carries",
+                            where=where, fix=f"give nic.header_bytes >= {least} for transport {transport} "
+                            "(e.g. 42 for IB RC writes, 98 for RoCE v2 with preamble and gap)")
 
 
 def parse_profile(doc: Mapping[str, Any], where: str) -> Profile:

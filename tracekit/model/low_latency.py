@@ -76,6 +76,8 @@ class _LL:
         self.E = routing.meta.num_experts
         self.epr = self.E // self.R
         self.nsm = _sms(hw, self.E)
+        if hasattr(cl, "qp_miss_ns"):  # one QP per (peer on another node, local expert), as DeepEP's
+            cl.set_qps((self.R - cl.G) * self.epr)
         self.sms = self.g.resources([f"{p}/sm/ll{j}" for p in cl.prefix for j in range(self.nsm)])
         self.src = layout.src_rank.astype(np.int64)
         self.tok = layout.token.astype(np.int64)

@@ -59,6 +59,8 @@ def _build(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayCon
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, ncfg, phase)
     cl.token_ns = 0  # NCCL copies bytes: no per-token work
+    if hasattr(cl, "qp_miss_ns"):  # one connection per channel to each peer on another node
+        cl.set_qps((cl.R - cl.G) * cl.C)
     bpt = bytes_per_token(meta.hidden, cfg.payload_dtype(meta, phase))
     R = cl.R
     ranks = np.arange(R)
