@@ -76,8 +76,10 @@ class ReplayConfig:
       sample_traces/captures/alltoall_2xh200, NCCL 2.28 on two H200s).
     * ``forward_window``: between nodes, the forwarder copies each source's tokens for one local GPU
       in NVLink chunks (at most ``nvl_send_chunk`` tokens) as each RDMA chunk arrives, as DeepEP's
-      forwarder copies whatever has arrived (default ``None`` = 1). A larger value is a what-if, not
-      DeepEP's behaviour: each copy waits for that many consecutive RDMA chunks (at most half the ring).
+      forwarder copies whatever has arrived. Default (``None``): per RDMA chunk at ``token``
+      granularity; at ``chunk`` granularity copies of consecutive chunks merge until they hold
+      ``min_chunk_tokens`` on average (each chunk still pays its synchronisation). A given value is a
+      what-if: each copy waits for that many consecutive RDMA chunks (at most half the ring).
     """
 
     mode: str = "normal"

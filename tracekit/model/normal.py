@@ -19,7 +19,8 @@ from tracekit.arrays import sort_packed
 from tracekit.engine import TaskGraph
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
-from tracekit.model.chunks import first_items, chain_edges, chain_pairs, chunk_items, combine_keys, time_major, unique_pairs
+from tracekit.model.chunks import (chain_edges, chain_pairs, chunk_items, combine_keys, first_items, sorted_unique,
+                                   time_major, unique_pairs)
 from tracekit.model.cluster import Cluster
 from tracekit.model.config import ReplayConfig
 from tracekit.workload.layout import DispatchLayout
@@ -298,13 +299,11 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
         built.flows.append((m_.nic_send, m_.nic_recv))
     # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens of each RDMA chunk as
     # soon as the chunk has arrived (DeepEP forwards whatever has arrived), in NVLink chunks of at most
-    # nvl_send_chunk tokens. cfg.forward_window > 1 (a what-if, not DeepEP's behaviour) makes a copy wait
-    # for that many consecutive RDMA chunks (never more than half the RDMA ring, so credits come back).
+    # nvl_send_chunk tokens, one synchronisation per RDMA chunk it forwards.
     chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
     chunk_of[nrow, nnode] = item_chunk
     k_of_item = chunk_of[row, cl.node_of[dst]]
-    half_ring = max(1, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2)
-    window = min(cl.cfg.forward_window or 1, half_ring)
+    window = _forward_window(cl, pc, k_of_item, cl.local_of[dst])
     fgroup = combine_keys(fwd_rank[k_of_item], rc[k_of_item], cl.local_of[dst], rs[k_of_item],
                           kidx[k_of_item] // window)
     f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], pc.nvl_send_chunk)
@@ -321,9 +320,11 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     fmsg = m + f_old
     cl.order(fmsg, kidx[fk] + 1)
     fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
-    fsync = cl.sync_ns(f_ntok, cl.real.nvl_send_chunk)
-    fwd = cl.sm_work("forward", ff, fc, "b", f_bytes, f_ntok, fsync, pool=nvl_ring, amount=f_ntok, **fattrs)
     pk, pf = unique_pairs(k_of_item, f_item_chunk)
+    fsync = cl.sync_ns(f_ntok, cl.real.nvl_send_chunk)
+    if cl.cfg.granularity != "token":  # a copy merging RDMA chunks still pays one synchronisation for each
+        fsync = np.maximum(fsync, np.bincount(pf, minlength=fm) * hw.gpu.chunk_sync_ns)
+    fwd = cl.sm_work("forward", ff, fc, "b", f_bytes, f_ntok, fsync, pool=nvl_ring, amount=f_ntok, **fattrs)
     cl.g.add_edges(arrive[pk], fwd[pf])
     first_fwd = np.full(m, np.iinfo(np.int64).max)  # the first forward message fed by each RDMA chunk
     np.minimum.at(first_fwd, pk, f_old[pf])
@@ -346,6 +347,22 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     _credit_return(cl, arrive[pk] if early else fwd[pf], pk, m, ring, ntok, rs, rdma_lag, msg)
     built.first_data = pack
     built.delivery_task = mem[f_item_chunk]
+
+
+def _forward_window(cl: Cluster, pc, k_of_item: np.ndarray, local_dst: np.ndarray) -> int:
+    """How many consecutive RDMA chunks one forward copy draws from. DeepEP forwards each chunk as it
+    arrives (1). At ``chunk`` granularity the model merges the copies of consecutive chunks until they
+    hold ``min_chunk_tokens`` tokens on average (as it merges small DeepEP chunks, each still paying its
+    synchronisation), which keeps the task count in bounds; ``token`` granularity never merges. A given
+    ``forward_window`` overrides both (a what-if). Never more than half the RDMA ring, so credits return."""
+    half_ring = max(1, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2)
+    if cl.cfg.forward_window is not None:
+        return min(cl.cfg.forward_window, half_ring)
+    if cl.cfg.granularity == "token" or k_of_item.size == 0:
+        return 1
+    pairs = sorted_unique(k_of_item * cl.G + local_dst).size  # (RDMA chunk, local GPU) pairs with tokens
+    per_pair = k_of_item.size / max(pairs, 1)
+    return int(min(max(np.ceil(cl.cfg.min_chunk_tokens / per_pair), 1), half_ring))
 
 
 def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
