@@ -3,6 +3,8 @@ used (nics_per_gpu, nvlink.links and link_bandwidth, per-transport headers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 
@@ -76,3 +78,26 @@ def test_roce_packets_carry_more_header_than_ib_allows():
     with pytest.raises(TracekitError, match="header_bytes"):
         hw.with_overrides({"nic.transport": "roce"})  # 42 B is an IB header
     assert hw.with_overrides({"nic.transport": "roce", "nic.header_bytes": 98}).nic.header_bytes == 98
+
+
+def test_a_removed_field_names_its_replacement(tmp_path):
+    from tracekit.hardware import load_profile as load
+
+    text = (Path(__file__).resolve().parents[1] / "tracekit" / "hardware" / "profiles" / "h800-ib.toml").read_text()
+    path = tmp_path / "old.toml"
+    path.write_text(text.replace("[gpu]\n", '[gpu]\nper_token_overhead_ns = { value = 20, source = "old" }\n', 1))
+    with pytest.raises(TracekitError, match="removed.*dispatch_token_ns"):
+        load(str(path))
+
+
+def test_nccl_channels_come_from_the_command_line(tmp_path):
+    from tracekit.cli import main
+    from tracekit.io.tables import write_table
+
+    routing = _routing(ep=8, tokens=16)
+    path = write_table(routing.to_arrow(), tmp_path / "r.parquet", "routing", routing.meta.to_dict())
+    assert main(["replay", str(path), "--hardware", "h200-nvlink", "--mode", "nccl", "--nccl-channels", "4",
+                 "-o", str(tmp_path / "o"), "--quiet", "--no-timeline"]) == 0
+    ev = pl.read_parquet(tmp_path / "o" / "events.parquet")
+    assert ev.filter(pl.col("stage") == "pack")["channel"].n_unique() == 4
+    assert main(["replay", str(path), "--mode", "nccl", "--nccl-channels", "0", "-o", str(tmp_path / "x")]) == 2

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dispatch-dtype", choices=list(DTYPES), help="override the routing table's dispatch payload type")
     p.add_argument("--combine-dtype", choices=list(DTYPES), help="override the routing table's combine payload type")
     p.add_argument("--num-sms", type=int, default=20, metavar="N", help="SMs for communication, 2 per channel (default 20)")
+    p.add_argument("--nccl-channels", type=int, default=32, metavar="N",
+                   help="--mode nccl: channels (blocks) of the all-to-all kernel (default 32)")
     for phase in ("dispatch", "combine"):
         for name, what in (("nvl-chunk", "NVLink chunk"), ("nvl-buffer", "NVLink ring"),
                            ("rdma-chunk", "RDMA chunk"), ("rdma-buffer", "RDMA ring")):
@@ -81,6 +83,7 @@ def config_from_args(args: argparse.Namespace, ep_size: int, default_mode: str =
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
         record_memops=args.record_memops, expert_gemm=args.expert_gemm, expert_ffn=args.expert_ffn,
+        nccl_channels=args.nccl_channels,
     )
 
 

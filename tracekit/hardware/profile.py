@@ -97,7 +97,15 @@ def _all_keys() -> list[str]:
     return [f"{f.section}.{f.name}" for f in schemas.load("hardware").fields]
 
 
+#: Fields a profile may still carry from an older schema, with what replaces them.
+_REMOVED = {("gpu", "per_token_overhead_ns"): "gpu.dispatch_token_ns and gpu.combine_token_ns (per phase; "
+            "gpu.fp8_token_ns for scales, gpu.chunk_sync_ns per chunk)"}
+
+
 def _field(section: str, field: str, where: str) -> schemas.Field:
+    if (section, field) in _REMOVED:
+        raise TracekitError(f"hardware field {section}.{field} was removed", where=where,
+                            fix=f"give {_REMOVED[section, field]} instead")
     try:
         return schemas.load("hardware").field(field, section)
     except KeyError:

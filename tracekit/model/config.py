@@ -148,7 +148,7 @@ class ReplayConfig:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
         if self.nccl_channels < 1:
-            raise bad("nccl_channels", self.nccl_channels, "a positive number of channels", 32)
+            raise bad("--nccl-channels", self.nccl_channels, "a positive number of channels", 32)
         if self.expert_ffn < 1:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.num_sms < 2 or self.num_sms % 2:
