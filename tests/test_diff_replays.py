@@ -92,7 +92,8 @@ def test_skew_names_the_tail_rank_and_its_cause(routing, skewed):
     assert hottest // epr == hot  # the hottest expert lives on the most loaded rank
     cause = d.tail_causes["dispatch"]["after"]
     assert cause.rank == hot
-    assert cause.dominant_stage == "nvlink" and f"rank{hot}/nvlink" in cause.dominant_resource
+    # the hot rank's receive: its NVLink port or its receiver SMs (per-token work), on that rank
+    assert cause.dominant_stage in ("nvlink", "unpack") and f"rank{hot}/" in cause.dominant_resource
     assert cause.bytes_in / cause.bytes_in_median > 2
     assert cause.top_expert.startswith(f"expert {hottest},")
     assert cause.top_expert_tokens == int(np.bincount(experts)[hottest])

@@ -46,7 +46,7 @@ def small_cases(draw):
         "switch.port_rate_gbit_s": draw(st.sampled_from([100, 400])),
         "switch.buffer_bytes": draw(st.sampled_from([1 << 19, 1 << 25])),  # 8 KB or 512 KB per port
         "nic.wqe_depth": draw(st.sampled_from([4, 128])),
-        "nic.cq_depth": draw(st.sampled_from([1, 128])),
+        "nic.cq_depth": draw(st.sampled_from([2, 128])),
         **({"switch.topology": "leaf_spine", "switch.ports": 8, "switch.spines": draw(st.sampled_from([2, 4]))}
            if draw(st.booleans()) else {}),
     })
@@ -64,7 +64,8 @@ def small_cases(draw):
         adaptive_routing=draw(st.booleans()),
         min_chunk_tokens=1,
         forward_window=draw(st.sampled_from([None, 1, 2])),
-        mode=draw(st.sampled_from(["normal", "normal", "low_latency", "zero_buffer"])),
+        mode=draw(st.sampled_from(["normal", "normal", "low_latency", "zero_buffer", "nccl"])),
+        nccl_channels=draw(st.integers(1, 4)),
     ).resolved(ep)
     return routing, hw, cfg
 
@@ -185,7 +186,7 @@ def test_several_steps_and_layers_run_back_to_back():
     assert ev["ts_ns"].is_sorted()
     d = result.summary["dispatch"]
     assert d["latency_ns"] == sum(p.summary["latency_ns"] for p in result.phases if p.phase == "dispatch")
-    assert d["latency_ns_per_layer"]["max"] <= d["latency_ns"]
+    assert d["latency_ns_per_call"]["max"] <= d["latency_ns"] and d["latency_ns_per_call"]["calls"] == 4
     assert isinstance(d["bandwidth_gbps"]["unit"], str)
 
 
@@ -250,3 +251,20 @@ def test_expert_gemm_delays_each_ranks_combine_by_its_experts_work():
         if skew:
             hot = res.summary["expert_gemm"]["rank_ns"]
             assert hot["max"] > 1.3 * hot["p50"]  # hot experts make a GEMM tail
+
+
+def test_one_latency_in_summary_events_and_cli(tmp_path, capsys):
+    """A call's latency (host start to last receive) is the summary's per-call figure, the span of the
+    call's events (what tracekit diff measures per instance) and the figure the CLI prints."""
+    routing = _routing(ep=16, tokens=32, layers=2)
+    path = write_table(routing.to_arrow(), tmp_path / "r.parquet", "routing", routing.meta.to_dict())
+    assert main(["replay", str(path), "--hardware", "h800-ib", "-o", str(tmp_path / "o"), "--no-timeline"]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    ev = pl.read_parquet(tmp_path / "o" / "events.parquet")
+    for phase in ("dispatch", "combine"):
+        spans = (ev.filter(pl.col("phase") == phase).group_by("step", "layer")
+                 .agg(((pl.col("ts_ns") + pl.col("dur_ns")).max() - pl.col("ts_ns").min()).alias("span"))["span"])
+        assert int(spans.sum()) == s[phase]["latency_ns"]
+        assert int(spans.max()) == s[phase]["latency_ns_per_call"]["max"] == s[phase]["rank_finish_ns"]["max"]
+        assert f"{phase:8s} latency per call {s[phase]['latency_ns_per_call']['mean'] / 1e3:9.1f} us" in out

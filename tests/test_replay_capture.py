@@ -38,7 +38,8 @@ def test_capture_replays_on_other_profiles_with_the_captured_traffic(imported, t
         assert moved["tokens"].sum() == traffic["tokens"].sum()  # every captured row, once
     # the same bytes over a 200 Gb/s RoCE port take longer than over 400 Gb/s InfiniBand
     assert runs["roce"]["dispatch"]["latency_ns"] > 1.5 * runs["ib"]["dispatch"]["latency_ns"]
-    assert runs["ib"]["dispatch"]["bottleneck"]["resource_kind"] in ("nic_tx", "nic_rx", "switch_port")
+    # NCCL's network path: the NIC, the switch, or the CPU proxy thread posting every step
+    assert runs["ib"]["dispatch"]["bottleneck"]["resource_kind"] in ("nic_tx", "nic_rx", "switch_port", "cpu_proxy")
     assert runs["nvlink"]["dispatch"]["latency_ns"] < runs["ib"]["dispatch"]["latency_ns"]
     assert runs["ib"]["workload"]["dispatch_dtype"] == "bf16"  # 14,336 bytes per row at hidden 7168
 
@@ -49,3 +50,24 @@ def test_from_capture_without_tables_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no routing.parquet or traffic.parquet" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_captured_nccl_traffic_replays_as_nccl(imported, tmp_path):
+    """A captured NCCL all-to-all replays as NCCL (no layout or notify kernel, no DeepEP reductions), every
+    channel carries a share of the peer's rows, and the replay lands near the captured kernels (a sanity
+    band, not a fit: the model has no parameter taken from this capture but its channel count)."""
+    assert main(["replay", "--from-capture", str(imported), "--hardware", "h200-nvlink", "-o", str(tmp_path / "r"),
+                 "--quiet", "--no-timeline"]) == 0
+    s = _summary(tmp_path / "r")
+    assert s["config"]["mode"] == "nccl"
+    ev = pl.read_parquet(tmp_path / "r" / "events.parquet")
+    assert not set(ev["stage"].unique()) & {"layout", "notify", "cpu_sync", "combine_reduce", "forward"}
+    remote = ev.filter((pl.col("stage") == "unpack") & (pl.col("src_rank") != pl.col("dst_rank")))
+    assert remote.group_by("dst_rank").agg(pl.col("channel").n_unique())["channel"].min() == s["config"]["nccl_channels"]
+    captured = pl.read_parquet(imported / "events.parquet").filter(pl.col("stage") == "dispatch")["dur_ns"]
+    per_call = s["dispatch"]["latency_ns_per_call"]["mean"]
+    assert 0.5 * captured.min() < per_call < 1.5 * captured.max()
+    # the DeepEP interpretation of the same rows pays DeepEP's host part and per-token work on top
+    assert main(["replay", "--from-capture", str(imported), "--hardware", "h200-nvlink", "--mode", "normal",
+                 "-o", str(tmp_path / "d"), "--quiet", "--no-timeline"]) == 0
+    assert _summary(tmp_path / "d")["dispatch"]["latency_ns"] > s["dispatch"]["latency_ns"]

@@ -94,7 +94,8 @@ def replay(
         for builder in _builders(cfg.mode):
             built: Built = builder(part, layout, hw, cfg)
             if gemm_done is not None:  # each rank starts its combine when its experts are done
-                built.graph.update(built.start, release=gemm_done[built.graph.attr("rank")[built.start]])
+                first = built.start if built.call_start is None else built.call_start
+                built.graph.update(first, release=gemm_done[built.graph.attr("rank")[first]])
             sched: Schedule = run(built.graph)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
@@ -145,6 +146,10 @@ def _renumber(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _builders(mode: str):
+    if mode == "nccl":
+        from tracekit.model.nccl import build_nccl_combine, build_nccl_dispatch
+
+        return build_nccl_dispatch, build_nccl_combine
     if mode in ("low_latency", "zero_buffer"):
         from tracekit.model.low_latency import build_ll_combine, build_ll_dispatch
 
@@ -153,10 +158,13 @@ def _builders(mode: str):
 
 
 def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
-    """One phase's summary over all steps and layers (sums of latency, means of bandwidth)."""
-    if len(results) == 1:
-        return results[0].summary
+    """One phase's summary over all steps and layers (calls): ``latency_ns`` and ``data_ns`` summed over
+    calls, ``latency_ns_per_call`` mean/p50/max, rank finishes pooled per call, means of bandwidth."""
     lat = [r.summary["latency_ns"] for r in results]
+    per_call = {"calls": len(lat), "mean": int(round(float(np.mean(lat)))), "p50": int(np.percentile(lat, 50)),
+                "max": int(max(lat))}
+    if len(results) == 1:
+        return {**results[0].summary, "latency_ns_per_call": per_call}
     stages: dict[str, int] = {}
     stalls: dict[str, int] = {}
     for r in results:
@@ -171,7 +179,8 @@ def _merge_phase(results: list[PhaseResult]) -> dict[str, Any]:
     worst = max(results, key=lambda r: r.summary["latency_ns"])
     return {
         "latency_ns": int(sum(lat)),
-        "latency_ns_per_layer": {"p50": int(np.percentile(lat, 50)), "max": int(max(lat))},
+        "latency_ns_per_call": per_call,
+        "data_ns": int(sum(r.summary["data_ns"] for r in results)),
         "bytes": int(sum(r.summary["bytes"] for r in results)),
         "stages": dict(sorted(stages.items())),
         "rank_finish_ns": {"p50": int(np.percentile(finish, 50)), "p99": int(np.percentile(finish, 99)),

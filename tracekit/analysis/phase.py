@@ -20,7 +20,7 @@ from tracekit.model.normal import Built
 from tracekit.workload.layout import DispatchLayout
 from tracekit.workload.routing import Routing
 
-_SYNC = {STAGE[s] for s in ("layout", "notify", "cpu_sync", "launch")}
+_SYNC = {STAGE[s] for s in ("layout", "notify", "cpu_sync", "launch", "alloc")}
 _BOOKKEEPING = {STAGE[s] for s in ("credit_return", "cq_poll")}
 
 
@@ -166,7 +166,11 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
         task = np.concatenate([task, built.receive_done])
     last = int(task[np.argmax(sched.finish[task])]) if task.size else int(np.argmax(sched.finish))
     last_finish = int(sched.finish[last])
-    latency = last_finish - first_start
+    # one definition of latency (docs/replay.md): a call's start on the host to its last receive
+    call = built.start if built.call_start is None else built.call_start
+    call_begin = int(sched.start[call].min()) if call.size else 0
+    latency = last_finish - call_begin
+    data_ns = last_finish - first_start
     src = layout.src_rank.astype(np.int64)
     receiver = built.delivery_rank if built.phase == "dispatch" else src[built.delivery_row]
     rank_finish = np.zeros(R, np.int64)
@@ -237,6 +241,7 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
     bytes_total = int(built.delivery_row.shape[0] * (built.bandwidth_bytes or bpt))
     summary = {
         "latency_ns": int(latency),
+        "data_ns": int(data_ns),
         "bytes": bytes_total,
         "stages": dict(sorted(stages.items())),
         "rank_finish_ns": {
@@ -268,7 +273,8 @@ def analyse_phase(built: Built, sched: Schedule, layout: DispatchLayout, routing
 
 
 _VIRTUAL = {
-    "layout": "stream", "notify": "stream", "launch": "stream", "cpu_sync": "cpu/host", "rdma_post": "nic0/qp{qp}",
+    "layout": "stream", "notify": "stream", "launch": "cpu/host", "cpu_sync": "cpu/host", "alloc": "cpu/host",
+    "rdma_post": "nic0/qp{qp}",
     "cq_poll": "nic0/qp{qp}", "rdma_atomic": "nic0/atomic", "credit_return": "credits",
 }
 

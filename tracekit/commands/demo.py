@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     for phase in ("dispatch", "combine"):
         d = s[phase]
         top = sorted(d["stages"].items(), key=lambda kv: -kv[1])[:3]
-        print(f"{phase:8s}: {d['latency_ns'] / 1e3:7.1f} us first send -> last receive; rank finish p50/p99/max "
+        print(f"{phase:8s}: {d['latency_ns_per_call']['mean'] / 1e3:7.1f} us per call (host start -> last receive); "
+              f"rank finish p50/p99/max "
               f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
               f"{d['rank_finish_ns']['max'] / 1e3:.1f} us; NVL {d['bandwidth_gbps']['nvlink']:.0f} GB/s, "
               f"RDMA {d['bandwidth_gbps']['rdma']:.0f} GB/s; bottleneck {d['bottleneck']['resource']} "

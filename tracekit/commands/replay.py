@@ -27,10 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"hardware profile name ({', '.join(list_profiles())}) or .toml path (default h800-ib)")
     p.add_argument("-o", "--output", metavar="OUTDIR", required=True,
                    help="directory for events.parquet, counters.parquet, summary.json, timeline.pftrace")
-    p.add_argument("--mode", choices=MODES, default="normal", help="kernel family (default normal)")
+    p.add_argument("--mode", choices=MODES, help="kernel family: normal, low_latency, zero_buffer (DeepEP) or nccl "
+                   "(an NCCL all-to-all); default normal, nccl for a captured traffic matrix")
     p.add_argument("--dispatch-dtype", choices=list(DTYPES), help="override the routing table's dispatch payload type")
     p.add_argument("--combine-dtype", choices=list(DTYPES), help="override the routing table's combine payload type")
     p.add_argument("--num-sms", type=int, default=20, metavar="N", help="SMs for communication, 2 per channel (default 20)")
+    p.add_argument("--nccl-channels", type=int, default=32, metavar="N",
+                   help="--mode nccl: channels (blocks) of the all-to-all kernel (default 32)")
     for phase in ("dispatch", "combine"):
         for name, what in (("nvl-chunk", "NVLink chunk"), ("nvl-buffer", "NVLink ring"),
                            ("rdma-chunk", "RDMA chunk"), ("rdma-buffer", "RDMA ring")):
@@ -80,7 +83,7 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
+def config_from_args(args: argparse.Namespace, ep_size: int, default_mode: str = "normal") -> ReplayConfig:
     phases = {}
     for phase in ("dispatch", "combine"):
         d = deepep_defaults(ep_size, phase)
@@ -88,12 +91,13 @@ def config_from_args(args: argparse.Namespace, ep_size: int) -> ReplayConfig:
         phases[phase] = PhaseConfig(*[v if v is not None else dv for v, dv in zip(vals, (
             d.nvl_send_chunk, d.nvl_recv_buffer, d.rdma_send_chunk, d.rdma_recv_buffer))])
     return ReplayConfig(
-        mode=args.mode, num_sms=args.num_sms, dispatch=phases["dispatch"], combine=phases["combine"],
+        mode=args.mode or default_mode, num_sms=args.num_sms, dispatch=phases["dispatch"], combine=phases["combine"],
         granularity=args.granularity, doorbell=args.doorbell, adaptive_routing=args.adaptive_routing,
         credit_return=args.credit_return, cached=args.cached, dispatch_dtype=args.dispatch_dtype,
         combine_dtype=args.combine_dtype, seed=args.seed, hardware_overrides=_overrides(args.set),
         record_memops=args.record_memops, expert_gemm=args.expert_gemm, expert_ffn=args.expert_ffn,
         schedule=args.schedule, model=_model(args),
+        nccl_channels=args.nccl_channels,
     )
 
 
@@ -116,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
                             fix="make a routing table with tracekit synth, or import a capture with tracekit import")
     if args.from_capture:
         routing, source = _capture_routing(args.from_capture, hw_eff.system.gpus_per_node, args.hidden)
+        default_mode = "nccl" if source.endswith("traffic.parquet") else "normal"  # traffic comes from NCCL
     else:
         table, meta, _ = read_table(args.routing, "routing")
         routing = Routing.from_arrow(table, meta, where=args.routing)
         source = args.routing
+        default_mode = "normal"
     check_routing(routing, where=source)
-    cfg = config_from_args(args, routing.meta.ep_size)
+    cfg = config_from_args(args, routing.meta.ep_size, default_mode)
     total = 2 * len(routing.steps_layers())
     with Progress("replay", total=total, quiet=args.quiet) as progress:
         result = replay(routing, hw, cfg, on_phase=lambda *_: progress.advance())
@@ -134,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         for phase in ("dispatch", "combine"):
             d = s[phase]
             bw = d["bandwidth_gbps"]
-            print(f"{phase:8s} latency {d['latency_ns'] / 1e3:9.1f} us   rank finish p50/p99/max "
+            print(f"{phase:8s} latency per call {d['latency_ns_per_call']['mean'] / 1e3:9.1f} us "
+                  f"(x{d['latency_ns_per_call']['calls']})   rank finish p50/p99/max "
                   f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
                   f"{d['rank_finish_ns']['max'] / 1e3:.1f} us   NVL {bw['nvlink']:.1f} GB/s  RDMA {bw['rdma']:.1f} GB/s"
                   f"   bottleneck {d['bottleneck']['resource_kind']} ({d['bottleneck']['resource']})")

@@ -97,7 +97,15 @@ def _all_keys() -> list[str]:
     return [f"{f.section}.{f.name}" for f in schemas.load("hardware").fields]
 
 
+#: Fields a profile may still carry from an older schema, with what replaces them.
+_REMOVED = {("gpu", "per_token_overhead_ns"): "gpu.dispatch_token_ns and gpu.combine_token_ns (per phase; "
+            "gpu.fp8_token_ns for scales, gpu.chunk_sync_ns per chunk)"}
+
+
 def _field(section: str, field: str, where: str) -> schemas.Field:
+    if (section, field) in _REMOVED:
+        raise TracekitError(f"hardware field {section}.{field} was removed", where=where,
+                            fix=f"give {_REMOVED[section, field]} instead")
     try:
         return schemas.load("hardware").field(field, section)
     except KeyError:
@@ -122,7 +130,9 @@ def _convert(f: schemas.Field, raw: Any, where: str) -> Any:
         raise TracekitError(f"{key}={raw!r} is not a {'number' if f.type == 'float64' else 'whole number'}",
                             where=where, fix=f"give {key} in {f.unit}") from None
     if value <= 0 and f.name not in ("cq_poll_interval_ns", "doorbell_cpu_proxy_ns", "grid_sync_ns",
-                                     "per_token_overhead_ns", "signal_ns", "kernel_launch_ns"):
+                                     "signal_ns", "kernel_launch_ns") and f.section != "host" \
+            and not f.name.endswith("_token_ns") and f.name not in ("combine_topk_ns", "chunk_sync_ns",
+                                                                     "ll_selection_ns"):
         raise TracekitError(f"{key}={raw!r} must be positive", where=where, fix=f"give {key} in {f.unit}, > 0")
     if value < 0:
         raise TracekitError(f"{key}={raw!r} must not be negative", where=where, fix=f"give {key} in {f.unit}, >= 0")
@@ -134,9 +144,25 @@ def _checked(name: str, description: str, values: dict, sources: dict, where: st
         if f.section not in values or f.name not in values[f.section]:
             raise TracekitError(f"missing {f.section}.{f.name}", where=where,
                                 fix=f"add {f.name} = {{ value = ..., source = \"...\" }} under [{f.section}] ({f.unit}): {f.description}")
+    _check_headers(values, where)
     frozen_values = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in values.items()})
     frozen_sources = MappingProxyType({s: MappingProxyType(dict(v)) for s, v in sources.items()})
     return Profile(name, description, frozen_values, frozen_sources)
+
+
+#: Fewest wire bytes a transport adds to an RDMA WRITE packet: InfiniBand LRH 8 + BTH 12 + ICRC 4 + VCRC 2
+#: (IBTA spec; RETH 16 on the first packet comes on top); RoCE v2 Ethernet 14 + IPv4 20 + UDP 8 + BTH 12
+#: + ICRC 4 + FCS 4 (IBTA RoCE v2 annex), before preamble and inter-frame gap.
+MIN_HEADER_BYTES = {"ib": 26, "roce": 62}
+
+
+def _check_headers(values: dict, where: str) -> None:
+    transport, header = values["nic"]["transport"], values["nic"]["header_bytes"]
+    least = MIN_HEADER_BYTES.get(transport, 0)
+    if header < least:
+        raise TracekitError(f"nic.header_bytes={header} is below the {least} bytes every {transport} packet carries",
+                            where=where, fix=f"give nic.header_bytes >= {least} for transport {transport} "
+                            "(e.g. 42 for IB RC writes, 98 for RoCE v2 with preamble and gap)")
 
 
 def parse_profile(doc: Mapping[str, Any], where: str) -> Profile:

@@ -23,7 +23,7 @@ from tracekit.model.config import ReplayConfig
 STAGES = [
     "layout", "notify", "cpu_sync", "launch", "pack", "nvlink", "rdma_post", "pcie", "nic_send", "fabric",
     "nic_recv", "hbm", "rdma_atomic", "cq_poll", "forward", "unpack", "credit_return", "expert_queue",
-    "combine_pack", "combine_reduce", "combine_unpack",
+    "combine_pack", "combine_reduce", "combine_unpack", "alloc",
 ]
 STAGE = {name: i for i, name in enumerate(STAGES)}
 
@@ -67,6 +67,8 @@ class Cluster:
         self.local_of = r % gpus_per_node
         pre = [f"node{n}/rank{k}" for k, n in zip(r, self.node_of)]
         self.prefix = pre
+        self.real = cfg.dispatch if phase == "dispatch" else cfg.combine  # DeepEP's chunk sizes (not merged)
+        self.token_ns = 0  # the phase's fixed SM work per token (set by the model)
         self.sm_a = graph.resources([f"{p}/sm/ch{c}/a" for p in pre for c in range(self.C)])
         self.sm_b = graph.resources([f"{p}/sm/ch{c}/b" for p in pre for c in range(self.C)])
         self.hbm = graph.resources([f"{p}/hbm" for p in pre])
@@ -78,10 +80,15 @@ class Cluster:
             self.nvl_rx = graph.resources([f"{p}/nvlink/rx" for p in pre])
         # rates in ns per byte
         self.ns_sm = 1.0 / hw.gpu.sm_copy_bandwidth_gbyte_s
-        self.ns_nvl = 1.0 / hw.nvlink.bandwidth_gbyte_s
+        # achievable NVLink payload rate, never above the raw links: all of them through an NVSwitch, a
+        # pair's share of them in a mesh
+        raw = hw.nvlink.link_bandwidth_gbyte_s * (hw.nvlink.links if not hw.nvlink.topology == "mesh"
+                                                  else max(hw.nvlink.links // max(self.G - 1, 1), 1))
+        self.ns_nvl = 1.0 / min(hw.nvlink.bandwidth_gbyte_s, raw)
         self.ns_hbm = 1.0 / hw.gpu.hbm_bandwidth_gbyte_s
         self.ns_pcie = 1.0 / hw.pcie.bandwidth_gbyte_s
-        self.ns_line = 8.0 / hw.nic.line_rate_gbit_s
+        # nics_per_gpu NICs (and their switch ports) act as one port of their summed rate (no striping model)
+        self.ns_line = 8.0 / (hw.nic.line_rate_gbit_s * hw.system.nics_per_gpu)
         self.ns_port = 8.0 / hw.switch.port_rate_gbit_s
         if self.N > 1 or cfg.mode != "normal":  # low-latency / zero-buffer kernels may use RDMA in a node
             self._init_fabric()
@@ -91,9 +98,35 @@ class Cluster:
         base = self.sm_a if role == "a" else self.sm_b
         return base[np.asarray(rank) * self.C + np.asarray(channel)]
 
-    def copy_ns(self, nbytes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """SM time to copy ``nbytes`` in ``tokens`` tokens."""
-        return ceil_div(nbytes, 1.0 / self.ns_sm) + np.asarray(tokens, np.int64) * self.hw.gpu.per_token_overhead_ns
+    def copy_ns(self, nbytes: np.ndarray, tokens: np.ndarray, token_ns: int, *, sync_ns: object = 0,
+                rows: object = 0) -> np.ndarray:
+        """SM time of a copy task: ``nbytes`` at one SM's copy rate, ``token_ns`` of fixed work per token,
+        ``sync_ns`` of chunk synchronisation (:meth:`sync_ns`) and ``gpu.combine_topk_ns`` per reduced
+        source ``rows``."""
+        return (ceil_div(nbytes, 1.0 / self.ns_sm) + np.asarray(tokens, np.int64) * int(token_ns)
+                + np.asarray(sync_ns, np.int64) + np.asarray(rows, np.int64) * self.hw.gpu.combine_topk_ns)
+
+    def sm_work(self, stage: str, rank: np.ndarray, channel: np.ndarray, role: str, nbytes: np.ndarray,
+                tokens: np.ndarray, sync_ns: np.ndarray, rows: object = 0, **cols: object) -> np.ndarray:
+        """A chunk's work on its channel SM: the copy of ``nbytes``, the phase's fixed work per token
+        (``token_ns``), the ring synchronisation ``sync_ns`` and the reduction of ``rows`` source rows.
+        The SM is one FIFO server: DeepEP's warp groups (one per peer) share its issue slots and load/store
+        units, and every group scans every token of the channel, so their per-token work adds up."""
+        n = np.asarray(rank).shape[0]
+        dur = self.copy_ns(nbytes, tokens, self.token_ns, sync_ns=sync_ns, rows=rows)
+        return self.add(n, stage, rank, res=self.sm(rank, channel, role), dur=dur, channel=channel, tokens=tokens,
+                        bytes=nbytes, **cols)
+
+    def sync_ns(self, tokens: np.ndarray, chunk: int) -> np.ndarray:
+        """SM time of the ring synchronisation (release fence + tail store + poll: ``gpu.chunk_sync_ns``)
+        for ``tokens`` tokens moved in DeepEP chunks of ``chunk`` tokens: one per chunk, so model chunks
+        that merge small DeepEP chunks still pay each of theirs; at ``token`` granularity each token
+        pays its share."""
+        tokens = np.asarray(tokens, np.int64)
+        per = self.hw.gpu.chunk_sync_ns
+        if self.cfg.granularity == "token":
+            return ceil_div(tokens * per, max(chunk, 1))
+        return np.maximum(ceil_div(tokens, max(chunk, 1)), 1) * per
 
     def order(self, msg: np.ndarray, index: np.ndarray) -> None:
         """Declare that message ``msg`` is its group's ``index``-th chunk: tasks of messages with the same
@@ -181,15 +214,22 @@ class Cluster:
             self.spine_buf = np.array([g.pool(f"spine{s}/port{lf * per_spine + j}/buffer", port_buffer, "switch_buffer")
                                        for s in range(spines) for lf in range(leaves) for j in range(per_spine)])
             self.leaves = leaves
-        # QP context cache: beyond max_qps active QPs each message risks a context fetch over PCIe
-        qps = (R - 1) * self.C
-        self.qps_per_nic = qps
-        miss = max(0.0, 1.0 - hw.nic.max_qps / qps) if qps else 0.0
-        self.qp_miss_ns = int(round(miss * hw.pcie.latency_ns))
+        if hw.nic.cq_depth < 2:
+            raise TracekitError(f"nic.cq_depth={hw.nic.cq_depth} cannot hold the completions of one message "
+                                "(its write and its tail atomic each complete)", fix="use nic.cq_depth >= 2")
+        # normal kernels: one QP per channel to each GPU with the same local index on another node
+        self.set_qps(max(self.N - 1, 0) * self.C)
         hop = hw.switch.latency_ns + hw.switch.cable_latency_ns
         self.one_way_ns = (2 * hw.nic.latency_ns + 2 * hw.switch.cable_latency_ns + hw.switch.latency_ns
                            + (2 * hw.switch.latency_ns + 2 * hw.switch.cable_latency_ns if self.leaf_spine else 0))
         self.hop_ns = hop
+
+    def set_qps(self, qps: int) -> None:
+        """QPs each NIC keeps active (per mode): beyond ``nic.max_qps`` each message risks a context fetch
+        over PCIe (``qp_miss_ns``)."""
+        self.qps_per_nic = int(qps)
+        miss = max(0.0, 1.0 - self.hw.nic.max_qps / qps) if qps else 0.0
+        self.qp_miss_ns = int(round(miss * self.hw.pcie.latency_ns))
 
     def wire_bytes(self, nbytes: np.ndarray) -> np.ndarray:
         packets = np.maximum(ceil_div(nbytes, self.hw.nic.mtu_bytes), 1)
@@ -213,14 +253,18 @@ class Cluster:
             post = self.add(n, "rdma_post", src, res=self.proxy[src], dur=hw.nic.doorbell_cpu_proxy_ns, pool=sq_pool,
                             amount=wqes, tokens=tokens, bytes=nbytes, **common)
         self.g.add_edges(after, post)
+        # the NIC's DMA reads the sender's HBM and writes the receiver's: both contend with SM copies there
+        hrd = self.add(n, "hbm", src, res=self.hbm[src], dur=ceil_div(nbytes, 1.0 / self.ns_hbm), bytes=nbytes, **common)
+        self.g.add_edges(post, hrd, lag=hw.pcie.latency_ns)
         rd = self.add(n, "pcie", src, res=self.pcie_rd[src], dur=ceil_div(nbytes, 1.0 / self.ns_pcie),
                       bytes=nbytes, **common)
-        self.g.add_edges(post, rd, lag=hw.pcie.latency_ns)
+        self.g.add_edges(hrd, rd)
         first_tx, last_rx = self._wire(src, dst, nbytes, tokens, rd, common)
         wr = self.add(n, "pcie", dst, res=self.pcie_wr[dst], dur=ceil_div(nbytes, 1.0 / self.ns_pcie),
                       bytes=nbytes, **common)
         self.g.add_edges(last_rx, wr, lag=hw.nic.latency_ns)
-        mem = wr  # NIC writes are counted on PCIe; HBM contention is modelled for the SM copies
+        mem = self.add(n, "hbm", dst, res=self.hbm[dst], dur=ceil_div(nbytes, 1.0 / self.ns_hbm), bytes=nbytes, **common)
+        self.g.add_edges(wr, mem)
         # The tail atomic follows the write on the same QP. Single-path delivery keeps it behind the
         # data; under adaptive routing it must wait for the write's acknowledgement (one round trip).
         if atomic:
@@ -229,19 +273,22 @@ class Cluster:
             self.g.add_edges(mem, tail, lag=hw.pcie.latency_ns + extra)
         else:
             tail = mem
-        # completion: the ack returns, the NIC writes a CQE, a poller drains it and frees the SQ slots.
-        # One CQE per message (of wqes WQEs): the CQ can only overflow when cq_depth < wqe_depth / wqes, and only
-        # then is it modelled as a pool of its own.
+        # completion: the ack returns, the NIC writes one CQE per signalled WQE (IBGDA signals every WQE, as
+        # we read NVSHMEM's IBGDA transport), a poller drains them and frees the SQ slots. CQEs never
+        # outnumber outstanding WQEs, so a CQ at least as deep as the send queue cannot overrun (IBGDA sizes
+        # them equal). A shallower CQ would overrun on hardware (a fatal QP error); the model makes the
+        # completion wait for room instead and reports the wait as a ``cq`` stall: any such stall means
+        # that configuration breaks on IBGDA.
         ack = self.one_way_ns + hw.pcie.latency_ns
-        if wqes * hw.nic.cq_depth >= hw.nic.wqe_depth:
+        if hw.nic.cq_depth >= hw.nic.wqe_depth:
             poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=sq_pool,
                             rel_amount=wqes, **common)
             self.g.add_edges(last_rx, poll, lag=ack)
         else:
-            cqe = self.add(n, "cq_poll", src, dur=0, pool=cq_pool, amount=1, record=False, **common)
+            cqe = self.add(n, "cq_poll", src, dur=0, pool=cq_pool, amount=wqes, record=False, **common)
             self.g.add_edges(last_rx, cqe, lag=ack)
             poll = self.add(n, "cq_poll", src, dur=0, align=hw.nic.cq_poll_interval_ns, rel_pool=cq_pool,
-                            rel_amount=1, **common)
+                            rel_amount=wqes, **common)
             self.g.add_edges(cqe, poll)
             free = self.add(n, "cq_poll", src, dur=0, rel_pool=sq_pool, rel_amount=wqes, record=False, **common)
             self.g.add_edges(poll, free)
@@ -300,7 +347,8 @@ class Cluster:
                 nxt = np.where(res2 >= 0, buf2, nxt)
             real = res >= 0
             nxt = np.where(real, nxt, -1)
-            t = self.add(m, "fabric", -1, res=res, dur=np.where(real, ceil_div(wire, 1.0 / self.ns_port), 0),
+            rate = self.ns_port / (hw.system.nics_per_gpu if i == len(hops) - 1 else 1)  # the NICs' own ports
+            t = self.add(m, "fabric", -1, res=res, dur=np.where(real, ceil_div(wire, 1.0 / rate), 0),
                          pool=nxt, amount=np.where(nxt >= 0, wire_buf, 0), hold=hol,
                          rel_pool=np.where(real, buf, -1), rel_amount=np.where(real, wire_buf, 0),
                          bytes=pbytes, tokens=ptokens, record=real, **pc)

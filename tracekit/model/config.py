@@ -25,7 +25,7 @@ DEEPEP_COMBINE = {
 }
 DEFAULT_NUM_SMS = 20
 
-MODES = ("normal", "low_latency", "zero_buffer")
+MODES = ("normal", "low_latency", "zero_buffer", "nccl")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
@@ -80,11 +80,15 @@ class ReplayConfig:
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
       1-token NVLink chunks at EP24-64) are merged into model chunks of this many tokens; per-token
       costs are still charged per token. ``token`` granularity ignores it.
+    * ``nccl_channels``: ``--mode nccl`` (an NCCL all-to-all, e.g. a capture's traffic matrix): the
+      kernel's channels, one block each (default 32: the grid of ``ncclDevKernel_SendRecv`` in
+      sample_traces/captures/alltoall_2xh200, NCCL 2.28 on two H200s).
     * ``forward_window``: between nodes, the forwarder copies each source's tokens for one local GPU
-      in NVLink chunks (at most ``nvl_send_chunk`` tokens) drawn from this many consecutive RDMA
-      chunks, as DeepEP's forwarder copies whatever has arrived. Default (``None``): half the RDMA
-      ring, the most that can arrive while the other half drains; smaller windows give smaller,
-      more numerous forward chunks (1 reproduces per-RDMA-chunk forwarding).
+      in NVLink chunks (at most ``nvl_send_chunk`` tokens) as each RDMA chunk arrives, as DeepEP's
+      forwarder copies whatever has arrived. Default (``None``): per RDMA chunk at ``token``
+      granularity; at ``chunk`` granularity copies of consecutive chunks merge until they hold
+      ``min_chunk_tokens`` on average (each chunk still pays its synchronisation). A given value is a
+      what-if: each copy waits for that many consecutive RDMA chunks (at most half the ring).
     * ``schedule``: ``None`` (default) replays dispatch and combine only, back to back; a name from
       ``SCHEDULES`` replays whole layers, compute included (:mod:`tracekit.overlap`), with the layer
       described by ``model`` (default :class:`ModelDesc`, its ``expert_ffn`` taken from ``expert_ffn``).
@@ -109,6 +113,7 @@ class ReplayConfig:
     forward_window: int | None = None
     schedule: str | None = None
     model: ModelDesc | None = None
+    nccl_channels: int = 32
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -159,7 +164,9 @@ class ReplayConfig:
             raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}", CREDIT_RETURN[0])
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
-                                fix="pass forward_window >= 1, or None for half the RDMA ring")
+                                fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
+        if self.nccl_channels < 1:
+            raise bad("--nccl-channels", self.nccl_channels, "a positive number of channels", 32)
         if self.expert_ffn < 1:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.schedule is not None and self.schedule not in SCHEDULES:

@@ -76,22 +76,26 @@ class _LL:
         self.E = routing.meta.num_experts
         self.epr = self.E // self.R
         self.nsm = _sms(hw, self.E)
+        if hasattr(cl, "qp_miss_ns"):  # one QP per (peer on another node, local expert), as DeepEP's
+            cl.set_qps((self.R - cl.G) * self.epr)
         self.sms = self.g.resources([f"{p}/sm/ll{j}" for p in cl.prefix for j in range(self.nsm)])
         self.src = layout.src_rank.astype(np.int64)
         self.tok = layout.token.astype(np.int64)
         self.row, self.expert, self.dst, self.local = _selections(routing, layout)
         ranks = np.arange(self.R)
-        self.start = cl.add(self.R, "launch", ranks, dur=hw.gpu.kernel_launch_ns)
+        # the host part: allocate the outputs, launch one kernel (no layout, no notify, no CPU wait)
+        self.start = cl.add(self.R, "launch", ranks, dur=hw.host.alloc_ns + hw.gpu.kernel_launch_ns)
 
     def sm(self, rank: np.ndarray, index: np.ndarray) -> np.ndarray:
         return self.sms[rank * self.nsm + index % self.nsm]
 
-    def copy_out(self, stage: str, rank, index, nbytes, tokens, **attrs):
-        """An SM copy on one of ``rank``'s SMs, then its HBM traffic (read + write)."""
+    def copy_out(self, stage: str, rank, index, nbytes, tokens, token_ns: int = 0, rows: object = 0, **attrs):
+        """An SM copy on one of ``rank``'s SMs (``token_ns`` per token, the reduction of ``rows`` rows),
+        then its HBM traffic (read + write)."""
         cl = self.cl
         n = rank.shape[0]
-        sm = cl.add(n, stage, rank, res=self.sm(rank, index), dur=cl.copy_ns(nbytes, tokens), tokens=tokens,
-                    bytes=nbytes, **attrs)
+        sm = cl.add(n, stage, rank, res=self.sm(rank, index), dur=cl.copy_ns(nbytes, tokens, token_ns, rows=rows),
+                    tokens=tokens, bytes=nbytes, **attrs)
         mem = cl.add(n, "hbm", rank, res=cl.hbm[rank], dur=np.ceil(2 * nbytes * cl.ns_hbm).astype(np.int64),
                      tokens=tokens, bytes=2 * nbytes, **attrs)
         cl.g.add_edges(sm, mem)
@@ -140,10 +144,16 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
     msg_bytes = bpt + HEADER_BYTES
     n_rows = ll.src.shape[0]
     rows = np.arange(n_rows)
-    # 1. each SM casts every nsm-th token of its rank into the send buffer
+    # 1. each SM casts every nsm-th token of its rank into the send buffer (gpu.ll_token_ns), and its warps
+    # send the token once per valid selection (gpu.ll_selection_ns each: slot atomic, WQE/put issue); to
+    # GPUs of its own node (itself included) the warp stores the message itself, at the SM's copy rate
+    sel_per_row = np.bincount(ll.row, minlength=n_rows)
+    same = cl.node_of[ll.src[ll.row]] == cl.node_of[ll.dst]
+    sm_copies = np.bincount(ll.row[same], minlength=n_rows)
     cl.order(rows, ll.tok // ll.nsm)
-    pack = cl.add(n_rows, "pack", ll.src, res=ll.sm(ll.src, ll.tok), dur=cl.copy_ns(msg_bytes, 1), tokens=1,
-                  bytes=msg_bytes, msg_id=rows, src_rank=ll.src, dst_rank=-1)
+    dur = cl.copy_ns(msg_bytes * (1 + sm_copies), 1, hw.gpu.ll_token_ns) + sel_per_row * hw.gpu.ll_selection_ns
+    pack = cl.add(n_rows, "pack", ll.src, res=ll.sm(ll.src, ll.tok), dur=dur, tokens=1,
+                  bytes=msg_bytes * (1 + sm_copies), msg_id=rows, src_rank=ll.src, dst_rank=-1)
     g.add_edges(ll.start[ll.src], pack)
     # 2. one RDMA write per selection, into the expert's slot
     sel = ll.row
@@ -205,7 +215,8 @@ def build_ll_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg:
     smsg = np.arange(nsel)
     cl.order(smsg, ll.tok[sel] // ll.nsm)
     # one warp group per (local expert, owner rank), as DeepEP launches them: all owners are served at once
-    pack = cl.add(nsel, "combine_pack", d, res=ll.sm(d, le * ll.R + s), dur=cl.copy_ns(row_bytes, 1), tokens=1,
+    dur = cl.copy_ns(row_bytes, 1, hw.gpu.ll_selection_ns)  # per row: its copy and its send issue
+    pack = cl.add(nsel, "combine_pack", d, res=ll.sm(d, le * ll.R + s), dur=dur, tokens=1,
                   bytes=row_bytes, msg_id=smsg, src_rank=d, dst_rank=s)
     g.add_edges(ll.start[d], pack)
     arrive = ll.send(d, s, le, np.full(nsel, row_bytes), np.ones(nsel, np.int64), pack, smsg, "ll_combine")
@@ -226,7 +237,8 @@ def build_ll_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg:
     rmsg = nsel + pairs_e.size + np.arange(n_rows)
     cl.order(rmsg, np.full(n_rows, (1 << 20) + 1))
     fin, fin_mem = ll.copy_out("combine_unpack", ll.src, ll.tok, (k_valid + 1) * row_bytes // 2,
-                               np.ones(n_rows, np.int64), msg_id=rmsg, src_rank=ll.src, dst_rank=ll.src)
+                               np.ones(n_rows, np.int64), hw.gpu.ll_combine_token_ns, rows=k_valid,
+                               msg_id=rmsg, src_rank=ll.src, dst_rank=ll.src)
     g.add_edges(flags_in[ll.src], fin)
     g.add_edges(arrive, fin[sel])
     built = Built("combine", g, cl, row_bytes, row_bytes, ll.start, pack, sel, d, fin_mem[sel])

@@ -19,7 +19,8 @@ from tracekit.arrays import sort_packed
 from tracekit.engine import TaskGraph
 from tracekit.errors import TracekitError
 from tracekit.hardware import Profile
-from tracekit.model.chunks import first_items, chain_edges, chain_pairs, chunk_items, combine_keys, time_major, unique_pairs
+from tracekit.model.chunks import (chain_edges, chain_pairs, chunk_items, combine_keys, first_items, sorted_unique,
+                                   time_major, unique_pairs)
 from tracekit.model.cluster import Cluster
 from tracekit.model.config import ReplayConfig
 from tracekit.workload.layout import DispatchLayout
@@ -45,6 +46,7 @@ class Built:
     delivery_expert: np.ndarray | None = None  # low-latency kernels deliver per (token, expert) selection
     bandwidth_bytes: int = 0  # low-latency: bytes per selection in DeepEP's bandwidth figure
     receive_done: np.ndarray | None = None  # tasks ending a receive that delivers no token (counts, flags)
+    call_start: np.ndarray | None = None  # per rank: the call's first (host) task, if not ``start``
 
 
 @dataclass
@@ -75,27 +77,55 @@ def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, n
     return src, tok, np.minimum(ch, channels - 1)
 
 
-def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, topk: int, cached: bool, phase: str) -> np.ndarray:
-    """Layout, notify (count exchange + barrier), CPU sync and kernel launch per rank; returns, per
-    rank, the task after which the phase's data movement may start."""
+def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, num_experts: int, cached: bool,
+              phase: str) -> tuple[np.ndarray, np.ndarray]:
+    """The host part of a call, per rank; returns (the call's first task, the task after which the
+    phase's data may move).
+
+    The CPU synchronises the communication stream with the compute stream (``host.stream_sync_ns``) and
+    launches kernels (``gpu.kernel_launch_ns`` each) while the GPU runs them. A dispatch without a
+    cached handle runs the layout kernel (``host.layout_base_ns`` + ``layout_token_expert_ns`` per
+    token x expert), the notify kernel (count exchange and barrier: ``notify_base_ns`` +
+    ``notify_rank_ns`` per peer rank, after every rank's layout), then the CPU waits for the receive
+    counts (``cpu_wait_ns``), allocates the outputs (``alloc_ns``) and launches the data kernel. A
+    cached dispatch and every combine run DeepEP's cached notify instead (buffer clean-up and a barrier
+    across ranks: ``gpu.grid_sync_ns``) while the CPU allocates and launches: no layout, no CPU wait.
+    """
     hw = cl.hw
     R = cl.R
     ranks = np.arange(R)
     launch_ns = hw.gpu.kernel_launch_ns
-    if cached or phase == "combine":
-        return cl.add(R, "launch", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
-    layout = cl.add(R, "layout", ranks, dur=launch_ns + (tokens_per_rank * topk * 8 * cl.ns_hbm).astype(np.int64))
-    notify = cl.add(R, "notify", ranks, dur=launch_ns + hw.gpu.grid_sync_ns)
-    # every rank needs every other rank's counts: NVLink inside a node, RDMA between nodes
+    # every rank needs every other rank's counts (or barrier arrival): NVLink inside a node, RDMA between
     lag = hw.nvlink.latency_ns + (cl.one_way_ns + 2 * hw.pcie.latency_ns if cl.N > 1 else 0)
     src = np.repeat(ranks, R)
     dst = np.tile(ranks, R)
+    first = cl.add(R, "launch", ranks, dur=hw.host.stream_sync_ns + launch_ns)
+    if cached or phase == "combine":
+        notify = cl.add(R, "notify", ranks, dur=hw.gpu.grid_sync_ns)
+        cl.g.add_edges(first[src], notify[dst], lag=np.where(src == dst, 0, lag))
+        alloc = cl.add(R, "alloc", ranks, dur=hw.host.alloc_ns)
+        cl.g.add_edges(first, alloc)
+        launch = cl.add(R, "launch", ranks, dur=launch_ns)
+        cl.g.add_edges(alloc, launch)
+        start = cl.add(R, "launch", ranks, dur=0, record=False)  # the kernel runs after the notify on its stream
+        cl.g.add_edges(launch, start)
+        cl.g.add_edges(notify, start)
+        return first, start
+    work = hw.host.layout_base_ns + np.ceil(tokens_per_rank * num_experts * hw.host.layout_token_expert_ns)
+    layout = cl.add(R, "layout", ranks, dur=work.astype(np.int64))
+    cl.g.add_edges(first, layout)
+    second = cl.add(R, "launch", ranks, dur=launch_ns)  # the CPU launches notify while layout runs
+    cl.g.add_edges(first, second)
+    notify = cl.add(R, "notify", ranks, dur=hw.host.notify_base_ns + R * hw.host.notify_rank_ns)
     cl.g.add_edges(layout[src], notify[dst], lag=np.where(src == dst, 0, lag))
-    sync = cl.add(R, "cpu_sync", ranks, dur=2 * hw.pcie.latency_ns)
+    cl.g.add_edges(second, notify)
+    sync = cl.add(R, "cpu_sync", ranks, dur=hw.host.cpu_wait_ns)
     cl.g.add_edges(notify, sync)
+    alloc = cl.add(R, "alloc", ranks, dur=hw.host.alloc_ns)
+    cl.g.add_edges(sync, alloc)
     launch = cl.add(R, "launch", ranks, dur=launch_ns)
-    cl.g.add_edges(sync, launch)
-    return launch
+    cl.g.add_edges(alloc, launch)
+    return first, launch
 
 
 def _ring_pools(cl: Cluster, owner: np.ndarray, channel: np.ndarray, peer: np.ndarray, kind: str,
@@ -147,11 +177,12 @@ def _release_by(cl: Cluster, consumer: np.ndarray, pool: np.ndarray, amount: np.
 
 
 def _copy_out(cl: Cluster, stage: str, rank: np.ndarray, channel: np.ndarray, nbytes: np.ndarray, tokens: np.ndarray,
-              role: str, hbm_factor: int, **attrs: object) -> tuple[np.ndarray, np.ndarray]:
-    """An SM copy on ``rank`` followed by its HBM traffic; returns (sm task, hbm task)."""
+              role: str, hbm_factor: int, sync_ns: np.ndarray, rows: object = 0,
+              **attrs: object) -> tuple[np.ndarray, np.ndarray]:
+    """A receiver's chunk on ``rank`` (:meth:`Cluster.sm_work`) followed by its HBM traffic; returns
+    (sm task, hbm task)."""
     n = rank.shape[0]
-    sm = cl.add(n, stage, rank, res=cl.sm(rank, channel, role), dur=cl.copy_ns(nbytes, tokens), channel=channel,
-                tokens=tokens, bytes=nbytes, **attrs)
+    sm = cl.sm_work(stage, rank, channel, role, nbytes, tokens, sync_ns, rows=rows, **attrs)
     mem = cl.add(n, "hbm", rank, res=cl.hbm[rank], dur=np.ceil(hbm_factor * nbytes * cl.ns_hbm).astype(np.int64),
                  channel=channel, tokens=tokens, bytes=hbm_factor * nbytes, **attrs)
     cl.g.add_edges(sm, mem)
@@ -165,6 +196,9 @@ def _phase_setup(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: Rep
     g = TaskGraph()
     cl = Cluster(g, hw, meta.ep_size, meta.gpus_per_node, cfg, phase)
     dtype = cfg.payload_dtype(meta, phase)
+    # fixed SM work per token beyond the bytes: dispatch writes metadata (and scales for FP8/INT8)
+    cl.token_ns = hw.gpu.combine_token_ns if phase == "combine" else \
+        hw.gpu.dispatch_token_ns + (hw.gpu.fp8_token_ns if dtype != "bf16" else 0)
     src, tok, ch = _rows_channels(layout, cl.C)
     return pc, g, cl, bytes_per_token(meta.hidden, dtype), src, tok, ch
 
@@ -174,13 +208,14 @@ def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: R
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "dispatch")
     wire = bpt + (cfg.meta_bytes_per_token if cfg.meta_bytes_per_token is not None else 8 + 8 * routing.topk)
     tokens_per_rank = np.bincount(src, minlength=cl.R)
-    start = _prologue(cl, tokens_per_rank, routing.topk, cfg.cached, "dispatch")
+    call, start = _prologue(cl, tokens_per_rank, routing.meta.num_experts, cfg.cached, "dispatch")
     lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
     early = cfg.credit_return == "early"
     row, dst = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
     dst = dst.astype(np.int64)
-    built = Built("dispatch", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, dst, np.zeros(0, np.int64))
+    built = Built("dispatch", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, dst, np.zeros(0, np.int64),
+                  call_start=call)
     if cl.N == 1:
         _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, early)
     else:
@@ -200,8 +235,8 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
     msg = np.arange(m)
     cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=cs, dst_rank=cd, phase_chunk=msg)
-    pack = cl.add(m, "pack", cs, res=cl.sm(cs, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
-                  channel=cc, tokens=ntok, bytes=nbytes, **attrs)
+    sync = cl.sync_ns(ntok, cl.real.nvl_send_chunk)
+    pack = cl.sm_work("pack", cs, cc, "a", nbytes, ntok, sync, pool=ring, amount=ntok, **attrs)
     cl.g.add_edges(built.start[cs], pack)
     a, b = chain_edges(cgroup)
     cl.g.add_edges(pack[a], pack[b])
@@ -211,7 +246,7 @@ def _dispatch_intranode(cl, built, pc, src, tok, ch, row, dst, wire, lat_nvl, ea
         idx = np.flatnonzero(remote)
         arrive[idx] = cl.nvlink(cs[idx], cd[idx], nbytes[idx], pack[idx], channel=cc[idx], tokens=ntok[idx],
                                 msg_id=msg[idx])
-    unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, **attrs)
+    unpack, mem = _copy_out(cl, "unpack", cd, cc, nbytes, ntok, "b", 2, sync, **attrs)
     cl.g.add_edges(arrive, unpack, lag=np.where(remote, lat_nvl, 0))
     cl.g.add_edges(unpack[a], unpack[b])
     credit_task = arrive if early else unpack
@@ -246,8 +281,8 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     ring = _ring_pools(cl, fwd_rank, rc, rs, "rdma_ring", pc.rdma_recv_buffer, cgroup)
     cl.order(msg, kidx)
     attrs = dict(msg_id=msg, src_rank=rs, dst_rank=fwd_rank)
-    pack = cl.add(m, "pack", rs, res=cl.sm(rs, rc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring, amount=ntok,
-                  channel=rc, tokens=ntok, bytes=nbytes, **attrs)
+    pack = cl.sm_work("pack", rs, rc, "a", nbytes, ntok, cl.sync_ns(ntok, cl.real.rdma_send_chunk), pool=ring,
+                      amount=ntok, **attrs)
     cl.g.add_edges(built.start[rs], pack)
     a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
@@ -262,14 +297,13 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
                      channel=rc[ridx], msg_id=msg[ridx])
         arrive[ridx] = m_.tail
         built.flows.append((m_.nic_send, m_.nic_recv))
-    # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens, source by source, in
-    # NVLink chunks of at most nvl_send_chunk tokens drawn from a window of consecutive RDMA chunks
-    # (cfg.forward_window; never more than half the RDMA ring, so credits always come back).
+    # 2. forward: the forwarder's warp for each local GPU copies that GPU's tokens of each RDMA chunk as
+    # soon as the chunk has arrived (DeepEP forwards whatever has arrived), in NVLink chunks of at most
+    # nvl_send_chunk tokens, one synchronisation per RDMA chunk it forwards.
     chunk_of = np.full((layout.is_token_in_node.shape[0], N), -1, np.int64)
     chunk_of[nrow, nnode] = item_chunk
     k_of_item = chunk_of[row, cl.node_of[dst]]
-    half_ring = max(1, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2)
-    window = min(cl.cfg.forward_window or half_ring, half_ring)
+    window = _forward_window(cl, pc, k_of_item, cl.local_of[dst])
     fgroup = combine_keys(fwd_rank[k_of_item], rc[k_of_item], cl.local_of[dst], rs[k_of_item],
                           kidx[k_of_item] // window)
     f_item_chunk, f_group, f_ntok, _ = chunk_items(fgroup, tok[row], pc.nvl_send_chunk)
@@ -286,9 +320,11 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     fmsg = m + f_old
     cl.order(fmsg, kidx[fk] + 1)
     fattrs = dict(msg_id=fmsg, src_rank=ff, dst_rank=fd)
-    fwd = cl.add(fm, "forward", ff, res=cl.sm(ff, fc, "b"), dur=cl.copy_ns(f_bytes, f_ntok), pool=nvl_ring,
-                 amount=f_ntok, channel=fc, tokens=f_ntok, bytes=f_bytes, **fattrs)
     pk, pf = unique_pairs(k_of_item, f_item_chunk)
+    fsync = cl.sync_ns(f_ntok, cl.real.nvl_send_chunk)
+    if cl.cfg.granularity != "token":  # a copy merging RDMA chunks still pays one synchronisation for each
+        fsync = np.maximum(fsync, np.bincount(pf, minlength=fm) * hw.gpu.chunk_sync_ns)
+    fwd = cl.sm_work("forward", ff, fc, "b", f_bytes, f_ntok, fsync, pool=nvl_ring, amount=f_ntok, **fattrs)
     cl.g.add_edges(arrive[pk], fwd[pf])
     first_fwd = np.full(m, np.iinfo(np.int64).max)  # the first forward message fed by each RDMA chunk
     np.minimum.at(first_fwd, pk, f_old[pf])
@@ -302,7 +338,7 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     if fidx.size:
         farrive[fidx] = cl.nvlink(ff[fidx], fd[fidx], f_bytes[fidx], fwd[fidx], channel=fc[fidx],
                                   tokens=f_ntok[fidx], msg_id=fmsg[fidx])
-    unpack, mem = _copy_out(cl, "unpack", fd, fc, f_bytes, f_ntok, "a", 2, **fattrs)
+    unpack, mem = _copy_out(cl, "unpack", fd, fc, f_bytes, f_ntok, "a", 2, fsync, **fattrs)
     cl.g.add_edges(farrive, unpack, lag=np.where(fremote, lat_nvl, 0))
     built.flows.append((fwd, unpack))
     # credits: NVLink ring slots after the copy-out; RDMA ring slots after every forward of the chunk
@@ -313,15 +349,32 @@ def _dispatch_internode(cl, built, layout, pc, src, tok, ch, row, dst, wire, lat
     built.delivery_task = mem[f_item_chunk]
 
 
+def _forward_window(cl: Cluster, pc, k_of_item: np.ndarray, local_dst: np.ndarray) -> int:
+    """How many consecutive RDMA chunks one forward copy draws from. DeepEP forwards each chunk as it
+    arrives (1). At ``chunk`` granularity the model merges the copies of consecutive chunks until they
+    hold ``min_chunk_tokens`` tokens on average (as it merges small DeepEP chunks, each still paying its
+    synchronisation), which keeps the task count in bounds; ``token`` granularity never merges. A given
+    ``forward_window`` overrides both (a what-if). Never more than half the RDMA ring, so credits return."""
+    half_ring = max(1, pc.rdma_recv_buffer // pc.rdma_send_chunk // 2)
+    if cl.cfg.forward_window is not None:
+        return min(cl.cfg.forward_window, half_ring)
+    if cl.cfg.granularity == "token" or k_of_item.size == 0:
+        return 1
+    pairs = sorted_unique(k_of_item * cl.G + local_dst).size  # (RDMA chunk, local GPU) pairs with tokens
+    per_pair = k_of_item.size / max(pairs, 1)
+    return int(min(max(np.ceil(cl.cfg.min_chunk_tokens / per_pair), 1), half_ring))
+
+
 def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig) -> Built:
     """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "combine")
     wire = bpt
-    start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.topk, cfg.cached, "combine")
+    call, start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.meta.num_experts, cfg.cached, "combine")
     row, holder = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
     holder = holder.astype(np.int64)
-    built = Built("combine", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, holder, np.zeros(0, np.int64))
+    built = Built("combine", g, cl, bpt, wire, start, np.zeros(0, np.int64), row, holder, np.zeros(0, np.int64),
+                  call_start=call)
     _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, cfg.credit_return == "early")
     return built
 
@@ -362,8 +415,8 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     ring = _ring_pools(cl, cf, cc, ch_ if N == 1 else ch_ * N + cl.node_of[s[first]], "nvl_ring_combine",
                        nvl_capacity, cgroup)
     cl.order(msg, kidx)
-    pack = cl.add(m, "combine_pack", ch_, res=cl.sm(ch_, cc, "a"), dur=cl.copy_ns(nbytes, ntok), pool=ring,
-                  amount=ntok, channel=cc, tokens=ntok, bytes=nbytes, msg_id=msg, src_rank=ch_, dst_rank=cf)
+    pack = cl.sm_work("combine_pack", ch_, cc, "a", nbytes, ntok, cl.sync_ns(ntok, cl.real.nvl_send_chunk), pool=ring,
+                      amount=ntok, msg_id=msg, src_rank=ch_, dst_rank=cf)
     cl.g.add_edges(built.start[ch_], pack)
     a, b = chain_pairs(cgroup, kidx)
     cl.g.add_edges(pack[a], pack[b])
@@ -405,9 +458,9 @@ def _combine(cl, built, layout, pc, src, tok, ch, row, holder, wire, early) -> N
     rring = _ring_pools(cl, k_s, k_c, k_b, "rdma_ring_combine", pc.rdma_recv_buffer, r_group)
     rmsg = m + r_old
     cl.order(rmsg, r_kidx * max(pc.rdma_send_chunk // max(pc.nvl_send_chunk, 1), 1) + 1)
-    reduce = cl.add(rm, "combine_reduce", k_f, res=cl.sm(k_f, k_c, "b"),
-                    dur=cl.copy_ns((contrib + r_ntok) * wire // 2, contrib), pool=rring, amount=r_ntok,
-                    channel=k_c, tokens=r_ntok, bytes=r_bytes, msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
+    reduce = cl.sm_work("combine_reduce", k_f, k_c, "b", (contrib + r_ntok) * wire // 2, r_ntok,
+                        cl.sync_ns(contrib, cl.real.nvl_send_chunk), rows=contrib, pool=rring, amount=r_ntok,
+                        msg_id=rmsg, src_rank=k_f, dst_rank=k_s)
     pa, pb = unique_pairs(item_chunk, red_of_item)
     cl.g.add_edges(arrive[pa], reduce[pb], lag=np.where(remote[pa], lat_nvl, 0))
     a2, b2 = chain_pairs(r_group, r_kidx)
@@ -445,8 +498,13 @@ def _final_reduce(cl, built, src, tok, ch, item_row, item_chunk, arrival, arriva
     bfirst = first_items(b_of_row, bm)
     b_s, b_c = src[bfirst], ch[bfirst]
     contrib = np.bincount(b_of_row[item_row], minlength=bm)
+    chunk = cl.real.nvl_send_chunk if cl.N == 1 else cl.real.rdma_send_chunk  # arrivals come in these chunks
+    # DeepEP's intranode combine receives on the channel's second SM; between nodes the NVLink senders'
+    # SM also receives the RDMA rows and reduces them (the forwarder has the other)
+    role = "b" if cl.N == 1 else "a"
     fin, fin_mem = _copy_out(cl, "combine_unpack", b_s, b_c, (contrib + b_ntok) * built.wire_bytes_per_token // 2,
-                             b_ntok, "a", 2, msg_id=msg_base + np.arange(bm), src_rank=b_s, dst_rank=b_s)
+                             b_ntok, role, 2, cl.sync_ns(contrib, chunk), rows=contrib,
+                             msg_id=msg_base + np.arange(bm), src_rank=b_s, dst_rank=b_s)
     pa, pb = unique_pairs(item_chunk, b_of_row[item_row])
     cl.g.add_edges(arrival[pa], fin[pb], lag=arrival_lag[pa])
     a, b = chain_edges(b_group)

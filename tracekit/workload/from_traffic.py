@@ -55,9 +55,9 @@ def routing_from_traffic(traffic: pl.DataFrame, meta: dict[str, Any], *, gpus_pe
     src = np.repeat(disp["src_rank"].to_numpy(), tokens)
     dst = np.repeat(disp["dst_rank"].to_numpy(), tokens)
     key = (step.astype(np.int64) << 40) | (layer.astype(np.int64) << 20) | src
-    start = np.r_[True, key[1:] != key[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(key.size), 0))
-    token = (np.arange(key.size) - first).astype(np.int32)
+    token = _spread_tokens(key, tokens)
+    rows = np.lexsort((token, key))  # routing rows run in (step, layer, rank, token) order
+    step, layer, src, dst, token = step[rows], layer[rows], src[rows], dst[rows], token[rows]
     routing_meta = RoutingMeta(num_experts=ep, ep_size=ep, gpus_per_node=gpus_per_node, hidden=hidden, dispatch_dtype=dtype,
                                combine_dtype=combine_dtype, provenance=f"from captured traffic {where}")
     routing_meta.check(where)
@@ -65,3 +65,20 @@ def routing_from_traffic(traffic: pl.DataFrame, meta: dict[str, Any], *, gpus_pe
     return Routing(step=step.astype(np.int32), layer=layer.astype(np.int32), rank=src.astype(np.int32), token=token,
                    topk_expert=dst.astype(np.int32).reshape(n, 1), topk_weight=np.ones((n, 1), np.float32),
                    meta=routing_meta)
+
+
+def _spread_tokens(key: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Token indices within each ``key`` group that spread every traffic row's tokens (``tokens`` per
+    row, rows expanded in order; a group's rows are its destinations) evenly over the group's index
+    range. Channels take contiguous index ranges and every channel of an all-to-all carries a slice of
+    every peer's rows: numbering destination by destination would put each peer into a few channels."""
+    n = key.size
+    rid = np.repeat(np.arange(tokens.size), tokens)
+    pos = np.arange(n) - (np.cumsum(tokens) - tokens)[rid]  # index within its traffic row
+    frac = (pos + 0.5) / tokens[rid]
+    order = np.lexsort((rid, frac, key))  # per group: by fractional position, then destination
+    start = np.r_[True, key[order][1:] != key[order][:-1]] if n else np.zeros(0, bool)
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    token = np.empty(n, np.int64)
+    token[order] = np.arange(n) - first
+    return token.astype(np.int32)
