@@ -87,7 +87,7 @@ def test_replay_summary_is_typed_and_reads_like_the_old_dict(real_summary):
     assert isinstance(s, Summary) and s.schema == SCHEMA_ID and s.schema_version == 1
     assert s.dispatch.latency_ns == s["dispatch"]["latency_ns"] and isinstance(s.dispatch.latency_ns, int)
     assert s.expert_gemm is not None and s.get("expert_gemm")["expert_ffn"] == s.expert_gemm.expert_ffn
-    assert s.dispatch.latency_ns_per_layer is not None and s.workload.steps_layers == 2
+    assert s.dispatch.latency_ns_per_call is not None and s.dispatch.latency_ns_per_call.calls == 2 and s.workload.steps_layers == 2
     assert "fabric" not in s and set(s) == set(s.to_dict())
 
 

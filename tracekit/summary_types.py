@@ -142,6 +142,17 @@ class Spread(_Record):
 
 
 @dataclass
+class CallSpread(_Record):
+    """A phase's latency over its calls (every step and layer): count, mean, median and maximum."""
+
+    calls: int
+    mean: int
+    p50: int
+    max: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Bandwidth(_Record):
     """DeepEP-style algorithm bandwidths of a phase."""
 
@@ -183,7 +194,8 @@ class PhaseSummary(_Record):
     critical_path_tasks: int | None = None
     tasks: int | None = None
     events_processed: int | None = None
-    latency_ns_per_layer: Spread | None = None
+    latency_ns_per_call: CallSpread | None = None
+    data_ns: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
