@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_file
 
 HELP = "compare two traces (replays or captures): phases, stages, tails, exposed communication, resources"
 
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.io.diff_input import load_mapping, load_side
     from tracekit.io.report import render, write_report
 
+    if args.output is not None:
+        output_file(args.output)
+    if args.perfetto is not None:
+        output_file(args.perfetto, "--perfetto")
     fmt = _format(args)
     names = load_mapping(args.map) if args.map else None
     before, sid_b = load_side(args.before)

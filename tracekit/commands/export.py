@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_file
 from tracekit.io.tables import read_table
 
 HELP = "write events.parquet (or a replay/import output dir) as a Perfetto timeline (.pftrace) or Chrome JSON"
@@ -41,6 +42,7 @@ def _sources(args: argparse.Namespace) -> tuple[Path, Path | None]:
 def run(args: argparse.Namespace) -> int:
     from tracekit.io.perfetto import write_json, write_trace
 
+    output_file(args.output)
     events_path, counters_path = _sources(args)
     events, _meta, _s = read_table(events_path, "events")
     counters = read_table(counters_path, "counters")[0] if counters_path else None

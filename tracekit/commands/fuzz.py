@@ -18,6 +18,7 @@ import sys
 import time
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_dir
 
 HELP = "fuzz a protocol's orderings for ordering and fencing hazards (exit 1 with a counterexample)"
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.hazards.registry import resolve
     from tracekit.hazards.report import counterexample, describe
 
+    if args.output is not None:
+        output_dir(args.output)
     spec = resolve(args.protocol)
     variant = args.variant or spec.default_variant
     spec.check_variant(variant)

@@ -7,6 +7,7 @@ import json
 
 from tracekit.errors import TracekitError
 from tracekit.hardware import list_profiles, load_profile
+from tracekit.io.guard import output_dir
 from tracekit.io.tables import read_table
 from tracekit.model.config import CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, PhaseConfig, ReplayConfig, deepep_defaults
 from tracekit.progress import Progress
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.replay import replay
     from tracekit.workload.validate import check_routing
 
+    output_dir(args.output)
     hw = load_profile(args.hardware)
     overrides = _overrides(args.set)
     hw_eff = hw.with_overrides(overrides)  # fail early on a bad --set
