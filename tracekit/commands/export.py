@@ -8,6 +8,7 @@ from pathlib import Path
 from tracekit.errors import TracekitError
 from tracekit.io.guard import output_file
 from tracekit.io.tables import read_table
+from tracekit.workload.validate import check_counters, check_events
 
 HELP = "write events.parquet (or a replay/import output dir) as a Perfetto timeline (.pftrace) or Chrome JSON"
 
@@ -44,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     output_file(args.output)
     events_path, counters_path = _sources(args)
-    events, _meta, _s = read_table(events_path, "events")
-    counters = read_table(counters_path, "counters")[0] if counters_path else None
+    events, meta, _s = read_table(events_path, "events")
+    check_events(events, meta, str(events_path))
+    counters = None
+    if counters_path:
+        counters, cmeta, _s = read_table(counters_path, "counters")
+        check_counters(counters, cmeta, str(counters_path))
     out = Path(args.output)
     fmt = args.format or ("json" if out.suffix == ".json" else "proto")
     title = args.title or (Path(args.source).resolve().name)

@@ -9,6 +9,7 @@ from tracekit.errors import TracekitError
 from tracekit.hardware import list_profiles, load_profile
 from tracekit.io.guard import output_dir
 from tracekit.io.tables import read_table
+from tracekit.model.config import check_set_values
 from tracekit.model.config import CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, PhaseConfig, ReplayConfig, deepep_defaults
 from tracekit.progress import Progress
 from tracekit.workload.routing import DTYPES, Routing
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     hw = load_profile(args.hardware)
     overrides = _overrides(args.set)
     hw_eff = hw.with_overrides(overrides)  # fail early on a bad --set
+    check_set_values(overrides, hw_eff)
     if bool(args.routing) == bool(args.from_capture):
         raise TracekitError("give either ROUTING.parquet or --from-capture OUTDIR", where="replay",
                             fix="make a routing table with tracekit synth, or import a capture with tracekit import")
@@ -132,6 +134,7 @@ def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tup
 
     import polars as pl
 
+    from tracekit.io.validate import check_table
     from tracekit.workload.from_traffic import routing_from_traffic
 
     d = Path(outdir)
@@ -141,8 +144,12 @@ def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tup
     if (d / "traffic.parquet").is_file():
         table, meta, _ = read_table(d / "traffic.parquet", "traffic")
         where = str(d / "traffic.parquet")
-        return routing_from_traffic(pl.from_arrow(table), meta, gpus_per_node=gpus_per_node, hidden=hidden,
-                                    where=where), where
+        check_table(table, meta, "traffic", where)  # what tracekit validate checks of the same file
+        try:
+            return routing_from_traffic(pl.from_arrow(table), meta, gpus_per_node=gpus_per_node, hidden=hidden,
+                                        where=where), where
+        except TracekitError as exc:
+            raise (exc if where in str(exc) else exc.located(where)) from None
     raise TracekitError("no routing.parquet or traffic.parquet", where=outdir,
                         fix="import the capture first: tracekit import kineto TRACES -o OUTDIR "
                             "(or tracekit import routing DUMP ... -o OUTDIR)")

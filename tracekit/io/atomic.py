@@ -31,6 +31,7 @@ KNOWN_OUTPUTS = frozenset({"events.parquet", "counters.parquet", "summary.json",
                            "memops.parquet", "routing.parquet", "traffic.parquet", "counterexample.pftrace"})
 
 _TMP = re.compile(r"^\..+\.tk(\d+)\.[^.]+\.tmp$")
+_SHOWN = re.compile(r"^\.(.+)\.tk\d+\.[^.]+\.tmp$")
 #: this process's start, from its own clock: leftovers younger than this may belong to a sibling run
 _STARTED = time.time()
 
@@ -77,9 +78,14 @@ def _prefix(final: Path) -> str:
     return f".{final.name}.tk{os.getpid()}."
 
 
+def shown(path: Path) -> Path:
+    """``path`` as the user named it: a temporary folder of ours replaced by the output it becomes."""
+    return Path(*[m.group(1) if (m := _SHOWN.match(part)) else part for part in path.parts])
+
+
 def _write_error(exc: OSError, final: Path) -> TracekitError:
-    why = exc.strerror or str(exc)
-    return TracekitError(f"cannot write ({why})", where=str(final),
+    why = exc.strerror or str(exc).replace("Error writing bytes to file. Detail: ", "")
+    return TracekitError(f"cannot write ({why})", where=str(shown(final)),
                          fix="free space on its file system, or choose another output path")
 
 

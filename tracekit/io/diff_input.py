@@ -23,7 +23,10 @@ FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.j
 
 
 def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
+    from tracekit.io.validate import check_table
+
     table, meta, s = read_table(path, schema)
+    check_table(table, meta, schema, str(path))  # the checks of tracekit validate: ranks, times, flows
     return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
 
 
