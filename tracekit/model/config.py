@@ -164,12 +164,14 @@ class ReplayConfig:
             if pc.nvl_recv_buffer <= pc.nvl_send_chunk:
                 raise TracekitError(
                     f"{phase}: NVLink ring of {pc.nvl_recv_buffer} tokens is not larger than its chunk of "
-                    f"{pc.nvl_send_chunk} tokens", fix="make the ring larger than one chunk, as DeepEP requires",
+                    f"{pc.nvl_send_chunk} tokens", fix=f"make the ring larger than one chunk, as DeepEP requires: raise "
+                    f"--{phase}-nvl-buffer or lower --{phase}-nvl-chunk",
                 )
             if pc.rdma_recv_buffer < 2 * pc.rdma_send_chunk:
                 raise TracekitError(
                     f"{phase}: RDMA ring of {pc.rdma_recv_buffer} tokens is smaller than two chunks of "
-                    f"{pc.rdma_send_chunk} tokens", fix="make the RDMA ring at least two chunks, as DeepEP requires",
+                    f"{pc.rdma_send_chunk} tokens", fix=f"make the RDMA ring at least two chunks, as DeepEP requires: "
+                    f"raise --{phase}-rdma-buffer or lower --{phase}-rdma-chunk",
                 )
 
     def to_dict(self) -> dict[str, Any]:
