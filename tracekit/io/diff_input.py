@@ -27,6 +27,8 @@ def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
 
     table, meta, s = read_table(path, schema)
     check_table(table, meta, schema, str(path))  # the checks of tracekit validate: ranks, times, flows
+    if schema == "events" and "args" in table.column_names:
+        table = table.drop(["args"])  # free-form annotations: no measure reads them (memory on big traces)
     return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
 
 
