@@ -28,7 +28,7 @@ import polars as pl
 from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, union_length
-from tracekit.analysis.matching import NameMap, operation_names
+from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 
 COMM_KINDS = ("comm", "sync")
@@ -118,7 +118,7 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations, with an ``op`` (normalised name) column
+    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -192,6 +192,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         dtypes=dtypes, summary=summary,
     )
     prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
+    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns)  # what matching reads: the rest is freed
     return prof
 
 
