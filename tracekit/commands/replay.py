@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 
 from tracekit.errors import TracekitError
 from tracekit.hardware import list_profiles, load_profile
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     check_routing(routing, where=source)
     cfg = config_from_args(args, routing.meta.ep_size)
     total = 2 * len(routing.steps_layers())
-    with Progress("replay", total=total, quiet=args.quiet) as progress:
+    with Progress("replay", total=total, quiet=args.quiet) as progress, _naming_overrides(overrides):
         result = replay(routing, hw, cfg, on_phase=lambda *_: progress.advance())
     paths = write_replay(result, args.output, meta={"source": "replay", "ep_size": routing.meta.ep_size,
                                                     "gpus_per_node": routing.meta.gpus_per_node, "hardware": hw.name,
@@ -161,3 +163,15 @@ def _has_perfetto() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _naming_overrides(overrides: dict[str, str]) -> Iterator[None]:
+    """A refusal caused by a ``--set`` value names the ``--set`` (e.g. gpu.sms below --num-sms)."""
+    try:
+        yield
+    except TracekitError as exc:
+        if type(exc) is not TracekitError or not overrides or any(k in str(exc) for k in overrides):
+            raise
+        given = " ".join(f"--set {k}={v}" for k, v in overrides.items())
+        raise exc.located(f"with {given}") from None
