@@ -128,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.hazards.registry import resolve
     from tracekit.hazards.report import counterexample, describe
 
-    if args.examples is not None and not 1 <= args.examples <= MAX_EXAMPLES:
-        raise TracekitError(f"--examples {args.examples}: expected a number in [1, {MAX_EXAMPLES:,}]".replace(",", "_"),
-                            fix="the explorer tries ~10^4-10^5 schedules a second; run several seeds (--seed) for "
-                                "longer searches")
+    if args.examples is not None and args.examples < 1:
+        raise TracekitError(f"--examples {args.examples} must be at least 1", fix="e.g. --examples 10000")
+    if args.examples is not None and args.examples > MAX_EXAMPLES:
+        raise TracekitError(f"--examples {args.examples} is more than {MAX_EXAMPLES} schedules, days of work",
+                            fix=f"the explorer tries ~10^4-10^5 schedules a second: pass at most --examples "
+                                f"{MAX_EXAMPLES}, and run several seeds (--seed) for longer searches")
     if args.output is not None:
         output_dir(args.output)
     try:

@@ -57,7 +57,7 @@ def _check_npy_header(f: Any, size: int, where: str) -> None:
         raise _err(f"not a readable .npy array ({str(exc).splitlines()[0][:160]})", where,
                    "save it with numpy.save / numpy.savez") from None
     if dtype.hasobject:
-        raise _err(f"array of dtype {dtype} holds Python objects, which are never unpickled", where,
+        raise _err(f"array of dtype {dtype}: object arrays are refused (never unpickled)", where,
                    "save a plain integer array (np.save(path, topk_idx.astype(np.int64)))")
     need = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if need > size - header:
