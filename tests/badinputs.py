@@ -730,9 +730,10 @@ class Tally:
 def run_many(seed: int, n: int, *, limit_s: float = 60.0, on_outcome: Callable[[Outcome], None] | None = None) -> Tally:
     """Generate and judge ``n`` cases in a scratch folder (removed afterwards)."""
     root = Path(tempfile.mkdtemp(prefix="tracekit-badinputs-"))
-    fx = Fixtures(root / "fixtures")
     tally = Tally()
+    fx: Fixtures | None = None
     try:
+        fx = Fixtures(root / "fixtures")
         work = root / "cases"
         work.mkdir()
         for case, d in cases(seed, n, work, fx):
@@ -742,7 +743,8 @@ def run_many(seed: int, n: int, *, limit_s: float = 60.0, on_outcome: Callable[[
                 on_outcome(o)
             _rmtree(d)
     finally:
-        fx.close()
+        if fx is not None:
+            fx.close()
         _rmtree(root)
     return tally
 
