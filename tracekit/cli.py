@@ -2,15 +2,20 @@
 
 Each command lives in its own module under :mod:`tracekit.commands` with ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Bad input raises :class:`TracekitError`, which is
-printed as one line and exits with status 2; nothing else is caught, so bugs keep their traceback.
+printed as one line and exits with status 2; so are the environment's failures (OSError: a full disk, a
+vanished file; MemoryError). Nothing else is caught, so bugs keep their traceback. SIGTERM is handled
+like Ctrl-C: temporary outputs are removed and the exit status is 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from tracekit import __version__
 from tracekit.errors import TracekitError
@@ -28,7 +33,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error style of the rest of tracekit (exit status 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"tracekit: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        command = self.prog.removeprefix("tracekit").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"tracekit: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._run(args) or 0)
     except TracekitError as exc:
         print(f"tracekit: error: {exc}", file=sys.stderr)
         return 2
@@ -62,6 +70,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except MemoryError:
+        print("tracekit: error: out of memory (the input is larger than this machine can hold; try a smaller "
+              "input, or a machine with more memory)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment, not the input: a full disk, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tracekit: error: {where}{exc.strerror or exc} (check the path, its permissions and free space)",
+              file=sys.stderr)
+        return 2
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM takes Ctrl-C's path (temporary outputs removed, exit 130); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
+#: Default upper bound of integer metadata (``"max"`` in a schema's metadata entry overrides it).
+#: Arrays are sized by these numbers (experts, hidden, ranks), so a damaged file claiming 2^64
+#: must be refused before anything is allocated; 2^20 is far above any published model (DeepSeek-V3:
+#: 256 routed experts, hidden 7168) and below int32 ids.
+MAX_SIZE = 1 << 20
+
 @dataclass(frozen=True)
 class Field:
     """One column: name, Arrow type, unit and meaning, and the default used when it is absent."""
@@ -64,6 +70,8 @@ class MetaKey:
     type: str
     required: bool
     description: str
+    #: largest value accepted (int keys); see :data:`MAX_SIZE`
+    max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,8 @@ def _parse(doc: dict[str, Any]) -> Schema:
             )
         )
     meta = tuple(
-        MetaKey(m["key"], m["type"], bool(m.get("required", False)), m["description"])
+        MetaKey(m["key"], m["type"], bool(m.get("required", False)), m["description"],
+                int(m["max"]) if "max" in m else (MAX_SIZE if m["type"] == "int" else None))
         for m in doc.get("metadata", [])
     )
     return Schema(doc["name"], int(doc["version"]), doc["description"], tuple(fields), meta)
@@ -257,6 +266,11 @@ def check_meta(schema: Schema, meta: dict[str, Any], where: str) -> dict[str, An
             raise TracekitError(
                 f"metadata {m.key}={v!r} is not a non-negative integer", where=where,
                 fix=f"set {m.key} to an integer: {m.description}",
+            )
+        if m.type == "int" and m.max is not None and v > m.max:
+            raise TracekitError(
+                f"metadata {m.key}={v} is larger than {m.max}, the most this tracekit accepts", where=where,
+                fix=f"the file is damaged or not from a real run; set {m.key}: {m.description}",
             )
         if m.type.startswith("enum:") and v not in m.type[5:].split("|"):
             raise TracekitError(

@@ -34,9 +34,14 @@ WAIT = "wait"
 _EXCLUDE_KINDS = ("annotation",)
 
 
+#: the columns the walk reads; the others are left behind before any copy (memory on big traces)
+COLUMNS = ("ts_ns", "dur_ns", "kind", "flow_out", "flow_in", "msg_id", "resource", "rank", "dst_rank", "phase",
+           "stage")
+
+
 def _prepare(events: pl.DataFrame) -> pl.DataFrame:
     """Rows that can lie on a path, with their end time and a position in (end, ts) order."""
-    ev = events.with_row_index("_row").filter((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS))
+    ev = events.select(c for c in COLUMNS if c in events.columns).with_row_index("_row").filter((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS))
     ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end"))
     ev = ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
     return ev

@@ -10,7 +10,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
+
+
+def _group_codes(d: pl.DataFrame, by: list[str]) -> np.ndarray:
+    """One int64 per row, equal for rows of the same group and ordered like the sorted keys."""
+    code = np.zeros(d.height, np.int64)
+    for c in by:
+        r = d[c].rank("dense").to_numpy().astype(np.int64) - 1
+        code = code * (int(r.max()) + 1 if r.size else 1) + r
+    return code
+
+
+def _union_numpy(d: pl.DataFrame, by: list[str]) -> pl.DataFrame | None:
+    """:func:`union` with numpy arrays (a few int64 columns, no window expressions): the form
+    that fits traces of millions of events in memory. None where its packed keys could overflow."""
+    if any(d[c].null_count() for c in [*by, "start", "end"]):
+        return None
+    start, end = d["start"].to_numpy().astype(np.int64), d["end"].to_numpy().astype(np.int64)
+    t0 = int(start.min())
+    span = int(end.max()) - t0 + 1
+    code = _group_codes(d, by)
+    groups = int(code.max()) + 1
+    if span <= 0 or groups > (2**62) // span or groups >= 2**31:
+        return None
+    order = np.lexsort((start, code))
+    g, s, e = code[order], start[order] - t0, end[order] - t0
+    reach = np.maximum.accumulate(g * span + e)  # running max of ends, reset by each group's offset
+    new = np.ones(len(order), bool)
+    new[1:] = (g[1:] != g[:-1]) | (s[1:] + g[1:] * span > reach[:-1])
+    first = np.flatnonzero(new)
+    cols = [pl.Series("start", s[first] + t0, pl.Int64), pl.Series("end", np.maximum.reduceat(e, first) + t0, pl.Int64)]
+    return d.select(by)[order[first]].with_columns(cols) if by else pl.DataFrame(cols)
 
 
 def union(df: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
@@ -20,6 +52,14 @@ def union(df: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
     d = df.select(*by, "start", "end").filter(pl.col("end") > pl.col("start"))
     if d.height == 0:
         return d
+    fast = _union_numpy(d, by)
+    if fast is not None:
+        return fast
+    return _union_polars(d, by)
+
+
+def _union_polars(d: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """The reference form of :func:`union` (window expressions), used where packed keys would overflow."""
     d = d.sort(*by, "start", "end")
     # a new segment starts where the running maximum of earlier ends (same group) is below start
     reach = pl.col("end").cum_max().shift(1).over(by) if by else pl.col("end").cum_max().shift(1)

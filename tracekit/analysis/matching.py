@@ -131,6 +131,8 @@ def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.Da
 
 _GROUP = ["phase", "stage", "op"]
 _PAIR = ["rank", "step", "layer", "msg_id", "channel"]
+#: the event columns :func:`match_operations` reads
+MATCH_COLUMNS = (*_GROUP, *_PAIR, "kind", "ts_ns", "dur_ns", "bytes")
 
 
 def _occurrences(events: pl.DataFrame) -> pl.DataFrame:

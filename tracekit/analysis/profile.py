@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, union_length
-from tracekit.analysis.matching import NameMap, operation_names
+from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 
 COMM_KINDS = ("comm", "sync")
@@ -38,6 +39,9 @@ STALL_CAUSES = ("credit", "send_queue", "cq", "switch_buffer")
 _NOT_PHASES = ("", "compute")
 _NOT_RESOURCES = ("expert_queue",)
 _INSTANCE = ["phase", "step", "layer"]
+#: columns the per-phase measures read (selected before filtering: a filter copies what it keeps)
+_INPHASE_COLUMNS = ("phase", "step", "layer", "stage", "ts_ns", "dur_ns", "bytes", "tokens", "rank", "resource",
+                    "stall_ns", "stall_cause")
 _RANK_PREFIX = re.compile(r"^node\d+/rank\d+/")
 _DIGITS = re.compile(r"\d+")
 
@@ -115,7 +119,7 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations, with an ``op`` (normalised name) column
+    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -141,7 +145,8 @@ def _check(events: pl.DataFrame, label: str) -> pl.DataFrame:
     if missing:
         raise TracekitError(f"events lack column(s) {', '.join(missing)}", where=label,
                             fix="pass an events.v1 table (tracekit replay or tracekit import writes one)")
-    ev = events.filter(pl.col("kind") != "annotation")
+    # filter (a copy of every column) only where there is something to drop
+    ev = events.filter(pl.col("kind") != "annotation") if (events["kind"] == "annotation").any() else events
     if ev.height == 0:
         raise TracekitError("the trace has no operations (empty, or annotations only)", where=label,
                             fix="pass a trace with events: a replay output or an imported capture")
@@ -161,7 +166,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     comm = ev.filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
     phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
     ranks = sorted(int(r) for r in ev.filter(pl.col("rank") >= 0)["rank"].unique().to_list())
-    inphase = ev.filter(pl.col("phase").is_in(phases))
+    inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
     instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
                  .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE))
     stages = (inphase.group_by("phase", "stage", "step", "layer")
@@ -188,6 +193,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         dtypes=dtypes, summary=summary,
     )
     prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
+    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns)  # what matching reads: the rest is freed
     return prof
 
 
@@ -198,8 +204,8 @@ def phase_order(p: str) -> tuple[int, str]:
 
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
     by = ["step", "rank"]
-    r = ev.filter(pl.col("rank") >= 0).select(*by, "kind", pl.col("ts_ns").alias("start"),
-                                              (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns")
+    r = ev.select(*by, "kind", pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"),
+                  "dur_ns").filter(pl.col("rank") >= 0)
     comm = r.filter(pl.col("kind").is_in(COMM_KINDS))
     comp = r.filter(pl.col("kind") == COMPUTE_KIND)
     keys = r.select(by).unique()
@@ -218,7 +224,8 @@ def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
 def _critical(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events-derived critical path of each step's whole timeline, summed over steps."""
     comps, res = [], []
-    for (step,), part in ev.partition_by("step", as_dict=True, maintain_order=True).items():
+    lean = ev.select(c for c in ("step", *CRITICAL_COLUMNS) if c in ev.columns)
+    for (step,), part in lean.partition_by("step", as_dict=True, maintain_order=True).items():
         path = critical_path(part)
         comps.append(composition(path))
         res.append(path.group_by("phase", "resource").agg(pl.col("op_ns").sum().alias("ns")))

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
 from tracekit.hardware import load_profile
+from tracekit.io.atomic import atomic_dir
+from tracekit.io.guard import output_dir
 from tracekit.io.tables import write_table
 from tracekit.model.config import ReplayConfig
 from tracekit.workload.layout import traffic_meta, traffic_table
@@ -23,11 +23,14 @@ HELP = "run the main job end to end on an embedded default: synth -> replay -> P
 #: The embedded default: a small prefill batch on two H800 nodes (DeepEP's normal-kernel setting).
 DEMO_CONFIG = SynthConfig(preset="prefill", ep=16, gpus_per_node=8, tokens=512, seed=0)
 DEMO_HARDWARE = "h800-ib"
+#: Where the demo writes unless told otherwise: one folder, rewritten by each run (not a new temporary
+#: folder per run).
+DEFAULT_OUTPUT = "tracekit-demo"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", metavar="DIR", default=None,
-                   help="output directory (default: a new temporary directory, printed at the end)")
+    p.add_argument("-o", "--output", metavar="DIR", default=DEFAULT_OUTPUT,
+                   help=f"output directory (default: {DEFAULT_OUTPUT}/ in the current directory, replaced on every run)")
     p.add_argument("--quiet", action="store_true", help="print only the output directory")
 
 
@@ -35,17 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.io.replay_out import write_replay
     from tracekit.replay import replay
 
+    out = output_dir(args.output)
     config = DEMO_CONFIG.check()
-    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="tracekit-demo-"))
     routing = synth(config)
     hw = load_profile(DEMO_HARDWARE)
     cfg = ReplayConfig()
     result = replay(routing, hw, cfg)
     meta = {"source": "replay", "ep_size": routing.meta.ep_size, "gpus_per_node": routing.meta.gpus_per_node,
             "hardware": hw.name, "config": json.dumps(cfg.resolved(routing.meta.ep_size).to_dict(), default=str)}
-    write_replay(result, out, meta=meta)
-    write_table(routing.to_arrow(), out / "routing.parquet", "routing", routing.meta.to_dict())
-    write_table(traffic_table(routing), out / "traffic.parquet", "traffic", traffic_meta(routing))
+    with atomic_dir(out) as tmp:  # all files or none
+        write_replay(result, tmp, meta=meta)
+        write_table(routing.to_arrow(), tmp / "routing.parquet", "routing", routing.meta.to_dict())
+        write_table(traffic_table(routing), tmp / "traffic.parquet", "traffic", traffic_meta(routing))
     timeline = out / "timeline.pftrace"
     if args.quiet:
         print(out)

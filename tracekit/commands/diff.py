@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_file
 
 HELP = "compare two traces (replays or captures): phases, stages, tails, exposed communication, resources"
 
@@ -39,18 +40,34 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracekit.analysis.diff import diff_traces
+    from tracekit.analysis.diff import diff_profiles
+    from tracekit.analysis.profile import profile
     from tracekit.io.diff_input import load_mapping, load_side
     from tracekit.io.report import render, write_report
 
+    if args.output is not None:
+        output_file(args.output)
+    if args.perfetto is not None:
+        output_file(args.perfetto, "--perfetto")
+    for side in (args.before, args.after):  # both, before the first is measured
+        if not Path(side).exists():
+            raise TracekitError("no such file or directory", where=side, fix="check the path")
     fmt = _format(args)
     names = load_mapping(args.map) if args.map else None
+    # one side at a time: its events are measured, then freed (unless --perfetto needs them), so that
+    # two large traces never sit in memory together with their intermediate tables
     before, sid_b = load_side(args.before)
+    pb = profile(before, names=names)
+    if not args.perfetto:
+        before = None
     after, sid_a = load_side(args.after)
     if sid_b != sid_a:
         raise TracekitError(f"different schema versions: {args.before} holds {sid_b}, {args.after} holds {sid_a}",
                             fix="convert both traces to the same version")
-    d = diff_traces(before, after, names=names, seed=args.seed)
+    pa = profile(after, names=names)
+    if not args.perfetto:
+        after = None
+    d = diff_profiles(pb, pa, seed=args.seed)
     partial = [w for w in d.warnings if w.startswith("partial match")]
     if args.strict and partial:
         raise TracekitError(partial[0], where="diff", fix="compare traces of the same ranks and phases, or drop --strict")

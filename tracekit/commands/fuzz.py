@@ -18,6 +18,10 @@ import sys
 import time
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_dir
+
+#: Most schedules one run tries (about 10^4-10^5 a second: minutes, not days).
+MAX_EXAMPLES = 10**8
 
 HELP = "fuzz a protocol's orderings for ordering and fencing hazards (exit 1 with a counterexample)"
 
@@ -124,14 +128,25 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.hazards.registry import resolve
     from tracekit.hazards.report import counterexample, describe
 
-    spec = resolve(args.protocol)
+    if args.examples is not None and args.examples < 1:
+        raise TracekitError(f"--examples {args.examples} must be at least 1", fix="e.g. --examples 10000")
+    if args.examples is not None and args.examples > MAX_EXAMPLES:
+        raise TracekitError(f"--examples {args.examples} is more than {MAX_EXAMPLES} schedules, days of work",
+                            fix=f"the explorer tries ~10^4-10^5 schedules a second: pass at most --examples "
+                                f"{MAX_EXAMPLES}, and run several seeds (--seed) for longer searches")
+    if args.output is not None:
+        output_dir(args.output)
+    try:
+        spec = resolve(args.protocol)
+    except SystemExit as exc:  # a protocol file that calls sys.exit() while it is loaded
+        raise TracekitError(f"loading the protocol file stopped with SystemExit({exc.code!r})", where=args.protocol,
+                            fix="a protocol file defines protocols; move the script's exit under "
+                                "if __name__ == '__main__'") from None
     variant = args.variant or spec.default_variant
     spec.check_variant(variant)
     sizes = _sizes(args.size)
     spec.check_sizes(sizes)
     examples = args.examples if args.examples is not None else (500 if args.engine == "hypothesis" else 10_000)
-    if examples < 1:
-        raise TracekitError(f"--examples {examples} must be at least 1")
     start = time.perf_counter()
     if args.engine == "hypothesis":
         from tracekit.testing import search

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tracekit.errors import TracekitError
 from tracekit.io.atomic import atomic_dir
+from tracekit.io.guard import output_dir
+from tracekit.schemas import MAX_SIZE
 from tracekit.io.tables import write_table
 
 HELP = "turn captures into tables: kineto (PyTorch profiler JSON), routing (topk dumps), perfetto (.pftrace)"
@@ -87,9 +89,12 @@ def _perfetto(args: argparse.Namespace, out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise TracekitError("exists and is not a directory", where=str(out), fix="choose a directory for -o")
+    out = output_dir(args.output)
+    for flag in ("gpus_per_node", "ep", "experts", "hidden"):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= MAX_SIZE:
+            raise TracekitError(f"--{flag.replace('_', '-')} {value}: expected an integer in [1, {MAX_SIZE}]",
+                                fix=f"give the run's real --{flag.replace('_', '-')}")
     line = {"kineto": _kineto, "routing": _routing, "perfetto": _perfetto}[args.format](args, out)
     print(line)
     return 0

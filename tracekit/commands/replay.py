@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 
 from tracekit.errors import TracekitError
 from tracekit.hardware import list_profiles, load_profile
+from tracekit.io.guard import output_dir
 from tracekit.io.tables import read_table
 from tracekit.model.compute import DTYPE_BYTES, WORKLOADS, ModelDesc
 from tracekit.model.config import (CREDIT_RETURN, DOORBELLS, GRANULARITIES, MODES, SCHEDULES, PhaseConfig,
                                    ReplayConfig, deepep_defaults)
+from tracekit.model.config import check_set_values
 from tracekit.progress import Progress
 from tracekit.workload.routing import DTYPES, Routing
 
@@ -112,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     from tracekit.replay import replay
     from tracekit.workload.validate import check_routing
 
+    output_dir(args.output)
     hw = load_profile(args.hardware)
     overrides = _overrides(args.set)
     hw_eff = hw.with_overrides(overrides)  # fail early on a bad --set
+    check_set_values(overrides, hw_eff)
     if bool(args.routing) == bool(args.from_capture):
         raise TracekitError("give either ROUTING.parquet or --from-capture OUTDIR", where="replay",
                             fix="make a routing table with tracekit synth, or import a capture with tracekit import")
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     check_routing(routing, where=source)
     cfg = config_from_args(args, routing.meta.ep_size, default_mode)
     total = 2 * len(routing.steps_layers())
-    with Progress("replay", total=total, quiet=args.quiet) as progress:
+    with Progress("replay", total=total, quiet=args.quiet) as progress, _naming_overrides(overrides):
         result = replay(routing, hw, cfg, on_phase=lambda *_: progress.advance())
     paths = write_replay(result, args.output, meta={"source": "replay", "ep_size": routing.meta.ep_size,
                                                     "gpus_per_node": routing.meta.gpus_per_node, "hardware": hw.name,
@@ -170,6 +176,7 @@ def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tup
 
     import polars as pl
 
+    from tracekit.io.validate import check_table
     from tracekit.workload.from_traffic import routing_from_traffic
 
     d = Path(outdir)
@@ -179,8 +186,12 @@ def _capture_routing(outdir: str, gpus_per_node: int, hidden: int | None) -> tup
     if (d / "traffic.parquet").is_file():
         table, meta, _ = read_table(d / "traffic.parquet", "traffic")
         where = str(d / "traffic.parquet")
-        return routing_from_traffic(pl.from_arrow(table), meta, gpus_per_node=gpus_per_node, hidden=hidden,
-                                    where=where), where
+        check_table(table, meta, "traffic", where)  # what tracekit validate checks of the same file
+        try:
+            return routing_from_traffic(pl.from_arrow(table), meta, gpus_per_node=gpus_per_node, hidden=hidden,
+                                        where=where), where
+        except TracekitError as exc:
+            raise (exc if where in str(exc) else exc.located(where)) from None
     raise TracekitError("no routing.parquet or traffic.parquet", where=outdir,
                         fix="import the capture first: tracekit import kineto TRACES -o OUTDIR "
                             "(or tracekit import routing DUMP ... -o OUTDIR)")
@@ -192,3 +203,15 @@ def _has_perfetto() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _naming_overrides(overrides: dict[str, str]) -> Iterator[None]:
+    """A refusal caused by a ``--set`` value names the ``--set`` (e.g. gpu.sms below --num-sms)."""
+    try:
+        yield
+    except TracekitError as exc:
+        if type(exc) is not TracekitError or not overrides or any(k in str(exc) for k in overrides):
+            raise
+        given = " ".join(f"--set {k}={v}" for k, v in overrides.items())
+        raise exc.located(f"with {given}") from None

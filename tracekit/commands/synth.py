@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import output_file
 from tracekit.io.tables import write_table
 from tracekit.progress import Progress
 from tracekit.workload.routing import DTYPES
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.endswith(".parquet"):
         raise TracekitError(f"-o {args.output}: expected a .parquet file name", where="synth",
                             fix=f"e.g. -o {args.output}.parquet")
+    output_file(args.output)
     config = config_from_args(args)
     with Progress("synth", total=config.steps * config.layers, quiet=args.quiet) as progress:
         routing = synth(config, on_layer=progress.advance)

@@ -13,6 +13,7 @@ import polars as pl
 from tracekit.analysis.matching import NameMap
 from tracekit.analysis.profile import Trace
 from tracekit.errors import TracekitError
+from tracekit.io.guard import input_file, json_loads
 from tracekit.io.tables import read_table
 
 #: what a side can be, for help texts and errors
@@ -22,13 +23,18 @@ FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.j
 
 
 def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
+    from tracekit.io.validate import check_table
+
     table, meta, s = read_table(path, schema)
+    check_table(table, meta, schema, str(path))  # the checks of tracekit validate: ranks, times, flows
+    if schema == "events" and "args" in table.column_names:
+        table = table.drop(["args"])  # free-form annotations: no measure reads them (memory on big traces)
     return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
 
 
 def _summary(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json_loads(path.read_text(encoding="utf-8"), where=str(path), fix="write the replay output again")
     except (OSError, UnicodeDecodeError) as exc:
         raise TracekitError(f"cannot read ({exc})", where=str(path), fix="write the replay output again") from None
     except json.JSONDecodeError as exc:
@@ -96,7 +102,8 @@ def load_mapping(path: str | os.PathLike[str]) -> NameMap:
     """A ``--map`` file: a JSON object of kernel name (or ``re:PATTERN``) -> canonical name."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json_loads(input_file(p, "JSON file").read_text(encoding="utf-8"), where=str(p),
+                         fix='write a flat JSON object such as {"old kernel": "new kernel"}')
     except FileNotFoundError:
         raise TracekitError("no such file", where=str(p), fix="check the path of --map") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -43,6 +43,7 @@ import polars as pl
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
+from tracekit.io.guard import json_loads
 
 _DTYPE_BYTES = {"float": 4, "float32": 4, "double": 8, "float64": 8, "half": 2, "float16": 2, "bfloat16": 2,
                 "long": 8, "int64": 8, "int": 4, "int32": 4, "short": 2, "int16": 2, "char": 1, "int8": 1,
@@ -68,6 +69,10 @@ def _parse_float(s: str) -> Decimal:
     return Decimal(s)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """One trace file (plain JSON or gzip), numbers with a fraction parsed as Decimal."""
     where = str(path)
@@ -82,11 +87,15 @@ def load_json(path: Path) -> dict[str, Any]:
             raise TracekitError(f"truncated or corrupt gzip ({exc})", where=where,
                                 fix="copy the trace again; gzip -t FILE checks it") from None
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_float=_parse_float)
+        doc = json_loads(raw.decode("utf-8"), where=where, parse_float=_parse_float, parse_constant=_no_constant,
+                         fix="pass the profiler's .json or .json.gz output")
     except UnicodeDecodeError:
         raise TracekitError("not UTF-8 text, so not a JSON trace", where=where,
                             fix="pass the profiler's .json or .json.gz output") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            raise TracekitError(f"not a Kineto trace ({exc})", where=where,
+                                fix="write finite numbers; the profiler never writes Infinity or NaN") from None
         raise TracekitError(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", where=where,
                             fix="pass the profiler's .json or .json.gz output (is the file truncated?)") from None
     if isinstance(doc, list):
@@ -117,11 +126,34 @@ def expand_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+#: Largest |time| accepted, in ns (2^62 ns is 146 years: any clock's microseconds since the epoch fit,
+#: and differences and ts + dur of two such times cannot overflow int64).
+MAX_ABS_NS = 1 << 62
+
+
 def _ns(v: Any, where: str, what: str) -> int:
     try:
-        return int((Decimal(v) if not isinstance(v, Decimal) else v) * 1000)
-    except (InvalidOperation, TypeError, ValueError):
-        raise TracekitError(f"{what} {v!r} is not a number", where=where, fix="the trace is malformed") from None
+        ns = int((Decimal(v) if not isinstance(v, Decimal) else v) * 1000)
+    except (InvalidOperation, TypeError, ValueError, OverflowError):
+        raise TracekitError(f"{what} {v!r} is not a finite number", where=where, fix="the trace is malformed") from None
+    if abs(ns) > MAX_ABS_NS:
+        raise TracekitError(f"{what} {v} us is out of range (more than 146 years from 0)", where=where,
+                            fix="the trace is malformed: Kineto writes microseconds since the profiler's start or "
+                                "the epoch")
+    return ns
+
+
+def _int(v: Any, where: str, what: str, lo: int, hi: int) -> int:
+    """An integer field of the trace in [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().lstrip("-").isdigit():
+        raise TracekitError(f"{what} {v!r} is not an integer", where=where, fix="the trace is malformed")
+    if not lo <= int(v) <= hi:
+        raise TracekitError(f"{what} {v} outside [{lo}, {hi}]", where=where, fix="the trace is malformed")
+    return int(v)
+
+
+#: Largest world size accepted (a sanity bound before anything is sized by it).
+MAX_WORLD = 1 << 16
 
 
 def _int_list(v: Any) -> list[int]:
@@ -210,11 +242,16 @@ def import_kineto(paths: list[str | os.PathLike[str]], *, gpus_per_node: int | N
     for p in files:
         doc = load_json(p)
         info = doc.get("distributedInfo") or {}
+        if not isinstance(info, dict):
+            raise TracekitError(f"distributedInfo is a {type(info).__name__}, not an object", where=str(p),
+                                fix="the trace is malformed: torch.distributed writes {\"rank\": R, \"world_size\": W}")
         rank, world = info.get("rank"), info.get("world_size")
         if rank is None and len(files) > 1:
             raise TracekitError("no distributedInfo.rank, so its rank is unknown", where=str(p),
                                 fix="pass one file per rank from a torch.distributed run, or import files one at a time")
-        ranks.append(_Rank(p, int(rank or 0), int(world) if world is not None else None, doc))
+        rank = _int(rank or 0, str(p), "distributedInfo.rank", 0, MAX_WORLD - 1)
+        world = _int(world, str(p), "distributedInfo.world_size", 1, MAX_WORLD) if world is not None else None
+        ranks.append(_Rank(p, rank, world, doc))
     worlds = {r.world for r in ranks if r.world is not None}
     if len(worlds) > 1:
         a, b = sorted(worlds)[:2]
@@ -237,19 +274,28 @@ def import_kineto(paths: list[str | os.PathLike[str]], *, gpus_per_node: int | N
     rows: list[dict[str, Any]] = []
     sends: list[dict[str, Any]] = []
     for r in sorted(ranks, key=lambda r: r.rank):
-        _rank_rows(r, gpn, rows, sends)
+        try:
+            _rank_rows(r, gpn, rows, sends)
+        except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+            # a field of an unexpected type or size deep in an event: the file is malformed
+            raise TracekitError(f"malformed event ({type(exc).__name__}: {exc})", where=str(r.path),
+                                fix="pass the profiler's own output, unedited") from None
     if not rows:
         raise TracekitError("no GPU kernels, copies or annotations in the traces", where=str(files[0]),
                             fix="profile with ProfilerActivity.CUDA")
     t0 = min(row["ts_ns"] for row in rows)
     for row in rows:
         row["ts_ns"] -= t0
-    events = pl.DataFrame(rows, schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64},
-                          infer_schema_length=None)
     meta = {"source": "import:kineto", "ep_size": world, "gpus_per_node": gpn}
-    table = schemas.conform(events.to_arrow(), "events", meta, where=str(files[0]))
+    try:
+        events = pl.DataFrame(rows, schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64},
+                              infer_schema_length=None)
+        table = schemas.conform(events.to_arrow(), "events", meta, where=str(files[0]))
+        traffic = _traffic(sends)
+    except (pl.exceptions.PolarsError, OverflowError, ValueError, TypeError) as exc:
+        raise TracekitError(f"a value out of range or of the wrong type ({str(exc).splitlines()[0][:200]})",
+                            where=", ".join(map(str, files)), fix="pass the profiler's own output, unedited") from None
     events = pl.from_arrow(table).sort(["ts_ns", "resource"], maintain_order=True)
-    traffic = _traffic(sends)
     traffic_meta = dict(meta)
     hiddens = {s["hidden"] for s in sends if s["hidden"]}
     if len(hiddens) == 1:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
+from tracekit.io.guard import input_file
 from tracekit.workload.routing import Routing, RoutingMeta
 
 _IDX_KEYS = ("topk_idx", "topk_expert", "topk_ids", "indices", "expert_ids")
@@ -44,7 +45,29 @@ def _err(what: str, where: str, fix: str) -> TracekitError:
     return TracekitError(what, where=where, fix=fix)
 
 
+def _check_npy_header(f: Any, size: int, where: str) -> None:
+    """Refuse an array whose header claims more data than the file holds, or objects, before numpy
+    allocates anything (a damaged header may claim terabytes)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, _fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                  else np.lib.format.read_array_header_2_0(f))
+        header = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise _err(f"not a readable .npy array ({str(exc).splitlines()[0][:160]})", where,
+                   "save it with numpy.save / numpy.savez") from None
+    if dtype.hasobject:
+        raise _err(f"array of dtype {dtype}: object arrays are refused (never unpickled)", where,
+                   "save a plain integer array (np.save(path, topk_idx.astype(np.int64)))")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > size - header:
+        raise _err(f"header claims shape {shape} ({need} bytes) but only {max(size - header, 0)} bytes follow",
+                   where, "the file is truncated or damaged; save it again")
+
+
 def _load_npy(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        _check_npy_header(f, path.stat().st_size, str(path))
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -57,6 +80,14 @@ def _load_npy(path: Path) -> dict[str, np.ndarray]:
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    _check_npy_header(f, info.file_size, f"{path}: member {info.filename}")
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError) as exc:
+        raise _err(f"not a readable .npz file ({str(exc).splitlines()[0][:160]})", str(path),
+                   "save it with numpy.savez") from None
+    try:
         with np.load(path, allow_pickle=False) as z:
             out = {}
             for k in z.files:
@@ -65,7 +96,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
                 except ValueError as exc:
                     raise _err(f"array {k!r} cannot be loaded ({exc}); object arrays are refused", str(path),
                                "store plain numeric arrays") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise _err(f"not a readable .npz file ({exc})", str(path), "save it with numpy.savez") from None
     idx_key = next((k for k in _IDX_KEYS if k in out), None)
     if idx_key is None:
@@ -167,6 +198,7 @@ def routing_from_dump(path: str | os.PathLike[str], *, ep_size: int, num_experts
     """Build a :class:`Routing` from a dump, checked: expert ids in [-1, num_experts), finite
     non-negative weights of the same shape."""
     where = str(path)
+    input_file(path, "routing dump")
     if Path(path).suffix.lower() in (".parquet", ".pq"):
         try:
             sid = (pq.read_schema(path).metadata or {}).get(schemas.SCHEMA_KEY)
@@ -194,7 +226,14 @@ def routing_from_dump(path: str | os.PathLike[str], *, ep_size: int, num_experts
         if w.shape != idx.shape:
             raise _err(f"topk_weights shape {w.shape} differs from topk_idx shape {idx.shape}", where,
                        "give one weight per expert id")
-    cols = {c: arrays[c] for c in _COLS if c in arrays}
+    cols = {c: np.asarray(arrays[c]) for c in _COLS if c in arrays}
+    for c, v in cols.items():
+        if v.ndim != 1 or v.shape[0] != (idx.shape[0] if idx.ndim else -1) or not np.issubdtype(v.dtype, np.integer):
+            raise _err(f"column {c} has shape {v.shape} and dtype {v.dtype}; expected {idx.shape[:1]} integers "
+                       f"(one per row of topk_idx)", where, f"give one integer {c} per token row")
+        if v.size and (v.min() < 0 or v.max() >= 2**31):
+            raise _err(f"column {c} holds {int(v.min() if v.min() < 0 else v.max())}, outside [0, 2^31)", where,
+                       f"fix the dump's {c} column")
     if idx.ndim == 2:
         n, k = idx.shape
         ranks = cols.get("rank")
@@ -229,6 +268,9 @@ def routing_from_dump(path: str | os.PathLike[str], *, ep_size: int, num_experts
         tokens = np.tile(np.arange(t), lay * r)
     else:
         raise _err(f"topk_idx has {idx.ndim} dimensions", where, "use [N, K], [R, T, K] or [L, R, T, K]")
+    if idx.size == 0:
+        raise _err(f"topk_idx of shape {idx.shape} holds no choices (empty dump)", where,
+                   "dump at least one token with at least one top-k choice")
     bad = np.argwhere((idx < -1) | (idx >= num_experts))
     if bad.size:
         i, j = bad[0]

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io.atomic import atomic_path
+from tracekit.io.guard import input_file, json_loads
 
 
 def write_table(
@@ -40,8 +41,7 @@ def write_table(
 def read_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
     """The schema id and metadata dict stored in a Parquet file, without reading its rows."""
     where = str(path)
-    if not Path(path).is_file():
-        raise TracekitError("no such file", where=where, fix="check the path")
+    input_file(path, "Parquet file")
     try:
         md = pq.read_schema(path).metadata or {}
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
@@ -54,7 +54,7 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]
     meta: dict[str, Any] = {}
     if raw:
         try:
-            meta = json.loads(raw)
+            meta = json_loads(raw, where=f"{where}: metadata tracekit.meta", fix="rewrite the file with tracekit")
         except ValueError:
             raise TracekitError(
                 "metadata tracekit.meta is not valid JSON", where=where, fix="rewrite the file with tracekit"

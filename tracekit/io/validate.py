@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from tracekit.errors import TracekitError
+from tracekit.io.guard import input_file
 from tracekit.io.tables import read_table
 from tracekit.workload.routing import Routing
 from tracekit.workload.validate import check_counters, check_events, check_routing, check_traffic
@@ -84,9 +85,7 @@ VALIDATORS: dict[str, Callable[[Path], FileSummary]] = {".parquet": validate_par
 
 def validate_file(path: str | os.PathLike[str]) -> FileSummary:
     """Validate one file by its suffix (or by sniffing Parquet's magic bytes); raise on the first problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise TracekitError("no such file", where=str(path), fix="check the path")
+    p = input_file(path, "file")
     validator = VALIDATORS.get(p.suffix.lower())
     if validator is None:
         with open(p, "rb") as f:

@@ -6,6 +6,7 @@ NVL chunk, NVL buffer, RDMA chunk and RDMA buffer sizes in tokens, by EP size).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -24,6 +25,10 @@ DEEPEP_COMBINE = {
     96: (1, 480, 8, 128), 128: (1, 560, 8, 128), 144: (2, 720, 8, 128), 160: (2, 720, 8, 128),
 }
 DEFAULT_NUM_SMS = 20
+#: Input bounds, checked before anything is sized by them (not model parameters): no GPU has more
+#: than 1024 SMs (H800: 132), and rings, chunks and expert sizes above 2^20 tokens are typos.
+MAX_NUM_SMS = 1024
+MAX_TOKENS = 1 << 20
 
 MODES = ("normal", "low_latency", "zero_buffer", "nccl")
 GRANULARITIES = ("chunk", "token", "packet")
@@ -167,7 +172,7 @@ class ReplayConfig:
                                 fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
         if self.nccl_channels < 1:
             raise bad("--nccl-channels", self.nccl_channels, "a positive number of channels", 32)
-        if self.expert_ffn < 1:
+        if not 1 <= self.expert_ffn <= MAX_TOKENS:
             raise bad("--expert-ffn", self.expert_ffn, "a positive expert intermediate size", 2048)
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise bad("--schedule", self.schedule, f"one of {', '.join(SCHEDULES)}", SCHEDULES[0])
@@ -177,26 +182,58 @@ class ReplayConfig:
                 if on:
                     raise TracekitError(f"{flag} with --schedule {self.schedule}: the schedule runs the expert GEMMs "
                                         "itself and records no memory operations", fix=f"drop {flag}")
-        if self.num_sms < 2 or self.num_sms % 2:
-            raise bad("--num-sms", self.num_sms, "an even number >= 2 (two SMs per channel)", DEFAULT_NUM_SMS)
+        if not 2 <= self.num_sms <= MAX_NUM_SMS or self.num_sms % 2:
+            raise bad("--num-sms", self.num_sms, f"an even number in [2, {MAX_NUM_SMS}] (two SMs per channel)",
+                      DEFAULT_NUM_SMS)
         for phase in ("dispatch", "combine"):
             pc: PhaseConfig | None = getattr(self, phase)
             if pc is None:
                 continue
-            for name in ("nvl_send_chunk", "nvl_recv_buffer", "rdma_send_chunk", "rdma_recv_buffer"):
-                if getattr(pc, name) < 1:
-                    raise bad(f"--{phase}-{name.replace('_', '-')}", getattr(pc, name), "a positive number of tokens", 8)
+            for name, flag in (("nvl_send_chunk", "nvl-chunk"), ("nvl_recv_buffer", "nvl-buffer"),
+                               ("rdma_send_chunk", "rdma-chunk"), ("rdma_recv_buffer", "rdma-buffer")):
+                if not 1 <= getattr(pc, name) <= MAX_TOKENS:  # the flag of tracekit replay that sets it
+                    raise bad(f"--{phase}-{flag}", getattr(pc, name), f"a number of tokens in [1, {MAX_TOKENS}]", 8)
             # DeepEP's own Config checks: an NVLink ring holds more than one chunk, an RDMA ring two
             if pc.nvl_recv_buffer <= pc.nvl_send_chunk:
                 raise TracekitError(
                     f"{phase}: NVLink ring of {pc.nvl_recv_buffer} tokens is not larger than its chunk of "
-                    f"{pc.nvl_send_chunk} tokens", fix="make the ring larger than one chunk, as DeepEP requires",
+                    f"{pc.nvl_send_chunk} tokens", fix=f"make the ring larger than one chunk, as DeepEP requires: raise "
+                    f"--{phase}-nvl-buffer or lower --{phase}-nvl-chunk",
                 )
             if pc.rdma_recv_buffer < 2 * pc.rdma_send_chunk:
                 raise TracekitError(
                     f"{phase}: RDMA ring of {pc.rdma_recv_buffer} tokens is smaller than two chunks of "
-                    f"{pc.rdma_send_chunk} tokens", fix="make the RDMA ring at least two chunks, as DeepEP requires",
+                    f"{pc.rdma_send_chunk} tokens", fix=f"make the RDMA ring at least two chunks, as DeepEP requires: "
+                    f"raise --{phase}-rdma-buffer or lower --{phase}-rdma-chunk",
                 )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Bounds of ``--set`` values by unit: input checks before anything is sized or timed by them (not
+#: model parameters). Rates below 1e-3 make 64-bit nanosecond times overflow; counts and sizes above
+#: these are typos (no NIC has 2^20 queue pairs, no buffer 2^40 bytes).
+SET_BOUNDS = {"GB/s": (1e-3, 1e7), "Gb/s": (1e-3, 1e7), "TFLOP/s": (1e-3, 1e7), "ns": (0, 10**12),
+              "count": (0, 1 << 20), "entries": (1, 1 << 24), "B": (1, 1 << 40), "gen": (1, 16)}
+
+
+def check_set_values(overrides: dict[str, str], hw: Any) -> None:
+    """Check ``--set SECTION.FIELD=VALUE`` values after they were applied to profile ``hw``: finite,
+    within :data:`SET_BOUNDS` for their unit, and consistent (an MTU larger than its headers)."""
+    from tracekit import schemas
+
+    fields = {f"{f.section}.{f.name}": f for f in schemas.load("hardware").fields}
+    for key, raw in overrides.items():
+        f = fields.get(key)
+        if f is None or f.type == "string":
+            continue
+        value = hw.values[f.section][f.name]
+        lo, hi = SET_BOUNDS.get(f.unit, (0, float("inf")))
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise TracekitError(f"--set {key}={raw}: expected a finite number in [{lo:g}, {hi:g}] {f.unit}",
+                                fix=f"give {key} in {f.unit}: {f.description.rstrip('.')}")
+    mtu, header = hw.values["nic"]["mtu_bytes"], hw.values["nic"]["header_bytes"]
+    if mtu <= header:
+        raise TracekitError(f"--set: nic.mtu_bytes={mtu} is not larger than nic.header_bytes={header}",
+                            fix="a packet must carry payload: raise nic.mtu_bytes (e.g. 4096) or lower nic.header_bytes")

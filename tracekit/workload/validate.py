@@ -157,6 +157,12 @@ def check_events(table: pa.Table, meta: dict[str, Any], where: str) -> None:
                      f"{column} cannot be negative")
     for column in ("step", "layer"):
         _check_range(_np(table, column), 0, None, where, column, column, f"{column} indices start at 0")
+    dur = _np(table, "dur_ns")
+    over = dur > np.iinfo(np.int64).max - ts  # ts + dur would wrap around int64
+    if over.any():
+        row = int(np.flatnonzero(over)[0])
+        raise _fail(where, "dur_ns", row, f"ts_ns {int(ts[row])} + dur_ns {int(dur[row])} overflows a 64-bit time",
+                    "times are nanoseconds from the trace start; the file is damaged")
     ep = _ep_size(meta)
     for column in ("rank", "src_rank", "dst_rank"):
         _check_rank_column(_np(table, column), ep, where, column, -1)
