@@ -46,12 +46,16 @@ def test_suggested_flags_in_sources_exist():
     import re
 
     flags = known_flags()
+    external = {"--head"}  # `ray start --head`: Ray's own command line, named in the sweep's error
     unknown = set()
     for path in (ROOT / "tracekit").rglob("*.py"):
         text = path.read_text()
         for m in re.finditer(r"(?:TracekitError|_err|bad|_fail)\((.*?)\)\s*(?:from|$)", text, re.S):
             for flag in re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", m.group(1)):
-                if "{" not in flag and f"--{flag}" not in flags:
+                if flag.endswith("-"):  # an f-string template such as --model-{name}: a prefix of real flags
+                    if not any(f.startswith(f"--{flag}") for f in flags):
+                        unknown.add((path.name, f"--{flag}"))
+                elif f"--{flag}" not in flags | external:
                     unknown.add((path.name, f"--{flag}"))
     assert not unknown, sorted(unknown)
 
