@@ -272,3 +272,50 @@ def replay_capture_step(cap: CaptureStep, routing: Routing, hw: Profile, cfg: Re
         "exposed_comm_error": (replayed - cap.exposed_comm_ns) / max(cap.exposed_comm_ns, 1),
         "step_error": (int(sched.finish.max()) - cap.step_ns) / max(cap.step_ns, 1),
     }
+
+
+#: The prologue of a replayed DeepEP phase (critical-path stages before its main kernel runs): in the
+#: kernel replay the capture's own layout and notify kernels and host launches stand for it.
+PROLOGUE_STAGES = ("launch", "layout", "notify", "cpu_sync")
+
+
+def kernel_ns(result, rank: int) -> int:
+    """A replayed phase's main kernel on ``rank``: its finish less the modelled prologue."""
+    st = result.summary["stages"]
+    return int(result.rank_finish[rank]) - sum(int(st.get(x, 0)) for x in PROLOGUE_STAGES)
+
+
+def modelled_kernels(k: pl.DataFrame, dispatch: int, cached: int, combine: int) -> dict[int, int]:
+    """Kernel id -> predicted ns for the capture's dispatch and combine kernels: a forward dispatch is
+    a dispatch, a backward combine a cached dispatch, every combine kernel a combine. Layout and notify
+    kernels keep their captured times (a notify's time is mostly its wait for the other ranks)."""
+    main = k.filter(pl.col("stage").is_in(["dispatch", "combine"]))
+    pick = {("dispatch", "dispatch(F)"): dispatch, ("dispatch", "combine(B)"): cached}
+    return {int(i): pick.get((st, op), combine) for i, st, op in main.select("id", "stage", "op").iter_rows()}
+
+
+def replay_capture_kernels(k: pl.DataFrame, routing: Routing, hw: Profile, cfg: ReplayConfig,
+                           rank: int = 0) -> dict[str, object]:
+    """The capture's kernels (:func:`capture_kernels` of ``rank``) replayed with its dispatch and combine
+    kernels predicted: dispatch, cached dispatch and combine of ``routing`` (one layer) replayed on
+    ``hw``, ``rank``'s kernel time each; everything else as captured (:func:`replay_kernels`). The
+    capture's and the replay's exposed communication and step time by :func:`kernel_exposure`."""
+    cfg = cfg.resolved(routing.meta.ep_size)
+    hw = hw.with_overrides(cfg.hardware_overrides)
+    step, layer = routing.steps_layers()[0]
+    part = routing.select(step, layer)
+    res, _, layout = _phases(part, hw, cfg, step, layer, {"flow": 1, "msg": 0})
+    cached = _cached_dispatch(part, layout, hw, cfg)
+    (d, _, _), (c, _, _) = res
+    model = {"dispatch_ns": kernel_ns(d, rank), "cached_dispatch_ns": kernel_ns(cached, rank),
+             "combine_ns": kernel_ns(c, rank)}
+    r = replay_kernels(k, modelled_kernels(k, model["dispatch_ns"], model["cached_dispatch_ns"], model["combine_ns"]))
+    cap, rep = kernel_exposure(k), kernel_exposure(r)
+    main = k.filter(pl.col("stage").is_in(["dispatch", "combine"])).with_columns((pl.col("end") - pl.col("start")).alias("d"))
+    captured = {f"{key}_ns": int(main.filter(m)["d"].mean()) for key, m in (
+        ("dispatch", (pl.col("stage") == "dispatch") & (pl.col("op") == "dispatch(F)")),
+        ("cached_dispatch", (pl.col("stage") == "dispatch") & (pl.col("op") == "combine(B)")),
+        ("combine", pl.col("stage") == "combine"))}
+    return {"capture": {**cap, "mean_kernel": captured}, "replay": {**rep, "kernel": model},
+            "exposed_comm_error": (rep["exposed_ns"] - cap["exposed_ns"]) / max(cap["exposed_ns"], 1),
+            "step_error": (rep["step_ns"] - cap["step_ns"]) / max(cap["step_ns"], 1), "kernels": r}
