@@ -84,7 +84,8 @@ def test_longer_communication_exposes_more(kernels):
                 min_size=1, max_size=12))
 def test_kernel_exposure_equals_counting_nanoseconds(spans):
     k = pl.DataFrame({"role": [r for r, _, _ in spans], "start": [s for _, s, _ in spans],
-                      "end": [s + d for _, s, d in spans]}, schema={"role": pl.Utf8, "start": pl.Int64, "end": pl.Int64})
+                      "end": [s + d for _, s, d in spans]},
+                     schema={"role": pl.Utf8, "start": pl.Int64, "end": pl.Int64})
     if not k["role"].is_in(["comm", "compute"]).any():
         return
     on = {role: {t for r, s, d in spans if r == role for t in range(s, s + d)} for role in ("comm", "compute")}
@@ -96,8 +97,7 @@ def test_kernel_exposure_equals_counting_nanoseconds(spans):
 
 @pytest.fixture(scope="module")
 def replayed():
-    from tracekit.io.validation_rows import capture_step_replay
-    from tracekit.io.validation_rows import load_rows
+    from tracekit.io.validation_rows import capture_step_replay, load_rows
 
     row = next(r for r in load_rows() if r.id == "dsv3-train-dualpipe-exposed-comm")
     return capture_step_replay(row)

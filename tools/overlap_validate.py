@@ -32,11 +32,11 @@ def main() -> None:
     captured = step_replay_capture(d["workload"])
     predicted = {int(i): int(e - s) for i, s, e in k.filter(k["stage"].is_in(["dispatch", "combine"]))
                  .select("id", "start", "end").iter_rows()}
-    out["exposed_ns_with_captured_kernels_of_pair"] = {}
+    by_pair = out["exposed_ns_with_captured_kernels_of_pair"] = {}
     for pair in sorted(set(captured["pair"].drop_nulls().to_list())):
         keep = set(captured.filter((captured["pair"] == pair) & captured["op"].is_not_null())["id"].to_list())
         dur = {i: v for i, v in predicted.items() if i not in keep}
-        out["exposed_ns_with_captured_kernels_of_pair"][pair] = kernel_exposure(replay_kernels(captured, dur))["exposed_ns"]
+        by_pair[pair] = kernel_exposure(replay_kernels(captured, dur))["exposed_ns"]
     out["exposed_ns_all_captured"] = kernel_exposure(replay_kernels(captured))["exposed_ns"]
     out["cpu_s"] = round(time.process_time() - t, 1)
     print(json.dumps(out, indent=1))

@@ -67,7 +67,7 @@ def _host(args: str) -> tuple[int, int]:
     return (int(a["host_tid"]), int(a["host_lead_ns"])) if "host_lead_ns" in a else (-1, -1)
 
 
-def _runs(df: pl.DataFrame, by: str) -> pl.Series:
+def _runs(by: str) -> pl.Expr:
     """Index of the run of equal ``by`` values each row (in row order) belongs to."""
     return ((pl.col(by) != pl.col(by).shift(1)).fill_null(True).cum_sum() - 1).alias("run")
 
@@ -94,24 +94,30 @@ def capture_kernels(events: pl.DataFrame, rank: int = 0) -> pl.DataFrame:
         pl.Series("host_tid", [h[0] for h in host], pl.Int64), pl.Series("lead", [h[1] for h in host], pl.Int64),
     ).with_row_index("id").with_columns(
         pl.when(pl.col("lead") >= 0).then(pl.col("start") - pl.col("lead")).otherwise(-1).alias("host_ns"))
+    return k.join(_labels(k, comm_streams, rank), on="id", how="left").drop("ann", "lead").sort("id")
+
+
+def _labels(k: pl.DataFrame, comm_streams: list[str], rank: int) -> pl.DataFrame:
+    """Per kernel id: its layer ``pair`` and DualPipe ``block`` (compute) or ``op`` (communication
+    stream), from the annotations the kernels were launched under."""
     n = len(DUALPIPE_BLOCKS)
-    comp = k.filter(pl.col("role") == "compute").with_columns(_runs(k, "ann"))
-    names = [ANNOTATIONS.get(a, "?") for a in comp.group_by("run", maintain_order=True).agg(pl.col("ann").first())["ann"]]
+    comp = k.filter(pl.col("role") == "compute").with_columns(_runs("ann"))
+    first = comp.group_by("run", maintain_order=True).agg(pl.col("ann").first())["ann"]
+    names = [ANNOTATIONS.get(a, "?") for a in first]
     if len(names) % n or any(a != b for a, b in zip(names, DUALPIPE_BLOCKS * (len(names) // n))):
         raise TracekitError(f"rank {rank}: compute blocks {names[:n + 1]}... do not repeat DualPipe's pair order "
                             f"{list(DUALPIPE_BLOCKS)}", fix="import a step profiled with DeepSeek's block annotations")
-    comp = comp.select("id", (pl.col("run") // n).alias("pair"),
-                       pl.col("run").map_elements(lambda r: DUALPIPE_BLOCKS[r % n], return_dtype=pl.Utf8).alias("block"))
-    ops = k.filter(pl.col("stream").is_in(comm_streams)).with_columns(_runs(k, "ann"))
+    block = pl.col("run").map_elements(lambda r: DUALPIPE_BLOCKS[r % n], return_dtype=pl.Utf8)
+    comp = comp.select("id", (pl.col("run") // n).alias("pair"), block.alias("block"))
+    ops = k.filter(pl.col("stream").is_in(comm_streams)).with_columns(_runs("ann"))
     seq = ops.group_by("run", maintain_order=True).agg(pl.col("ann").first())["ann"].to_list()
     m = len(COMM_OPS)
     if len(seq) != m * len(names) // n or any(a != b for a, b in zip(seq, COMM_OPS * (len(seq) // m))):
         raise TracekitError(f"rank {rank}: communication {seq[:m + 1]}... does not repeat DualPipe's order "
                             f"{list(COMM_OPS)} once per pair", fix="import a step profiled with DeepSeek's annotations")
     ops = ops.select("id", (pl.col("run") // m).alias("pair"), pl.col("ann").alias("op"))
-    both = pl.concat([comp.with_columns(pl.lit(None, pl.Utf8).alias("op")),
+    return pl.concat([comp.with_columns(pl.lit(None, pl.Utf8).alias("op")),
                       ops.with_columns(pl.lit(None, pl.Utf8).alias("block")).select("id", "pair", "block", "op")])
-    return k.join(both, on="id", how="left").drop("ann", "lead").sort("id")
 
 
 def kernel_exposure(kernels: pl.DataFrame) -> dict[str, int]:
@@ -240,18 +246,23 @@ def _host_chain(g: TaskGraph, k: pl.DataFrame, h_ids: np.ndarray, host: np.ndarr
     g.update(host[np.setdiff1d(np.arange(host.size), first)], release=0)
 
 
-def replay_capture_step(cap: CaptureStep, routing: Routing, hw: Profile, cfg: ReplayConfig) -> dict[str, object]:
-    """Replay ``cap``'s compute blocks under ``dualpipe`` with dispatch and combine of ``routing``
-    (one layer, reused by every pair) replayed on ``hw``; the figures beside the capture's."""
+def _replayed_phases(routing: Routing, hw: Profile, cfg: ReplayConfig):
+    """Dispatch, cached dispatch and combine of ``routing``'s first layer replayed on ``hw``; with the
+    resolved profile and config."""
     cfg = cfg.resolved(routing.meta.ep_size)
     hw = hw.with_overrides(cfg.hardware_overrides)
     step, layer = routing.steps_layers()[0]
     part = routing.select(step, layer)
-    res, _, layout = _phases(part, hw, cfg, step, layer, {"flow": 1, "msg": 0})
-    cached = _cached_dispatch(part, layout, hw, cfg)
+    ((d, _, _), (c, _, _)), _, layout = _phases(part, hw, cfg, step, layer, {"flow": 1, "msg": 0})
+    return d, _cached_dispatch(part, layout, hw, cfg), c, hw, cfg
+
+
+def replay_capture_step(cap: CaptureStep, routing: Routing, hw: Profile, cfg: ReplayConfig) -> dict[str, object]:
+    """Replay ``cap``'s compute blocks under ``dualpipe`` with dispatch and combine of ``routing``
+    (one layer, reused by every pair) replayed on ``hw``; the figures beside the capture's."""
+    d, cached, c, hw, cfg = _replayed_phases(routing, hw, cfg)
     R = routing.meta.ep_size
     csms = hw.gpu.sms - cfg.num_sms
-    (d, _, _), (c, _, _) = res
     empty = np.zeros((R, 1), np.int64)
     layers = [[Slice(compute={csms: {k: np.full(R, v, np.int64) for k, v in blocks.items()}}, experts={},
                      experts_fused={}, dispatch=d.rank_finish.astype(np.int64), combine=c.rank_finish.astype(np.int64),
@@ -300,18 +311,13 @@ def replay_capture_kernels(k: pl.DataFrame, routing: Routing, hw: Profile, cfg: 
     kernels predicted: dispatch, cached dispatch and combine of ``routing`` (one layer) replayed on
     ``hw``, ``rank``'s kernel time each; everything else as captured (:func:`replay_kernels`). The
     capture's and the replay's exposed communication and step time by :func:`kernel_exposure`."""
-    cfg = cfg.resolved(routing.meta.ep_size)
-    hw = hw.with_overrides(cfg.hardware_overrides)
-    step, layer = routing.steps_layers()[0]
-    part = routing.select(step, layer)
-    res, _, layout = _phases(part, hw, cfg, step, layer, {"flow": 1, "msg": 0})
-    cached = _cached_dispatch(part, layout, hw, cfg)
-    (d, _, _), (c, _, _) = res
+    d, cached, c, _, _ = _replayed_phases(routing, hw, cfg)
     model = {"dispatch_ns": kernel_ns(d, rank), "cached_dispatch_ns": kernel_ns(cached, rank),
              "combine_ns": kernel_ns(c, rank)}
     r = replay_kernels(k, modelled_kernels(k, model["dispatch_ns"], model["cached_dispatch_ns"], model["combine_ns"]))
     cap, rep = kernel_exposure(k), kernel_exposure(r)
-    main = k.filter(pl.col("stage").is_in(["dispatch", "combine"])).with_columns((pl.col("end") - pl.col("start")).alias("d"))
+    main = (k.filter(pl.col("stage").is_in(["dispatch", "combine"]))
+            .with_columns((pl.col("end") - pl.col("start")).alias("d")))
     captured = {f"{key}_ns": int(main.filter(m)["d"].mean()) for key, m in (
         ("dispatch", (pl.col("stage") == "dispatch") & (pl.col("op") == "dispatch(F)")),
         ("cached_dispatch", (pl.col("stage") == "dispatch") & (pl.col("op") == "combine(B)")),
