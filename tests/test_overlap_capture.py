@@ -15,8 +15,8 @@ from tracekit.hardware import load_profile
 from tracekit.io.kineto import import_kineto
 from tracekit.model.config import ReplayConfig
 from tracekit.model.schedule import DUALPIPE_BLOCKS
-from tracekit.overlap_capture import (HOST_SYNC_KERNEL, capture_kernels, capture_step, kernel_exposure,
-                                      replay_capture_step, replay_kernels)
+from tracekit.overlap_capture import (HOST_SYNC_KERNEL, capture_kernels, capture_step, kernel_events,
+                                      kernel_exposure, replay_capture_step, replay_kernels)
 from tracekit.workload.synth import preset, synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,22 @@ def test_host_waits_for_notify_dispatch_before_launching_the_dispatch(kernels):
     gap = disp["start"] - notify["end"]
     row = longer.filter(pl.col("id") == disp["id"]).row(0, named=True)
     assert row["start"] == notify["end"] + 1_000_000 + gap
+
+
+@needs_trace
+def test_captured_and_replayed_kernels_as_one_timeline(kernels, tmp_path):
+    from tracekit.io.perfetto import write_trace_groups
+    from tracekit.io.perfetto_check import check_trace
+
+    last = kernels.filter(pl.col("stage") == "combine").row(-1, named=True)
+    again = replay_kernels(kernels, {last["id"]: 1_000})
+    path = write_trace_groups(tmp_path / "k.pftrace", {"capture": (kernel_events(kernels), None),
+                                                       "replay": (kernel_events(again), None)})
+    report = check_trace(path)  # a kernel of 0 ns (Kineto rounds to us) is an instant
+    assert report.slices + report.instants == 2 * kernels.height
+    ev = kernel_events(again)
+    assert set(ev["kind"]) == {"comm", "compute"} and ev["dur_ns"].min() >= 0
+    assert ev.filter(pl.col("ts_ns") == last["start"])["dur_ns"].to_list().count(1_000) == 1
 
 
 @needs_trace

@@ -1,6 +1,7 @@
 """Validation row of docs/overlap.md: DeepSeek's DualPipe training profile vs its kernel-level replay.
 
-Usage: PYTHONPATH=. python tools/overlap_validate.py
+Usage: PYTHONPATH=. python tools/overlap_validate.py [--trace OUT.pftrace]
+(--trace: the captured and the replayed kernels side by side as a Perfetto timeline.)
 Replays the rows of validation/rows/overlap.toml (their workload: the capture under ../shared/data,
 the synthetic traffic, the hardware and knobs) with tracekit.overlap_capture.replay_capture_kernels and
 prints the capture's and the replay's exposed communication and step time as JSON, plus where the
@@ -11,6 +12,7 @@ each layer pair in turn (all captured: the replay is the capture), and the earli
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -20,10 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracekit.io.validation_rows import ROOT, step_replay  # noqa: E402
-from tracekit.overlap_capture import kernel_exposure, replay_kernels  # noqa: E402
+from tracekit.io.perfetto import write_trace_groups  # noqa: E402
+from tracekit.overlap_capture import kernel_events, kernel_exposure, replay_kernels  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", help="write the captured and replayed kernels to this .pftrace")
+    args = ap.parse_args()
     t = time.process_time()
     doc = tomllib.loads((ROOT / "validation" / "rows" / "overlap.toml").read_text())
     d = doc["defaults"]
@@ -39,6 +45,9 @@ def main() -> None:
         by_pair[pair] = kernel_exposure(replay_kernels(captured, dur))["exposed_ns"]
     out["exposed_ns_all_captured"] = kernel_exposure(replay_kernels(captured))["exposed_ns"]
     out["cpu_s"] = round(time.process_time() - t, 1)
+    if args.trace:
+        write_trace_groups(args.trace, {"capture": (kernel_events(captured), None), "replay": (kernel_events(k), None)},
+                           title="DeepSeek training profile: captured vs replayed kernels (rank 0)")
     print(json.dumps(out, indent=1))
 
 

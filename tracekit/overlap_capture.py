@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from tracekit import schemas
 from tracekit.analysis.intervals import intersection_length, union_length
 from tracekit.engine import TaskGraph, run
 from tracekit.errors import TracekitError
@@ -132,6 +133,16 @@ def kernel_exposure(kernels: pl.DataFrame) -> dict[str, int]:
     hidden = int(hit["length"][0]) if hit.height else 0
     both = kernels.filter(pl.col("role").is_in(["comm", "compute"]))
     return {"comm_ns": total, "exposed_ns": total - hidden, "step_ns": int(both["end"].max() - both["start"].min())}
+
+
+def kernel_events(k: pl.DataFrame, rank: int = 0) -> pl.DataFrame:
+    """A kernel table (captured or replayed) as events.v1 rows on its streams, for a timeline; a
+    kernel's ``phase`` is its DualPipe block or communication operation."""
+    df = k.select(pl.col("start").alias("ts_ns"), (pl.col("end") - pl.col("start")).alias("dur_ns"),
+                  pl.lit(rank, pl.Int32).alias("rank"), pl.col("stream").alias("resource"), "stage", "name",
+                  pl.coalesce("block", "op", pl.lit("")).alias("phase"),
+                  pl.when(pl.col("role") == "comm").then(pl.lit("comm")).otherwise(pl.lit("compute")).alias("kind"))
+    return pl.from_arrow(schemas.conform(df.to_arrow(), "events", {"source": "overlap_capture"}))
 
 
 def capture_step(events: pl.DataFrame, rank: int = 0) -> CaptureStep:
