@@ -1,14 +1,20 @@
 """A captured DualPipe training step against its replay: exposed communication and step time.
 
-The capture (events imported by ``tracekit import kineto``) gives, for one rank, the compute blocks
-of each overlapped forward-backward pair: the kernels of a compute stream in issue order carry the
-user annotation they were launched under (``attn(F)``, ``mlp(B)``, ``mlp(W)``, ``mlp(F)``, the
-unannotated backward of attention, ``attn(W)``), so a run of kernels of one annotation is one block
-and its span (first start to last end, launch gaps included) is the block's time. The replay keeps
-those compute times and arranges them with the ``dualpipe`` schedule around dispatch and combine
-replayed on the modelled cluster for the same workload (EP, tokens, hidden, top-k): communication
-is predicted, compute is taken as measured. Both sides' exposed communication (communication time
-no compute kernel overlaps) uses the same interval arithmetic. Pure: no file I/O.
+The capture (events imported by ``tracekit import kineto``) gives, for one rank, every kernel with
+its stream, its host launch (thread and time) and the user annotation it was launched under
+(``attn(F)``, ``mlp(B)``, ``mlp(W)``, ``mlp(F)``, the unannotated backward of attention, ``attn(W)``
+on the compute streams; ``combine(B)``, ``dispatch(F)``, ``dispatch(B)``, ``combine(F)`` on the
+communication stream): :func:`capture_kernels`. :func:`kernel_exposure` is the one definition of
+exposed communication (communication kernel time no compute kernel of the rank overlaps) for the
+capture and its replays.
+
+:func:`replay_capture_kernels` (the validation row) replays every kernel on the engine
+(:func:`replay_kernels`: streams, host launches, DualPipe's edges and the capture's own delays), with
+the dispatch and combine kernels predicted by the communication models for the same workload and
+everything else taken as captured, the notify kernels' wait for the other ranks included.
+:func:`replay_capture_step` (the first, coarser replay) takes each block as one span (first start to
+last end) and arranges the blocks for every rank alike with the ``dualpipe`` schedule. docs/overlap.md
+says what is input and what is predicted. Pure: no file I/O.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class CaptureStep:
 
     blocks: list[dict[str, int]]  # per layer pair: block -> span ns
     exposed_comm_ns: int  # communication no compute kernel overlaps
-    exposed_comm_blocks_ns: int  # ... no compute block (first to last kernel of a block) overlaps: the replay's view
+    exposed_comm_blocks_ns: int  # ... no compute block (first to last kernel) overlaps: the block replay's view
     comm_ns: int
     step_ns: int
 
@@ -212,7 +218,7 @@ def replay_kernels(k: pl.DataFrame, dur: dict[int, int] | None = None) -> pl.Dat
     start, end = k["start"].to_numpy(), k["end"].to_numpy()
     d = end - start
     for i, v in (dur or {}).items():
-        d[i] = v
+        d[i] = max(int(v), 0)
     src, dst = _edges(k)
     g = TaskGraph()
     g.add_tasks(n, res=g.resources(k["stream"].to_list()), dur=d)
