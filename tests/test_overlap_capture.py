@@ -57,6 +57,8 @@ def test_kernel_replay_with_captured_times_is_the_capture(kernels):
     again = replay_kernels(kernels)
     assert again["start"].equals(kernels["start"]) and again["end"].equals(kernels["end"])
     assert kernel_exposure(again) == kernel_exposure(kernels)
+    no_host = kernels.with_columns(pl.lit(-1, pl.Int64).alias("host_ns"))  # an import without launches
+    assert replay_kernels(no_host)["start"].equals(kernels["start"])
 
 
 @needs_trace

@@ -245,6 +245,8 @@ def replay_kernels(k: pl.DataFrame, dur: dict[int, int] | None = None) -> pl.Dat
 def _host_chain(g: TaskGraph, k: pl.DataFrame, h_ids: np.ndarray, host: np.ndarray, host_t: np.ndarray) -> None:
     """Each host thread's launches in order, as far apart as captured; the dispatch after a
     ``notify_dispatch`` on its stream launches after that kernel ends (as long after as captured)."""
+    if h_ids.size == 0:  # an import without host launches: the streams and edges alone
+        return
     tid = k["host_tid"].to_numpy()[h_ids]
     names = k["name"].to_list()
     prev_on_stream = k.with_columns(pl.col("id").shift(1).over("stream").fill_null(-1).alias("p"))["p"].to_numpy()
