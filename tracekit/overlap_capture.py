@@ -231,9 +231,9 @@ def replay_kernels(k: pl.DataFrame, dur: dict[int, int] | None = None) -> pl.Dat
     all_src = np.r_[src, host]
     all_dst = np.r_[dst, h_ids]
     src_t = np.r_[end[src], host_t]
+    ok = src_t <= start[all_dst]  # a source that ended after the kernel started did not hold it
     latest = np.full(n, np.iinfo(np.int64).min)
-    np.maximum.at(latest, all_dst, src_t)
-    ok = src_t <= start[all_dst]
+    np.maximum.at(latest, all_dst[ok], src_t[ok])
     g.add_edges(all_src[ok], all_dst[ok], (start - latest)[all_dst[ok]])
     srcless = np.setdiff1d(np.arange(n), all_dst[ok])
     g.update(srcless, release=start[srcless] - base)
