@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracekit.io.validation_rows import BANDS, ROOT, bands_toml, capture_routing, load_rows  # noqa: E402
+from tracekit.io.validation_rows import BANDS, ROOT, bands_toml, capture_routing, capture_step_replay, load_rows  # noqa: E402,E501
 from tracekit.validation import (band_violations, bands_from, evaluate, family_stats, read_targets,  # noqa: E402
                                  replay_command, sweep_correlations)
 
@@ -94,7 +94,7 @@ def main() -> None:
     def progress(key: str, cpu: float) -> None:
         print(f"  replayed in {cpu:5.1f} CPU s: {key[:110]}", flush=True)
 
-    result = evaluate(rows, capture_routing, on_replay=progress)
+    result = evaluate(rows, capture_routing, on_replay=progress, step_for=capture_step_replay)
     cpu = time.process_time() - t0
     targets = read_targets(tomllib.loads((ROOT / "validation" / "targets.toml").read_text()))
     stats = family_stats(result)

@@ -20,6 +20,10 @@ Metrics (``metric`` of a row) and what is predicted for them:
   start, averaged over the replay's (step, layer) pairs;
 * ``kernel_us``: one call of a captured step (the phase result of ``step``), against the measured
   time from the last rank joining the collective to the last rank finishing it.
+* ``exposed_comm_us`` / ``step_us`` (phase ``step``, a captured workload): one rank's captured training
+  step replayed kernel by kernel (:mod:`tracekit.overlap_capture`): its communication time that no
+  compute kernel overlaps, and first to last kernel. The caller passes ``step_for``, which replays
+  such a row and returns both figures.
   For the time metrics a positive error means the replay is slower than measured.
 """
 
@@ -37,7 +41,10 @@ import polars as pl
 from tracekit.errors import TracekitError
 from tracekit.model.config import PhaseConfig, ReplayConfig, deepep_defaults
 
-METRICS = {"nvlink_gbps": "GB/s", "rdma_gbps": "GB/s", "latency_us": "us", "call_us": "us", "kernel_us": "us"}
+METRICS = {"nvlink_gbps": "GB/s", "rdma_gbps": "GB/s", "latency_us": "us", "call_us": "us", "kernel_us": "us",
+           "exposed_comm_us": "us", "step_us": "us"}
+#: Metrics of a whole captured step (phase ``step``), predicted by the caller's ``step_for``.
+STEP_METRICS = ("exposed_comm_us", "step_us")
 STATUSES = ("modelled", "not modelled yet")
 PHASES = ("dispatch", "combine")
 #: Workload kinds: a synth recipe, a directory of Kineto traces (replayed from its traffic), or a
@@ -105,7 +112,8 @@ def _row(d: dict[str, Any], family: str, where: str) -> Row:
         raise TracekitError(f"unknown field(s) {', '.join(unknown)}", where=where,
                             fix=f"use only {', '.join(sorted(known))}")
     checks = [("status", d.get("status") in STATUSES, f"one of {', '.join(STATUSES)}"),
-              ("phase", d.get("phase") in PHASES, "dispatch or combine"),
+              ("phase", d.get("phase") in (("step",) if d.get("metric") in STEP_METRICS else PHASES),
+               "step (a step metric)" if d.get("metric") in STEP_METRICS else "dispatch or combine"),
               ("metric", d.get("metric") in METRICS, f"one of {', '.join(METRICS)}"),
               ("measured", isinstance(d.get("measured"), (int, float)) and d["measured"] > 0, "a positive number"),
               ("workload", isinstance(d.get("workload"), dict) and sum(k in WORKLOADS for k in d["workload"]) == 1,
@@ -122,6 +130,9 @@ def _row(d: dict[str, Any], family: str, where: str) -> Row:
         raise TracekitError(f"unknown sweep(s) {', '.join(bad)}", where=where, fix=f"use {', '.join(SWEEPS)}")
     if d["metric"] == "kernel_us" and "capture" not in d["workload"]:
         raise TracekitError("metric kernel_us needs a captured workload", where=where, fix="use latency_us")
+    if d["metric"] in STEP_METRICS and "capture" not in d["workload"]:
+        raise TracekitError(f"metric {d['metric']} needs a captured workload", where=where,
+                            fix='give workload = { capture = "trace.json", rank = 0, traffic = { ... } }')
     if d["status"] == "modelled" and not d.get("hardware"):
         raise TracekitError("a modelled row needs a hardware profile", where=where, fix='add hardware = "h800-ib"')
     return Row(family=family, unit=METRICS[d["metric"]], measured=float(d["measured"]),
@@ -155,6 +166,8 @@ def synth_routing(recipe: dict[str, Any]):
 
 
 def _predicted(result, row: Row) -> float:
+    if row.metric in STEP_METRICS:
+        return float(result[row.metric])
     if row.metric == "kernel_us":
         hits = [p for p in result.phases if p.phase == row.phase and p.step == row.step]
         if not hits:
@@ -171,12 +184,14 @@ def _predicted(result, row: Row) -> float:
 
 
 def evaluate(rows: list[Row], routing_for: Callable[[dict[str, Any], int], Any],
-             on_replay: Callable[[str, float], None] | None = None) -> pl.DataFrame:
+             on_replay: Callable[[str, float], None] | None = None,
+             step_for: Callable[[Row], dict[str, float]] | None = None) -> pl.DataFrame:
     """One line per row: id, family, status, phase, metric, unit, measured, predicted, error_pct, ci.
 
     Rows marked "not modelled yet" get no prediction (null). ``routing_for(workload, gpus_per_node)``
-    returns the Routing of a capture workload (synth recipes are built here). ``on_replay(key,
-    cpu_seconds)`` is called after each replay.
+    returns the Routing of a capture workload (synth recipes are built here). ``step_for(row)``
+    replays a row of a step metric and returns ``{metric: predicted}`` for :data:`STEP_METRICS`.
+    ``on_replay(key, cpu_seconds)`` is called after each replay.
     """
     import time
 
@@ -189,6 +204,14 @@ def evaluate(rows: list[Row], routing_for: Callable[[dict[str, Any], int], Any],
         if not row.modelled:
             continue
         key = replay_key(row)
+        if key not in results and row.metric in STEP_METRICS:
+            if step_for is None:
+                raise TracekitError(f"metric {row.metric} needs a step replay", where=row.id,
+                                    fix="pass step_for (tracekit.io.validation_rows.capture_step_replay)")
+            t = time.process_time()
+            results[key] = step_for(row)
+            if on_replay is not None:
+                on_replay(key, time.process_time() - t)
         if key not in results:
             t = time.process_time()
             hw = load_profile(row.hardware)
@@ -307,6 +330,8 @@ def replay_command(row: Row) -> str:
     """The CLI commands that replay ``row`` (what :func:`evaluate` does in-process)."""
     if not row.modelled:
         return ""
+    if row.metric in STEP_METRICS:
+        return "PYTHONPATH=. python tools/overlap_validate.py"
     flags = []
     for k, v in sorted(row.knobs.items()):
         if k in ("num_sms", "mode", "dispatch_dtype", "combine_dtype", "granularity", "doorbell"):

@@ -18,6 +18,9 @@ A Kineto trace is Chrome-trace JSON (``traceEvents``; plain or gzipped), one fil
 * ``gpu_memcpy`` / ``gpu_memset``: stage memcpy / memset, kind memory, with their bytes.
 * user annotations (``user_annotation`` on the CPU, ``gpu_user_annotation`` on a stream):
   kind ``annotation``, on ``.../cpu/annotations`` or ``.../stream<s>/annotations``.
+* the host side of a launch: a kernel's, copy's or set's ``args`` get ``host_tid`` (the CPU thread of
+  the runtime call with its correlation id, e.g. ``cudaLaunchKernel``) and ``host_lead_ns`` (GPU start
+  minus the call's start), as Kineto recorded them.
 
 Times: Kineto's microsecond timestamps are parsed as decimals, so nanoseconds are exact; all
 files share one origin (the earliest imported event), which is meaningful when the ranks' clocks
@@ -369,6 +372,9 @@ def _rank_rows(r: _Rank, gpn: int, rows: list[dict[str, Any]], sends: list[dict[
             continue
         row["resource"] = f"{prefix}/stream{stream}"
         kept = {k: args[k] for k in _KEEP_ARGS if k in args}
+        launch = launches.get(int(args["correlation"])) if args.get("correlation") is not None else None
+        if launch is not None:  # the host call that issued it: its thread and how long before the GPU start
+            kept["host_tid"], kept["host_lead_ns"] = launch[1], ts - launch[2]
         names = context(args)
         row["step"] = _step_from_scopes(names)
         scope = next((n for n in names if not n.startswith("nccl:") and not n.startswith("ProfilerStep")), "")

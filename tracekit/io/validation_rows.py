@@ -88,3 +88,33 @@ def bands_toml(bands: dict[str, tuple[float, float, float]], slack_pct: float, h
         e, lo, hi = bands[rid]
         lines.append(f'"{rid}" = {{ error_pct = {e:.3f}, low_pct = {lo:.3f}, high_pct = {hi:.3f} }}')
     return "\n".join(lines) + "\n"
+
+
+def step_replay(workload: dict[str, Any], hardware: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """A captured training step (``workload.capture``: a Kineto trace relative to the repository root,
+    ``rank``) replayed kernel by kernel with its dispatch and combine kernels predicted for the synthetic
+    ``traffic`` recipe (``preset`` plus SynthConfig fields) on ``hardware`` with ``knobs``:
+    :func:`tracekit.overlap_capture.replay_capture_kernels`' figures."""
+    from tracekit.hardware import load_profile
+    from tracekit.io.kineto import import_kineto
+    from tracekit.overlap_capture import capture_kernels, replay_capture_kernels
+    from tracekit.validation import replay_config
+    from tracekit.workload.synth import SynthConfig, preset, synth
+
+    path = ROOT / workload["capture"]
+    if not path.exists():
+        raise TracekitError("capture not found", where=workload["capture"],
+                            fix="give a Kineto trace relative to the repository root (../shared/data holds DeepSeek's)")
+    rank = int(workload.get("rank", 0))
+    recipe = dict(workload.get("traffic", {}))
+    name = recipe.pop("preset", None)
+    routing = synth(preset(name, **recipe) if name else SynthConfig(**recipe))
+    cfg = replay_config(knobs, routing.meta.ep_size, where=workload["capture"])
+    return replay_capture_kernels(capture_kernels(import_kineto([path]).events, rank), routing,
+                                  load_profile(hardware), cfg, rank=rank)
+
+
+def capture_step_replay(row: Row) -> dict[str, float]:
+    """``step_for`` of :func:`tracekit.validation.evaluate`: a step row's predicted figures in us."""
+    rep = step_replay(row.workload, row.hardware, row.knobs)["replay"]
+    return {"exposed_comm_us": rep["exposed_ns"] / 1e3, "step_us": rep["step_ns"] / 1e3}
