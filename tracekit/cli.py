@@ -16,7 +16,7 @@ from tracekit import __version__
 from tracekit.errors import TracekitError
 
 #: Subcommands in the order ``--help`` lists them; each is ``tracekit.commands.<name>``.
-COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff"]
+COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff", "view"]
 
 
 def _module_name(command: str) -> str:

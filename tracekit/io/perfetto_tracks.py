@@ -180,16 +180,18 @@ def walk(node: Node):
 
 
 @numba.njit(cache=True)
-def _assign(res, ts, end, first, last, nxt, lane_end, n_lanes, lane_res, lane_index, n_pool, out, delta):  # pragma: no cover - compiled
+def _assign(res, ts, end, first, last, nxt, lane_end, lane_inst, n_lanes, lane_res, lane_index, n_pool, out,
+            delta):  # pragma: no cover - compiled
     """First-fit lanes; ``delta`` gets each start minus the end of the lane's previous operation
-    (a new lane counts from 0). Returns the number of rows done (stops early when the pool is full)."""
+    (a new lane counts from 0). A lane whose last operation was an instant at ``t`` is not free
+    at ``t``. Returns the number of rows done (stops early when the pool is full)."""
     for i in range(res.shape[0]):
         r = res[i]
         t = ts[i]
         lane = first[r]
         found = -1
         while lane >= 0:
-            if lane_end[lane] <= t:
+            if lane_end[lane] < t or (lane_end[lane] == t and not lane_inst[lane]):
                 found = lane
                 break
             lane = nxt[lane]
@@ -209,6 +211,7 @@ def _assign(res, ts, end, first, last, nxt, lane_end, n_lanes, lane_res, lane_in
             last[r] = found
         delta[i] = t - lane_end[found]
         lane_end[found] = end[i]
+        lane_inst[found] = end[i] == t
         out[i] = found
     return res.shape[0]
 
@@ -217,7 +220,10 @@ class LaneAssigner:
     """Streaming greedy interval partitioning over resources ``0..num_resources-1``.
 
     Feed batches in start-time order; each row gets a global lane id (creation order). A lane is
-    free for an operation starting at ``t`` when its last operation ended at or before ``t``."""
+    free for an operation starting at ``t`` when its last operation ended before ``t``, or ended
+    at ``t`` with a duration: Perfetto keeps a zero-duration slice (an instant) open at its time,
+    so whatever starts then on its track would nest under it. Instants at one time therefore
+    take one lane each, and the rows of a resource equal its peak concurrency, instants counted."""
 
     def __init__(self, num_resources: int, capacity: int = 1024) -> None:
         self.first = np.full(num_resources, -1, np.int64)
@@ -235,6 +241,7 @@ class LaneAssigner:
             return b
         self.nxt = grow(getattr(self, "nxt", None), -1)
         self.lane_end = grow(getattr(self, "lane_end", None), 0)
+        self.lane_inst = grow(getattr(self, "lane_inst", None), 0)
         self.lane_res = grow(getattr(self, "lane_res", None), -1)
         self.lane_index = grow(getattr(self, "lane_index", None), 0)
 
@@ -252,7 +259,7 @@ class LaneAssigner:
         done = 0
         while done < res.shape[0]:
             k = _assign(res[done:], ts[done:], end[done:], self.first, self.last, self.nxt, self.lane_end,
-                        self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:], delta[done:])
+                        self.lane_inst, self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:], delta[done:])
             done += k
             if done < res.shape[0]:
                 self._alloc(2 * self.lane_end.shape[0])
