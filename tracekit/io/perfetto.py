@@ -22,8 +22,8 @@ bundles, as Perfetto's own tracing service writes them.
 
 Speed: batches are prepared here (strings, interning, lanes) and handed to worker threads, which
 encode them with the compiled columnar encoder of :mod:`tracekit.io.perfetto_wire` (byte-identical
-to the protobuf bindings) and deflate them with :mod:`tracekit.io.perfetto_deflate`, in one call
-without the GIL; the sink writes the results in order (:class:`tracekit.io.perfetto_state.Sink`).
+to the protobuf bindings) in one compiled call without the GIL, and deflate them with a zlib-stream
+library (ISA-L, else the standard library's zlib); the sink writes the results in order (:class:`tracekit.io.perfetto_state.Sink`).
 """
 
 from __future__ import annotations
@@ -50,28 +50,14 @@ from tracekit.io.perfetto_state import Interner, Sink, lane_packets, running_del
 from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
-#: Debug annotations in the order they are written: (name, events column, type, default).
-#: type "int" -> int_value; "str" -> interned string_value_iid; "raw" -> inline string_value.
-#: A default of None means "implied by the row": name -> the stage; rank, channel, qp -> the
-#: number in the resource path's rank<r>, ch<c>, qp<q> segment (-1 without one).
+#: Debug annotations in the order they are written: (name, events column, type, default), from
+#: the events schema's ``annotations`` list (schemas/events.v1.json), shared with the JSON export
+#: and the reader. type "int" -> int_value; "str" -> interned string_value_iid; "raw" -> inline
+#: string_value. A default of None means "implied by the row": name -> the stage; rank, channel,
+#: qp -> the number in the resource path's rank<r>, ch<c>, qp<q> segment (-1 without one).
 ANNOTATIONS: list[tuple[str, str, str, Any]] = [
-    ("bytes", "bytes", "int", 0),
-    ("tokens", "tokens", "int", 0),
-    ("msg_id", "msg_id", "int", -1),
-    ("src_rank", "src_rank", "int", -1),
-    ("dst_rank", "dst_rank", "int", -1),
-    ("qp", "qp", "int", None),
-    ("channel", "channel", "int", None),
-    ("stall_ns", "stall_ns", "int", 0),
-    ("stall_cause", "stall_cause", "str", ""),
-    ("phase", "phase", "str", ""),
-    ("kind", "kind", "str", "comm"),
-    ("step", "step", "int", 0),
-    ("layer", "layer", "int", 0),
-    ("name", "name", "str", None),
-    ("rank", "rank", "int", None),
-    ("args", "args", "raw", ""),
-]
+    (name, col, typ, None if default == "implied" else default)
+    for name, col, typ, default in schemas.load("events").annotations]
 ANNOTATION_NAMES = [a[0] for a in ANNOTATIONS]
 
 #: Rows per batch: the unit of streaming (and of interning, so it is part of the byte format).
@@ -680,9 +666,17 @@ def _lane_order(lane: np.ndarray, ts: np.ndarray, t: dict[str, Any]) -> np.ndarr
     grouped, once per lane and batch. It sorts by timestamp and breaks ties by file order, so a
     flow whose sink starts when its source does needs the source's lane first: lanes are put
     in an order that respects those pairs (None when they form a cycle)."""
-    order = np.argsort(lane, kind="stable")
+    key = lane.astype(np.uint16) if lane.size and lane.max() < (1 << 16) else lane
+    order = np.argsort(key, kind="stable")  # a radix sort for 16-bit keys
+    # only rows that share their start time with a neighbour can be such a pair (rows are in time order)
+    tied = np.zeros(ts.shape[0], np.bool_)
+    same = ts[1:] == ts[:-1]
+    tied[1:] |= same
+    tied[:-1] |= same
     fo, fo_ok, fi, fi_ok = t["flow_out"], t["flow_out_ok"], t["flow_in"], t["flow_in_ok"]
-    src, snk = np.flatnonzero(fo_ok), np.flatnonzero(fi_ok)
+    src, snk = np.flatnonzero(fo_ok & tied), np.flatnonzero(fi_ok & tied)
+    if not (src.size and snk.size):
+        return order
     _ids, a, b = np.intersect1d(fo[src], fi[snk], assume_unique=True, return_indices=True)
     a, b = src[a], snk[b]
     tie = (ts[a] == ts[b]) & (lane[a] != lane[b])

@@ -22,9 +22,10 @@ from tracekit.io.atomic import atomic_path
 from tracekit.io.perfetto_tracks import LaneAssigner, natural_key
 
 _BATCH = 1 << 15
-_INT_ARGS = [("bytes", 0), ("tokens", 0), ("msg_id", -1), ("src_rank", -1), ("dst_rank", -1), ("qp", -1),
-             ("channel", -1), ("stall_ns", 0), ("step", 0), ("layer", 0)]
-_STR_ARGS = [("stall_cause", ""), ("phase", ""), ("kind", "comm")]
+_EVENTS = schemas.load("events")
+#: (annotation, column, value left out) from the events schema's annotation list; an implied
+#: value is compared with -1 (the stage, for ``name``): JSON threads carry no resource path.
+_ARGS = [(name, col, -1 if default == "implied" else default) for name, col, _typ, default in _EVENTS.annotations]
 
 
 def _us(ns: int) -> str:
@@ -72,12 +73,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
                           "args": {"name": (rest or top) + (f" [{k}]" if k else "")}})
                     emit({"ph": "M", "name": "thread_sort_index", "pid": pid[top], "tid": tids[ln],
                           "args": {"sort_index": int(res[i]) * 1000 + k}})
-                args = {c: cols[c][i] for c, d in _INT_ARGS if cols[c][i] != d}
-                args.update({c: cols[c][i] for c, d in _STR_ARGS if cols[c][i] != d})
-                if cols["name"][i] != cols["stage"][i]:
-                    args["name"] = cols["name"][i]
-                if cols["args"][i]:
-                    args["args"] = cols["args"][i]
+                args = {a: cols[c][i] for a, c, d in _ARGS
+                        if cols[c][i] != (cols["stage"][i] if c == "name" else d)}
                 ev = {"ph": "X", "name": cols["stage"][i], "cat": cols["kind"][i], "pid": pid[top], "tid": tids[ln],
                       "ts": 0, "dur": 0, "args": args}
                 text = json.dumps(ev, separators=(",", ":"))

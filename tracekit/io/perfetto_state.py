@@ -23,9 +23,7 @@ import pyarrow.compute as pc
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from tracekit.io import perfetto_deflate as deflate
 from tracekit.io import perfetto_wire as wire
-from tracekit.io.perfetto_deflate import _put_varint as _put  # one varint writer for plain ints
 
 #: Sequence-scoped incremental clock used by every sequence (ids 64..127 are sequence-scoped).
 CLOCK_ID = 64
@@ -38,8 +36,8 @@ class Sink:
     """Writes framed packets in order, optionally bundled into deflated ``compressed_packets``
     chunks of about ``chunk_bytes`` (whole packets each).
 
-    Work is handed to worker threads: deflating chunks (:mod:`tracekit.io.perfetto_deflate` runs
-    without the GIL) and encoding batches of rows (:meth:`write_encoded`), while the writer
+    Work is handed to worker threads: deflating chunks (the zlib stream library runs without
+    the GIL) and encoding batches of rows (:meth:`write_encoded`), while the writer
     prepares the next batch. Results are written in submission order and chunk boundaries depend
     only on the bytes, so the file does not depend on thread timing. At most about
     ``max_pending_bytes`` of packets are in flight: memory stays bounded whatever the trace
@@ -113,10 +111,19 @@ class Sink:
 
 
 def _bundle(raw: bytes | np.ndarray) -> list:
-    """A framed ``compressed_packets`` packet holding ``raw``: the bytes of
-    :func:`tracekit.io.perfetto_wire.compressed_frame`."""
-    src = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw
-    return [deflate.bundles(src, np.array([0, src.shape[0]], np.int64))]
+    """A framed ``compressed_packets`` packet holding ``raw``."""
+    return [wire.compressed_frame(raw)]
+
+
+@numba.njit(cache=True, inline="always")
+def _put(buf, pos, v):  # pragma: no cover - compiled
+    """A varint of a non-negative int64 at ``buf[pos]``; returns the position after it."""
+    while v >= 128:
+        buf[pos] = (v & 0x7F) | 0x80
+        v >>= 7
+        pos += 1
+    buf[pos] = v
+    return pos + 1
 
 
 @numba.njit(cache=True)
