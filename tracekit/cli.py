@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from tracekit import __version__
+from tracekit._jit import announce_compilation
 from tracekit.errors import TracekitError
 
 #: Subcommands in the order ``--help`` lists them; each is ``tracekit.commands.<name>``.
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    announce_compilation()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

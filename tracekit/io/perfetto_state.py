@@ -126,6 +126,15 @@ def _put(buf, pos, v):  # pragma: no cover - compiled
     return pos + 1
 
 
+@numba.njit(cache=True, inline="always")
+def _copy(out, pos, src, a, b):  # pragma: no cover - compiled
+    """``src[a:b]`` into ``out`` at ``pos``; returns the position after it. A loop rather than a
+    slice assignment, whose shape-mismatch error path costs seconds of compilation."""
+    for k in range(b - a):
+        out[pos + k] = src[a + k]
+    return pos + b - a
+
+
 @numba.njit(cache=True)
 def _first_uses(seq, iids, present, table, seen, keys, key_table, far):  # pragma: no cover - compiled
     """The (sequence, id) pairs that rows use for the first time, in tables ``table[c]`` of
@@ -190,8 +199,7 @@ def _interned_packets(ent_seq, ent_table, ent_iid, blob, lo, hi, out):  # pragma
         for k in range(i, j):
             a = lo[ent_table[k], ent_iid[k]]
             b = hi[ent_table[k], ent_iid[k]]
-            out[pos:pos + b - a] = blob[a:b]
-            pos += b - a
+            pos = _copy(out, pos, blob, a, b)
         i = j
     return pos
 
@@ -216,15 +224,13 @@ def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, nam
             pos = _put(out, pos + 2, d)
             out[pos] = 0x08
             pos = _put(out, pos + 1, u)
-            out[pos:pos + b - a] = tmpl[a:b]
-            pos += b - a
+            pos = _copy(out, pos, tmpl, a, b)
         t = 1 + _vlen(u)
         d = 1 + _vlen(t) + t + 3
         body = snapshot.shape[0] + 1 + _vlen(seqs[i]) + 2 + 2 + _vlen(d) + d
         out[pos] = 0x0A
         pos = _put(out, pos + 1, body)
-        out[pos:pos + snapshot.shape[0]] = snapshot
-        pos += snapshot.shape[0]
+        pos = _copy(out, pos, snapshot, 0, snapshot.shape[0])
         out[pos] = 0x50
         pos = _put(out, pos + 1, seqs[i])
         out[pos] = 0x68
@@ -248,8 +254,7 @@ def _lane_packets(seqs, uuids, extra, res, tmpl, tmpl_lo, tmpl_hi, snapshot, nam
             pos = _put(out, pos + 1, seqs[i])
             out[pos] = 0x62
             pos = _put(out, pos + 1, m)
-            out[pos:pos + m] = names
-            pos += m
+            pos = _copy(out, pos, names, 0, m)
     return pos
 
 

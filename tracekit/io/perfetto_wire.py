@@ -350,7 +350,8 @@ def _encode_after(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_pre
     without the GIL."""
     _resolve_presence(ann_vals, ann_present, rule, ref, implied, res)
     p = prefix.shape[0]
-    buf[:p] = prefix
+    for k in range(p):  # a loop: a slice assignment's error path costs seconds of compilation
+        buf[k] = prefix[k]
     return _encode_slices(p, seq, bdelta, dur, instant, name_iid, ann_vals, ann_present, ann_iid, ann_interned,
                           fo, fo_p, fi, fi_p, buf, row_end)
 
