@@ -39,9 +39,12 @@ def configure_cache(version: str) -> None:
 _announced = False
 
 
-def announce_compilation() -> None:
+def announce_compilation(prefetch: bool = True) -> None:
     """Print one line to stderr when the first kernel of this process starts compiling (kernels
-    loaded from the cache print nothing)."""
+    loaded from the cache print nothing); with ``prefetch``, also start :func:`prefetch_writer`
+    in a second process then, so that the timeline writer's kernels compile on another core
+    while this process compiles and runs the rest (it loads them from the cache when it gets
+    there, or compiles them itself if they are not there yet)."""
     from numba.core import event
 
     class _Notice(event.Listener):
@@ -51,9 +54,44 @@ def announce_compilation() -> None:
                 _announced = True
                 print(f"tracekit: compiling kernels for first use (once; cached in {os.environ.get('NUMBA_CACHE_DIR')})",
                       file=sys.stderr, flush=True)
+                if prefetch:
+                    _start_prefetch()
 
         def on_end(self, ev: event.Event) -> None:
             pass
 
     if not _announced:
         event.register("numba:compile", _Notice())
+
+
+def _start_prefetch() -> None:
+    import subprocess
+
+    try:
+        subprocess.Popen([sys.executable, "-c", "from tracekit._jit import prefetch_writer; prefetch_writer()"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    except OSError:  # no second process: this one compiles everything, as without prefetching
+        pass
+
+
+def prefetch_writer() -> None:
+    """Compile (and so cache) the Perfetto writer's kernels by writing a small timeline, with
+    counters, compressed and plain, into a temporary folder."""
+    import polars as pl
+
+    from tracekit.io.perfetto import write_trace
+
+    ev = pl.DataFrame({"ts_ns": [0, 0, 5, 9], "dur_ns": [5, 0, 4, 0], "rank": [0, 0, 1, 1],
+                       "resource": ["node0/rank0/sm/ch0", "node0/rank0/nic0/qp1", "node0/rank1/sm/ch0",
+                                    "node0/rank1/nic0/qp1"],
+                       "stage": ["pack", "cq_poll", "unpack", "cq_poll"], "name": ["pack", "cq_poll", "unpack", "x"],
+                       "bytes": [7168, 0, 7168, 0], "msg_id": [1, -1, 1, -1], "flow_out": [1, None, None, None],
+                       "flow_in": [None, None, 1, None]},
+                      schema_overrides={"rank": pl.Int32, "flow_out": pl.Int64, "flow_in": pl.Int64})
+    ct = pl.DataFrame({"ts_ns": [0, 3], "resource": ["node0/rank0/nic0/qp1"] * 2, "counter": ["wqe_occupancy"] * 2,
+                       "value": [1.0, 0.5], "rank": [0, 0], "unit": ["entries"] * 2},
+                      schema_overrides={"rank": pl.Int32})
+    with tempfile.TemporaryDirectory(prefix="tracekit-prefetch-") as tmp:
+        write_trace(Path(tmp) / "a.pftrace", ev, ct)
+        write_trace(Path(tmp) / "b.pftrace", ev, ct, compress=False)

@@ -572,7 +572,8 @@ def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
     rows = np.int32 if t.num_rows < 2**31 else np.int64
     at_o, at_i = np.full(span, -1, rows), np.full(span, -1, rows)
     unpaired = np.empty(count, np.int64)
-    ts = t.column("ts_ns").to_numpy().astype(np.int64, copy=False)
+    # writable either way: a read-only array is another type to numba (another compilation)
+    ts = np.require(t.column("ts_ns").to_numpy().astype(np.int64, copy=False), requirements="W")
     m = _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired)
     if m < 0:
         return _flow_plan_checked(t, where)  # raises, naming the first bad id
