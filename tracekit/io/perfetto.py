@@ -46,7 +46,7 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_state import Interner, Sink, lane_packets, running_delta, sequence_start_bytes
+from tracekit.io.perfetto_state import Interner, Sink, lane_start, running_delta, sequence_start
 from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
@@ -180,8 +180,6 @@ class _Group:
         self.res_nodes = [self.nodes[p] for p in self.paths]
         self.res_uuid = np.array([n.uuid for n in self.res_nodes], np.int64)
         self.counter_parents: set[int] = set()
-        self._templates: dict[int, bytes] = {}
-        self._template_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _resource_ids(self, col: Any) -> np.ndarray:
         return np.asarray(pc.index_in(col, value_set=self.value_set).to_numpy(zero_copy_only=False), np.int64)
@@ -246,35 +244,18 @@ class _Group:
     def _new_lanes(self, lanes: LaneAssigner, lane_seq: np.ndarray) -> np.ndarray:
         """Sequences (and tracks, for lanes past the first) of the lanes created by the last batch."""
         old, new = lane_seq.shape[0], lanes.num_lanes
-        res = lanes.lane_res[old:new]
-        extra = lanes.lane_index[old:new] > 0
-        uuids = self.res_uuid[res]
-        uuids[extra] = self.ids.uuids(int(extra.sum()))  # an extra lane: a sibling track, same name
         seqs = np.concatenate([lane_seq, self.ids.seqs(new - old).astype(np.uint64)])
-        self.sink.write(lane_packets(seqs[old:], uuids, extra, res, self._lane_templates(res[extra]),
-                                     self.interner.name_entries()))
+        parts = []
+        for lane in range(old, new):
+            node = self.res_nodes[int(lanes.lane_res[lane])]
+            if lanes.lane_index[lane] > 0:  # an extra lane: a sibling track, same name
+                extra = Node(node.name, self.ids.uuid(), node.parent, node.path, node.rank)
+                parts.append(lane_start(int(seqs[lane]), extra.uuid, self.interner.names,
+                                        descriptor(extra, has_children=False)))
+            else:
+                parts.append(lane_start(int(seqs[lane]), node.uuid, self.interner.names))
+        self.sink.write(b"".join(parts))
         return seqs
-
-    def _lane_templates(self, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The TrackDescriptor of resource r's extra lanes without its uuid (field 1, serialized
-        first): the resource's own descriptor, no children; built for the resources in ``res``."""
-        todo = [int(r) for r in np.unique(res) if int(r) not in self._templates]
-        if todo or self._template_arrays is None:
-            for r in todo:
-                node = self.res_nodes[r]
-                body = descriptor(Node(node.name, 1, node.parent, node.path, node.rank),
-                                  has_children=False).track_descriptor.SerializeToString()
-                assert body[:2] == b"\x08\x01"
-                self._templates[r] = body[2:]
-            lo = np.zeros(len(self.res_nodes), np.int64)
-            hi = np.zeros(len(self.res_nodes), np.int64)
-            blob = bytearray()
-            for r, body in self._templates.items():
-                lo[r] = len(blob)
-                blob += body
-                hi[r] = len(blob)
-            self._template_arrays = np.frombuffer(bytes(blob) or b"\0", np.uint8), lo, hi
-        return self._template_arrays
 
     # -- events -----------------------------------------------------------------------------
     def write_events(self) -> None:
@@ -445,7 +426,7 @@ class _Group:
         seqs = np.zeros(len(tracks), np.uint64)
         for k, (node, _unit) in enumerate(tracks):
             seqs[k] = self.ids.seq()
-            self.sink.write(sequence_start_bytes(int(seqs[k]), node.uuid))
+            self.sink.packet(sequence_start(int(seqs[k]), node.uuid))
         lut = np.full((len(self.paths), len(names)), -1, np.int64)
         for (r, cname), k in index.items():
             lut[r, names.index(cname)] = k
@@ -463,8 +444,7 @@ class _Group:
             cid = np.asarray(pc.index_in(t.column("counter"), value_set=name_set).to_numpy(zero_copy_only=False),
                              np.int64)
             track = lut[res, cid]
-            delta = np.empty_like(ts)
-            running_delta(track, ts, last, delta)
+            delta = running_delta(track, ts, last)
             by_track = np.argsort(track, kind="stable")  # one run per sequence: see _lane_order
             batch = wire.CounterBatch(seq=seqs[track[by_track]], delta=delta[by_track].astype(np.uint64),
                                       value=t.column("value").to_numpy().astype(np.float64)[by_track])
