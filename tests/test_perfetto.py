@@ -272,28 +272,6 @@ def test_null_required_values_are_named(tmp_path):
         write_trace(tmp_path / "n.pftrace", ev)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.data())
-def test_compiled_flow_plan_agrees_with_the_checked_one(data):
-    """The compiled dense-id flow check leaves out the same ids and rejects the same tables (with
-    the same message) as the sorting one."""
-    n = data.draw(st.integers(1, 30))
-    ids = st.one_of(st.none(), st.integers(0, 12), st.integers(-3, 40))
-    ts = sorted(data.draw(st.lists(st.integers(0, 50), min_size=n, max_size=n)))
-    t = pl.DataFrame({"ts_ns": ts, "flow_out": data.draw(st.lists(ids, min_size=n, max_size=n)),
-                      "flow_in": data.draw(st.lists(ids, min_size=n, max_size=n))},
-                     schema_overrides={"flow_out": pl.Int64, "flow_in": pl.Int64}).to_arrow()
-    t = t.slice(data.draw(st.integers(0, n - 1)))  # buffers with an offset
-    try:
-        want = pf._flow_plan_checked(t, "x")
-    except TracekitError as exc:
-        with pytest.raises(TracekitError) as got:
-            pf._flow_plan(t, "x")
-        assert str(got.value) == str(exc)
-        return
-    assert pf._flow_plan(t, "x").tolist() == want.tolist()
-
-
 def test_values_implied_by_resource_paths():
     assert pf.implied("node0/rank3/nic0/qp5") == {"rank": 3, "channel": -1, "qp": 5}
     assert pf.implied("node1/rank12/sm/ch4/a") == {"rank": 12, "channel": 4, "qp": -1}

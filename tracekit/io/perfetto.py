@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -207,11 +206,10 @@ class _Group:
                 grown[:, :seen.shape[1]] = seen
                 seen = grown
             cid = np.array([counter_ids[name] for name in names], np.int64)[codes]
-            rows = np.zeros(res.shape[0], np.int64)
-            m = _first_pairs(res, cid, seen, rows)
-            if m:
-                units = b.column("unit").take(pa.array(rows[:m])).to_pylist()
-                first += [(int(res[i]), b.column("counter")[int(i)].as_py(), u) for i, u in zip(rows[:m], units)]
+            rows = _first_pairs(res, cid, seen)
+            if rows.size:
+                units = b.column("unit").take(pa.array(rows)).to_pylist()
+                first += [(int(res[i]), b.column("counter")[int(i)].as_py(), u) for i, u in zip(rows, units)]
         keys = [(self.paths[r], c, u) for r, c, u in first]
         rows = sorted(keys, key=lambda r: ([natural_key(s) for s in r[0].split("/")], natural_key(r[1])))
         res_index = {p: k for k, p in enumerate(self.paths)}
@@ -483,84 +481,16 @@ def _int_column(t: pa.Table, col: str) -> tuple[np.ndarray, np.ndarray] | None:
     return values, valid
 
 
-@numba.njit(cache=True)
-def _first_pairs(res, cid, seen, rows):  # pragma: no cover - compiled
-    """Rows whose (resource, counter) pair is new, recorded in ``seen``; returns how many."""
-    m = 0
-    for i in range(res.shape[0]):
-        if not seen[res[i], cid[i]]:
-            seen[res[i], cid[i]] = True
-            rows[m] = i
-            m += 1
-    return m
-
-
-@numba.njit(cache=True)
-def _valid_range(ids, ok):  # pragma: no cover - compiled
-    """(min, max, count) of ``ids[ok]``."""
-    lo, hi, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
-    for r in range(ids.shape[0]):
-        if ok[r]:
-            lo = min(lo, ids[r])
-            hi = max(hi, ids[r])
-            n += 1
-    return lo, hi, n
-
-
-@numba.njit(cache=True)
-def _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired):  # pragma: no cover - compiled
-    """The flow checks of :func:`_flow_plan` for ids in ``lo .. lo + len(at_o) - 1``, through
-    direct-address tables (row of each id's start and end). Returns the number of unpaired ids
-    written to ``unpaired`` (ascending), or -1 when an id starts or ends twice or ends before it
-    starts (the caller then finds and reports the first such id)."""
-    for r in range(o_ids.shape[0]):
-        if o_ok[r]:
-            k = o_ids[r] - lo
-            if at_o[k] >= 0:
-                return -1
-            at_o[k] = r
-    for r in range(i_ids.shape[0]):
-        if i_ok[r]:
-            k = i_ids[r] - lo
-            if at_i[k] >= 0:
-                return -1
-            at_i[k] = r
-    m = 0
-    for k in range(at_o.shape[0]):
-        o, i = at_o[k], at_i[k]
-        if o >= 0 and i >= 0:
-            if ts[i] < ts[o]:
-                return -1
-        elif o >= 0 or i >= 0:
-            unpaired[m] = lo + k
-            m += 1
-    return m
+def _first_pairs(res: np.ndarray, cid: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Rows (ascending) where a (resource, counter) pair appears first, recorded in ``seen``."""
+    _keys, idx = np.unique(res * seen.shape[1] + cid, return_index=True)
+    r, c = res[idx], cid[idx]
+    new = ~seen[r, c]
+    seen[r[new], c[new]] = True
+    return np.sort(idx[new])
 
 
 def _flow_plan(t: pa.Table, where: str) -> np.ndarray:
-    """:func:`_flow_plan_checked`, compiled for dense ids (the usual 0..F) of valid tables."""
-    out, into = _int_column(t, "flow_out"), _int_column(t, "flow_in")
-    if out is None or into is None:
-        return _flow_plan_checked(t, where)
-    (o_ids, o_ok), (i_ids, i_ok) = out, into
-    lo_o, hi_o, n_o = _valid_range(o_ids, o_ok)
-    lo_i, hi_i, n_i = _valid_range(i_ids, i_ok)
-    lo, hi, count = min(lo_o, lo_i), max(hi_o, hi_i), n_o + n_i
-    if hi - lo >= 4 * count + 1024:
-        return _flow_plan_checked(t, where)
-    span = hi - lo + 1
-    rows = np.int32 if t.num_rows < 2**31 else np.int64
-    at_o, at_i = np.full(span, -1, rows), np.full(span, -1, rows)
-    unpaired = np.empty(count, np.int64)
-    # writable either way: a read-only array is another type to numba (another compilation)
-    ts = np.require(t.column("ts_ns").to_numpy().astype(np.int64, copy=False), requirements="W")
-    m = _dense_flow_plan(o_ids, o_ok, i_ids, i_ok, ts, lo, at_o, at_i, unpaired)
-    if m < 0:
-        return _flow_plan_checked(t, where)  # raises, naming the first bad id
-    return unpaired[:m].copy()
-
-
-def _flow_plan_checked(t: pa.Table, where: str) -> np.ndarray:
     """Check the flow columns of a time-sorted table; return the ids that have no partner (a
     flow_out never terminated, or a flow_in never started), which are left out of the trace.
 

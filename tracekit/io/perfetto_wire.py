@@ -313,27 +313,18 @@ def encode_slices(b: SliceBatch) -> tuple[np.ndarray, np.ndarray]:
     return buf[:size], row_end
 
 
-@numba.njit(cache=True, nogil=True)
-def _chunk_cuts(first_end, ends, chunk, cuts):  # pragma: no cover - compiled
+def _chunk_cuts(first_end: int, ends: np.ndarray, chunk: int, cuts: np.ndarray) -> int:
     """Greedy cuts of a stream into pieces of at most ``chunk`` bytes, cut only where a row ends
     (at ``first_end`` when > 0, then at each of ``ends``, ascending; the last is the stream's
     end). A row longer than ``chunk`` is a piece of its own. ``cuts`` gets 0, the cut points and
     the end; returns how many."""
-    n = ends.shape[0]
-    total = ends[n - 1] if n else first_end
+    cand = np.concatenate([np.array([first_end], np.int64), ends]) if first_end > 0 else ends
+    total = int(cand[-1]) if cand.shape[0] else first_end
     cuts[0] = 0
-    m = 1
-    pos = 0
-    j = 0 if first_end > 0 else 1  # candidate j: first_end for j == 0, else ends[j - 1]
+    m, pos = 1, 0
     while total - pos > chunk:
-        while j <= n and (first_end if j == 0 else ends[j - 1]) <= pos + chunk:
-            j += 1
-        last = (first_end if j == 1 else ends[j - 2]) if j >= 1 else -1
-        if last > pos:
-            cut = last
-        else:
-            cut = first_end if j == 0 else ends[j - 1]
-            j += 1
+        j = int(np.searchsorted(cand, pos + chunk, side="right"))  # cand[:j] fit in this piece
+        cut = int(cand[j - 1]) if j > 0 and cand[j - 1] > pos else int(cand[np.searchsorted(cand, pos, side="right")])
         cuts[m] = cut
         m += 1
         pos = cut
