@@ -272,13 +272,6 @@ def test_null_required_values_are_named(tmp_path):
         write_trace(tmp_path / "n.pftrace", ev)
 
 
-def test_values_implied_by_resource_paths():
-    assert pf.implied("node0/rank3/nic0/qp5") == {"rank": 3, "channel": -1, "qp": 5}
-    assert pf.implied("node1/rank12/sm/ch4/a") == {"rank": 12, "channel": 4, "qp": -1}
-    assert pf.implied("switch0/port2") == {"rank": -1, "channel": -1, "qp": -1}
-    assert pf.implied("rank1/rank2/ch3x/ch") == {"rank": 1, "channel": -1, "qp": -1}  # first segment of a kind
-
-
 def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeypatch):
     """Batches are encoded and deflated on workers; many small batches and bundles, one worker or
     several, give the same file."""

@@ -18,7 +18,6 @@ Definitions (all times integer nanoseconds):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, union_length
 from tracekit.analysis.matching import NameMap, operation_names
 from tracekit.errors import TracekitError
+from tracekit.resources import ResourcePath
 
 COMM_KINDS = ("comm", "sync")
 COMPUTE_KIND = "compute"
@@ -37,8 +37,6 @@ STALL_CAUSES = ("credit", "send_queue", "cq", "switch_buffer")
 _NOT_PHASES = ("", "compute")
 _NOT_RESOURCES = ("expert_queue",)
 _INSTANCE = ["phase", "step", "layer"]
-_RANK_PREFIX = re.compile(r"^node\d+/rank\d+/")
-_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -95,15 +93,8 @@ def _us(ns: float) -> str:
 def resource_kind(path: str) -> str:
     """Kind of a resource path, without node/rank prefix and numbers: ``node0/rank3/nic0/tx`` ->
     ``nic/tx``, ``node0/rank3/sm/ch2/a`` -> ``sm``, ``switch0/port5`` -> ``switch/port``,
-    ``node0/rank1/stream7`` -> ``stream``."""
-    rest = _RANK_PREFIX.sub("", path)
-    if rest.startswith("sm/"):
-        return "sm"
-    parts = [_DIGITS.sub("", p) for p in rest.split("/")]
-    parts = [p for p in parts if p]
-    if parts and parts[-1] in ("a", "b"):
-        parts = parts[:-1]
-    return "/".join(parts) or path
+    ``node0/rank1/stream7`` -> ``stream`` (:meth:`ResourcePath.kind`)."""
+    return ResourcePath.parse(path).kind()
 
 
 @dataclass

@@ -46,6 +46,7 @@ from tracekit.errors import TracekitError
 from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
 from tracekit.io.perfetto_state import Interner, Sink, lane_start, running_delta, sequence_start
+from tracekit.resources import ResourcePath
 from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
@@ -74,28 +75,10 @@ _NUMERIC = {"int32": np.int32, "int64": np.int64}
 _EVENTS_DEFAULTS = {f.name: f.default for f in _EVENTS.fields}
 
 
-def implied_index(path: str, prefix: str) -> int:
-    """The number of the ``<prefix><n>`` segment of a resource path (``ch`` -> channel), or -1."""
-    for seg in path.split("/"):
-        m = re.fullmatch(prefix + r"(\d+)", seg)
-        if m:
-            return int(m.group(1))
-    return -1
-
-
-_IMPLIED_SEGMENT = re.compile(r"(rank|ch|qp)(\d+)")
-_IMPLIED_KEY = {"rank": "rank", "ch": "channel", "qp": "qp"}
-
-
 def implied(path: str) -> dict[str, int]:
     """The annotation values a resource path implies (left out of the trace when equal): the
     number of its first ``rank<r>``, ``ch<c>`` and ``qp<q>`` segment, -1 without one."""
-    out = {"rank": -1, "channel": -1, "qp": -1}
-    for seg in reversed(path.split("/")):  # the first segment of a kind wins
-        m = _IMPLIED_SEGMENT.fullmatch(seg)
-        if m:
-            out[_IMPLIED_KEY[m.group(1)]] = int(m.group(2))
-    return out
+    return ResourcePath.parse(path).implied()
 
 
 def _to_arrow(table: pl.DataFrame | pa.Table | None, what: str) -> pa.Table | None:
@@ -166,10 +149,11 @@ class _Group:
         for t in (events, counters):
             if t is not None and t.num_rows:
                 paths.update(pc.unique(t.column("resource")).to_pylist())
-        bad = sorted(p for p in paths if not p or any(s == "" for s in p.split("/")))
-        if bad or None in paths:
-            raise TracekitError(f"resource {(bad or [None])[0]!r} is not a slash-separated path with non-empty parts",
-                                where=f"{where}: column resource", fix="name resources like node0/rank3/nic0/qp5")
+        for p in sorted(paths, key=lambda p: (p is not None, p or "")):
+            try:
+                ResourcePath.parse(p)
+            except TracekitError as exc:
+                raise exc.located(f"{where}: column resource") from None
         self.paths = sorted(paths)
         self.nodes = build_tree(parent, self.paths, ids)
         self.value_set = pa.array(self.paths, pa.string())

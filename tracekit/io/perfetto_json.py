@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from tracekit import schemas
 from tracekit.io.atomic import atomic_path
 from tracekit.io.perfetto_tracks import LaneAssigner, natural_key
+from tracekit.resources import ResourcePath
 
 _BATCH = 1 << 15
 _EVENTS = schemas.load("events")
@@ -38,7 +39,7 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
     paths = sorted(set(pc.unique(events.column("resource")).to_pylist())
                    | (set(pc.unique(counters.column("resource")).to_pylist()) if counters is not None else set()),
                    key=lambda p: [natural_key(s) for s in p.split("/")])
-    tops = sorted({p.split("/")[0] for p in paths}, key=natural_key)
+    tops = sorted({ResourcePath.parse(p).top for p in paths}, key=natural_key)
     pid = {t: i + 1 for i, t in enumerate(tops)}
     value_set = pa.array(paths, pa.string())
     lanes = LaneAssigner(len(paths))
@@ -65,7 +66,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
             for i in range(t.num_rows):
                 ln = int(lane[i])
                 r = paths[res[i]]
-                top, _, rest = r.partition("/")
+                rp = ResourcePath.parse(r)
+                top, rest = rp.top, rp.rest
                 if ln not in tids:
                     tids[ln] = len(tids) + 1
                     k = int(lanes.lane_index[ln])
@@ -95,7 +97,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
                 t = counters.slice(start, _BATCH)
                 for ts, r, c, v in zip(t.column("ts_ns").to_pylist(), t.column("resource").to_pylist(),
                                        t.column("counter").to_pylist(), t.column("value").to_pylist()):
-                    top, _, rest = r.partition("/")
+                    rp = ResourcePath.parse(r)
+                    top, rest = rp.top, rp.rest
                     text = json.dumps({"ph": "C", "name": f"{rest or top} {c}", "pid": pid[top], "tid": 0, "ts": 0,
                                        "args": {c: v}}, separators=(",", ":"))
                     f.write(("" if first else ",\n") + text.replace('"ts":0', f'"ts":{_us(int(ts))}', 1))

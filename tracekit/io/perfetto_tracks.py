@@ -58,7 +58,6 @@ DESCRIPTIONS = {
 }
 
 _SPLIT = re.compile(r"(\d+)")
-_RANK = re.compile(r"^rank(\d+)$")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -70,15 +69,6 @@ def natural_key(name: str) -> tuple:
     kind = ORDER.index(prefix) if prefix in ORDER else len(ORDER)
     parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _SPLIT.split(name) if p)
     return (kind, parts, name)
-
-
-def implied_rank(path: str) -> int:
-    """The rank a resource path belongs to (its ``rank<r>`` segment), or -1."""
-    for seg in path.split("/"):
-        m = _RANK.match(seg)
-        if m:
-            return int(m.group(1))
-    return -1
 
 
 def _kind(name: str) -> str:
