@@ -42,7 +42,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracekit.io import perfetto as pf  # noqa: E402
-from tracekit.io import perfetto_wire as wire  # noqa: E402
+from tracekit.io.perfetto import encode as wire  # noqa: E402
 
 
 def replay_like(n_events: int, seed: int = 0, ranks: int = 64, gpn: int = 8) -> tuple[pl.DataFrame, pl.DataFrame]:

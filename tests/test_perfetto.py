@@ -14,7 +14,7 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io import perfetto as pf
 from tracekit.io.perfetto import read_trace, write_json, write_trace, write_trace_groups
-from tracekit.io.perfetto_check import check_trace, iter_frames
+from tracekit.io.perfetto.check import check_trace, iter_frames
 
 RESOURCES = ["node0/rank0/sm/ch0", "node0/rank0/sm/ch1", "node0/rank1/nic0/qp3", "node0/rank1/nic0/tx",
              "node1/rank8/hbm", "switch0/port12", "node1/rank9/nvlink/rx", "node0/rank1/nic0/qp10"]
@@ -277,7 +277,7 @@ def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeyp
     several, give the same file."""
     import os
 
-    from tracekit.io import perfetto_state
+    from tracekit.io.perfetto import sink
 
     monkeypatch.setattr(pf, "BATCH_ROWS", 50)
     rng = np.random.default_rng(4)
@@ -289,7 +289,7 @@ def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeyp
     files = []
     for cpus, chunk in ((1, 1 << 20), (4, 1 << 20), (4, 1 << 20), (2, 700)):
         monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
-        monkeypatch.setattr(perfetto_state.Sink.__init__, "__defaults__", (chunk, 16 << 20))
+        monkeypatch.setattr(sink.Sink.__init__, "__defaults__", (chunk, 16 << 20))
         files.append(write_trace(tmp_path / f"w{cpus}_{chunk}_{len(files)}.pftrace", ev).read_bytes())
     assert files[0] == files[1] == files[2]
     assert files[3] != files[0]  # smaller bundles: other bytes, the same trace

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from tracekit.io import perfetto_wire as wire
+from tracekit.io.perfetto import encode as wire
 
 u64 = st.integers(0, (1 << 64) - 1)
 small = st.integers(0, 1 << 20)
@@ -81,7 +81,7 @@ def test_interned_packets_equal_the_bindings(data):
     """Interner.packets, batch after batch, defines on each sequence exactly the event names and
     string values its rows use first, one packet per sequence in sequence order, as the bindings
     serialize it."""
-    from tracekit.io.perfetto_state import Interner
+    from tracekit.io.perfetto.packets import Interner
 
     names = [f"stage{i}" for i in range(300)]
     strs = [f"value{i}" for i in range(300)]
@@ -122,8 +122,8 @@ def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
     import polars as pl
 
     from tracekit.io.perfetto import write_trace
-    from tracekit.io.perfetto_check import iter_frames
-    from tracekit.io.perfetto_tracks import descriptor, Node
+    from tracekit.io.perfetto.check import iter_frames
+    from tracekit.io.perfetto.tracks import descriptor, Node
 
     ev = pl.DataFrame({"ts_ns": [0, 1, 2], "dur_ns": [10, 10, 10], "rank": [0, 0, 0],
                        "resource": ["node0/rank0/nic0/qp1"] * 3, "stage": ["w"] * 3, "name": ["w"] * 3})
@@ -228,7 +228,7 @@ def test_presence_rules(data):
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50)), max_size=40), st.lists(st.integers(0, 9), min_size=5,
                                                                                          max_size=5))
 def test_running_delta_equals_a_loop(rows, start):
-    from tracekit.io.perfetto_state import running_delta
+    from tracekit.io.perfetto.packets import running_delta
 
     key = np.array([k for k, _ in rows], np.int64)
     ts = np.cumsum([d for _, d in rows]).astype(np.int64)

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from tracekit.cli import main
-from tracekit.io.perfetto_check import check_trace
+from tracekit.io.perfetto.check import check_trace
 from tracekit.io.trace_processor import query
 
 ROOT = Path(__file__).resolve().parents[1]

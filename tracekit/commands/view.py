@@ -61,7 +61,7 @@ def _check_framing(path: Path) -> None:
     precedes the cut). ``tracekit validate`` checks the packets themselves."""
     import mmap
 
-    from tracekit.io.perfetto_check import iter_frames
+    from tracekit.io.perfetto.check import iter_frames
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         for _frame in iter_frames(buf, str(path)):

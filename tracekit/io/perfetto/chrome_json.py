@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from tracekit import schemas
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_tracks import LaneAssigner, natural_key
+from tracekit.io.perfetto.tracks import LaneAssigner, natural_key
 from tracekit.resources import ResourcePath
 
 _BATCH = 1 << 15

@@ -20,10 +20,14 @@ and string values are interned; values implied by the resource path (rank, chann
 defaults are left out; and by default packets are deflated in ~1 MiB ``compressed_packets``
 bundles, as Perfetto's own tracing service writes them.
 
+The package's modules follow the writer's stages: :mod:`.tracks` (track tree and lanes),
+:mod:`.packets` (sequence starts, descriptors, interned data: the bindings), :mod:`.encode` (the
+per-event packets, compiled, byte-identical to the bindings), :mod:`.sink` (bundles, worker
+threads, ordered output); :mod:`.check` reads a trace back, :mod:`.chrome_json` writes Chrome JSON.
+
 Speed: batches are prepared here (strings, interning, lanes) and handed to worker threads, which
-encode them with the compiled columnar encoder of :mod:`tracekit.io.perfetto_wire` (byte-identical
-to the protobuf bindings) in one compiled call without the GIL, and deflate them with a zlib-stream
-library (ISA-L, else the standard library's zlib); the sink writes the results in order (:class:`tracekit.io.perfetto_state.Sink`).
+encode them in one compiled call without the GIL and deflate them with a zlib-stream library
+(ISA-L, else the standard library's zlib); the sink writes the results in order.
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
-from tracekit.io import perfetto_wire as wire
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_state import Interner, Sink, lane_start, running_delta, sequence_start
+from tracekit.io.perfetto import encode as wire
+from tracekit.io.perfetto.packets import Interner, lane_start, running_delta, sequence_start
+from tracekit.io.perfetto.sink import Sink
 from tracekit.resources import ResourcePath
-from tracekit.io.perfetto_tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
+from tracekit.io.perfetto.tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
                                          natural_key, walk)
 
 #: Debug annotations in the order they are written: (name, events column, type, default), from
@@ -710,12 +715,12 @@ def write_trace_groups(path: str | os.PathLike[str],
 def read_trace(path: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Parse a ``.pftrace`` written by :func:`write_trace` back into (events, counters) tables
     (schemas events.v1 and counters.v1). The file is checked as it is read
-    (:func:`tracekit.io.perfetto_check.check_trace`); a violation raises :class:`TracekitError`.
+    (:func:`tracekit.io.perfetto.check.check_trace`); a violation raises :class:`TracekitError`.
 
     Resource paths are the track names below the root joined by '/' (in a grouped trace they
     start with the group name); a counter's rank is the one its path implies. Rows come out
     sorted by (ts_ns, resource)."""
-    from tracekit.io.perfetto_check import walk_trace
+    from tracekit.io.perfetto.check import walk_trace
 
     result = walk_trace(path, collect=True)
     return result.events(), result.counters()
@@ -725,7 +730,7 @@ def write_json(path: str | os.PathLike[str], events: pl.DataFrame | pa.Table,
                counters: pl.DataFrame | pa.Table | None = None, *, title: str = "") -> Path:
     """Chrome trace-event JSON of the same timeline, for chrome://tracing (best effort: microsecond
     floats, flows as s/f pairs). Prefer :func:`write_trace` for Perfetto."""
-    from tracekit.io.perfetto_json import write_chrome_json
+    from tracekit.io.perfetto.chrome_json import write_chrome_json
 
     ev, ct, _unpaired = _prepare(events, counters, str(path))
     return write_chrome_json(path, ev, ct, title=title)

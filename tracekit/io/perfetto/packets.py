@@ -1,21 +1,15 @@
-"""Per-file writer state of the Perfetto export: the packet sink (plain or deflated bundles),
-the interning tables, and what each packet sequence has already been told.
+"""The packets of the Perfetto writer other than the per-event ones, built through the
+``perfetto`` bindings: sequence starts, lane descriptors, interned data, and the interning
+tables with what each packet sequence has already been told.
 
 Perfetto scopes interned data to a packet sequence, and tracekit writes one sequence per track
 lane, so an interned name must be defined on every sequence that uses it, before its first use.
 The :class:`Interner` keeps file-wide ids (one id per string, whatever the sequence) and, per
 sequence, which ids were emitted there; each batch it emits one ``interned_data`` packet per
-sequence that meets something new. Packets other than the per-event ones are built through the
-``perfetto`` bindings.
+sequence that meets something new.
 """
 
 from __future__ import annotations
-
-import collections
-import concurrent.futures
-import os
-from collections.abc import Callable
-from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,96 +17,13 @@ import pyarrow.compute as pc
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from tracekit.io import perfetto_wire as wire
+from tracekit.io.perfetto import encode as wire
 
 #: Sequence-scoped incremental clock used by every sequence (ids 64..127 are sequence-scoped).
 CLOCK_ID = 64
 BOOTTIME = pb.BUILTIN_CLOCK_BOOTTIME
 #: Interned ids below this are tracked per sequence in a dense table; the rest in a set.
 _DENSE = 256
-
-
-class Sink:
-    """Writes framed packets in order, optionally bundled into deflated ``compressed_packets``
-    chunks of about ``chunk_bytes`` (whole packets each).
-
-    Work is handed to worker threads: deflating chunks (the zlib stream library runs without
-    the GIL) and encoding batches of rows (:meth:`write_encoded`), while the writer
-    prepares the next batch. Results are written in submission order and chunk boundaries depend
-    only on the bytes, so the file does not depend on thread timing. At most about
-    ``max_pending_bytes`` of packets are in flight: memory stays bounded whatever the trace
-    length."""
-
-    def __init__(self, f: IO[bytes], compress: bool, chunk_bytes: int = 1 << 20,
-                 max_pending_bytes: int = 16 << 20) -> None:
-        self.f = f
-        self.compress = compress
-        self.chunk_bytes = chunk_bytes
-        self.parts: list[bytes | np.ndarray] = []
-        self.size = 0
-        workers = max(1, min(8, (os.cpu_count() or 1)))
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-        self.max_pending_bytes = max_pending_bytes
-        self.pending: collections.deque = collections.deque()  # (future or ready parts, size)
-        self.pending_bytes = 0
-
-    def write(self, data: bytes | np.ndarray) -> None:
-        """Append whole packets (bytes or a uint8 array, which must not change afterwards)."""
-        n = len(data)
-        if not n:
-            return
-        self.parts.append(data)
-        self.size += n
-        if self.size >= self.chunk_bytes:
-            self._flush_chunk()
-
-    def write_encoded(self, job: Callable[[bytes, bool, int], list], size_hint: int) -> None:
-        """Append what ``job(prefix, compress, chunk_bytes)`` returns, run on a worker thread: the
-        parts to write for ``prefix`` (the packets written before, which go first) and the
-        packets the job encodes, deflated into bundles of about ``chunk_bytes`` when
-        ``compress`` (see :func:`tracekit.io.perfetto_wire.slice_writer`). A chunk ends after
-        them. ``size_hint``: about how many bytes the job encodes."""
-        prefix = b"".join(self.parts)
-        self.parts, self.size = [], 0
-        self._push(self.pool.submit(job, prefix, self.compress, self.chunk_bytes), len(prefix) + size_hint)
-
-    def packet(self, p: pb.TracePacket) -> None:
-        self.write(wire.frame(p))
-
-    def _flush_chunk(self) -> None:
-        if not self.parts:
-            return
-        parts, size = self.parts, self.size
-        self.parts, self.size = [], 0
-        if not self.compress:
-            self._push(parts, size)
-        else:
-            self._push(self.pool.submit(_bundle, parts[0] if len(parts) == 1 else b"".join(parts)), size)
-
-    def _push(self, item: Any, size: int) -> None:
-        self.pending.append((item, size))
-        self.pending_bytes += size
-        while self.pending_bytes > self.max_pending_bytes:
-            self._drain_one()
-
-    def _drain_one(self) -> None:
-        item, size = self.pending.popleft()
-        for part in (item.result() if isinstance(item, concurrent.futures.Future) else item):
-            self.f.write(part)
-        self.pending_bytes -= size
-
-    def close(self) -> None:
-        try:
-            self._flush_chunk()
-            while self.pending:
-                self._drain_one()
-        finally:
-            self.pool.shutdown()
-
-
-def _bundle(raw: bytes | np.ndarray) -> list:
-    """A framed ``compressed_packets`` packet holding ``raw``."""
-    return [wire.compressed_frame(raw)]
 
 
 class Interner:

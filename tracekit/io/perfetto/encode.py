@@ -348,7 +348,7 @@ def _encode_after(prefix, seq, bdelta, dur, instant, name_iid, ann_vals, ann_pre
 
 
 def slice_writer(b: SliceBatch) -> Callable[[bytes, bool, int], list]:
-    """A job for :meth:`tracekit.io.perfetto_state.Sink.write_encoded`: given the packets that go
+    """A job for :meth:`tracekit.io.perfetto.packets.Sink.write_encoded`: given the packets that go
     before, whether to deflate and the bundle size, it returns the parts to write. The arrays are
     prepared here; the job encodes them in one compiled call without the GIL, then deflates
     bundles of about ``chunk`` bytes, cut where a row ends (zlib streams, also without the GIL)."""
