@@ -44,7 +44,8 @@ def announce_compilation(prefetch: bool = True) -> None:
     loaded from the cache print nothing); with ``prefetch``, also start :func:`prefetch_writer`
     in a second process then, so that the timeline writer's kernels compile on another core
     while this process compiles and runs the rest (it loads them from the cache when it gets
-    there, or compiles them itself if they are not there yet)."""
+    there, or compiles them itself if they are not there yet). ``TRACEKIT_PREFETCH=0`` turns the
+    second process off."""
     from numba.core import event
 
     class _Notice(event.Listener):
@@ -54,7 +55,7 @@ def announce_compilation(prefetch: bool = True) -> None:
                 _announced = True
                 print(f"tracekit: compiling kernels for first use (once; cached in {os.environ.get('NUMBA_CACHE_DIR')})",
                       file=sys.stderr, flush=True)
-                if prefetch:
+                if prefetch and os.environ.get("TRACEKIT_PREFETCH", "1") != "0":
                     _start_prefetch()
 
         def on_end(self, ev: event.Event) -> None:
