@@ -163,3 +163,20 @@ def test_view_summary(shell, replays, capsys):
     top = events.group_by("stage").agg(pl.col("dur_ns").sum()).sort("dur_ns", descending=True).row(0)
     assert f"{events.height:,} slices" in out and top[0] in out and f"{top[1] / 1e3:,.1f}" in out
     assert "busiest tracks" in out and "ui.perfetto.dev" in out
+
+
+def test_tied_flows_and_simultaneous_instants(shell, tmp_path):
+    """Flows whose sink starts with its source on another lane of the same resource, and zero-
+    duration events at one time on one resource: every flow arrives, nothing nests."""
+    from tracekit.io.perfetto import write_trace
+
+    qp = "node0/rank0/nic0/qp0"
+    ev = pl.DataFrame({
+        "ts_ns": [0, 0, 5, 5, 5, 5, 5, 9], "dur_ns": [10, 10, 0, 0, 0, 3, 4, 0], "rank": [0] * 8,
+        "resource": [qp] * 8, "stage": ["w", "w", "cq", "cq", "cq", "f", "g", "cq"],
+        "name": ["w", "w", "cq", "cq", "cq", "f", "g", "cq"],
+        "flow_out": [None, None, 1, None, 2, None, None, None], "flow_in": [None, None, None, 1, None, None, 2, None],
+    }, schema_overrides={"rank": pl.Int32, "flow_out": pl.Int64, "flow_in": pl.Int64})
+    for compress in (True, False):
+        path = write_trace(tmp_path / f"t{compress}.pftrace", ev, compress=compress)
+        judge(shell, path, ev, None)

@@ -32,8 +32,8 @@ encode them in one compiled call without the GIL and deflate them with a zlib-st
 
 from __future__ import annotations
 
+import heapq
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -589,8 +589,6 @@ def _lane_order(lane: np.ndarray, ts: np.ndarray, t: dict[str, Any]) -> np.ndarr
 def _lane_rank(first: np.ndarray, then: np.ndarray, num_lanes: int) -> np.ndarray | None:
     """A position for every lane, increasing with the lane id except that each ``first[k]``
     comes before ``then[k]`` (Kahn's algorithm, smallest lane first); None for a cycle."""
-    import heapq
-
     edges: dict[int, set[int]] = {}
     indegree = np.zeros(num_lanes, np.int64)
     for u, v in set(zip(first.tolist(), then.tolist())):
