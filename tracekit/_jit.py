@@ -53,8 +53,9 @@ def announce_compilation(prefetch: bool = True) -> None:
             global _announced
             if not _announced:
                 _announced = True
-                print(f"tracekit: compiling kernels for first use (once; cached in {os.environ.get('NUMBA_CACHE_DIR')})",
-                      file=sys.stderr, flush=True)
+                where = os.environ.get("NUMBA_CACHE_DIR")
+                print(f"tracekit: compiling kernels for first use (once; cached in {where})", file=sys.stderr,
+                      flush=True)
                 if prefetch and os.environ.get("TRACEKIT_PREFETCH", "1") != "0":
                     _start_prefetch()
 

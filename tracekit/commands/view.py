@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tracekit.errors import TracekitError
 
-HELP = "how to open a timeline (.pftrace or Chrome JSON) in ui.perfetto.dev, with a summary if a trace processor is found"
+HELP = "how to open a timeline (.pftrace or JSON) in ui.perfetto.dev; a summary if a trace processor is found"
 
 #: Statements of the summary, in the order printed.
 SUMMARY_SQL = """

@@ -249,7 +249,8 @@ class LaneAssigner:
         done = 0
         while done < res.shape[0]:
             k = _assign(res[done:], ts[done:], end[done:], self.first, self.last, self.nxt, self.lane_end,
-                        self.lane_inst, self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:], delta[done:])
+                        self.lane_inst, self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:],
+                        delta[done:])
             done += k
             if done < res.shape[0]:
                 self._alloc(2 * self.lane_end.shape[0])
