@@ -49,7 +49,7 @@ from tracekit import schemas
 from tracekit.errors import TracekitError
 from tracekit.io.atomic import atomic_path
 from tracekit.io.perfetto import encode as wire
-from tracekit.io.perfetto.packets import Interner, lane_start, running_delta, sequence_start
+from tracekit.io.perfetto.packets import Interner, lane_starts, running_delta, sequence_start
 from tracekit.io.perfetto.sink import Sink
 from tracekit.resources import ResourcePath
 from tracekit.io.perfetto.tracks import (LaneAssigner, Node, Uuids, build_tree, descriptor,
@@ -232,16 +232,15 @@ class _Group:
         """Sequences (and tracks, for lanes past the first) of the lanes created by the last batch."""
         old, new = lane_seq.shape[0], lanes.num_lanes
         seqs = np.concatenate([lane_seq, self.ids.seqs(new - old).astype(np.uint64)])
-        parts = []
+        starts = []
         for lane in range(old, new):
             node = self.res_nodes[int(lanes.lane_res[lane])]
             if lanes.lane_index[lane] > 0:  # an extra lane: a sibling track, same name
                 extra = Node(node.name, self.ids.uuid(), node.parent, node.path, node.rank)
-                parts.append(lane_start(int(seqs[lane]), extra.uuid, self.interner.names,
-                                        descriptor(extra, has_children=False)))
+                starts.append((int(seqs[lane]), extra.uuid, extra))
             else:
-                parts.append(lane_start(int(seqs[lane]), node.uuid, self.interner.names))
-        self.sink.write(b"".join(parts))
+                starts.append((int(seqs[lane]), node.uuid, None))
+        self.sink.write(lane_starts(starts, self.interner.names))
         return seqs
 
     # -- events -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from tracekit.io.perfetto import encode as wire
+from tracekit.io.perfetto.tracks import Node, descriptor
 
 #: Sequence-scoped incremental clock used by every sequence (ids 64..127 are sequence-scoped).
 CLOCK_ID = 64
@@ -100,7 +100,7 @@ class Interner:
         """Framed interned-data packets defining, on each sequence, the event names and string
         values these rows use that the sequence has not seen yet (one packet per such sequence,
         by sequence id), built through the bindings. ``strings``: (ids, present) pairs.
-        Annotation names are defined when a sequence starts (:func:`lane_start`)."""
+        Annotation names are defined when a sequence starts (:func:`lane_starts`)."""
         if seq.shape[0] == 0:
             return b""
         self._grow(int(seq.max()))
@@ -109,28 +109,32 @@ class Interner:
         if strings:
             new[1] = np.unique(np.concatenate([self._first_uses(1, seq64[used], ids.astype(np.int64)[used])
                                                for ids, used in strings]))
-        by_seq: dict[int, pb.TracePacket] = {}
-        for table, keys in enumerate(new):
-            for key in keys.tolist():
-                s, iid = key >> 32, key & 0xFFFFFFFF
-                p = by_seq.get(s)
-                if p is None:
-                    p = by_seq[s] = pb.TracePacket(trusted_packet_sequence_id=s)
-                if table == 0:
-                    p.interned_data.event_names.add(iid=iid, name=self.names_by_iid[iid])
-                else:
-                    p.interned_data.debug_annotation_string_values.add(iid=iid, str=self.strings_by_iid[iid].encode())
-        return b"".join(wire.frame(by_seq[s]) for s in sorted(by_seq))
+        keys = np.unique(np.concatenate([new[0] << 1, (new[1] << 1) | 1]))  # by sequence, names first
+        trace = pb.Trace()  # its serialization is the framed packets, one after another
+        p = None
+        for key in keys.tolist():
+            s, iid, table = key >> 33, (key >> 1) & 0xFFFFFFFF, key & 1
+            if p is None or p.trusted_packet_sequence_id != s:
+                p = trace.packet.add(trusted_packet_sequence_id=s)
+            if table == 0:
+                p.interned_data.event_names.add(iid=iid, name=self.names_by_iid[iid])
+            else:
+                p.interned_data.debug_annotation_string_values.add(iid=iid, str=self.strings_by_iid[iid].encode())
+        return trace.SerializeToString()
 
 
-def lane_start(seq: int, track_uuid: int, names: pb.InternedData, descriptor: pb.TracePacket | None = None) -> bytes:
-    """Framed packets that open a lane, built through the bindings: its TrackDescriptor when it
-    is an extra lane (a sibling track), the start of its sequence (:func:`sequence_start`), and
-    an interned-data packet with the annotation ``names``."""
-    p = pb.TracePacket(trusted_packet_sequence_id=seq)
-    p.interned_data.CopyFrom(names)
-    head = wire.frame(descriptor) if descriptor is not None else b""
-    return head + wire.frame(sequence_start(seq, track_uuid)) + wire.frame(p)
+def lane_starts(lanes: list[tuple[int, int, Node | None]], names: pb.InternedData) -> bytes:
+    """Framed packets that open new lanes ``(sequence, track uuid, extra)``, built through the
+    bindings: for each, its TrackDescriptor when ``extra`` is a node (an extra lane: a sibling
+    track of that node), the start of its sequence (:func:`sequence_start`), and an interned-data
+    packet with the annotation ``names``."""
+    trace = pb.Trace()  # its serialization is the framed packets, one after another
+    for seq, uuid, extra in lanes:
+        if extra is not None:
+            descriptor(extra, has_children=False, into=trace.packet.add())
+        sequence_start(seq, uuid, into=trace.packet.add())
+        trace.packet.add(trusted_packet_sequence_id=seq).interned_data.MergeFrom(names)
+    return trace.SerializeToString()
 
 
 def running_delta(key: np.ndarray, ts: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -151,10 +155,10 @@ def running_delta(key: np.ndarray, ts: np.ndarray, last: np.ndarray) -> np.ndarr
     return out
 
 
-def sequence_start(seq: int, track_uuid: int) -> pb.TracePacket:
+def sequence_start(seq: int, track_uuid: int, into: pb.TracePacket | None = None) -> pb.TracePacket:
     """First packet of a sequence: clears its incremental state, names its default track and
-    defines its incremental clock (starting at trace time 0)."""
-    p = pb.TracePacket()
+    defines its incremental clock (starting at trace time 0). Filled ``into`` a given packet."""
+    p = pb.TracePacket() if into is None else into
     p.trusted_packet_sequence_id = seq
     p.sequence_flags = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
     p.trace_packet_defaults.timestamp_clock_id = CLOCK_ID

@@ -140,9 +140,9 @@ def _rank_children(node: Node) -> None:
 
 
 def descriptor(node: Node, *, description: str | None = None, counter: pb.CounterDescriptor | None = None,
-               has_children: bool | None = None) -> pb.TracePacket:
-    """The TrackDescriptor packet of ``node``."""
-    p = pb.TracePacket()
+               has_children: bool | None = None, into: pb.TracePacket | None = None) -> pb.TracePacket:
+    """The TrackDescriptor packet of ``node`` (filled ``into`` a given packet)."""
+    p = pb.TracePacket() if into is None else into
     d = p.track_descriptor
     d.uuid = node.uuid
     if node.parent:
