@@ -250,15 +250,13 @@ class _Group:
         lane_seq = np.zeros(0, np.uint64)
         for start in range(0, t_all.num_rows, BATCH_ROWS):
             t = _batch(t_all.slice(start, BATCH_ROWS), start, self.where)
-            ts = t["ts_ns"].astype(np.int64)
+            ts, dur = t.pop("ts_ns").astype(np.int64), t.pop("dur_ns").astype(np.int64)  # taken apart below
             role = _flow_role(t)
             order = None
             if ((ts[1:] == ts[:-1]) & (role[1:] < role[:-1])).any():
                 order = np.lexsort((role, ts))
-                t = _take(t, order)
-                ts = t["ts_ns"].astype(np.int64)
+                ts, dur = ts[order], dur[order]
             ts = ts + self.shift
-            dur = t["dur_ns"].astype(np.int64)
             self._check_times(ts, dur, start)
             res = self._resource_ids(t["resource"])
             if order is not None:
@@ -267,10 +265,14 @@ class _Group:
             lane, begin_delta = lanes.assign(res, ts, ts + dur)
             if lanes.num_lanes > lane_seq.shape[0]:
                 lane_seq = self._new_lanes(lanes, lane_seq)
-            by_lane = _lane_order(lane, ts, t)
+            flows = {k: t[k] if order is None else t[k][order] for k in ("flow_out", "flow_out_ok", "flow_in",
+                                                                         "flow_in_ok")}
+            by_lane = _lane_order(lane, ts, flows)
             if by_lane is not None:
-                t = _take(t, by_lane)
                 lane, begin_delta, dur, res = lane[by_lane], begin_delta[by_lane], dur[by_lane], res[by_lane]
+                order = by_lane if order is None else order[by_lane]
+            if order is not None:
+                t = _take(t, order)  # once, in the order written
             self._write_slices(t, lane_seq[lane], begin_delta.astype(np.uint64), dur.astype(np.uint64), res)
 
     def _check_times(self, ts: np.ndarray, dur: np.ndarray, start: int) -> None:
