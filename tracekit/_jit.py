@@ -36,7 +36,7 @@ def configure_cache(version: str) -> None:
         numba.config.CACHE_DIR = path
 
 
-_announced = False
+_state = {"registered": False, "announced": False, "prefetch": False}
 
 
 def announce_compilation(prefetch: bool = True) -> None:
@@ -45,25 +45,28 @@ def announce_compilation(prefetch: bool = True) -> None:
     in a second process then, so that the timeline writer's kernels compile on another core
     while this process compiles and runs the rest (it loads them from the cache when it gets
     there, or compiles them itself if they are not there yet). ``TRACEKIT_PREFETCH=0`` turns the
-    second process off."""
+    second process off. Calling it again only updates ``prefetch``."""
     from numba.core import event
+
+    _state["prefetch"] = prefetch
+    if _state["registered"]:
+        return
 
     class _Notice(event.Listener):
         def on_start(self, ev: event.Event) -> None:
-            global _announced
-            if not _announced:
-                _announced = True
+            if not _state["announced"]:
+                _state["announced"] = True
                 where = os.environ.get("NUMBA_CACHE_DIR")
                 print(f"tracekit: compiling kernels for first use (once; cached in {where})", file=sys.stderr,
                       flush=True)
-                if prefetch and os.environ.get("TRACEKIT_PREFETCH", "1") != "0":
+                if _state["prefetch"] and os.environ.get("TRACEKIT_PREFETCH", "1") != "0":
                     _start_prefetch()
 
         def on_end(self, ev: event.Event) -> None:
             pass
 
-    if not _announced:
-        event.register("numba:compile", _Notice())
+    event.register("numba:compile", _Notice())
+    _state["registered"] = True
 
 
 def _start_prefetch() -> None:

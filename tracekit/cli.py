@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    announce_compilation()
     parser = build_parser()
     args = parser.parse_args(argv)
+    announce_compilation(prefetch=args.command in ("demo", "replay", "export", "diff", "fuzz"))  # they write timelines
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
