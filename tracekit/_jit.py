@@ -82,7 +82,12 @@ def _start_prefetch() -> None:
 
 def prefetch_writer() -> None:
     """Compile (and so cache) the Perfetto writer's kernels by writing a small timeline, with
-    counters, compressed and plain, into a temporary folder."""
+    counters, compressed and plain, into a temporary folder. At the lowest CPU priority: it may
+    use an idle core, never slow the command it works for."""
+    try:
+        os.nice(19)
+    except OSError:
+        pass
     import polars as pl
 
     from tracekit.io.perfetto import write_trace
