@@ -1,6 +1,7 @@
-"""Perfetto export speed and size (targets: >= 2 M events/s written, <= 40 bytes per slice).
+"""Perfetto export speed and size (targets: >= 2 M events/s written, <= 40 bytes per slice), side
+by side with the writer of an earlier commit.
 
-    PYTHONPATH=. python benchmarks/bench_export.py [--events 1000000] [--repeat 3]
+    PYTHONPATH=. python benchmarks/bench_export.py [--events 1000000] [--repeat 3] [--against 290838e]
 
 Events are replay-shaped: messages of a dispatch/combine over 64 ranks in 8 nodes, each message
 a chain pack (SM channel) -> RDMA write (NIC QP, many outstanding, so lanes) -> NVLink forward
@@ -14,6 +15,11 @@ slice; plus counter samples (QP occupancy, port queue bytes). Reported, best of 
 * the baseline in the same process: the same slice packets built one ``TracePacket`` at a time
   with the protobuf bindings and serialized (the reference encoder), on a sample of rows;
 * the ratio of the two;
+* the same runs of the writer at ``--against`` (default 290838e, the hand-made compiled deflate):
+  its ``tracekit/io/perfetto*.py`` are taken from git into a temporary package and imported in
+  this process (the rest of tracekit is today's), then timed alternately with today's writer
+  on the same tables; printed: both rates, bytes per slice, and today's / old ratios (targets:
+  rate >= 0.9x, bytes per slice within 5%);
 * how much the writer's memory grows while writing a quarter and all of the events (it streams:
   the growth should not scale with the number of events).
 """
@@ -21,7 +27,10 @@ slice; plus counter samples (QP occupancy, port queue bytes). Reported, best of 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +42,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracekit.io import perfetto as pf  # noqa: E402
-from tracekit.io import perfetto_wire as wire  # noqa: E402
+from tracekit.io.perfetto import encode as wire  # noqa: E402
 
 
 def replay_like(n_events: int, seed: int = 0, ranks: int = 64, gpn: int = 8) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -87,6 +96,27 @@ def replay_like(n_events: int, seed: int = 0, ranks: int = 64, gpn: int = 8) -> 
         "rank": q.astype(np.int32), "unit": "entries",
     })
     return events, counters
+
+
+def old_writer(rev: str, tmp: str):
+    """The ``tracekit.io.perfetto`` module of commit ``rev``: its ``tracekit/io/perfetto*.py``
+    from git, as package ``tracekit_at_<rev>`` under ``tmp`` (imports among them renamed)."""
+    root = Path(__file__).resolve().parents[1]
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    pkg_name = "tracekit_at_" + re.sub(r"\W", "_", rev)
+    pkg = Path(tmp) / pkg_name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for path in git("ls-tree", "--name-only", rev, "tracekit/io/").split():
+        name = Path(path).name
+        if name.startswith("perfetto") and name.endswith(".py"):
+            src = git("show", f"{rev}:{path}")
+            src = re.sub(r"tracekit\.io\.(perfetto\w*)", pkg_name + r".\1", src)
+            src = src.replace("from tracekit.io import perfetto", f"from {pkg_name} import perfetto")
+            (pkg / name).write_text(src)
+    sys.path.insert(0, tmp)
+    return importlib.import_module(pkg_name + ".perfetto")
 
 
 def _best(fn, repeat: int) -> float:
@@ -167,6 +197,8 @@ def main() -> int:
     ap.add_argument("--replay", action="store_true",
                     help="use the events and counters of a real replay (synthetic prefill routing on h800-ib, "
                          "--ep ranks, --tokens per rank) instead of the replay-shaped generator")
+    ap.add_argument("--against", default="290838e", metavar="REV",
+                    help="git revision whose writer runs side by side (default 290838e: the hand-made deflate)")
     ap.add_argument("--ep", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=4096)
     args = ap.parse_args()
@@ -187,22 +219,33 @@ def main() -> int:
           f"{counters.height:,} counter samples; machine: {os.cpu_count()} cpus, load average {load:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         warm = Path(tmp) / "warm.pftrace"
-        pf.write_trace(warm, events.head(1000), counters.head(100))  # compile the numba kernels once
+        old = old_writer(args.against, tmp)
+        writers = {"today": pf.write_trace, args.against: old.write_trace}
+        for write in writers.values():
+            write(warm, events.head(1000), counters.head(100))  # compile the numba kernels once
         results = {}
         for label, kw in (("compressed (default)", {}), ("plain packets", {"compress": False})):
-            fresh = _fresh(tmp, "t")
-            runs = []
-            for _ in range(args.repeat):
-                path = fresh()
-                runs.append(_timed(lambda: pf.write_trace(path, events, **kw)) + (path.stat().st_size,))
-            dt, cpu, others, size = min(runs)
-            path = fresh()
-            dt_c = _best(lambda: pf.write_trace(path, events, counters, **kw), 1)
-            results[label] = (n / dt, size / n)
-            print(f"write_trace {label:21}: {n / dt / 1e6:5.2f} M events/s ({dt:.2f} s wall, {cpu:.2f} s CPU: "
-                  f"{n / cpu / 1e6:.2f} M events per CPU-second; other processes used {others / dt:.0%} of a CPU "
-                  f"meanwhile), {size / n:5.1f} bytes/slice; with counters "
-                  f"{(n + counters.height) / dt_c / 1e6:4.2f} M rows/s, {path.stat().st_size / 1e6:.1f} MB")
+            runs: dict[str, list] = {w: [] for w in writers}
+            for _ in range(args.repeat):  # alternately, so both see the same machine
+                for w, write in writers.items():
+                    path = Path(tmp) / f"{label[:5]}-{w}.pftrace"
+                    path.unlink(missing_ok=True)
+                    runs[w].append(_timed(lambda: write(path, events, **kw)) + (path.stat().st_size,))
+            for w in writers:
+                dt, cpu, others, size = min(runs[w])
+                results[(label, w)] = (n / dt, size / n, n / cpu)
+                print(f"write_trace {label:21} {w:>8}: {n / dt / 1e6:5.2f} M events/s ({dt:.2f} s wall, {cpu:.2f} s "
+                      f"CPU: {n / cpu / 1e6:.2f} M events per CPU-second; other processes used {others / dt:.0%} "
+                      f"of a CPU meanwhile), {size / n:5.1f} bytes/slice")
+            (r_new, b_new, c_new), (r_old, b_old, c_old) = results[(label, "today")], results[(label, args.against)]
+            verdict = ("meets" if r_new >= 0.9 * r_old else "misses") + " >= 0.9x, " + (
+                "meets" if abs(b_new / b_old - 1) <= 0.05 else "misses") + " bytes within 5%"
+            print(f"today / {args.against} {label}: {r_new / r_old:4.2f}x events/s, {c_new / c_old:4.2f}x events per "
+                  f"CPU-second, {b_new / b_old:4.2f}x bytes/slice ({verdict})")
+        path = Path(tmp) / "with-counters.pftrace"
+        dt_c = _best(lambda: pf.write_trace(path, events, counters), 1)
+        print(f"today with counters: {(n + counters.height) / dt_c / 1e6:4.2f} M rows/s, "
+              f"{path.stat().st_size / 1e6:.1f} MB")
         # memory: the writer's own growth over the input (sampled RSS), whatever the trace length
         for rows in (n // 4, n):
             part = events.head(rows)
@@ -229,9 +272,9 @@ def main() -> int:
         base = rows / dt_ref
         print(f"baseline (one TracePacket per packet via the bindings): {base / 1e6:6.3f} M events/s "
               f"on {rows:,} rows; the compiled encoder alone on the same rows: {rows / dt_fast / 1e6:6.2f} M events/s")
-        for label, (rate, bps) in results.items():
+        for (label, w), (rate, bps, _c) in results.items():
             ok = ("meets" if rate >= 2e6 else "misses") + " 2 M/s, " + ("meets" if bps <= 40 else "misses") + " 40 B"
-            print(f"ratio write_trace {label} / baseline: {rate / base:5.1f}x   ({ok})")
+            print(f"ratio write_trace {label} {w} / baseline: {rate / base:5.1f}x   ({ok})")
     return 0
 
 

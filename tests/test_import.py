@@ -12,7 +12,7 @@ from tracekit.cli import main
 from tracekit.errors import TracekitError
 from tracekit.io.kineto import deepep_stage, import_kineto
 from tracekit.io.perfetto import read_trace, write_trace
-from tracekit.io.perfetto_check import check_trace
+from tracekit.io.perfetto.check import check_trace
 from tracekit.io.routing_dumps import routing_from_dump
 from tracekit.io.tables import read_table
 

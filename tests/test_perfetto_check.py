@@ -6,9 +6,9 @@ import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit.errors import TracekitError
-from tracekit.io import perfetto_wire as wire
+from tracekit.io.perfetto import encode as wire
 from tracekit.io.perfetto import write_trace
-from tracekit.io.perfetto_check import check_trace, iter_frames, validate_pftrace
+from tracekit.io.perfetto.check import check_trace, iter_frames, validate_pftrace
 
 SEQ = 7
 

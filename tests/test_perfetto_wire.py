@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from tracekit.io import perfetto_wire as wire
+from tracekit.io.perfetto import encode as wire
 
 u64 = st.integers(0, (1 << 64) - 1)
 small = st.integers(0, 1 << 20)
@@ -75,20 +75,13 @@ def test_compressed_frame_parses_as_a_packet():
     assert pb.Trace.FromString(zlib.decompress(packet.compressed_packets)).packet[0].timestamp == 5
 
 
-def test_hand_built_sequence_starts_equal_the_bindings():
-    from tracekit.io.perfetto_state import sequence_start, sequence_start_bytes
-
-    for seq, uuid in [(1, 1), (127, 128), (300, 1 << 40)]:
-        assert sequence_start_bytes(seq, uuid) == wire.frame(sequence_start(seq, uuid))
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_interned_packets_equal_the_bindings(data):
     """Interner.packets, batch after batch, defines on each sequence exactly the event names and
     string values its rows use first, one packet per sequence in sequence order, as the bindings
     serialize it."""
-    from tracekit.io.perfetto_state import Interner
+    from tracekit.io.perfetto.packets import Interner
 
     names = [f"stage{i}" for i in range(300)]
     strs = [f"value{i}" for i in range(300)]
@@ -103,7 +96,7 @@ def test_interned_packets_equal_the_bindings(data):
         seq = rows(st.sampled_from([1, 2, 3, 70, 300]))
         name_iid = rows(ids)
         strings = [(rows(ids), rows(st.booleans()).astype(bool)) for _ in range(data.draw(st.integers(0, 2)))]
-        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings).tobytes()
+        got = it.packets(seq.astype(np.uint64), name_iid.astype(np.uint64), strings)
         want = {}
         for i in range(n):
             s = int(seq[i])
@@ -122,53 +115,15 @@ def test_interned_packets_equal_the_bindings(data):
                     p.interned_data.debug_annotation_string_values.add(iid=iid, str=strs[iid - 1].encode())
             expected += wire.frame(p)
         assert got == expected
-    p = pb.TracePacket()
-    for k, name in enumerate("abcd"):
-        p.interned_data.debug_annotation_names.add(iid=k + 1, name=name)
-    assert it.name_entries().tobytes() == p.interned_data.SerializeToString()
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, (1 << 32) - 1), st.integers(1, 1 << 40), st.booleans(), st.integers(0, 2)),
-                max_size=20))
-def test_lane_packets_equal_the_bindings(lanes):
-    from tracekit.io.perfetto_state import lane_packets, sequence_start
-    from tracekit.io.perfetto_tracks import Node, descriptor
-
-    nodes = [Node("qp3", 1, 77, "node0/rank1/nic0/qp3", 4), Node("ch12", 1, 1 << 33, "x/ch12", 0),
-             Node("tx", 1, 9, "node0/rank1/nvlink/tx", 300)]
-    tmpl = [descriptor(n, has_children=False).track_descriptor.SerializeToString()[2:] for n in nodes]
-    blob = b"".join(tmpl)
-    lo = np.cumsum([0] + [len(t) for t in tmpl[:-1]])
-    hi = lo + np.array([len(t) for t in tmpl])
-    seqs, uuids, extra, res = (np.array([lane[k] for lane in lanes], dt) for k, dt in
-                               enumerate((np.int64, np.int64, np.bool_, np.int64)))
-    names = pb.InternedData()
-    names.debug_annotation_names.add(iid=1, name="bytes")
-    names.debug_annotation_names.add(iid=2, name="tokens")
-    entries = np.frombuffer(names.SerializeToString(), np.uint8)
-    for with_names in (False, True):
-        got = lane_packets(seqs, uuids, extra, res, (np.frombuffer(blob, np.uint8), lo, hi),
-                           entries if with_names else None).tobytes()
-        expected = b""
-        for s, u, x, r in lanes:
-            if x:
-                n = nodes[r]
-                expected += wire.frame(descriptor(Node(n.name, u, n.parent, n.path, n.rank), has_children=False))
-            expected += wire.frame(sequence_start(s, u))
-            if with_names:
-                p = pb.TracePacket(trusted_packet_sequence_id=s)
-                p.interned_data.CopyFrom(names)
-                expected += wire.frame(p)
-        assert got == expected
+    assert [(e.iid, e.name) for e in it.names.debug_annotation_names] == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
 
 
 def test_extra_lane_descriptors_equal_the_bindings(tmp_path):
     import polars as pl
 
     from tracekit.io.perfetto import write_trace
-    from tracekit.io.perfetto_check import iter_frames
-    from tracekit.io.perfetto_tracks import descriptor, Node
+    from tracekit.io.perfetto.check import iter_frames
+    from tracekit.io.perfetto.tracks import descriptor, Node
 
     ev = pl.DataFrame({"ts_ns": [0, 1, 2], "dur_ns": [10, 10, 10], "rank": [0, 0, 0],
                        "resource": ["node0/rank0/nic0/qp1"] * 3, "stage": ["w"] * 3, "name": ["w"] * 3})
@@ -267,3 +222,20 @@ def test_presence_rules(data):
         want = (given_present[a] if rule[a] < 0 else vals[a] != ref[a] if rule[a] == 0
                 else vals[a] != implied[rule[a] - 1][res])
         assert present[a].tolist() == want.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50)), max_size=40), st.lists(st.integers(0, 9), min_size=5,
+                                                                                         max_size=5))
+def test_running_delta_equals_a_loop(rows, start):
+    from tracekit.io.perfetto.packets import running_delta
+
+    key = np.array([k for k, _ in rows], np.int64)
+    ts = np.cumsum([d for _, d in rows]).astype(np.int64)
+    last = np.array(start, np.int64)
+    want_last = last.copy()
+    want = []
+    for k, t in zip(key.tolist(), ts.tolist()):
+        want.append(t - want_last[k])
+        want_last[k] = t
+    assert running_delta(key, ts, last).tolist() == want and last.tolist() == want_last.tolist()

@@ -214,3 +214,18 @@ def test_bad_config_names_the_flag(field, value, flag):
 def test_topk_above_group_limit_is_rejected():
     with pytest.raises(TracekitError, match="--topk 40: expected at most 32"):
         SynthConfig(ep=32, experts=64, topk=40, max_nodes=2).check()
+
+
+def test_routing_on_one_thread_equals_the_parallel_kernel():
+    """Small inputs are routed on one thread (cheaper to compile), large ones in parallel chunks:
+    each row depends only on its own key, so both give the same experts."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    rank, token = rng.integers(0, 16, n).astype(np.int64), rng.integers(0, 4096, n).astype(np.int64)
+    bias = rng.normal(size=256)
+    outs = []
+    for kernel in (K._route_rows_parallel, K.route_rows):
+        out = np.empty((n, 8), np.int32)
+        kernel(np.uint64(7), 1, 2, rank, token, bias, True, 4, 2, out)
+        outs.append(out)
+    assert n < K.PARALLEL_ROWS and np.array_equal(outs[0], outs[1])

@@ -18,11 +18,12 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from tracekit import __version__
+from tracekit._jit import announce_compilation
 from tracekit.errors import TracekitError
 
 #: Subcommands in the order ``--help`` lists them; each is ``tracekit.commands.<name>``.
-COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff", "sweep",
-            "calibrate"]
+COMMANDS = ["demo", "synth", "validate", "info", "hw", "replay", "export", "import", "fuzz", "diff", "view",
+            "sweep", "calibrate"]
 
 
 def _module_name(command: str) -> str:
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    announce_compilation(prefetch=args.command in ("demo", "replay", "export", "diff", "fuzz"))  # they write timelines
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

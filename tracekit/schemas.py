@@ -83,6 +83,9 @@ class Schema:
     description: str
     fields: tuple[Field, ...]
     metadata: tuple[MetaKey, ...] = field(default=())
+    #: Columns a timeline shows as slice arguments: (name, column, value type, default or
+    #: "implied"), in order (events only).
+    annotations: tuple[tuple[str, str, str, Any], ...] = field(default=())
 
     @property
     def id(self) -> str:
@@ -141,7 +144,8 @@ def _parse(doc: dict[str, Any]) -> Schema:
                 int(m["max"]) if "max" in m else (MAX_SIZE if m["type"] == "int" else None))
         for m in doc.get("metadata", [])
     )
-    return Schema(doc["name"], int(doc["version"]), doc["description"], tuple(fields), meta)
+    annotations = tuple((a["name"], a["column"], a["value"], a["default"]) for a in doc.get("annotations", []))
+    return Schema(doc["name"], int(doc["version"]), doc["description"], tuple(fields), meta, annotations)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from numba import njit
 from tracekit.arrays import gather, sort_packed
 from tracekit.engine import Schedule
 from tracekit.errors import ConservationError
+from tracekit.resources import ResourcePath
 from tracekit.model.cluster import STAGE, STAGES
 from tracekit.model.chunks import sorted_unique
 from tracekit.model.normal import Built
@@ -38,28 +39,8 @@ class PhaseResult:
 
 def resource_kind(name: str) -> str:
     """Coarse kind of a resource path: sm, nvlink_tx, nvlink_rx, nvlink, hbm, pcie_rd, pcie_wr, nic_tx,
-    nic_rx, switch_port, switch_uplink, spine_port, cpu_proxy."""
-    parts = name.split("/")
-    last = parts[-1]
-    if "sm" in parts:
-        return "sm"
-    if parts[-2:-1] == ["nvlink"]:
-        return f"nvlink_{last}" if last in ("tx", "rx") else "nvlink"
-    if last == "hbm":
-        return "hbm"
-    if parts[-2:-1] == ["pcie"]:
-        return f"pcie_{last}"
-    if parts[-2:-1] == ["nic0"]:
-        return f"nic_{last}"
-    if parts[0].startswith("spine"):
-        return "spine_port"
-    if last.startswith("up"):
-        return "switch_uplink"
-    if last.startswith("port"):
-        return "switch_port"
-    if last == "proxy":
-        return "cpu_proxy"
-    return last
+    nic_rx, switch_port, switch_uplink, spine_port, cpu_proxy (:meth:`ResourcePath.unit_kind`)."""
+    return ResourcePath.parse(name).unit_kind()
 
 
 def check_conservation(built: Built, sched: Schedule, layout: DispatchLayout, routing: Routing) -> None:

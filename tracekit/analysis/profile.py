@@ -31,6 +31,7 @@ from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, union_length
 from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
+from tracekit.resources import ResourcePath
 
 COMM_KINDS = ("comm", "sync")
 COMPUTE_KIND = "compute"
@@ -100,15 +101,8 @@ def _us(ns: float) -> str:
 def resource_kind(path: str) -> str:
     """Kind of a resource path, without node/rank prefix and numbers: ``node0/rank3/nic0/tx`` ->
     ``nic/tx``, ``node0/rank3/sm/ch2/a`` -> ``sm``, ``switch0/port5`` -> ``switch/port``,
-    ``node0/rank1/stream7`` -> ``stream``."""
-    rest = _RANK_PREFIX.sub("", path)
-    if rest.startswith("sm/"):
-        return "sm"
-    parts = [_DIGITS.sub("", p) for p in rest.split("/")]
-    parts = [p for p in parts if p]
-    if parts and parts[-1] in ("a", "b"):
-        parts = parts[:-1]
-    return "/".join(parts) or path
+    ``node0/rank1/stream7`` -> ``stream`` (:meth:`ResourcePath.kind`)."""
+    return ResourcePath.parse(path).kind()
 
 
 @dataclass

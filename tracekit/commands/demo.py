@@ -44,6 +44,23 @@ def run(args: argparse.Namespace) -> int:
     hw = load_profile(DEMO_HARDWARE)
     cfg = ReplayConfig()
     result = replay(routing, hw, cfg)
+    if not args.quiet:  # the results first: the files (and the timeline writer's kernels) come after
+        m, s = routing.meta, result.summary
+        print(f"workload: prefill, EP{m.ep_size} on {m.num_nodes} nodes x {m.gpus_per_node} GPUs, "
+              f"{config.tokens_per_rank} tokens/rank, top-{config.topk} of {m.num_experts} experts, hidden {m.hidden}, "
+              f"{m.dispatch_dtype} dispatch / {m.combine_dtype} combine; hardware {hw.name}")
+        for phase in ("dispatch", "combine"):
+            d = s[phase]
+            top = sorted(d["stages"].items(), key=lambda kv: -kv[1])[:3]
+            print(f"{phase:8s}: {d['latency_ns_per_call']['mean'] / 1e3:7.1f} us per call (host start -> last receive); "
+                  f"rank finish p50/p99/max "
+                  f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
+                  f"{d['rank_finish_ns']['max'] / 1e3:.1f} us; NVL {d['bandwidth_gbps']['nvlink']:.0f} GB/s, "
+                  f"RDMA {d['bandwidth_gbps']['rdma']:.0f} GB/s; bottleneck {d['bottleneck']['resource']} "
+                  f"({d['bottleneck']['utilisation']:.0%} busy); critical path mostly "
+                  + ", ".join(f"{k} {v / 1e3:.0f} us" for k, v in top))
+        print(f"conservation: {s['conservation']} ({result.events.height} events, "
+              f"{result.counters.height} counter samples)")
     meta = {"source": "replay", "ep_size": routing.meta.ep_size, "gpus_per_node": routing.meta.gpus_per_node,
             "hardware": hw.name, "config": json.dumps(cfg.resolved(routing.meta.ep_size).to_dict(), default=str)}
     with atomic_dir(out) as tmp:  # all files or none
@@ -54,21 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         print(out)
         return 0
-    m, s = routing.meta, result.summary
-    print(f"workload: prefill, EP{m.ep_size} on {m.num_nodes} nodes x {m.gpus_per_node} GPUs, "
-          f"{config.tokens_per_rank} tokens/rank, top-{config.topk} of {m.num_experts} experts, hidden {m.hidden}, "
-          f"{m.dispatch_dtype} dispatch / {m.combine_dtype} combine; hardware {hw.name}")
-    for phase in ("dispatch", "combine"):
-        d = s[phase]
-        top = sorted(d["stages"].items(), key=lambda kv: -kv[1])[:3]
-        print(f"{phase:8s}: {d['latency_ns_per_call']['mean'] / 1e3:7.1f} us per call (host start -> last receive); "
-              f"rank finish p50/p99/max "
-              f"{d['rank_finish_ns']['p50'] / 1e3:.1f}/{d['rank_finish_ns']['p99'] / 1e3:.1f}/"
-              f"{d['rank_finish_ns']['max'] / 1e3:.1f} us; NVL {d['bandwidth_gbps']['nvlink']:.0f} GB/s, "
-              f"RDMA {d['bandwidth_gbps']['rdma']:.0f} GB/s; bottleneck {d['bottleneck']['resource']} "
-              f"({d['bottleneck']['utilisation']:.0%} busy); critical path mostly "
-              + ", ".join(f"{k} {v / 1e3:.0f} us" for k, v in top))
-    print(f"conservation: {s['conservation']} ({result.events.height} events, {result.counters.height} counter samples)")
     print(f"wrote {out}/: routing.parquet traffic.parquet events.parquet counters.parquet summary.json "
           f"timeline.pftrace")
     print(f"open the timeline: drag {timeline} onto https://ui.perfetto.dev (it is read in the browser, "

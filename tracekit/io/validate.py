@@ -73,8 +73,8 @@ def validate_parquet(path: str | os.PathLike[str]) -> FileSummary:
 
 
 def validate_pftrace(path: str | os.PathLike[str]) -> FileSummary:
-    """A Perfetto trace, checked against the importer's rules (:mod:`tracekit.io.perfetto_check`)."""
-    from tracekit.io.perfetto_check import validate_pftrace as check
+    """A Perfetto trace, checked against the importer's rules (:mod:`tracekit.io.perfetto.check`)."""
+    from tracekit.io.perfetto.check import validate_pftrace as check
 
     return check(path)
 

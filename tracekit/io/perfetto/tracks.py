@@ -58,7 +58,6 @@ DESCRIPTIONS = {
 }
 
 _SPLIT = re.compile(r"(\d+)")
-_RANK = re.compile(r"^rank(\d+)$")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -70,15 +69,6 @@ def natural_key(name: str) -> tuple:
     kind = ORDER.index(prefix) if prefix in ORDER else len(ORDER)
     parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _SPLIT.split(name) if p)
     return (kind, parts, name)
-
-
-def implied_rank(path: str) -> int:
-    """The rank a resource path belongs to (its ``rank<r>`` segment), or -1."""
-    for seg in path.split("/"):
-        m = _RANK.match(seg)
-        if m:
-            return int(m.group(1))
-    return -1
 
 
 def _kind(name: str) -> str:
@@ -150,9 +140,9 @@ def _rank_children(node: Node) -> None:
 
 
 def descriptor(node: Node, *, description: str | None = None, counter: pb.CounterDescriptor | None = None,
-               has_children: bool | None = None) -> pb.TracePacket:
-    """The TrackDescriptor packet of ``node``."""
-    p = pb.TracePacket()
+               has_children: bool | None = None, into: pb.TracePacket | None = None) -> pb.TracePacket:
+    """The TrackDescriptor packet of ``node`` (filled ``into`` a given packet)."""
+    p = pb.TracePacket() if into is None else into
     d = p.track_descriptor
     d.uuid = node.uuid
     if node.parent:
@@ -180,16 +170,18 @@ def walk(node: Node):
 
 
 @numba.njit(cache=True)
-def _assign(res, ts, end, first, last, nxt, lane_end, n_lanes, lane_res, lane_index, n_pool, out, delta):  # pragma: no cover - compiled
+def _assign(res, ts, end, first, last, nxt, lane_end, lane_inst, n_lanes, lane_res, lane_index, n_pool, out,
+            delta):  # pragma: no cover - compiled
     """First-fit lanes; ``delta`` gets each start minus the end of the lane's previous operation
-    (a new lane counts from 0). Returns the number of rows done (stops early when the pool is full)."""
+    (a new lane counts from 0). A lane whose last operation was an instant at ``t`` is not free
+    at ``t``. Returns the number of rows done (stops early when the pool is full)."""
     for i in range(res.shape[0]):
         r = res[i]
         t = ts[i]
         lane = first[r]
         found = -1
         while lane >= 0:
-            if lane_end[lane] <= t:
+            if lane_end[lane] < t or (lane_end[lane] == t and not lane_inst[lane]):
                 found = lane
                 break
             lane = nxt[lane]
@@ -209,6 +201,7 @@ def _assign(res, ts, end, first, last, nxt, lane_end, n_lanes, lane_res, lane_in
             last[r] = found
         delta[i] = t - lane_end[found]
         lane_end[found] = end[i]
+        lane_inst[found] = end[i] == t
         out[i] = found
     return res.shape[0]
 
@@ -217,7 +210,10 @@ class LaneAssigner:
     """Streaming greedy interval partitioning over resources ``0..num_resources-1``.
 
     Feed batches in start-time order; each row gets a global lane id (creation order). A lane is
-    free for an operation starting at ``t`` when its last operation ended at or before ``t``."""
+    free for an operation starting at ``t`` when its last operation ended before ``t``, or ended
+    at ``t`` with a duration: Perfetto keeps a zero-duration slice (an instant) open at its time,
+    so whatever starts then on its track would nest under it. Instants at one time therefore
+    take one lane each, and the rows of a resource equal its peak concurrency, instants counted."""
 
     def __init__(self, num_resources: int, capacity: int = 1024) -> None:
         self.first = np.full(num_resources, -1, np.int64)
@@ -235,6 +231,7 @@ class LaneAssigner:
             return b
         self.nxt = grow(getattr(self, "nxt", None), -1)
         self.lane_end = grow(getattr(self, "lane_end", None), 0)
+        self.lane_inst = grow(getattr(self, "lane_inst", None), 0)
         self.lane_res = grow(getattr(self, "lane_res", None), -1)
         self.lane_index = grow(getattr(self, "lane_index", None), 0)
 
@@ -252,7 +249,8 @@ class LaneAssigner:
         done = 0
         while done < res.shape[0]:
             k = _assign(res[done:], ts[done:], end[done:], self.first, self.last, self.nxt, self.lane_end,
-                        self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:], delta[done:])
+                        self.lane_inst, self.n_lanes, self.lane_res, self.lane_index, self.n_pool, out[done:],
+                        delta[done:])
             done += k
             if done < res.shape[0]:
                 self._alloc(2 * self.lane_end.shape[0])

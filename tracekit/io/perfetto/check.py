@@ -39,7 +39,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
-from tracekit.io.perfetto_tracks import implied_rank
+from tracekit.resources import ResourcePath
 
 BEGIN, END, INSTANT, COUNTER = 1, 2, 3, 4
 _SEQ_CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
@@ -451,7 +451,7 @@ class _Walker:
             val.append(v)
         arrays = pa.table({"ts_ns": pa.array(ts, pa.int64()), "resource": pa.array(res, pa.string()),
                            "counter": pa.array(name, pa.string()), "value": pa.array(val, pa.float64()),
-                           "rank": pa.array([implied_rank(r) for r in res], pa.int32()),
+                           "rank": pa.array([ResourcePath.parse(r).rank for r in res], pa.int32()),
                            "unit": pa.array(unit, pa.string())})
         table = schemas.conform(arrays, "counters", {"source": "import:perfetto"}, where=self.path)
         return pl.from_arrow(table).sort(["ts_ns", "resource", "counter"], maintain_order=True)

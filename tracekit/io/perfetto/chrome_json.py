@@ -19,12 +19,14 @@ import pyarrow.compute as pc
 
 from tracekit import schemas
 from tracekit.io.atomic import atomic_path
-from tracekit.io.perfetto_tracks import LaneAssigner, natural_key
+from tracekit.io.perfetto.tracks import LaneAssigner, natural_key
+from tracekit.resources import ResourcePath
 
 _BATCH = 1 << 15
-_INT_ARGS = [("bytes", 0), ("tokens", 0), ("msg_id", -1), ("src_rank", -1), ("dst_rank", -1), ("qp", -1),
-             ("channel", -1), ("stall_ns", 0), ("step", 0), ("layer", 0)]
-_STR_ARGS = [("stall_cause", ""), ("phase", ""), ("kind", "comm")]
+_EVENTS = schemas.load("events")
+#: (annotation, column, value left out) from the events schema's annotation list; an implied
+#: value is compared with -1 (the stage, for ``name``): JSON threads carry no resource path.
+_ARGS = [(name, col, -1 if default == "implied" else default) for name, col, _typ, default in _EVENTS.annotations]
 
 
 def _us(ns: int) -> str:
@@ -37,7 +39,7 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
     paths = sorted(set(pc.unique(events.column("resource")).to_pylist())
                    | (set(pc.unique(counters.column("resource")).to_pylist()) if counters is not None else set()),
                    key=lambda p: [natural_key(s) for s in p.split("/")])
-    tops = sorted({p.split("/")[0] for p in paths}, key=natural_key)
+    tops = sorted({ResourcePath.parse(p).top for p in paths}, key=natural_key)
     pid = {t: i + 1 for i, t in enumerate(tops)}
     value_set = pa.array(paths, pa.string())
     lanes = LaneAssigner(len(paths))
@@ -64,7 +66,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
             for i in range(t.num_rows):
                 ln = int(lane[i])
                 r = paths[res[i]]
-                top, _, rest = r.partition("/")
+                rp = ResourcePath.parse(r)
+                top, rest = rp.top, rp.rest
                 if ln not in tids:
                     tids[ln] = len(tids) + 1
                     k = int(lanes.lane_index[ln])
@@ -72,12 +75,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
                           "args": {"name": (rest or top) + (f" [{k}]" if k else "")}})
                     emit({"ph": "M", "name": "thread_sort_index", "pid": pid[top], "tid": tids[ln],
                           "args": {"sort_index": int(res[i]) * 1000 + k}})
-                args = {c: cols[c][i] for c, d in _INT_ARGS if cols[c][i] != d}
-                args.update({c: cols[c][i] for c, d in _STR_ARGS if cols[c][i] != d})
-                if cols["name"][i] != cols["stage"][i]:
-                    args["name"] = cols["name"][i]
-                if cols["args"][i]:
-                    args["args"] = cols["args"][i]
+                args = {a: cols[c][i] for a, c, d in _ARGS
+                        if cols[c][i] != (cols["stage"][i] if c == "name" else d)}
                 ev = {"ph": "X", "name": cols["stage"][i], "cat": cols["kind"][i], "pid": pid[top], "tid": tids[ln],
                       "ts": 0, "dur": 0, "args": args}
                 text = json.dumps(ev, separators=(",", ":"))
@@ -98,7 +97,8 @@ def write_chrome_json(path: str | os.PathLike[str], events: pa.Table, counters: 
                 t = counters.slice(start, _BATCH)
                 for ts, r, c, v in zip(t.column("ts_ns").to_pylist(), t.column("resource").to_pylist(),
                                        t.column("counter").to_pylist(), t.column("value").to_pylist()):
-                    top, _, rest = r.partition("/")
+                    rp = ResourcePath.parse(r)
+                    top, rest = rp.top, rp.rest
                     text = json.dumps({"ph": "C", "name": f"{rest or top} {c}", "pid": pid[top], "tid": 0, "ts": 0,
                                        "args": {c: v}}, separators=(",", ":"))
                     f.write(("" if first else ",\n") + text.replace('"ts":0', f'"ts":{_us(int(ts))}', 1))
