@@ -76,7 +76,7 @@ def test_host_waits_for_notify_dispatch_before_launching_the_dispatch(kernels):
 @needs_trace
 def test_captured_and_replayed_kernels_as_one_timeline(kernels, tmp_path):
     from tracekit.io.perfetto import write_trace_groups
-    from tracekit.io.perfetto_check import check_trace
+    from tracekit.io.perfetto.check import check_trace
 
     last = kernels.filter(pl.col("stage") == "combine").row(-1, named=True)
     again = replay_kernels(kernels, {last["id"]: 1_000})

@@ -15,9 +15,9 @@ True
 
 __version__ = "0.1.0"
 
-from tracekit._jit import configure_cache  # noqa: E402
+from tracekit._jit import configure_cache as _configure_cache  # noqa: E402
 
-configure_cache(__version__)  # before any kernel compiles: a numba cache that survives reinstalling (tracekit/_jit.py)
+_configure_cache(__version__)  # before any kernel compiles: a numba cache that survives reinstalling (tracekit/_jit.py)
 
 from tracekit._api import (PhaseConfig, ReplayConfig, ReplayResult, Routing, Summary, SynthConfig,  # noqa: E402
                            TracekitError, diff, load_profile, load_routing, read_trace, replay, synth, write_trace)
