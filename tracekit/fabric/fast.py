@@ -195,7 +195,14 @@ def _try_port(port, now, st, used, shared_cap, port_src):
             if PQ[row, Q_HEAD] < 0:
                 PQ[row, Q_TAIL] = -1
             PQ[row, Q_BYTES] -= PK[k, K_WIRE]
-            _free_ingress(port_src[port], k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay)
+            n = port_src[port]
+            if IP[I_ECN] and _wred(PQ[row, Q_BYTES], PK[k, K_UID], n, IP, RP):
+                PK[k, K_ECN] = 1
+                PO[port, P_MARKS] += 1
+                PO[port, P_MSINCE] += 1
+            PO[port, P_PKTS] += 1
+            PO[port, P_PSINCE] += 1
+            _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay)
             _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay)
             return
 
@@ -244,6 +251,7 @@ def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, r
     q = PK[k, K_PRIO]
     P = IP[I_PRIOS]
     wire = PK[k, K_WIRE]
+    PK[k, K_HDRM] = 0  # admission is per switch
     e = _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
     thr = RP[R_ALPHA] * (shared_cap[n] - used[n])
     irow = i * P + q
@@ -272,12 +280,6 @@ def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, r
         free[S[S_NFREE]] = k
         S[S_NFREE] += 1
         return
-    if IP[I_ECN] and _wred(PQ[erow, Q_BYTES], PK[k, K_UID], n, IP, RP):
-        PK[k, K_ECN] = 1
-        PO[e, P_MARKS] += 1
-        PO[e, P_MSINCE] += 1
-    PO[e, P_PKTS] += 1
-    PO[e, P_PSINCE] += 1
     PK[k, K_ING] = i
     PK[k, K_NEXT] = -1
     if PQ[erow, Q_TAIL] >= 0:

@@ -34,8 +34,8 @@ class FabricParams:
     rate_decrease_interval_ns: int = 4000
     alpha_timer_ns: int = 55_000
     increase_timer_ns: int = 300_000
-    byte_counter_bytes: int = 10 * 1024 * 1024
-    fast_recovery_steps: int = 5
+    byte_counter_bytes: int = 32767
+    fast_recovery_steps: int = 1
     rai_mbps: float = 5.0
     rhai_mbps: float = 50.0
     min_rate_mbps: float = 100.0
@@ -100,8 +100,8 @@ SOURCES = {
     "rate_decrease_interval_ns": "NVIDIA rate_reduce_monitor_period default 4 us (HPCC config: 4 us)",
     "alpha_timer_ns": "DCQCN paper: alpha update period K = 55 us",
     "increase_timer_ns": "NVIDIA rpg_time_reset default 300 us (HPCC / SimAI: ~300 us)",
-    "byte_counter_bytes": "DCQCN paper: byte counter B = 10 MB",
-    "fast_recovery_steps": "DCQCN paper: F = 5 fast-recovery steps",
+    "byte_counter_bytes": "NVIDIA rpg_byte_reset default 32767 B (DCQCN paper: B = 10 MB)",
+    "fast_recovery_steps": "NVIDIA rpg_threshold default 1 (DCQCN paper: F = 5)",
     "rai_mbps": "NVIDIA rpg_ai_rate default 5 Mb/s",
     "rhai_mbps": "NVIDIA rpg_hai_rate default 50 Mb/s",
     "min_rate_mbps": "NVIDIA rpg_min_rate (estimate: 100 Mb/s floor, as in HPCC's ns-3 config)",
@@ -113,6 +113,14 @@ SOURCES = {
     "priorities": "one lossless RoCE priority (traffic class 3 in most deployments)",
     "seed": "tracekit: hash and marking seed",
 }
+
+#: The DCQCN paper's settings (Zhu et al., "Congestion Control for Large-Scale RDMA Deployments", SIGCOMM
+#: 2015, section 5 and its parameter table, as recalled here and not re-checked against the PDF in this
+#: session): WRED Kmin 5 KB, Kmax 200 KB, Pmax 1 %; g 1/256; CNP interval 50 us; alpha timer 55 us;
+#: increase timer 55 us; byte counter 10 MB; F = 5; R_AI 40 Mb/s. R_HAI is an estimate (10 x R_AI).
+DCQCN_PAPER = dict(kmin_bytes=5 * 1024, kmax_bytes=200 * 1024, pmax=0.01, dcqcn_g=1.0 / 256, cnp_interval_ns=50_000,
+                   alpha_timer_ns=55_000, increase_timer_ns=55_000, byte_counter_bytes=10 * 1024 * 1024,
+                   fast_recovery_steps=5, rai_mbps=40.0, rhai_mbps=400.0)
 
 #: profile field (``fabric.<name>``) -> FabricParams field and a converter
 _PROFILE_FIELDS = {f.name: f.name for f in fields(FabricParams) if f.name not in ("sample_ns", "seed", "mtu_bytes",

@@ -145,7 +145,15 @@ class _Sim:
             if not self.paused[port][q] and self.queue[port][q]:
                 pkt = self.queue[port][q].popleft()
                 self.qbytes[port][q] -= pkt.wire
-                self.free_ingress(int(self.t.port_src[port]), pkt, now)
+                n = int(self.t.port_src[port])
+                # ECN is marked at dequeue, on the queue the packet leaves behind (fresher than at enqueue)
+                if self.p.ecn and self.wred(self.qbytes[port][q], pkt.uid, n):
+                    pkt.ecn = 1
+                    self.port_out["marks"][port] += 1
+                    self.marks_since[port] += 1
+                self.port_out["pkts"][port] += 1
+                self.pkts_since[port] += 1
+                self.free_ingress(n, pkt, now)
                 self.transmit(port, pkt, now)
                 return
 
@@ -181,6 +189,7 @@ class _Sim:
     def switch_arrive(self, n, pkt, now):
         p = self.p
         i, q = pkt.port, pkt.prio
+        pkt.hdrm = 0  # admission is per switch
         e = self.route(n, pkt, now)
         thr = p.alpha * (int(self.pre.shared_cap[n]) - self.used[n])
         if p.pfc:
@@ -199,12 +208,6 @@ class _Sim:
             if self.qbytes[e][q] + pkt.wire > thr:
                 return self.drop(e, pkt, now)
             self.used[n] += pkt.wire
-        if p.ecn and self.wred(self.qbytes[e][q], pkt.uid, n):
-            pkt.ecn = 1
-            self.port_out["marks"][e] += 1
-            self.marks_since[e] += 1
-        self.port_out["pkts"][e] += 1
-        self.pkts_since[e] += 1
         pkt.ingress = i
         self.queue[e][q].append(pkt)
         self.qbytes[e][q] += pkt.wire
