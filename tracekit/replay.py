@@ -74,18 +74,30 @@ def replay(
     gemm_events = None
     gemm_ranks: list[np.ndarray] = []
     events, counters, phases, memops = [], [], [], []
+    fabric_parts: dict[str, list] = {"dispatch": [], "combine": []}
     for step, layer in routing.steps_layers():
         part = routing.select(step, layer)
         layout = dispatch_layout(part)
         gemm_done = None
         for builder in _builders(cfg.mode):
-            built: Built = builder(part, layout, hw, cfg)
-            if gemm_done is not None:  # each rank starts its combine when its experts are done
-                built.graph.update(built.start, release=gemm_done[built.graph.attr("rank")[built.start]])
+            def build(builder=builder, gemm_done=gemm_done) -> Built:
+                built = builder(part, layout, hw, cfg)
+                if gemm_done is not None:  # each rank starts its combine when its experts are done
+                    built.graph.update(built.start, release=gemm_done[built.graph.attr("rank")[built.start]])
+                return built
+
+            built = build()
             sched: Schedule = run(built.graph)
+            if cfg.fabric == "dynamic":  # RDMA on the packet-level RoCE fabric (tracekit.fabric)
+                from tracekit.fabric.replay import fabric_outputs, fabric_phase
+
+                built, sched, pf = fabric_phase(build, hw, cfg, built, sched, step=step, layer=layer)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
             ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids)
+            if cfg.fabric == "dynamic":
+                ev, ctr, fsum = fabric_outputs(pf, built, sched, result, ev, ctr, t0)
+                fabric_parts[built.phase].append(fsum)
             if gemm_events is not None and built.phase == "combine":
                 gemm = pl.from_arrow(schemas.conform(gemm_events, "events", {"source": "replay"})).cast(ev.schema)
                 ev = pl.concat([gemm, ev], how="vertical").sort("ts_ns", maintain_order=True)
@@ -107,6 +119,12 @@ def replay(
             if on_phase is not None:
                 on_phase(built.phase, step, layer)
     summary = summarise(phases, routing, hw, cfg)
+    if cfg.fabric == "dynamic":
+        from tracekit.fabric.params import params_from_profile
+        from tracekit.fabric.tables import merge_fabric_summaries
+
+        summary["fabric"] = {"mode": "dynamic", "params": params_from_profile(hw).to_dict(),
+                             **{k: merge_fabric_summaries(v) for k, v in fabric_parts.items() if v}}
     if gemm_ranks:
         done = np.concatenate(gemm_ranks)
         summary["expert_gemm"] = {"rank_ns": {"p50": int(np.percentile(done, 50)), "max": int(done.max())},
@@ -181,7 +199,8 @@ def summarise(phases: list[PhaseResult], routing: Routing, hw: Profile, cfg: Rep
             "dispatch_dtype": cfg.payload_dtype(m, "dispatch"),
             "combine_dtype": cfg.payload_dtype(m, "combine"),
         },
-        "config": {k: v for k, v in cfg.to_dict().items() if k != "hardware_overrides"},
+        "config": {k: v for k, v in cfg.to_dict().items()
+                   if k != "hardware_overrides" and not (k == "fabric" and v == "static")},
         "hardware_overrides": dict(cfg.hardware_overrides),
     }
     for phase in ("dispatch", "combine"):

@@ -28,6 +28,7 @@ MODES = ("normal", "low_latency", "zero_buffer")
 GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
+FABRICS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class ReplayConfig:
     * ``expert_gemm``: run each rank's expert GEMMs (three matrices of ``hidden x expert_ffn`` per
       expert, roofline of ``gpu.gemm_tflops`` and HBM weight reads) between dispatch and combine;
       a rank starts its combine when its experts are done, so load imbalance shows in the tail.
+    * ``fabric``: ``static`` (default: switch ports with per-port buffers and credit-style flow control)
+      or ``dynamic`` (RoCE: packets, shared-buffer switches, PFC, ECN, DCQCN, loss recovery from the
+      profile's ``[fabric]`` section; see ``tracekit.fabric`` and ``docs/fabric.md``).
     * ``record_memops``: also record the memory-level operations of the NVLink rings (intranode
       dispatch) for the hazard checker (``tracekit fuzz --check``).
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
@@ -95,6 +99,7 @@ class ReplayConfig:
     expert_gemm: bool = False
     expert_ffn: int = 2048
     forward_window: int | None = None
+    fabric: str = "static"
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +144,11 @@ class ReplayConfig:
             raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}", DOORBELLS[0])
         if self.credit_return not in CREDIT_RETURN:
             raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}", CREDIT_RETURN[0])
+        if self.fabric not in FABRICS:
+            raise bad("--fabric", self.fabric, f"one of {', '.join(FABRICS)}", FABRICS[1])
+        if self.fabric == "dynamic" and self.granularity == "packet":
+            raise TracekitError("--fabric dynamic simulates packets itself; --granularity packet would model them twice",
+                                fix="use --granularity chunk (or token) with --fabric dynamic")
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None for half the RDMA ring")
