@@ -108,6 +108,7 @@ def phase_fabric_summary(pf: PhaseFabric, prefix: list[str], latency_ns: int, st
         "cnps": int(run.flow_cnps.sum()), "drops": int(run.port_drops.sum()),
         "retransmitted_bytes": int(run.flow_retx_bytes.sum()), "timeouts": int(run.flow_timeouts.sum()),
         "reordered_packets": int(run.flow_reorder.sum()), "max_queue_bytes": int(run.port_max_queue.max(initial=0)),
+        "max_queue_port": names[int(np.argmax(run.port_max_queue))] if run.port_max_queue.size else "",
         "static_latency_ns": int(pf.static_latency_ns), "fabric_delay_ns": int(latency_ns - pf.static_latency_ns),
         "fabric_share_of_critical_path": float(stages.get("fabric", 0) / max(latency_ns, 1)),
     }
@@ -126,4 +127,5 @@ def merge_fabric_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["marked_fraction"] = float(out["ecn_marks"] / max(out["packets"], 1))
     out["fabric_share_of_critical_path"] = float(np.mean([p.get("fabric_share_of_critical_path", 0.0) for p in parts]))
     out["pause_spread"] = parts[0].get("pause_spread", [])
+    out["max_queue_port"] = max(parts, key=lambda p: p.get("max_queue_bytes", 0)).get("max_queue_port", "")
     return out

@@ -1,0 +1,82 @@
+"""``tracekit replay --fabric dynamic``: the RoCE fabric inside a replay (EP64 skewed prefill on
+ascend910b-roce), its tables and summary, PFC off, and the static path left alone."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from tracekit.errors import TracekitError
+from tracekit.hardware import load_profile
+from tracekit.model.config import ReplayConfig
+from tracekit.replay import replay
+from tracekit.workload.synth import SynthConfig, synth
+
+
+@pytest.fixture(scope="module")
+def ep64_skewed():
+    return synth(SynthConfig(preset="prefill", ep=64, tokens=512, skew=1.2, seed=3))
+
+
+@pytest.fixture(scope="module")
+def ep64_dynamic(ep64_skewed):
+    return replay(ep64_skewed, load_profile("ascend910b-roce"), ReplayConfig(fabric="dynamic"))
+
+
+def test_ep64_skewed_prefill_pauses_spread_from_the_hot_ranks_port(ep64_skewed, ep64_dynamic):
+    res = ep64_dynamic
+    fab = res.summary["fabric"]["dispatch"]
+    assert res.summary["conservation"] == "ok"
+    assert fab["pauses"] > 0 and fab["pause_ns"] > 0 and fab["paused_ports"] > 1
+    # the deepest queue is the switch port in front of one of the ranks receiving the most RDMA bytes
+    assert fab["max_queue_port"].startswith("switch0/port")
+    assert int(fab["max_queue_port"].removeprefix("switch0/port")) in _top_receivers(res, k=8)
+    # pauses reach the senders' NICs (upstream of the congested port), as events and counters
+    ev = res.events
+    pauses = ev.filter(ev["stage"] == "pfc_pause")
+    assert pauses.height == fab["pauses"] + res.summary["fabric"]["combine"]["pauses"]
+    assert (pauses["resource"].str.contains("/nic0/pfc0")).all()
+    assert (pauses["dur_ns"] >= 0).all() and (pauses["dur_ns"] > 0).any() and (pauses["stall_cause"] == "pfc").all()
+    ctr = res.counters
+    for name in ("fabric_queue_bytes", "pfc_paused", "ecn_marked_fraction", "dcqcn_rate_gbps"):
+        assert ctr.filter(ctr["counter"] == name).height > 0, name
+    assert 0 < fab["fabric_share_of_critical_path"] <= 1
+
+
+def _top_receivers(res, k):
+    """Ranks receiving the most RDMA bytes in dispatch (from the replay's own NIC receive events)."""
+    ev = res.events
+    rx = ev.filter((ev["stage"] == "nic_recv") & (ev["phase"] == "dispatch"))
+    by = rx.group_by("rank").agg(pl.col("bytes").sum()).sort(["bytes", "rank"], descending=[True, False])
+    return set(int(r) for r in by["rank"].head(k).to_list())
+
+
+def test_static_replay_has_no_fabric_section_and_dynamic_is_deterministic(ep64_skewed, ep64_dynamic):
+    small = synth(SynthConfig(preset="prefill", ep=16, tokens=128, seed=1))
+    hw = load_profile("ascend910b-roce")
+    static = replay(small, hw)
+    assert "fabric" not in static.summary and "fabric" not in static.summary["config"]
+    a = replay(small, hw, ReplayConfig(fabric="dynamic"))
+    b = replay(small, hw, ReplayConfig(fabric="dynamic"))
+    assert a.summary == b.summary and a.events.equals(b.events) and a.counters.equals(b.counters)
+    assert a.summary["config"]["fabric"] == "dynamic"
+
+
+def test_pfc_off_drops_and_retransmits_instead_of_pausing():
+    small = synth(SynthConfig(preset="prefill", ep=32, tokens=512, skew=1.2, seed=2))
+    hw = load_profile("ascend910b-roce").with_overrides({"fabric.pfc": 0, "switch.buffer_bytes": 1_000_000,
+                                                         "fabric.rto_ns": 200_000})
+    res = replay(small, hw, ReplayConfig(fabric="dynamic"))
+    fab = res.summary["fabric"]["dispatch"]
+    assert res.summary["conservation"] == "ok"
+    assert fab["pauses"] == 0 and fab["drops"] > 0 and fab["retransmitted_bytes"] > 0
+    ev = res.events
+    assert ev.filter(ev["stage"] == "drop").height == fab["drops"] + res.summary["fabric"]["combine"]["drops"]
+    assert ev.filter(ev["stage"] == "retransmit").height > 0
+
+
+def test_dynamic_fabric_refuses_packet_granularity():
+    with pytest.raises(TracekitError, match="--fabric dynamic"):
+        ReplayConfig(fabric="dynamic", granularity="packet").check()
+    with pytest.raises(TracekitError, match="--fabric='slow'"):
+        ReplayConfig(fabric="slow").check()
