@@ -199,8 +199,7 @@ def summarise(phases: list[PhaseResult], routing: Routing, hw: Profile, cfg: Rep
             "dispatch_dtype": cfg.payload_dtype(m, "dispatch"),
             "combine_dtype": cfg.payload_dtype(m, "combine"),
         },
-        "config": {k: v for k, v in cfg.to_dict().items()
-                   if k != "hardware_overrides" and not (k == "fabric" and v == "static")},
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "hardware_overrides"},
         "hardware_overrides": dict(cfg.hardware_overrides),
     }
     for phase in ("dispatch", "combine"):

@@ -176,4 +176,7 @@ class ReplayConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["fabric"] == "static":  # the default leaves summaries and file metadata as they were
+            del out["fabric"]
+        return out
