@@ -1,14 +1,13 @@
 """The fast fabric simulator: :mod:`tracekit.fabric.reference`'s semantics on arrays, compiled by numba.
 
-State lives in a few integer and float tables (columns named below); the event heap is a numba list
-of ``(time, sequence, kind, a, b)`` tuples driven by :mod:`heapq`, exactly as in the reference.
+State lives in a few integer and float tables (columns named below); the event heap is a binary heap
+of ``(time, sequence, kind, a, b)`` rows in one array (ordered by time, then sequence: the reference's
+heapq order), grown when nearly full.
 Packets are rows of a pool that grows on demand and is recycled through a free list, so memory
 follows what is in flight, not what is sent.
 """
 
 from __future__ import annotations
-
-import heapq
 
 import numpy as np
 from numba import njit
@@ -22,7 +21,7 @@ from tracekit.fabric.topology import Topology
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
 (F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHAEP, F_LASTCNP, F_RCV, F_MAXSEEN,
- F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT) = range(25)
+ F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR) = range(26)
 # per-flow static
 G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB = range(7)
 # per (port, priority)
@@ -30,7 +29,7 @@ Q_PAUSED, Q_SINCE, Q_SENT, Q_ING, Q_HDRM, Q_HEAD, Q_TAIL, Q_BYTES = range(8)
 # per port
 P_BUSY, P_TX, P_PKTS, P_MARKS, P_DROPS, P_MAXQ, P_LASTQ, P_MSINCE, P_PSINCE = range(9)
 # scalars
-S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE = range(6)
+S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE = range(7)
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
  I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME) = range(21)
@@ -51,10 +50,52 @@ def _hash3(a, b, c):
     return _mix64(np.uint64(a) ^ _mix64(np.uint64(b) ^ _mix64(np.uint64(c))))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _push(heap, S, t, kind, a, b):
-    heapq.heappush(heap, (np.int64(t), S[S_SEQ], np.int64(kind), np.int64(a), np.int64(b)))
+    i = S[S_HSIZE]
+    S[S_HSIZE] = i + 1
+    seq = S[S_SEQ]
     S[S_SEQ] += 1
+    while i > 0:  # sift up
+        j = (i - 1) >> 1
+        if heap[j, 0] < t or (heap[j, 0] == t and heap[j, 1] < seq):
+            break
+        heap[i, :] = heap[j, :]
+        i = j
+    heap[i, 0] = t
+    heap[i, 1] = seq
+    heap[i, 2] = kind
+    heap[i, 3] = a
+    heap[i, 4] = b
+
+
+@njit(cache=True)
+def _pop(heap, S):
+    top = heap[0, :].copy()
+    n = S[S_HSIZE] - 1
+    S[S_HSIZE] = n
+    if n > 0:
+        last = heap[n, :].copy()
+        i = 0
+        while True:  # sift down
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
+                c += 1
+            if last[0] < heap[c, 0] or (last[0] == heap[c, 0] and last[1] < heap[c, 1]):
+                break
+            heap[i, :] = heap[c, :]
+            i = c
+        heap[i, :] = last
+    return top[0], top[2], top[3], top[4]
+
+
+@njit(cache=True)
+def _grow_heap(heap):
+    new = np.empty((heap.shape[0] * 2, 5), np.int64)
+    new[:heap.shape[0]] = heap
+    return new
 
 
 @njit(cache=True)
@@ -95,7 +136,7 @@ def _send(f, now, st):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
      port_delay, rates, retx) = st
     s = FI[f, F_NXT]
-    m = _msg_of(G, msg_first, f, s)
+    m = FI[f, F_CUR]  # the message of packet s (kept as a cursor: no search per packet)
     payload = min(msg_bytes[m] - (s - msg_first[m]) * IP[I_MTU], IP[I_MTU])
     wire = payload + IP[I_HDR]
     S[S_NFREE] -= 1
@@ -117,6 +158,8 @@ def _send(f, now, st):
     else:
         FI[f, F_HIGH] = s + 1
     FI[f, F_NXT] = s + 1
+    if m + 1 < G[f, G_MB] and s + 1 >= msg_first[m + 1]:
+        FI[f, F_CUR] = m + 1
     FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FF[f, 0]))
     if IP[I_DCQCN] and FI[f, F_CUT]:
         FI[f, F_BYTES] += wire
@@ -146,7 +189,7 @@ def _try_send(h, now, st, hptr, hflows, host_wake):
         f = hflows[i]
         if FI[f, F_NXT] >= G[f, G_NPK] or PQ[port * P + G[f, G_PRIO], Q_PAUSED]:
             continue
-        t = max(FI[f, F_NEXTT], msg_ready[_msg_of(G, msg_first, f, FI[f, F_NXT])])
+        t = max(FI[f, F_NEXTT], msg_ready[FI[f, F_CUR]])
         if t <= now:
             if FI[f, F_NEXTT] < bt:
                 best = f
@@ -372,8 +415,9 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
     P = IP[I_PRIOS]
     PK = np.full((pool, 11), -1, np.int64)
     free = np.arange(pool - 1, -1, -1).astype(np.int64)
-    FI = np.zeros((F, 25), np.int64)
+    FI = np.zeros((F, 26), np.int64)
     for f in range(F):
+        FI[f, F_CUR] = G[f, G_MA]
         FI[f, F_LASTDEC] = -1
         FI[f, F_LASTCNP] = -1
         FI[f, F_MAXSEEN] = -1
@@ -392,12 +436,11 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
     FLI = np.zeros((F, max(nodes - hosts, 1)), np.int64)
     msg_rcvd = np.zeros(msg_npk.shape[0], np.int64)
     msg_done = np.full(msg_npk.shape[0], -1, np.int64)
-    S = np.zeros(6, np.int64)
+    S = np.zeros(7, np.int64)
     S[S_REMAIN] = F
     S[S_NFREE] = pool
     z = np.int64(0)
-    heap = [(z, z, z, z, z)]
-    heap.pop()
+    heap = np.empty((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
     pauses = [(z, z, z, z)]
     pauses.pop()
     drops = [(z, z, z, z)]
@@ -422,12 +465,15 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
           port_delay, rates, retx)
     now = z
     status = OK
-    while len(heap) > 0 and S[S_REMAIN] > 0:
-        if S[S_NFREE] < 2:
-            PK, free = _grow(PK, free, S)
+    while S[S_HSIZE] > 0 and S[S_REMAIN] > 0:
+        if S[S_NFREE] < 2 or S[S_HSIZE] + 32 > heap.shape[0]:
+            if S[S_NFREE] < 2:
+                PK, free = _grow(PK, free, S)
+            if S[S_HSIZE] + 32 > heap.shape[0]:
+                heap = _grow_heap(heap)
             st = (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port,
                   port_mbps, port_delay, rates, retx)
-        now, _, kind, a, b = heapq.heappop(heap)
+        now, kind, a, b = _pop(heap, S)
         if kind == PORT_FREE or kind == PAUSE:
             if kind == PAUSE:
                 row = a * P + (b >> 1)
@@ -465,6 +511,7 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
                 FI[a, F_PROG] = now
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
+                FI[a, F_CUR] = _msg_of(G, msg_first, a, b)
                 _try_send(G[a, G_SRC], now, st, hptr, hflows, host_wake)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
@@ -483,6 +530,7 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
             FI[a, F_RTO] = 1
             if now - FI[a, F_PROG] >= IP[I_RTO]:
                 FI[a, F_NXT] = FI[a, F_UNA]
+                FI[a, F_CUR] = _msg_of(G, msg_first, a, FI[a, F_UNA])
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
                 _push(heap, S, now + IP[I_RTO], RTO, a, 0)
@@ -525,7 +573,7 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
                     stuck.append((np.int64(port), np.int64(q), PK[k, K_ING]))
                     k = PK[k, K_NEXT]
     return (status, now, msg_done, FI, PO, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end,
-            PK.shape[0])
+            PK.shape[0], S[S_SEQ])
 
 
 def _rows(items, width: int) -> np.ndarray:
@@ -545,7 +593,7 @@ def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
                   flows.msg_ptr[1:]], axis=1).astype(np.int64)
     pool = max(64, 4 * topo.ports)
-    (status, now, done, fi, po, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end, pool_end) = _loop(
+    (status, now, done, fi, po, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end, pool_end, events) = _loop(
         ip, rp, g, pre.flow_hash, pre.line_mbps, flows.msg_ready_ns.astype(np.int64), flows.msg_bytes.astype(np.int64),
         pre.msg_first, pre.msg_npk, pre.host_flows_ptr, pre.host_flows, topo.port_src, topo.port_dst, topo.port_mbps,
         topo.port_delay_ns, topo.host_port, topo.route_ptr, topo.route_ports, pre.headroom, pre.shared_cap,
@@ -556,4 +604,5 @@ def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
                     _rows(pauses, 4), _rows(rates, 3), _rows(qrows, 3), _rows(mrows, 3), _rows(drops, 4),
                     _rows(retx, 3), _rows(stuck, 3), _rows(paused_end, 3))
     run.extra["packet_pool"] = int(pool_end)
+    run.extra["events"] = int(events)
     return run
