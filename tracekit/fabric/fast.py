@@ -50,7 +50,7 @@ def _hash3(a, b, c):
     return _mix64(np.uint64(a) ^ _mix64(np.uint64(b) ^ _mix64(np.uint64(c))))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _push(heap, S, t, kind, a, b):
     i = S[S_HSIZE]
     S[S_HSIZE] = i + 1
@@ -60,7 +60,8 @@ def _push(heap, S, t, kind, a, b):
         j = (i - 1) >> 1
         if heap[j, 0] < t or (heap[j, 0] == t and heap[j, 1] < seq):
             break
-        heap[i, :] = heap[j, :]
+        for c in range(5):
+            heap[i, c] = heap[j, c]
         i = j
     heap[i, 0] = t
     heap[i, 1] = seq
@@ -69,13 +70,13 @@ def _push(heap, S, t, kind, a, b):
     heap[i, 4] = b
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pop(heap, S):
-    top = heap[0, :].copy()
+    t0, k0, a0, b0 = heap[0, 0], heap[0, 2], heap[0, 3], heap[0, 4]
     n = S[S_HSIZE] - 1
     S[S_HSIZE] = n
     if n > 0:
-        last = heap[n, :].copy()
+        lt, ls, lk, la, lb = heap[n, 0], heap[n, 1], heap[n, 2], heap[n, 3], heap[n, 4]
         i = 0
         while True:  # sift down
             c = 2 * i + 1
@@ -83,12 +84,17 @@ def _pop(heap, S):
                 break
             if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
                 c += 1
-            if last[0] < heap[c, 0] or (last[0] == heap[c, 0] and last[1] < heap[c, 1]):
+            if lt < heap[c, 0] or (lt == heap[c, 0] and ls < heap[c, 1]):
                 break
-            heap[i, :] = heap[c, :]
+            for x in range(5):
+                heap[i, x] = heap[c, x]
             i = c
-        heap[i, :] = last
-    return top[0], top[2], top[3], top[4]
+        heap[i, 0] = lt
+        heap[i, 1] = ls
+        heap[i, 2] = lk
+        heap[i, 3] = la
+        heap[i, 4] = lb
+    return t0, k0, a0, b0
 
 
 @njit(cache=True)
@@ -98,13 +104,13 @@ def _grow_heap(heap):
     return new
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _msg_of(G, msg_first, f, s):
     a, b = G[f, G_MA], G[f, G_MB]
     return a + np.searchsorted(msg_first[a:b], s, side="right") - 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay):
     mbps = port_mbps[port]
     ser = (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
@@ -116,7 +122,7 @@ def _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay):
     _push(heap, S, now + ser + port_delay[port], ARRIVE, k, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _increase(f, now, FI, FF, line, IP, RP, rates):
     hi = max(FI[f, F_TC], FI[f, F_BC])
     lo = min(FI[f, F_TC], FI[f, F_BC])
@@ -131,7 +137,7 @@ def _increase(f, now, FI, FF, line, IP, RP, rates):
     rates.append((now, np.int64(f), np.int64(FF[f, 0] * 1000.0)))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _send(f, now, st):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
      port_delay, rates, retx) = st
@@ -174,7 +180,7 @@ def _send(f, now, st):
     _transmit(host_port[G[f, G_SRC]], k, now, PK, PO, S, heap, port_mbps, port_delay)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _try_send(h, now, st, hptr, hflows, host_wake):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
      port_delay, rates, retx) = st
@@ -203,7 +209,7 @@ def _try_send(h, now, st, hptr, hflows, host_wake):
         _push(heap, S, wake, WAKE, h, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay):
     i = PK[k, K_ING]
     q = PK[k, K_PRIO]
@@ -223,7 +229,7 @@ def _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_del
             _push(heap, S, now + port_delay[i], PAUSE, i, q * 2)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _try_port(port, now, st, used, shared_cap, port_src):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
      port_delay, rates, retx) = st
@@ -250,7 +256,7 @@ def _try_port(port, now, st, used, shared_cap, port_src):
             return
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI):
     f = PK[k, K_FLOW]
     key = n * hosts + G[f, G_DST]
@@ -271,7 +277,7 @@ def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
     return route_ports[a + np.int64(h % np.uint64(b - a))]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _wred(qb, uid, n, IP, RP):
     if qb < IP[I_KMIN]:
         return False
@@ -285,7 +291,7 @@ def _wred(qb, uid, n, IP, RP):
     return u < prob
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, route_ptr, route_ports, hosts, FLS,
                    FLI, drops):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
@@ -335,7 +341,7 @@ def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, r
     _try_port(e, now, st, used, shared_cap, port_src)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
     (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
      port_delay, rates, retx) = st
@@ -374,7 +380,7 @@ def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
         S[S_REMAIN] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _on_cnp(f, now, FI, FF, IP, RP, S, heap, rates):
     if FI[f, F_FIN] or not IP[I_DCQCN]:
         return
