@@ -92,6 +92,24 @@ def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[i
           f"(ratio {t_cpu / max(h_cpu, 1e-9):.2f}); peak RSS htsim {h_rss:.0f} MB, tracekit process {t_rss:.0f} MB")
 
 
+def ep_pairs(ep: int, tokens: int) -> list[tuple[int, int, int]]:
+    """The RDMA traffic matrix of DeepEP's normal dispatch for a synthetic prefill: each token goes once to
+    every other node it needs, to the GPU with its local index there (FP8 payload + scales)."""
+    from tracekit.workload.routing import bytes_per_token
+    from tracekit.workload.synth import SynthConfig, synth
+
+    r = synth(SynthConfig(preset="prefill", ep=ep, tokens=tokens))
+    m = r.meta
+    node_of_expert = r.topk_expert // (m.num_experts // m.ep_size) // m.gpus_per_node
+    src_node = r.rank // m.gpus_per_node
+    size = bytes_per_token(m.hidden, m.dispatch_dtype)
+    total = np.zeros((ep, ep), np.int64)
+    for row in range(r.num_rows):
+        for node in set(node_of_expert[row][node_of_expert[row] >= 0].tolist()) - {int(src_node[row])}:
+            total[r.rank[row], node * m.gpus_per_node + r.rank[row] % m.gpus_per_node] += size
+    return [(s, d, int(total[s, d])) for s in range(ep) for d in range(ep) if total[s, d]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--snapshot", help="git directory of Broadcom/csg-htsim (built into a temporary folder)")
@@ -100,6 +118,8 @@ def main() -> None:
     ap.add_argument("--mbytes", type=float, default=4)
     ap.add_argument("--a2a-hosts", type=int, default=16)
     ap.add_argument("--a2a-kbytes", type=int, default=512)
+    ap.add_argument("--ep", type=int, default=64, help="EP size of the prefill dispatch traffic matrix (0: skip)")
+    ap.add_argument("--tokens", type=int, default=4096, help="tokens per rank of that prefill")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="htsim-") as tmp:
         work = Path(tmp)
@@ -116,6 +136,9 @@ def main() -> None:
         n = args.a2a_hosts
         compare("all-to-all", binary, work, n, [(s, d, args.a2a_kbytes * 1024) for s in range(n) for d in range(n)
                                                 if s != d])
+        if args.ep:
+            compare(f"EP{args.ep} prefill dispatch RDMA ({args.tokens} tok/rank, all posted at 0)", binary, work,
+                    args.ep, ep_pairs(args.ep, args.tokens))
 
 
 if __name__ == "__main__":
