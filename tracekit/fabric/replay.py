@@ -70,6 +70,9 @@ def rdma_messages(built: Any, sched: Any) -> dict[str, np.ndarray]:
         raise TracekitError("--fabric dynamic pairs each RDMA transmit with its receive; this graph has "
                             f"{tx.size} transmits and {rx.size} receives", fix="use --granularity chunk or token")
     rank = g.attr("rank")
+    if not np.array_equal(g.attr("dst_rank")[tx], rank[rx]):
+        raise TracekitError("--fabric dynamic could not pair RDMA transmits with their receives",
+                            fix="report this as a bug; replay without --fabric meanwhile")
     nbytes = np.maximum(g.attr("bytes")[tx], 0)
     return {"tx": tx, "rx": rx, "src": rank[tx].astype(np.int64), "dst": rank[rx].astype(np.int64),
             "bytes": nbytes.astype(np.int64), "ready": sched.ready[tx].astype(np.int64),
