@@ -128,14 +128,16 @@ def test_cyclic_buffer_dependency_in_a_ring_deadlocks_and_is_named():
     # every host sends two hops clockwise: each switch's clockwise port carries two flows
     src = [0, 1, 2, 3]
     flows = chopped(src, [(s + 2) % 4 for s in src], [0] * 4, 10, 256 * 1024)
-    p = FabricParams(ecn=False, dcqcn=False, buffer_bytes=300_000, alpha=0.125, pfc_watchdog_ns=500_000)
+    p = FabricParams(ecn=False, dcqcn=False, buffer_bytes=300_000, alpha=0.125, pfc_watchdog_ns=500_000, sample_ns=10_000)
     run = simulate(topo, p, flows)
     assert run.status == 1
     with pytest.raises(PfcDeadlock, match=r"cycle switch\d/cw -> switch\d/cw"):
         raise_if_stalled(run, topo, p)
-    # the same traffic without PFC cannot deadlock: it drops and retransmits instead
-    lossy = simulate(topo, p.with_(pfc=False, rto_ns=200_000), flows)
-    assert lossy.status == 0 and (lossy.msg_done_ns >= 0).all()
+    # the same routes without PFC cannot deadlock: they drop and retransmit instead (less data: go-back-N
+    # without congestion control collapses into retransmissions on this 2:1 ring, slowly but surely)
+    lossy = simulate(topo, p.with_(pfc=False, rto_ns=200_000), chopped(src, [(s + 2) % 4 for s in src], [0] * 4, 2,
+                                                                    64 * 1024))
+    assert lossy.status == 0 and (lossy.msg_done_ns >= 0).all() and lossy.port_drops.sum() > 0
 
 
 def test_a_paused_port_that_never_drains_without_a_cycle_is_a_pause_storm():

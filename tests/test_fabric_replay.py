@@ -80,3 +80,17 @@ def test_dynamic_fabric_refuses_packet_granularity():
         ReplayConfig(fabric="dynamic", granularity="packet").check()
     with pytest.raises(TracekitError, match="--fabric='slow'"):
         ReplayConfig(fabric="slow").check()
+
+
+@pytest.mark.slow
+def test_on_a_leaf_spine_pauses_start_at_the_spine_and_reach_the_nics():
+    """Two leaves of 32 NICs: congestion in front of hot ranks backs up into the spines first, then the
+    sending leaves' uplinks and NICs (pause_spread lists ports by their first pause)."""
+    routing = synth(SynthConfig(preset="prefill", ep=64, tokens=512, skew=1.2, seed=3))
+    hw = load_profile("ascend910b-roce").with_overrides({"switch.topology": "leaf_spine"})
+    res = replay(routing, hw, ReplayConfig(fabric="dynamic"))
+    spread = [p["port"] for p in res.summary["fabric"]["dispatch"]["pause_spread"]]
+    assert spread and spread[0].startswith("spine")
+    ports = set(res.events.filter(res.events["stage"] == "pfc_pause")["resource"].to_list())
+    assert any(p.startswith("spine") for p in ports) and any(p.startswith("leaf") for p in ports)
+    assert any("/nic0/pfc" in p for p in ports)
