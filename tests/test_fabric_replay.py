@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from tracekit.errors import TracekitError
+from tracekit.fabric.tables import fabric_findings
 from tracekit.hardware import load_profile
 from tracekit.model.config import ReplayConfig
 from tracekit.replay import replay
@@ -73,6 +74,14 @@ def test_pfc_off_drops_and_retransmits_instead_of_pausing():
     ev = res.events
     assert ev.filter(ev["stage"] == "drop").height == fab["drops"] + res.summary["fabric"]["combine"]["drops"]
     assert ev.filter(ev["stage"] == "retransmit").height > 0
+    # a diff of PFC on vs off names the fabric's part: pauses on one side, drops and retransmissions on the other
+    on = replay(small, load_profile("ascend910b-roce"), ReplayConfig(fabric="dynamic"))
+    lines = fabric_findings(on.summary, res.summary)
+    dispatch = next(line for line in lines if line.startswith("dispatch fabric:"))
+    assert f"drops 0 -> {fab['drops']}" in dispatch and "retransmitted" in dispatch
+    if on.summary["fabric"]["dispatch"]["pause_ns"]:
+        assert "PFC pause" in dispatch and "congestion root switch0/port" in dispatch
+    assert fabric_findings({}, {}) == []
 
 
 def test_dynamic_fabric_refuses_packet_granularity():

@@ -130,7 +130,8 @@ def prepare(topo: Topology, p: FabricParams, flows: Flows) -> Prepared:
         bad = np.nonzero((cap < 4 * wire) & (np.arange(topo.nodes) >= topo.hosts))[0]
         if bad.size:
             raise TracekitError(f"switch {topo.node_names[bad[0]]}: buffer of {p.buffer_bytes} B leaves "
-                                f"{int(cap[bad[0]])} B after PFC headroom", fix="enlarge fabric.buffer_bytes")
+                                f"{int(cap[bad[0]])} B after PFC headroom",
+                                fix="enlarge switch.buffer_bytes, or set a smaller fabric.headroom_bytes")
     return Prepared(npk, msg_first, flow_npk, ctrl, fh, hptr, order.astype(np.int64), headroom, cap,
                     topo.port_mbps[topo.host_port[flows.src]].astype(np.float64), ROUTING_CODE[p.routing],
                     np.arange(topo.hosts, topo.nodes, dtype=np.int64))

@@ -129,3 +129,36 @@ def merge_fabric_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["pause_spread"] = parts[0].get("pause_spread", [])
     out["max_queue_port"] = max(parts, key=lambda p: p.get("max_queue_bytes", 0)).get("max_queue_port", "")
     return out
+
+
+def fabric_findings(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """Diff sentences naming the fabric's part in a change, from two replays' ``summary.json``: pause
+    time and where it started, drops, retransmissions and timeouts, ECN marks, the delay the dynamic
+    fabric added and its share of the critical path. Empty unless a side ran ``--fabric dynamic``."""
+    fb = (before or {}).get("fabric") or {}
+    fa = (after or {}).get("fabric") or {}
+    out: list[str] = []
+    for phase in ("dispatch", "combine"):
+        b, a = fb.get(phase, {}), fa.get(phase, {})
+        if not b and not a:
+            continue
+
+        def pair(key: str, scale: float = 1.0, unit: str = "") -> str:
+            if scale == 1.0:
+                return f"{int(b.get(key, 0))} -> {int(a.get(key, 0))}"
+            return f"{b.get(key, 0) / scale:.3g}{unit} -> {a.get(key, 0) / scale:.3g}{unit}"
+
+        causes = []
+        if b.get("pause_ns", 0) or a.get("pause_ns", 0):
+            root = (a if a.get("pause_ns", 0) >= b.get("pause_ns", 0) else b).get("max_queue_port", "")
+            causes.append(f"PFC pause {pair('pause_ns', 1e6, ' ms')} on {pair('paused_ports')} ports"
+                          + (f" (congestion root {root}: incast)" if root else ""))
+        if b.get("drops", 0) or a.get("drops", 0):
+            causes.append(f"drops {pair('drops')}, retransmitted {pair('retransmitted_bytes', 1e6, ' MB')}, "
+                          f"timeouts {pair('timeouts')}")
+        if b.get("ecn_marks", 0) or a.get("ecn_marks", 0):
+            causes.append(f"ECN marks {pair('ecn_marks')}, CNPs {pair('cnps')}")
+        causes.append(f"fabric delay {pair('fabric_delay_ns', 1e6, ' ms')} "
+                      f"({pair('fabric_share_of_critical_path', 0.01, '%')} of the critical path)")
+        out.append(f"{phase} fabric: " + "; ".join(causes))
+    return out
