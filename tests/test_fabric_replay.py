@@ -89,6 +89,9 @@ def test_dynamic_fabric_refuses_packet_granularity():
         ReplayConfig(fabric="dynamic", granularity="packet").check()
     with pytest.raises(TracekitError, match="--fabric='slow'"):
         ReplayConfig(fabric="slow").check()
+    small = synth(SynthConfig(preset="prefill", ep=16, tokens=32, seed=1))
+    with pytest.raises(TracekitError, match="models RoCE.*nic.transport='ib'"):
+        replay(small, load_profile("h800-ib"), ReplayConfig(fabric="dynamic"))
 
 
 @pytest.mark.slow

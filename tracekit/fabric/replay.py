@@ -82,6 +82,10 @@ def rdma_messages(built: Any, sched: Any) -> dict[str, np.ndarray]:
 def run_fabric(built: Any, sched: Any, hw: Any, ranks: int, *, step: int, layer: int,
                overrides: dict[str, Any] | None = None) -> PhaseFabric:
     """Simulate pass 1's RDMA messages on the dynamic fabric."""
+    if hw.nic.transport != "roce":
+        raise TracekitError(f"--fabric dynamic models RoCE (PFC, ECN, DCQCN); profile {hw.name} has "
+                            f"nic.transport={hw.nic.transport!r}, whose credit-based flow control the static fabric "
+                            "models", fix="use a RoCE profile (ascend910b-roce, biren-br200-roce) or --set nic.transport=roce")
     m = rdma_messages(built, sched)
     topo = fabric_topology(hw, ranks)
     params = params_from_profile(hw, **(overrides or {}))
