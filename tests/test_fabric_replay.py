@@ -106,3 +106,24 @@ def test_on_a_leaf_spine_pauses_start_at_the_spine_and_reach_the_nics():
     ports = set(res.events.filter(res.events["stage"] == "pfc_pause")["resource"].to_list())
     assert any(p.startswith("spine") for p in ports) and any(p.startswith("leaf") for p in ports)
     assert any("/nic0/pfc" in p for p in ports)
+
+
+@pytest.mark.slow
+def test_dynamic_replay_timeline_holds_the_fabric_tracks(tmp_path):
+    """Pause slices, drop and retransmission instants and the fabric counters reach the Perfetto file,
+    which passes the importer's rules (the real trace processor loads it too: docs/fabric.md)."""
+    from tracekit.io.perfetto_check import check_trace
+    from tracekit.io.replay_out import write_replay
+
+    small = synth(SynthConfig(preset="prefill", ep=32, tokens=512, skew=1.2, seed=2))
+    hw = load_profile("ascend910b-roce").with_overrides({"fabric.pfc": 0, "switch.buffer_bytes": 1_000_000,
+                                                         "fabric.rto_ns": 200_000})
+    res = replay(small, hw, ReplayConfig(fabric="dynamic"))
+    write_replay(res, tmp_path / "out", meta={"source": "replay"})
+    report = check_trace(tmp_path / "out" / "timeline.pftrace")
+    fabric_rows = res.events.filter(res.events["stage"].is_in(["drop", "retransmit", "pfc_pause"])).height
+    static = replay(small, load_profile("ascend910b-roce"))
+    write_replay(static, tmp_path / "static", meta={"source": "replay"})
+    base = check_trace(tmp_path / "static" / "timeline.pftrace")
+    assert fabric_rows > 0 and report.instants > base.instants
+    assert report.counter_samples > base.counter_samples
