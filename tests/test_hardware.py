@@ -13,10 +13,11 @@ def test_required_profiles_ship():
 @pytest.mark.parametrize("name", list_profiles())
 def test_every_field_has_value_and_source(name):
     p = load_profile(name)
-    for f in schemas.load("hardware").fields:
+    fields = [f for f in schemas.load("hardware").fields if f.required or f.section in p.values]
+    for f in fields:  # optional sections ([fabric]) are complete when present
         assert p.sources[f.section][f.name].strip(), (name, f.section, f.name)
     t = p.table()
-    assert t.height == len(schemas.load("hardware").fields)
+    assert t.height == len(fields)
 
 
 def test_h800_datasheet_figures():

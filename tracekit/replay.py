@@ -87,19 +87,31 @@ def replay(
     gemm_events = None
     gemm_ranks: list[np.ndarray] = []
     events, counters, phases, memops = [], [], [], []
+    fabric_parts: dict[str, list] = {"dispatch": [], "combine": []}
     for step, layer in routing.steps_layers():
         part = routing.select(step, layer)
         layout = dispatch_layout(part)
         gemm_done = None
         for builder in _builders(cfg.mode):
-            built: Built = builder(part, layout, hw, cfg)
-            if gemm_done is not None:  # each rank starts its combine when its experts are done
-                first = built.start if built.call_start is None else built.call_start
-                built.graph.update(first, release=gemm_done[built.graph.attr("rank")[first]])
+            def build(builder=builder, gemm_done=gemm_done) -> Built:
+                built = builder(part, layout, hw, cfg)
+                if gemm_done is not None:  # each rank starts its combine when its experts are done
+                    first = built.start if built.call_start is None else built.call_start
+                    built.graph.update(first, release=gemm_done[built.graph.attr("rank")[first]])
+                return built
+
+            built = build()
             sched: Schedule = run(built.graph)
+            if cfg.fabric == "dynamic":  # RDMA on the packet-level RoCE fabric (tracekit.fabric)
+                from tracekit.fabric.replay import fabric_outputs, fabric_phase
+
+                built, sched, pf = fabric_phase(build, hw, cfg, built, sched, step=step, layer=layer)
             check_conservation(built, sched, layout, part)
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
             ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids) if tables else _no_tables()
+            if cfg.fabric == "dynamic":
+                ev, ctr, fsum = fabric_outputs(pf, built, sched, result, ev, ctr, t0)
+                fabric_parts[built.phase].append(fsum)
             if gemm_events is not None and built.phase == "combine" and tables:
                 gemm = pl.from_arrow(schemas.conform(gemm_events, "events", {"source": "replay"})).cast(ev.schema)
                 ev = pl.concat([gemm, ev], how="vertical").sort("ts_ns", maintain_order=True)
@@ -121,6 +133,12 @@ def replay(
             if on_phase is not None:
                 on_phase(built.phase, step, layer)
     summary = summarise(phases, routing, hw, cfg)
+    if cfg.fabric == "dynamic":
+        from tracekit.fabric.params import params_from_profile
+        from tracekit.fabric.tables import merge_fabric_summaries
+
+        summary["fabric"] = {"mode": "dynamic", "params": params_from_profile(hw).to_dict(),
+                             **{k: merge_fabric_summaries(v) for k, v in fabric_parts.items() if v}}
     if gemm_ranks:
         done = np.concatenate(gemm_ranks)
         summary["expert_gemm"] = {"rank_ns": {"p50": int(np.percentile(done, 50)), "max": int(done.max())},

@@ -153,6 +153,10 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
     from tracekit.analysis.findings import findings
 
     d.findings = findings(d)
+    if (pb.summary or {}).get("fabric") or (pa.summary or {}).get("fabric"):  # replays with --fabric dynamic
+        from tracekit.fabric.tables import fabric_findings
+
+        d.findings += fabric_findings(pb.summary, pa.summary)
     return d
 
 

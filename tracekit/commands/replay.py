@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "packet: MTU packets on NICs and switch ports")
     p.add_argument("--doorbell", choices=DOORBELLS, default="gpu", help="who posts RDMA work requests (default gpu)")
     p.add_argument("--adaptive-routing", action="store_true", help="tail atomics wait for the write's ack (+1 RTT)")
+    p.add_argument("--fabric", choices=("static", "dynamic"), default="static",
+                   help="static: per-port buffers, credit-style flow control (default); dynamic: packet-level RoCE "
+                        "fabric with PFC, ECN, DCQCN and loss recovery from the profile's [fabric] section "
+                        "(docs/fabric.md; tune with --set fabric.kmin_bytes=... etc.)")
     p.add_argument("--credit-return", choices=CREDIT_RETURN, default="after_consume",
                    help="when receivers return ring credits (early = a broken protocol, for the hazard checker)")
     p.add_argument("--cached", action="store_true", help="cached layout: no notify or CPU sync")
@@ -102,6 +106,7 @@ def config_from_args(args: argparse.Namespace, ep_size: int, default_mode: str =
         record_memops=args.record_memops, expert_gemm=args.expert_gemm, expert_ffn=args.expert_ffn,
         schedule=args.schedule, model=_model(args),
         nccl_channels=args.nccl_channels,
+        fabric=args.fabric,
     )
 
 

@@ -25,6 +25,8 @@ _CHOICES = {
     ("nvlink", "topology"): ("switch", "mesh"),
     ("switch", "topology"): ("single", "leaf_spine"),
     ("nic", "transport"): ("ib", "roce"),
+    ("fabric", "topology"): ("switch", "rail_optimised"),
+    ("fabric", "routing"): ("ecmp", "spray", "flowlet"),
 }
 
 
@@ -73,14 +75,17 @@ class Profile:
         for key, raw in overrides.items():
             section, _, field = key.partition(".")
             f = _field(section, field, where=f"override {key}")
-            values[section][field] = _convert(f, raw, where=f"override {key}={raw!r}")
-            sources[section][field] = f"override (was {self.values[section][field]!r})"
+            values.setdefault(section, {})[field] = _convert(f, raw, where=f"override {key}={raw!r}")
+            was = self.values.get(section, {}).get(field, f.default)
+            sources.setdefault(section, {})[field] = f"override (was {was!r})"
         return _checked(self.name, self.description, values, sources, where="overrides")
 
     def table(self) -> pl.DataFrame:
         """One row per field: section, field, value, unit, source."""
         rows = []
         for f in schemas.load("hardware").fields:
+            if f.name not in self.values.get(f.section, {}):
+                continue  # an optional field the profile does not set (e.g. [fabric] of IB profiles)
             rows.append({
                 "section": f.section, "field": f.name, "value": str(self.values[f.section][f.name]),
                 "unit": f.unit, "source": self.sources[f.section][f.name],
@@ -129,10 +134,9 @@ def _convert(f: schemas.Field, raw: Any, where: str) -> Any:
     except (TypeError, ValueError):
         raise TracekitError(f"{key}={raw!r} is not a {'number' if f.type == 'float64' else 'whole number'}",
                             where=where, fix=f"give {key} in {f.unit}") from None
-    if value <= 0 and f.name not in ("cq_poll_interval_ns", "doorbell_cpu_proxy_ns", "grid_sync_ns",
-                                     "signal_ns", "kernel_launch_ns") and f.section != "host" \
-            and not f.name.endswith("_token_ns") and f.name not in ("combine_topk_ns", "chunk_sync_ns",
-                                                                     "ll_selection_ns"):
+    if value <= 0 and f.section not in ("host", "fabric") and f.name not in (
+            "cq_poll_interval_ns", "doorbell_cpu_proxy_ns", "grid_sync_ns", "signal_ns", "kernel_launch_ns",
+            "combine_topk_ns", "chunk_sync_ns", "ll_selection_ns") and not f.name.endswith("_token_ns"):
         raise TracekitError(f"{key}={raw!r} must be positive", where=where, fix=f"give {key} in {f.unit}, > 0")
     if value < 0:
         raise TracekitError(f"{key}={raw!r} must not be negative", where=where, fix=f"give {key} in {f.unit}, >= 0")
@@ -141,6 +145,8 @@ def _convert(f: schemas.Field, raw: Any, where: str) -> Any:
 
 def _checked(name: str, description: str, values: dict, sources: dict, where: str) -> Profile:
     for f in schemas.load("hardware").fields:
+        if not f.required:
+            continue  # fields with a default (the [fabric] section) are optional
         if f.section not in values or f.name not in values[f.section]:
             raise TracekitError(f"missing {f.section}.{f.name}", where=where,
                                 fix=f"add {f.name} = {{ value = ..., source = \"...\" }} under [{f.section}] ({f.unit}): {f.description}")

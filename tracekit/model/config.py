@@ -35,6 +35,7 @@ GRANULARITIES = ("chunk", "token", "packet")
 DOORBELLS = ("gpu", "cpu_proxy")
 CREDIT_RETURN = ("after_consume", "early")
 SCHEDULES = ("serial", "two_microbatch", "ll_hook", "fused", "dualpipe")  # tracekit.model.schedule
+FABRICS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class ReplayConfig:
     * ``expert_gemm``: run each rank's expert GEMMs (three matrices of ``hidden x expert_ffn`` per
       expert, roofline of ``gpu.gemm_tflops`` and HBM weight reads) between dispatch and combine;
       a rank starts its combine when its experts are done, so load imbalance shows in the tail.
+    * ``fabric``: ``static`` (default: switch ports with per-port buffers and credit-style flow control)
+      or ``dynamic`` (RoCE: packets, shared-buffer switches, PFC, ECN, DCQCN, loss recovery from the
+      profile's ``[fabric]`` section; see ``tracekit.fabric`` and ``docs/fabric.md``).
     * ``record_memops``: also record the memory-level operations of the NVLink rings (intranode
       dispatch) for the hazard checker (``tracekit fuzz --check``).
     * ``min_chunk_tokens``: at ``chunk`` granularity, DeepEP chunks smaller than this (combine uses
@@ -119,6 +123,7 @@ class ReplayConfig:
     schedule: str | None = None
     model: ModelDesc | None = None
     nccl_channels: int = 32
+    fabric: str = "static"
     seed: int = 0
     hardware_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +172,11 @@ class ReplayConfig:
             raise bad("--doorbell", self.doorbell, f"one of {', '.join(DOORBELLS)}", DOORBELLS[0])
         if self.credit_return not in CREDIT_RETURN:
             raise bad("--credit-return", self.credit_return, f"one of {', '.join(CREDIT_RETURN)}", CREDIT_RETURN[0])
+        if self.fabric not in FABRICS:
+            raise bad("--fabric", self.fabric, f"one of {', '.join(FABRICS)}", FABRICS[1])
+        if self.fabric == "dynamic" and self.granularity == "packet":
+            raise TracekitError("--fabric dynamic simulates packets itself; --granularity packet would model them twice",
+                                fix="use --granularity chunk (or token) with --fabric dynamic")
         if self.forward_window is not None and self.forward_window < 1:
             raise TracekitError(f"forward_window={self.forward_window}: expected a positive number of RDMA chunks",
                                 fix="pass forward_window >= 1, or None (1: forward each RDMA chunk as it arrives)")
@@ -208,7 +218,10 @@ class ReplayConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["fabric"] == "static":  # the default leaves summaries and file metadata as they were
+            del out["fabric"]
+        return out
 
 
 #: Bounds of ``--set`` values by unit: input checks before anything is sized or timed by them (not
