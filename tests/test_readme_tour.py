@@ -52,14 +52,15 @@ def test_the_tour_parses_into_known_commands():
     assert {"synth", "info", "replay", "diff", "hw", "import", "export", "fuzz", "validate"} <= names
     text = (ROOT / "README.md").read_text().split("## A short tour", 1)[1].split("```", 2)[1]
     outputs = re.findall(r"-o (\S+)", text)
-    for name in re.findall(r"[\w./*-]+\.(?:parquet|json\.gz|npz|npy)\b", text):
+    for name in re.findall(r"[\w./*-]+\.(?:parquet|json\.gz|npz|npy|json|toml)\b", text):
         produced = any(name == o or (o.endswith("/") and name.startswith(o)) for o in outputs)
         assert produced or (ROOT / name).exists(), f"the tour reads {name}, which a fresh clone does not have"
 
 
 @pytest.mark.slow
 def test_every_tour_command_works(tmp_path, monkeypatch):
-    (tmp_path / "sample_traces").symlink_to(ROOT / "sample_traces")
+    for shipped in ("sample_traces", "examples", "docs"):  # the files the tour reads, as in a clone's root
+        (tmp_path / shipped).symlink_to(ROOT / shipped)
     monkeypatch.chdir(tmp_path)
     full = os.environ.get("TRACEKIT_TOUR_FULL") == "1"
     for chain in tour_commands((ROOT / "README.md").read_text()):

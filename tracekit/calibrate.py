@@ -288,6 +288,8 @@ def calibrated_profile(base: Profile, fitted: Sequence[Fitted], where: str, name
     known = {f"{f.section}.{f.name}" for f in hw.fields}
     doc: dict[str, Any] = {"name": name, "description": description}
     for f in hw.fields:
+        if f.name not in base.values.get(f.section, {}):  # an optional field the base leaves to its default
+            continue
         doc.setdefault(f.section, {})[f.name] = {"value": base.values[f.section][f.name],
                                                  "source": base.sources[f.section][f.name]}
     skipped = []
@@ -314,6 +316,8 @@ def profile_toml(profile: Profile, header: str = "") -> str:
     lines += [f"name = {_toml_value(profile.name)}", f"description = {_toml_value(profile.description)}"]
     section = None
     for f in schemas.load("hardware").fields:
+        if f.name not in profile.values.get(f.section, {}):  # optional, left to its default
+            continue
         if f.section != section:
             section = f.section
             lines += ["", f"[{section}]"]
