@@ -125,3 +125,40 @@ def test_low_latency_send_work_bounds_decode_dispatch():
                                                  "gpu.ll_token_ns": hw.gpu.ll_token_ns // 2}),
                      ReplayConfig(mode="low_latency"))
     assert light["dispatch"] < base["dispatch"]
+
+
+def _ll_decode(ep, gpn, experts=64, topk=8):
+    return synth(SynthConfig(preset="decode", ep=ep, tokens=128, experts=experts, topk=topk, hidden=7168,
+                             gpus_per_node=gpn, max_nodes=ep // gpn, seed=0))
+
+
+def test_low_latency_selection_warps_run_side_by_side():
+    """DeepEP's dispatch sends a token's top-k selections from k warps at once (warp k sends selection
+    k): more per-selection work costs each SM one selection's worth per token, not k. EP16 over two
+    nodes, 64 experts: 64 SMs (one warp group each), 2 tokens per SM."""
+    hw = load_profile("h800-ib").with_overrides({"system.gpus_per_node": 8})
+    routing = _ll_decode(16, 8)
+    extra = 20_000
+    base = _latency(routing, hw, ReplayConfig(mode="low_latency"))["dispatch"]
+    slow = _latency(routing, hw.with_overrides({"gpu.ll_selection_ns": hw.gpu.ll_selection_ns + extra}),
+                    ReplayConfig(mode="low_latency"))["dispatch"]
+    tokens_per_sm = 128 // 64
+    assert extra <= slow - base <= tokens_per_sm * extra + _slack(base)
+
+
+def test_low_latency_grid_sync_separates_send_and_receive():
+    """Send and receive phases of one low-latency kernel are separated by a grid sync (DeepEP's
+    cooperative-groups sync). Combine: the owner polls its flags, then syncs, then reduces, so the sync
+    lies on every path to the last receive. Dispatch: the sync follows the rank's own sends and the
+    counts are polled after it, so it overlaps the wait for other ranks' data: it adds at most its cost
+    (on h800-ib nothing at EP8 and EP16: the data still in flight hides 10 us)."""
+    extra = 10_000
+    for ep in (8, 16):
+        hw = load_profile("h800-ib").with_overrides({"system.gpus_per_node": 8})
+        routing = _ll_decode(ep, 8)
+        base = _latency(routing, hw, ReplayConfig(mode="low_latency"))
+        slow = _latency(routing, hw.with_overrides({"gpu.grid_sync_ns": hw.gpu.grid_sync_ns + extra}),
+                        ReplayConfig(mode="low_latency"))
+        assert extra - _slack(base["combine"]) <= slow["combine"] - base["combine"] <= extra + _slack(base["combine"])
+        grew = slow["dispatch"] - base["dispatch"]
+        assert 0 <= grew <= extra + _slack(base["dispatch"])
