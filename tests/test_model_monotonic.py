@@ -162,3 +162,21 @@ def test_low_latency_grid_sync_separates_send_and_receive():
         assert extra - _slack(base["combine"]) <= slow["combine"] - base["combine"] <= extra + _slack(base["combine"])
         grew = slow["dispatch"] - base["dispatch"]
         assert 0 <= grew <= extra + _slack(base["dispatch"])
+
+
+def test_low_latency_receiver_copies_fp8_scales_per_token():
+    """The low-latency receiver copies each token's FP8 scales apart from its payload (a per-lane load and
+    strided store, gpu.fp8_token_ns per token): dearer scale copies slow an FP8 dispatch by at least a
+    pair's tokens' worth and leave a BF16 one alone."""
+    hw = load_profile("h200-nvlink")
+    extra = 5_000
+    dear = hw.with_overrides({"gpu.fp8_token_ns": hw.gpu.fp8_token_ns + extra})
+    for dtype in ("fp8", "bf16"):
+        routing = synth(SynthConfig(preset="decode", ep=8, tokens=128, experts=64, topk=8, hidden=7168, seed=0,
+                                    dispatch_dtype=dtype))
+        base = _latency(routing, hw, ReplayConfig(mode="low_latency"))["dispatch"]
+        slow = _latency(routing, dear, ReplayConfig(mode="low_latency"))["dispatch"]
+        if dtype == "fp8":
+            assert slow - base >= 8 * extra  # 1024 selections over 64 (source, expert) pairs: ~16 tokens each
+        else:
+            assert slow == base

@@ -79,7 +79,8 @@ class _LL:
     def __init__(self, routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig, phase: str) -> None:
         _check(routing, layout)
         meta = routing.meta
-        self.payload = bytes_per_token(meta.hidden, cfg.payload_dtype(meta, phase))  # bytes of one token in this phase's type
+        self.dtype = cfg.payload_dtype(meta, phase)
+        self.payload = bytes_per_token(meta.hidden, self.dtype)  # bytes of one token in this phase's type
         self.g = TaskGraph()
         self.cl = Cluster(self.g, hw, routing.meta.ep_size, routing.meta.gpus_per_node, cfg, phase)
         cl = self.cl
@@ -225,13 +226,16 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
     count = ll.signal(pairs_s, pairs_e // ll.epr, pairs_e % ll.epr, ready_count, pmsg, "ll")
     # 4. a grid sync ends the send phase (gpu.grid_sync_ns, once every SM of the rank has sent); then the
     # warp group of each (source, local expert) pair, on SM pair // groups, copies the pair's tokens once
-    # their count has landed (zero buffer: they already are where the expert reads them; only the
-    # per-token bookkeeping remains)
+    # their count has landed, one warp per token: the payload, then the scales of an FP8/INT8 payload as a
+    # separate per-lane load and strided store (gpu.fp8_token_ns, as the normal receiver's). Zero buffer:
+    # the tokens already are where the expert reads them; only the per-token work remains
     sent = ll.grid_sync(sm_done, "unpack")
     ntok = np.bincount(pair_of_sel, minlength=pairs_s.size)
     rd = pairs_e // ll.epr
+    scales_ns = hw.gpu.fp8_token_ns if ll.dtype != "bf16" else 0
     unpack, mem = ll.copy_out("unpack", rd, (pairs_s * ll.epr + pairs_e % ll.epr) // ll.groups,
-                              ntok * (0 if zero else msg_bytes), ntok, msg_id=pmsg, src_rank=pairs_s, dst_rank=rd)
+                              ntok * (0 if zero else msg_bytes), ntok, scales_ns, msg_id=pmsg, src_rank=pairs_s,
+                              dst_rank=rd)
     g.add_edges(count, unpack)
     g.add_edges(sent[rd], unpack)
     g.add_edges(arrive, unpack[pair_of_sel])
