@@ -180,3 +180,26 @@ def test_low_latency_receiver_copies_fp8_scales_per_token():
             assert slow - base >= 8 * extra  # 1024 selections over 64 (source, expert) pairs: ~16 tokens each
         else:
             assert slow == base
+
+
+def test_low_latency_combine_flag_follows_its_own_warp_group():
+    """DeepEP's combine sends the flag of an (owner, expert) pair once that pair's warp group has sent its
+    rows, not once the whole rank has: rank 1, whose tokens avoid rank 0's experts, reduces before rank 0
+    has finished sending to the others. Every other rank routes only to rank 0's experts, and the per-row
+    send work is made dear (5 us) so that rank 0's SMs are the bottleneck."""
+    import numpy as np
+    import polars as pl
+
+    base = synth(SynthConfig(preset="decode", ep=8, tokens=64, experts=64, topk=8, hidden=7168, seed=0))
+    rng = np.random.default_rng(0)
+    experts = np.stack([rng.choice(np.arange(16, 64), 8, replace=False) if rank == 1 else rng.permutation(8)
+                        for rank in base.rank])
+    routing = replace(base, topk_expert=experts.astype(base.topk_expert.dtype))
+    hw = load_profile("h200-nvlink").with_overrides({"gpu.ll_selection_ns": 5000})
+    ev = replay(routing, hw, ReplayConfig(mode="low_latency")).events.filter(pl.col("phase") == "combine")
+    end = pl.col("ts_ns") + pl.col("dur_ns")
+    reduce = ev.filter(pl.col("stage") == "combine_unpack")
+    owner1 = reduce.filter(pl.col("rank") == 1).select(end.max()).item()
+    others = reduce.filter(pl.col("rank") != 1).select(end.min()).item()
+    rank0_sent = ev.filter((pl.col("stage") == "combine_pack") & (pl.col("rank") == 0)).select(end.max()).item()
+    assert owner1 < rank0_sent < others
