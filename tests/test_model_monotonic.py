@@ -125,3 +125,81 @@ def test_low_latency_send_work_bounds_decode_dispatch():
                                                  "gpu.ll_token_ns": hw.gpu.ll_token_ns // 2}),
                      ReplayConfig(mode="low_latency"))
     assert light["dispatch"] < base["dispatch"]
+
+
+def _ll_decode(ep, gpn, experts=64, topk=8):
+    return synth(SynthConfig(preset="decode", ep=ep, tokens=128, experts=experts, topk=topk, hidden=7168,
+                             gpus_per_node=gpn, max_nodes=ep // gpn, seed=0))
+
+
+def test_low_latency_selection_warps_run_side_by_side():
+    """DeepEP's dispatch sends a token's top-k selections from k warps at once (warp k sends selection
+    k): more per-selection work costs each SM one selection's worth per token, not k. EP16 over two
+    nodes, 64 experts: 64 SMs (one warp group each), 2 tokens per SM."""
+    hw = load_profile("h800-ib").with_overrides({"system.gpus_per_node": 8})
+    routing = _ll_decode(16, 8)
+    extra = 20_000
+    base = _latency(routing, hw, ReplayConfig(mode="low_latency"))["dispatch"]
+    slow = _latency(routing, hw.with_overrides({"gpu.ll_selection_ns": hw.gpu.ll_selection_ns + extra}),
+                    ReplayConfig(mode="low_latency"))["dispatch"]
+    tokens_per_sm = 128 // 64
+    assert extra <= slow - base <= tokens_per_sm * extra + _slack(base)
+
+
+def test_low_latency_grid_sync_separates_send_and_receive():
+    """Send and receive phases of one low-latency kernel are separated by a grid sync (DeepEP's
+    cooperative-groups sync). Combine: the owner polls its flags, then syncs, then reduces, so the sync
+    lies on every path to the last receive. Dispatch: the sync follows the rank's own sends and the
+    counts are polled after it, so it overlaps the wait for other ranks' data: it adds at most its cost
+    (on h800-ib nothing at EP8 and EP16: the data still in flight hides 10 us)."""
+    extra = 10_000
+    for ep in (8, 16):
+        hw = load_profile("h800-ib").with_overrides({"system.gpus_per_node": 8})
+        routing = _ll_decode(ep, 8)
+        base = _latency(routing, hw, ReplayConfig(mode="low_latency"))
+        slow = _latency(routing, hw.with_overrides({"gpu.grid_sync_ns": hw.gpu.grid_sync_ns + extra}),
+                        ReplayConfig(mode="low_latency"))
+        assert extra - _slack(base["combine"]) <= slow["combine"] - base["combine"] <= extra + _slack(base["combine"])
+        grew = slow["dispatch"] - base["dispatch"]
+        assert 0 <= grew <= extra + _slack(base["dispatch"])
+
+
+def test_low_latency_receiver_copies_fp8_scales_per_token():
+    """The low-latency receiver copies each token's FP8 scales apart from its payload (a per-lane load and
+    strided store, gpu.fp8_token_ns per token): dearer scale copies slow an FP8 dispatch by at least a
+    pair's tokens' worth and leave a BF16 one alone."""
+    hw = load_profile("h200-nvlink")
+    extra = 5_000
+    dear = hw.with_overrides({"gpu.fp8_token_ns": hw.gpu.fp8_token_ns + extra})
+    for dtype in ("fp8", "bf16"):
+        routing = synth(SynthConfig(preset="decode", ep=8, tokens=128, experts=64, topk=8, hidden=7168, seed=0,
+                                    dispatch_dtype=dtype))
+        base = _latency(routing, hw, ReplayConfig(mode="low_latency"))["dispatch"]
+        slow = _latency(routing, dear, ReplayConfig(mode="low_latency"))["dispatch"]
+        if dtype == "fp8":
+            assert slow - base >= 8 * extra  # 1024 selections over 64 (source, expert) pairs: ~16 tokens each
+        else:
+            assert slow == base
+
+
+def test_low_latency_combine_flag_follows_its_own_warp_group():
+    """DeepEP's combine sends the flag of an (owner, expert) pair once that pair's warp group has sent its
+    rows, not once the whole rank has: rank 1, whose tokens avoid rank 0's experts, reduces before rank 0
+    has finished sending to the others. Every other rank routes only to rank 0's experts, and the per-row
+    send work is made dear (5 us) so that rank 0's SMs are the bottleneck."""
+    import numpy as np
+    import polars as pl
+
+    base = synth(SynthConfig(preset="decode", ep=8, tokens=64, experts=64, topk=8, hidden=7168, seed=0))
+    rng = np.random.default_rng(0)
+    experts = np.stack([rng.choice(np.arange(16, 64), 8, replace=False) if rank == 1 else rng.permutation(8)
+                        for rank in base.rank])
+    routing = replace(base, topk_expert=experts.astype(base.topk_expert.dtype))
+    hw = load_profile("h200-nvlink").with_overrides({"gpu.ll_selection_ns": 5000})
+    ev = replay(routing, hw, ReplayConfig(mode="low_latency")).events.filter(pl.col("phase") == "combine")
+    end = pl.col("ts_ns") + pl.col("dur_ns")
+    reduce = ev.filter(pl.col("stage") == "combine_unpack")
+    owner1 = reduce.filter(pl.col("rank") == 1).select(end.max()).item()
+    others = reduce.filter(pl.col("rank") != 1).select(end.min()).item()
+    rank0_sent = ev.filter((pl.col("stage") == "combine_pack") & (pl.col("rank") == 0)).select(end.max()).item()
+    assert owner1 < rank0_sent < others

@@ -1,17 +1,23 @@
 """DeepEP-like low-latency kernels (decode) as task graphs: pure RDMA, no rings, no credits; and the
 zero-buffer variant.
 
-Dispatch: every SM takes every ``num_sms``-th token, casts it (FP8 by default) into a send buffer and
-writes it once per valid top-k selection straight into the expert's receive slot on the expert's
-rank: by RDMA to other nodes, by NVLink stores to peers on the same node (as DeepEP does where peers
-are reachable), (worst-case-sized, double-buffered slots: no flow control, so a send queue that is too
-shallow stalls the poster). When a rank has sent all its tokens, it sends every expert a count by
-RDMA atomic on the same QP (after the data). The receiver waits for each (expert, source) count and
-copies that source's tokens into the expert's packed input. QPs: one per (peer, local expert).
+The launch follows DeepEP's (csrc/kernels/internode_ll.cu): ``groups = ceil(experts / SMs)`` warp
+groups per SM on ``ceil(experts / groups)`` SMs; expert (or (rank, local expert) pair) ``i`` belongs to
+the warp group on SM ``i // groups``.
 
-Combine: each expert's rank sends every result row back by RDMA write into the token owner's slot
-for that expert, then a flag per (expert, source) by RDMA atomic; the owner waits for the flags and
-computes each token's weighted sum of its top-k rows.
+Dispatch: every SM takes every ``num_sms``-th token; all its warps cast it (FP8 by default) into a send
+buffer, then warp k writes selection k straight into the expert's receive slot on the expert's rank
+(the top-k warps side by side): by RDMA to other nodes, by NVLink stores to peers on the same node (as
+DeepEP does where peers are reachable), (worst-case-sized, double-buffered slots: no flow control, so a
+send queue that is too shallow stalls the poster). The expert's warp group sends the expert a count by
+RDMA atomic on the same QP (after the data) once its SM has finished its tokens and every selection of
+the rank for that expert has been issued. A grid sync ends the send phase; then each (source, local
+expert) pair's warp group waits for its count and copies that source's tokens into the expert's packed
+input. QPs: one per (peer, local expert).
+
+Combine: each (owner, local expert) pair's warp group sends the pair's result rows back by RDMA write
+into the token owner's slot for that expert, then the pair's flag by RDMA atomic; the owner waits for
+its flags and, after a grid sync, computes each token's weighted sum of its top-k rows.
 
 Zero buffer (``--mode zero_buffer``): as low-latency, but each (source, expert) pair first reserves its
 place in the expert's final input by a fetch-and-add round trip to the expert's rank, and the writes
@@ -39,10 +45,15 @@ MAX_TOKENS = 1024
 HEADER_BYTES = 16
 
 
+def _groups(hw: Profile, num_experts: int) -> int:
+    """DeepEP's launch: warp groups per SM, enough that every expert has one on at most all SMs."""
+    return -(-num_experts // hw.gpu.sms)
+
+
 def _sms(hw: Profile, num_experts: int) -> int:
-    """DeepEP's launch: enough warp groups per SM that every expert has one, on at most all SMs."""
-    groups = -(-num_experts // hw.gpu.sms)
-    return -(-num_experts // groups)
+    """SMs of DeepEP's launch: ceil(experts / warp groups per SM); expert (or pair) ``i``'s warp group is
+    on SM ``i // groups``."""
+    return -(-num_experts // _groups(hw, num_experts))
 
 
 def _selections(routing: Routing, layout: DispatchLayout):
@@ -68,13 +79,15 @@ class _LL:
     def __init__(self, routing: Routing, layout: DispatchLayout, hw: Profile, cfg: ReplayConfig, phase: str) -> None:
         _check(routing, layout)
         meta = routing.meta
-        self.payload = bytes_per_token(meta.hidden, cfg.payload_dtype(meta, phase))  # bytes of one token in this phase's type
+        self.dtype = cfg.payload_dtype(meta, phase)
+        self.payload = bytes_per_token(meta.hidden, self.dtype)  # bytes of one token in this phase's type
         self.g = TaskGraph()
         self.cl = Cluster(self.g, hw, routing.meta.ep_size, routing.meta.gpus_per_node, cfg, phase)
         cl = self.cl
         self.R = cl.R
         self.E = routing.meta.num_experts
         self.epr = self.E // self.R
+        self.groups = _groups(hw, self.E)
         self.nsm = _sms(hw, self.E)
         if hasattr(cl, "qp_miss_ns"):  # one QP per (peer on another node, local expert), as DeepEP's
             cl.set_qps((self.R - cl.G) * self.epr)
@@ -88,6 +101,23 @@ class _LL:
 
     def sm(self, rank: np.ndarray, index: np.ndarray) -> np.ndarray:
         return self.sms[rank * self.nsm + index % self.nsm]
+
+    def sm_done(self, tasks: np.ndarray, rank: np.ndarray, index: np.ndarray, stage: str) -> np.ndarray:
+        """Per (rank, SM): a join after ``tasks`` (run on SM ``index % nsm`` of ``rank``); an SM with none
+        is done at its rank's kernel start."""
+        n = self.R * self.nsm
+        done = self.cl.add(n, stage, np.repeat(np.arange(self.R), self.nsm), dur=0, record=False)
+        self.g.add_edges(self.start[np.arange(n) // self.nsm], done)
+        self.g.add_edges(tasks, done[rank * self.nsm + index % self.nsm])
+        return done
+
+    def grid_sync(self, sm_done: np.ndarray, stage: str) -> np.ndarray:
+        """Per rank: DeepEP's cooperative grid sync between the send and the receive phase of one kernel
+        (gpu.grid_sync_ns once every SM of the rank has reached it; callers add what else the SMs wait for
+        before it)."""
+        sync = self.cl.add(self.R, stage, np.arange(self.R), dur=self.cl.hw.gpu.grid_sync_ns, record=False)
+        self.g.add_edges(sm_done, sync[np.arange(sm_done.shape[0]) // self.nsm])
+        return sync
 
     def copy_out(self, stage: str, rank, index, nbytes, tokens, token_ns: int = 0, rows: object = 0, **attrs):
         """An SM copy on one of ``rank``'s SMs (``token_ns`` per token, the reduction of ``rows`` rows),
@@ -144,14 +174,16 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
     msg_bytes = bpt + HEADER_BYTES
     n_rows = ll.src.shape[0]
     rows = np.arange(n_rows)
-    # 1. each SM casts every nsm-th token of its rank into the send buffer (gpu.ll_token_ns), and its warps
-    # send the token once per valid selection (gpu.ll_selection_ns each: slot atomic, WQE/put issue); to
-    # GPUs of its own node (itself included) the warp stores the message itself, at the SM's copy rate
+    # 1. each SM takes every nsm-th token of its rank: all its warps cast the token into the send buffer
+    # (gpu.ll_token_ns), then warp k sends selection k (a slot atomic and the WQE/put issue:
+    # gpu.ll_selection_ns); the top-k warps run side by side, so a token pays one selection's work, not
+    # k. To GPUs of its own node (itself included) each warp stores the message itself: those copies
+    # share the SM's load/store units, so their bytes add up at the SM's copy rate
     sel_per_row = np.bincount(ll.row, minlength=n_rows)
     same = cl.node_of[ll.src[ll.row]] == cl.node_of[ll.dst]
     sm_copies = np.bincount(ll.row[same], minlength=n_rows)
     cl.order(rows, ll.tok // ll.nsm)
-    dur = cl.copy_ns(msg_bytes * (1 + sm_copies), 1, hw.gpu.ll_token_ns) + sel_per_row * hw.gpu.ll_selection_ns
+    dur = cl.copy_ns(msg_bytes * (1 + sm_copies), 1, hw.gpu.ll_token_ns) + (sel_per_row > 0) * hw.gpu.ll_selection_ns
     pack = cl.add(n_rows, "pack", ll.src, res=ll.sm(ll.src, ll.tok), dur=dur, tokens=1,
                   bytes=msg_bytes * (1 + sm_copies), msg_id=rows, src_rank=ll.src, dst_rank=-1)
     g.add_edges(ll.start[ll.src], pack)
@@ -180,21 +212,32 @@ def build_ll_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg
         g.add_edges(pack[sel], ready)
         g.add_edges(back[np.searchsorted(pairs, pair_of_sel)], ready)
     arrive = ll.send(s, d, le, np.full(nsel, msg_bytes), np.ones(nsel, np.int64), ready, smsg, "ll")
-    # 3. counts: after a rank has sent everything, one atomic per (source, expert) behind its data
-    sent = cl.add(ll.R, "pack", np.arange(ll.R), dur=0, record=False)
-    g.add_edges(pack, sent[ll.src])
+    # 3. counts: one atomic per (source, expert) behind its data, sent by the expert's warp group (on SM
+    # expert // groups) once that SM has finished its own tokens and every selection of the rank for
+    # that expert has been issued (DeepEP's per-expert finish counter)
     pairs_s = np.repeat(np.arange(ll.R), ll.E)
     pairs_e = np.tile(np.arange(ll.E), ll.R)
+    sm_done = ll.sm_done(pack, ll.src, ll.tok, "pack")
+    ready_count = cl.add(pairs_s.size, "pack", pairs_s, dur=0, record=False)
+    g.add_edges(sm_done[pairs_s * ll.nsm + pairs_e // ll.groups], ready_count)
+    g.add_edges(pack[sel], ready_count[pair_of_sel])
     pmsg = n_rows + nsel + np.arange(pairs_s.size)
     cl.order(pmsg, np.full(pairs_s.size, 1 << 20))
-    count = ll.signal(pairs_s, pairs_e // ll.epr, pairs_e % ll.epr, sent[pairs_s], pmsg, "ll")
-    # 4. the receiver copies each (expert, source)'s tokens once their count has landed (zero buffer:
-    # they already are where the expert reads them; only the per-token bookkeeping remains)
+    count = ll.signal(pairs_s, pairs_e // ll.epr, pairs_e % ll.epr, ready_count, pmsg, "ll")
+    # 4. a grid sync ends the send phase (gpu.grid_sync_ns, once every SM of the rank has sent); then the
+    # warp group of each (source, local expert) pair, on SM pair // groups, copies the pair's tokens once
+    # their count has landed, one warp per token: the payload, then the scales of an FP8/INT8 payload as a
+    # separate per-lane load and strided store (gpu.fp8_token_ns, as the normal receiver's). Zero buffer:
+    # the tokens already are where the expert reads them; only the per-token work remains
+    sent = ll.grid_sync(sm_done, "unpack")
     ntok = np.bincount(pair_of_sel, minlength=pairs_s.size)
     rd = pairs_e // ll.epr
-    unpack, mem = ll.copy_out("unpack", rd, (pairs_e % ll.epr) * ll.R + pairs_s, ntok * (0 if zero else msg_bytes),
-                              ntok, msg_id=pmsg, src_rank=pairs_s, dst_rank=rd)
+    scales_ns = hw.gpu.fp8_token_ns if ll.dtype != "bf16" else 0
+    unpack, mem = ll.copy_out("unpack", rd, (pairs_s * ll.epr + pairs_e % ll.epr) // ll.groups,
+                              ntok * (0 if zero else msg_bytes), ntok, scales_ns, msg_id=pmsg, src_rank=pairs_s,
+                              dst_rank=rd)
     g.add_edges(count, unpack)
+    g.add_edges(sent[rd], unpack)
     g.add_edges(arrive, unpack[pair_of_sel])
     built = Built("dispatch", g, cl, bpt, msg_bytes, ll.start, pack, sel, d, mem[pair_of_sel])
     built.delivery_expert = ll.expert
@@ -214,22 +257,28 @@ def build_ll_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg:
     # 1. each expert's rank sends every result row back into its owner's slot for that expert
     smsg = np.arange(nsel)
     cl.order(smsg, ll.tok[sel] // ll.nsm)
-    # one warp group per (local expert, owner rank), as DeepEP launches them: all owners are served at once
+    # one warp group per (owner rank, local expert), as DeepEP launches them: group dst * epr + local on SM
+    # (dst * epr + local) // groups; all owners are served at once
+    group = s * ll.epr + le
     dur = cl.copy_ns(row_bytes, 1, hw.gpu.ll_selection_ns)  # per row: its copy and its send issue
-    pack = cl.add(nsel, "combine_pack", d, res=ll.sm(d, le * ll.R + s), dur=dur, tokens=1,
+    pack = cl.add(nsel, "combine_pack", d, res=ll.sm(d, group // ll.groups), dur=dur, tokens=1,
                   bytes=row_bytes, msg_id=smsg, src_rank=d, dst_rank=s)
     g.add_edges(ll.start[d], pack)
     arrive = ll.send(d, s, le, np.full(nsel, row_bytes), np.ones(nsel, np.int64), pack, smsg, "ll_combine")
-    # 2. a flag per (expert, source) once the expert's rank has sent all its rows
-    sent = cl.add(ll.R, "combine_pack", np.arange(ll.R), dur=0, record=False)
-    g.add_edges(pack, sent[d])
+    # 2. a flag per (expert, owner), sent by the pair's warp group as soon as the group has sent its own
+    # rows (a barrier of the group's warps, not of the rank)
     pairs_e = np.repeat(np.arange(ll.E), ll.R)
     pairs_s = np.tile(np.arange(ll.R), ll.E)
+    holder = pairs_e // ll.epr
+    group_done = cl.add(pairs_e.size, "combine_pack", holder, dur=0, record=False)
+    g.add_edges(ll.start[holder], group_done)
+    g.add_edges(pack, group_done[ll.expert * ll.R + s])
     pmsg = nsel + np.arange(pairs_e.size)
     cl.order(pmsg, np.full(pairs_e.size, 1 << 20))
-    holder = pairs_e // ll.epr
-    flag = ll.signal(holder, pairs_s, pairs_e % ll.epr, sent[holder], pmsg, "ll_combine")
-    flags_in = cl.add(ll.R, "combine_reduce", np.arange(ll.R), dur=0, record=False)
+    flag = ll.signal(holder, pairs_s, pairs_e % ll.epr, group_done, pmsg, "ll_combine")
+    # the owner's groups poll their flags, then a grid sync (every SM past its own sends and polls:
+    # gpu.grid_sync_ns) starts the reduction
+    flags_in = ll.grid_sync(ll.sm_done(pack, d, group // ll.groups, "combine_pack"), "combine_reduce")
     g.add_edges(flag, flags_in[pairs_s])
     # 3. each owner reduces its tokens' top-k rows, token by token on its SMs
     n_rows = ll.src.shape[0]
