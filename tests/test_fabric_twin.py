@@ -32,7 +32,7 @@ def scenarios(draw):
         dst.append(d + (d >= s and not hot))
         for _ in range(draw(st.integers(1, 3))):
             ready.append(draw(st.integers(0, 20_000)))
-            size.append(draw(st.sampled_from([0, 1, 1000, 4096, 5000, 60_000, 200_000, 600_000])))
+            size.append(draw(st.sampled_from([0, 1, 1000, 4096, 5000, 60_000, 200_000])))
         ptr.append(len(ready))
     ready = np.array(ready, np.int64)
     for f in range(nflows):  # messages of one QP are posted in order
@@ -57,7 +57,7 @@ def scenarios(draw):
     return topo, params, flows
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(scenarios())
 def test_fast_fabric_equals_reference(case):
     topo, params, flows = case
