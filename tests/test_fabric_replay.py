@@ -112,7 +112,7 @@ def test_on_a_leaf_spine_pauses_start_at_the_spine_and_reach_the_nics():
 def test_dynamic_replay_timeline_holds_the_fabric_tracks(tmp_path):
     """Pause slices, drop and retransmission instants and the fabric counters reach the Perfetto file,
     which passes the importer's rules (the real trace processor loads it too: docs/fabric.md)."""
-    from tracekit.io.perfetto_check import check_trace
+    from tracekit.io.perfetto.check import check_trace
     from tracekit.io.replay_out import write_replay
 
     small = synth(SynthConfig(preset="prefill", ep=32, tokens=512, skew=1.2, seed=2))
@@ -125,5 +125,5 @@ def test_dynamic_replay_timeline_holds_the_fabric_tracks(tmp_path):
     static = replay(small, load_profile("ascend910b-roce"))
     write_replay(static, tmp_path / "static", meta={"source": "replay"})
     base = check_trace(tmp_path / "static" / "timeline.pftrace")
-    assert fabric_rows > 0 and report.instants > base.instants
+    assert fabric_rows > 0 and report.slices + report.instants > base.slices + base.instants  # instants: begin+end slices
     assert report.counter_samples > base.counter_samples
