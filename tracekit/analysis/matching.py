@@ -124,9 +124,10 @@ def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.Da
     normalised once)."""
     names = names or NameMap()
     uniq = events.select(pl.col("name").unique())["name"].to_list()
-    table = pl.DataFrame({"name": uniq, "op": [names(n or "") for n in uniq]},
-                         schema={"name": pl.String, "op": pl.String})
-    return events.join(table, on="name", how="left")
+    keys = [n for n in uniq if n is not None]
+    # one added column (a join would copy every column: memory on big traces); a null name stays null
+    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
+    return events.with_columns(op.alias("op"))
 
 
 _GROUP = ["phase", "stage", "op"]

@@ -219,7 +219,9 @@ def _critical(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events-derived critical path of each step's whole timeline, summed over steps."""
     comps, res = [], []
     lean = ev.select(c for c in ("step", *CRITICAL_COLUMNS) if c in ev.columns)
-    for (step,), part in lean.partition_by("step", as_dict=True, maintain_order=True).items():
+    # one step needs no partition (a copy of every column)
+    parts = [lean] if lean["step"].n_unique() <= 1 else lean.partition_by("step", maintain_order=True)
+    for part in parts:
         path = critical_path(part)
         comps.append(composition(path))
         res.append(path.group_by("phase", "resource").agg(pl.col("op_ns").sum().alias("ns")))
