@@ -28,7 +28,7 @@ import polars as pl
 
 from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
-from tracekit.analysis.intervals import intersection_length, union_length
+from tracekit.analysis.intervals import intersection_length, lengths, union, union_length
 from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 from tracekit.resources import ResourcePath
@@ -198,14 +198,17 @@ def phase_order(p: str) -> tuple[int, str]:
 
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
     by = ["step", "rank"]
-    r = ev.select(*by, "kind", pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"),
-                  "dur_ns").filter(pl.col("rank") >= 0)
-    comm = r.filter(pl.col("kind").is_in(COMM_KINDS))
-    comp = r.filter(pl.col("kind") == COMPUTE_KIND)
+    cols = [*by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns"]
+    r = ev.select(*cols, pl.col("kind").is_in(COMM_KINDS).alias("_comm"), (pl.col("kind") == COMPUTE_KIND)
+                  .alias("_comp")).filter(pl.col("rank") >= 0)  # booleans, not the kind strings, are copied
+    comm = r.filter("_comm").drop("_comm", "_comp")
+    comp = r.filter("_comp").drop("_comm", "_comp")
     keys = r.select(by).unique()
-    out = (keys.join(union_length(comm, by).rename({"length": "comm_ns"}), on=by, how="left")
-           .join(union_length(comp, by).rename({"length": "compute_ns"}), on=by, how="left")
-           .join(intersection_length(comm, comp, by).rename({"length": "overlap_ns"}), on=by, how="left")
+    del r
+    ucomm, ucomp = union(comm, by), union(comp, by)  # each once: the lengths and the overlap read them
+    out = (keys.join(lengths(ucomm, by).rename({"length": "comm_ns"}), on=by, how="left")
+           .join(lengths(ucomp, by).rename({"length": "compute_ns"}), on=by, how="left")
+           .join(intersection_length(ucomm, ucomp, by).rename({"length": "overlap_ns"}), on=by, how="left")
            .join(comm.group_by(by).agg(pl.col("dur_ns").sum().alias("comm_busy_ns")), on=by, how="left")
            .join(comp.group_by(by).agg(pl.col("dur_ns").sum().alias("compute_busy_ns")), on=by, how="left"))
     out = out.with_columns(pl.col("comm_ns", "compute_ns", "overlap_ns", "comm_busy_ns", "compute_busy_ns")
@@ -236,8 +239,8 @@ def _traffic(ev: pl.DataFrame, table: pl.DataFrame | None, phases: list[str]) ->
         t = table if "tokens" in table.columns else table.with_columns(pl.lit(0).alias("tokens"))
         out = t.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
         return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
-    x = ev.filter((pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0)
-                  & pl.col("phase").is_in(phases))
+    x = ev.select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
+        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0) & pl.col("phase").is_in(phases))
     per_msg = (x.filter(pl.col("msg_id") >= 0).group_by("phase", "step", "layer", "msg_id", "src_rank", "dst_rank")
                .agg(pl.col("bytes").max(), pl.col("tokens").max()).drop("step", "layer", "msg_id"))
     loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens")
