@@ -157,9 +157,10 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     ev = _check(trace.events, label)
     ev = operation_names(ev, names)
     end = pl.col("ts_ns") + pl.col("dur_ns")
-    comm = ev.filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
+    # select, then filter: a frame's filter copies every column it keeps (memory on big traces)
+    comm = ev.select("phase", "kind").filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
     phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
-    ranks = sorted(int(r) for r in ev.filter(pl.col("rank") >= 0)["rank"].unique().to_list())
+    ranks = sorted(int(r) for r in ev["rank"].filter(ev["rank"] >= 0).unique().to_list())
     inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
     instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
                  .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE))
@@ -167,7 +168,8 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
               .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
                    pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
               .sort("phase", "stage", "step", "layer"))
-    finish = (inphase.filter(pl.col("rank") >= 0).group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
+    finish = (inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
+              .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
               .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
               .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
               .sort(*_INSTANCE, "rank"))
@@ -349,7 +351,8 @@ def _tail_cause(prof: Profile, phase: str) -> TailCause:
     worst = f.filter(pl.col("rank") == rank).sort(["finish_ns", "step", "layer"], descending=[True, False, False]
                                                   ).row(0, named=True)
     step, layer = int(worst["step"]), int(worst["layer"])
-    inst = prof.ops.filter((pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
+    inst = prof.ops.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in prof.ops.columns).filter(
+        (pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
     inst = inst.with_row_index("_r")
     mine = inst.filter(pl.col("rank") == rank).with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_e"))
     last = int(mine.sort(["_e", "_r"], descending=[True, True])["_r"][0])
