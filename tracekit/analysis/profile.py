@@ -43,6 +43,8 @@ _INSTANCE = ["phase", "step", "layer"]
 #: columns the per-phase measures read (selected before filtering: a filter copies what it keeps)
 _INPHASE_COLUMNS = ("phase", "step", "layer", "stage", "ts_ns", "dur_ns", "bytes", "tokens", "rank", "resource",
                     "stall_ns", "stall_cause")
+#: ``Profile.ops`` columns held as categorical (few distinct names, millions of rows)
+_CATEGORICAL_OPS = ("phase", "stage", "op", "kind")
 _RANK_PREFIX = re.compile(r"^node\d+/rank\d+/")
 _DIGITS = re.compile(r"\d+")
 
@@ -113,7 +115,8 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included
+    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included;
+    # phase, stage, op and kind categorical
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -189,7 +192,9 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         dtypes=dtypes, summary=summary,
     )
     prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
-    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns)  # what matching reads: the rest is freed
+    # what matching reads (the rest is freed), names as categorical codes: kept while the other side is measured
+    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
+        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
     return prof
 
 
