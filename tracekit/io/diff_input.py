@@ -38,7 +38,11 @@ def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
     # converting the Arrow table, whose string buffers the converted frame would keep alive
     del table
     pa.default_memory_pool().release_unused()  # the pool keeps freed pages otherwise
-    frame = pl.read_parquet(path, columns=list(want))
+    try:
+        frame = pl.read_parquet(path, columns=list(want))
+    except (pl.exceptions.PolarsError, OSError) as exc:  # e.g. the file changed since it was checked
+        raise TracekitError(f"unreadable Parquet data ({str(exc).splitlines()[0]})", where=str(path),
+                            fix="the file is truncated, corrupt or being written; write it again") from None
     defaults = [pl.col(f.name).fill_null(f.default) for f in schemas.load(schema).fields
                 if f.name in want and not f.nullable and f.default is not None]
     return frame.with_columns(defaults), meta, s.id  # the defaults conform filled in
