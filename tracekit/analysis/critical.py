@@ -40,15 +40,91 @@ COLUMNS = ("ts_ns", "dur_ns", "kind", "flow_out", "flow_in", "msg_id", "resource
 
 
 def _prepare(events: pl.DataFrame) -> pl.DataFrame:
-    """Rows that can lie on a path, with their end time and a position in (end, ts) order."""
-    ev = events.select(c for c in COLUMNS if c in events.columns).with_row_index("_row").filter((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS))
+    """Rows that can lie on a path, with their end time and a position in (end, ts) order:
+    numeric columns only, ``resource`` as integer codes (one code per distinct path; the path's
+    strings are looked up by ``_row`` at the end), sorted by one gather (memory on big traces)."""
+    ev = events.select(c for c in COLUMNS if c in events.columns and c not in ("kind", "phase", "stage"))
+    if "resource" in ev.columns:
+        ev = ev.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
+    keep = events.select(((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS)).fill_null(False))
+    rows = np.flatnonzero(keep.to_series().to_numpy())
+    if ev["ts_ns"].null_count() or ev["dur_ns"].null_count():
+        return _prepare_polars(ev.with_row_index("_row")[rows])
+    ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64)
+    end = ts + ev["dur_ns"].to_numpy()[rows].astype(np.int64)
+    order = np.lexsort((rows, ts, end))
+    rows = rows[order]
+    out = ev[rows].with_columns(pl.Series("_end", end[order]))
+    return out.with_columns(pl.Series("_row", rows, pl.UInt32)).with_row_index("_pos")
+
+
+def _prepare_polars(ev: pl.DataFrame) -> pl.DataFrame:
+    """The reference form of the sort in :func:`_prepare` (the rows kept, ``_row`` set)."""
     ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end"))
-    ev = ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
-    return ev
+    return ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
+
+
+def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer codes of the left ``key`` and right ``right_key`` columns, equal where the values
+    are; None where a column has nulls."""
+    left, right = ev[key], ev[right_key]
+    if left.null_count() or right.null_count():
+        return None
+    if left.dtype.is_integer() and right.dtype.is_integer():
+        return left.to_numpy().astype(np.int64), right.to_numpy().astype(np.int64)
+    if key != right_key:
+        return None
+    codes = left.rank("dense").to_numpy().astype(np.int64)
+    return codes, codes
+
+
+def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_key: str) -> np.ndarray | None:
+    """:func:`_latest_before` by sorting packed (key, time) integers and a binary search: a few
+    int64 arrays instead of two sorted frames and an as-of join (memory on big traces). Rows
+    must be in ``_pos`` order (end, then start, ascending). None where a key has nulls or
+    the packed integers could overflow."""
+    codes = _key_codes(ev, key, right_key)
+    n = ev.height
+    if codes is None:
+        return None
+    kl, kr = codes
+    idx = np.flatnonzero(valid)
+    if idx.size == 0 or n == 0:
+        return np.full(n, -1, np.int64)
+    ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
+    lo = min(int(kl.min()), int(kr[idx].min()))
+    t0 = min(int(ts.min()), int(end.min()))
+    span = max(int(ts.max()), int(end.max())) - t0 + 1
+    keys = max(int(kl.max()), int(kr[idx].max())) - lo + 1
+    if span <= 0 or keys > (2**62) // span:
+        return None
+    rk = kr[idx] - lo
+    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
+    cand = idx[order]
+    del idx
+    packed = rk[order] * span
+    del rk, order
+    packed += end[cand] - t0
+    q = kl - lo  # in place from here: these arrays are as long as the trace
+    q *= span
+    q += ts - t0
+    j = np.searchsorted(packed, q, side="right") - 1  # the last of the same key that ended by ts
+    del q, packed
+    out = cand[np.maximum(j, 0)]
+    out[(j < 0) | (kr[out] != kl)] = -1
+    return out
 
 
 def _latest_before(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_key: str | None = None) -> np.ndarray:
-    """For each row, the position of the row (where ``valid``) whose ``right_key`` (default ``key``)
+    """The numpy form of :func:`_latest_before_polars` where it applies, else that form."""
+    ok = ev.with_columns(valid.fill_null(False).alias("_v"))["_v"].to_numpy().astype(bool)
+    fast = _latest_before_numpy(ev, key, ok, right_key or key)
+    return fast if fast is not None else _latest_before_polars(ev, key, valid, right_key=right_key)
+
+
+def _latest_before_polars(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_key: str | None = None
+                          ) -> np.ndarray:
+    """The reference form: for each row, the position of the row (where ``valid``) whose ``right_key`` (default ``key``)
     equals this row's ``key`` and that ended last at or before this row's start; -1 if none."""
     right = (ev.filter(valid).select(pl.col(right_key or key).alias(key), pl.col("_end").alias("_t"),
                                      pl.col("_pos").alias("_pred"))
@@ -62,6 +138,29 @@ def _latest_before(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_key: str
 
 
 def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
+    """For each row, the position of the first row whose ``flow_out`` is its ``flow_in``; -1 if
+    none. Sorted integers and a binary search (the form of :func:`_flow_pred_polars`, which is the
+    reference, without a join's copies)."""
+    out_s, in_s = ev["flow_out"], ev["flow_in"]
+    src = np.flatnonzero(out_s.is_not_null().to_numpy())
+    found = np.full(ev.height, -1, np.int64)
+    want = np.flatnonzero(in_s.is_not_null().to_numpy())
+    if src.size == 0 or want.size == 0:
+        return found
+    f_out = np.asarray(out_s.to_numpy()[src], np.int64)  # no nulls left: an integer array
+    order = np.argsort(f_out, kind="stable")  # stable: the first of equal flow ids comes first
+    keys, src = f_out[order], src[order]
+    first = np.ones(keys.size, bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys, src = keys[first], src[first]
+    f_in = np.asarray(in_s.to_numpy()[want], np.int64)
+    j = np.minimum(np.searchsorted(keys, f_in), keys.size - 1)
+    hit = keys[j] == f_in
+    found[want[hit]] = src[j[hit]]
+    return found
+
+
+def _flow_pred_polars(ev: pl.DataFrame) -> np.ndarray:
     src = ev.filter(pl.col("flow_out").is_not_null()).select(pl.col("flow_out").alias("_f"),
                                                               pl.col("_pos").alias("_pred"))
     src = src.unique("_f", keep="first", maintain_order=True)
@@ -120,7 +219,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
         wait.append(int(max(0, ts[i] - end[best])))
         i = best
     p = np.asarray(path, np.int64)
-    sel = ev[p]
+    sel = events[rows[p]]
     return pl.DataFrame({
         "row": rows[p], "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
         "rank": sel["rank"].cast(pl.Int32), "op_ns": np.asarray(op, np.int64), "wait_ns": np.asarray(wait, np.int64),

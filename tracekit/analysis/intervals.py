@@ -72,8 +72,12 @@ def _union_polars(d: pl.DataFrame, by: list[str]) -> pl.DataFrame:
 
 def union_length(df: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
     """Total time covered by each group's intervals: columns ``by + [length]`` (int64 ns)."""
+    return lengths(union(df, by), by)
+
+
+def lengths(u: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """Total time of each group's disjoint intervals (a :func:`union`): columns ``by + [length]``."""
     by = list(by)
-    u = union(df, by)
     if not by:
         return pl.DataFrame({"length": [int((u["end"] - u["start"]).sum()) if u.height else 0]})
     return u.group_by(*by, maintain_order=True).agg((pl.col("end") - pl.col("start")).sum().alias("length"))

@@ -124,9 +124,10 @@ def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.Da
     normalised once)."""
     names = names or NameMap()
     uniq = events.select(pl.col("name").unique())["name"].to_list()
-    table = pl.DataFrame({"name": uniq, "op": [names(n or "") for n in uniq]},
-                         schema={"name": pl.String, "op": pl.String})
-    return events.join(table, on="name", how="left")
+    keys = [n for n in uniq if n is not None]
+    # one added column (a join would copy every column: memory on big traces); a null name stays null
+    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
+    return events.with_columns(op.alias("op"))
 
 
 _GROUP = ["phase", "stage", "op"]
@@ -136,7 +137,10 @@ MATCH_COLUMNS = (*_GROUP, *_PAIR, "kind", "ts_ns", "dur_ns", "bytes")
 
 
 def _occurrences(events: pl.DataFrame) -> pl.DataFrame:
-    ev = events.filter(pl.col("kind") != "annotation").select(*_GROUP, *_PAIR, "ts_ns", "dur_ns", "bytes")
+    # the names as categorical codes (shared by both sides), so that the sort, the window and the
+    # join hash integers rather than strings (memory on big traces); cast back after the join
+    ev = events.select(pl.col(_GROUP).cast(pl.Categorical), *_PAIR, "ts_ns", "dur_ns", "bytes",
+                       (pl.col("kind") != "annotation").alias("_op")).filter("_op").drop("_op")
     return ev.sort("ts_ns", *_GROUP, *_PAIR, "dur_ns").with_columns(
         pl.int_range(pl.len()).over(_GROUP + _PAIR).alias("k"))
 
@@ -147,7 +151,8 @@ def match_operations(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
     ``dur_after`` (null where the other side has no partner)."""
     a = _occurrences(before).rename({"ts_ns": "ts_before", "dur_ns": "dur_before", "bytes": "bytes_before"})
     b = _occurrences(after).rename({"ts_ns": "ts_after", "dur_ns": "dur_after", "bytes": "bytes_after"})
-    return a.join(b, on=_GROUP + _PAIR + ["k"], how="full", coalesce=True, nulls_equal=True)
+    pairs = a.join(b, on=_GROUP + _PAIR + ["k"], how="full", coalesce=True, nulls_equal=True)
+    return pairs.with_columns(pl.col(_GROUP).cast(pl.String))
 
 
 def match_summary(pairs: pl.DataFrame) -> pl.DataFrame:

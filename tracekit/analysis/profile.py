@@ -28,7 +28,7 @@ import polars as pl
 
 from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
-from tracekit.analysis.intervals import intersection_length, union_length
+from tracekit.analysis.intervals import intersection_length, lengths, union, union_length
 from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 from tracekit.resources import ResourcePath
@@ -43,6 +43,8 @@ _INSTANCE = ["phase", "step", "layer"]
 #: columns the per-phase measures read (selected before filtering: a filter copies what it keeps)
 _INPHASE_COLUMNS = ("phase", "step", "layer", "stage", "ts_ns", "dur_ns", "bytes", "tokens", "rank", "resource",
                     "stall_ns", "stall_cause")
+#: ``Profile.ops`` columns held as categorical (few distinct names, millions of rows)
+_CATEGORICAL_OPS = ("phase", "stage", "op", "kind")
 _RANK_PREFIX = re.compile(r"^node\d+/rank\d+/")
 _DIGITS = re.compile(r"\d+")
 
@@ -113,7 +115,8 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included
+    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included;
+    # phase, stage, op and kind categorical
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -157,9 +160,10 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     ev = _check(trace.events, label)
     ev = operation_names(ev, names)
     end = pl.col("ts_ns") + pl.col("dur_ns")
-    comm = ev.filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
+    # select, then filter: a frame's filter copies every column it keeps (memory on big traces)
+    comm = ev.select("phase", "kind").filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
     phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
-    ranks = sorted(int(r) for r in ev.filter(pl.col("rank") >= 0)["rank"].unique().to_list())
+    ranks = sorted(int(r) for r in ev["rank"].filter(ev["rank"] >= 0).unique().to_list())
     inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
     instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
                  .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE))
@@ -167,7 +171,8 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
               .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
                    pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
               .sort("phase", "stage", "step", "layer"))
-    finish = (inphase.filter(pl.col("rank") >= 0).group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
+    finish = (inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
+              .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
               .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
               .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
               .sort(*_INSTANCE, "rank"))
@@ -187,7 +192,9 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         dtypes=dtypes, summary=summary,
     )
     prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
-    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns)  # what matching reads: the rest is freed
+    # what matching reads (the rest is freed), names as categorical codes: kept while the other side is measured
+    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
+        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
     return prof
 
 
@@ -198,14 +205,17 @@ def phase_order(p: str) -> tuple[int, str]:
 
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
     by = ["step", "rank"]
-    r = ev.select(*by, "kind", pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"),
-                  "dur_ns").filter(pl.col("rank") >= 0)
-    comm = r.filter(pl.col("kind").is_in(COMM_KINDS))
-    comp = r.filter(pl.col("kind") == COMPUTE_KIND)
+    cols = [*by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns"]
+    r = ev.select(*cols, pl.col("kind").is_in(COMM_KINDS).alias("_comm"), (pl.col("kind") == COMPUTE_KIND)
+                  .alias("_comp")).filter(pl.col("rank") >= 0)  # booleans, not the kind strings, are copied
+    comm = r.filter("_comm").drop("_comm", "_comp")
+    comp = r.filter("_comp").drop("_comm", "_comp")
     keys = r.select(by).unique()
-    out = (keys.join(union_length(comm, by).rename({"length": "comm_ns"}), on=by, how="left")
-           .join(union_length(comp, by).rename({"length": "compute_ns"}), on=by, how="left")
-           .join(intersection_length(comm, comp, by).rename({"length": "overlap_ns"}), on=by, how="left")
+    del r
+    ucomm, ucomp = union(comm, by), union(comp, by)  # each once: the lengths and the overlap read them
+    out = (keys.join(lengths(ucomm, by).rename({"length": "comm_ns"}), on=by, how="left")
+           .join(lengths(ucomp, by).rename({"length": "compute_ns"}), on=by, how="left")
+           .join(intersection_length(ucomm, ucomp, by).rename({"length": "overlap_ns"}), on=by, how="left")
            .join(comm.group_by(by).agg(pl.col("dur_ns").sum().alias("comm_busy_ns")), on=by, how="left")
            .join(comp.group_by(by).agg(pl.col("dur_ns").sum().alias("compute_busy_ns")), on=by, how="left"))
     out = out.with_columns(pl.col("comm_ns", "compute_ns", "overlap_ns", "comm_busy_ns", "compute_busy_ns")
@@ -219,7 +229,9 @@ def _critical(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events-derived critical path of each step's whole timeline, summed over steps."""
     comps, res = [], []
     lean = ev.select(c for c in ("step", *CRITICAL_COLUMNS) if c in ev.columns)
-    for (step,), part in lean.partition_by("step", as_dict=True, maintain_order=True).items():
+    # one step needs no partition (a copy of every column)
+    parts = [lean] if lean["step"].n_unique() <= 1 else lean.partition_by("step", maintain_order=True)
+    for part in parts:
         path = critical_path(part)
         comps.append(composition(path))
         res.append(path.group_by("phase", "resource").agg(pl.col("op_ns").sum().alias("ns")))
@@ -234,8 +246,8 @@ def _traffic(ev: pl.DataFrame, table: pl.DataFrame | None, phases: list[str]) ->
         t = table if "tokens" in table.columns else table.with_columns(pl.lit(0).alias("tokens"))
         out = t.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
         return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
-    x = ev.filter((pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0)
-                  & pl.col("phase").is_in(phases))
+    x = ev.select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
+        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0) & pl.col("phase").is_in(phases))
     per_msg = (x.filter(pl.col("msg_id") >= 0).group_by("phase", "step", "layer", "msg_id", "src_rank", "dst_rank")
                .agg(pl.col("bytes").max(), pl.col("tokens").max()).drop("step", "layer", "msg_id"))
     loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens")
@@ -344,7 +356,8 @@ def _tail_cause(prof: Profile, phase: str) -> TailCause:
     worst = f.filter(pl.col("rank") == rank).sort(["finish_ns", "step", "layer"], descending=[True, False, False]
                                                   ).row(0, named=True)
     step, layer = int(worst["step"]), int(worst["layer"])
-    inst = prof.ops.filter((pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
+    inst = prof.ops.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in prof.ops.columns).filter(
+        (pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
     inst = inst.with_row_index("_r")
     mine = inst.filter(pl.col("rank") == rank).with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_e"))
     last = int(mine.sort(["_e", "_r"], descending=[True, True])["_r"][0])

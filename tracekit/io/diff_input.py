@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
+from tracekit import schemas
 from tracekit.analysis.matching import NameMap
 from tracekit.analysis.profile import Trace
 from tracekit.errors import TracekitError
@@ -29,7 +31,31 @@ def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
     check_table(table, meta, schema, str(path))  # the checks of tracekit validate: ranks, times, flows
     if schema == "events" and "args" in table.column_names:
         table = table.drop(["args"])  # free-form annotations: no measure reads them (memory on big traces)
-    return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
+    want = pl.from_arrow(table.slice(0, 0)).schema  # type: ignore[union-attr]
+    if not _same_columns(path, want):
+        return pl.from_arrow(table), meta, s.id  # type: ignore[return-value]
+    # read again by polars' own Parquet reader once the Arrow copy is dropped: half the memory of
+    # converting the Arrow table, whose string buffers the converted frame would keep alive
+    del table
+    pa.default_memory_pool().release_unused()  # the pool keeps freed pages otherwise
+    try:
+        frame = pl.read_parquet(path, columns=list(want))
+    except (pl.exceptions.PolarsError, OSError) as exc:  # e.g. the file changed since it was checked
+        raise TracekitError(f"unreadable Parquet data ({str(exc).splitlines()[0]})", where=str(path),
+                            fix="the file is truncated, corrupt or being written; write it again") from None
+    defaults = [pl.col(f.name).fill_null(f.default) for f in schemas.load(schema).fields
+                if f.name in want and not f.nullable and f.default is not None]
+    return frame.with_columns(defaults), meta, s.id  # the defaults conform filled in
+
+
+def _same_columns(path: Path, want: pl.Schema) -> bool:
+    """Whether the file holds every column of ``want`` with its type (so reading conformed nothing
+    but missing values, which :func:`_frame` fills the same way)."""
+    try:
+        have = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError):
+        return False
+    return all(have.get(c) == t for c, t in want.items())
 
 
 def _summary(path: Path) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""The numpy form of the critical path's predecessor search (used for traces of millions of
+events) equals the polars as-of join it replaces (its reference twin)."""
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracekit.analysis.critical import (
+    _flow_pred,
+    _flow_pred_polars,
+    _latest_before_numpy,
+    _latest_before_polars,
+    _prepare,
+    _prepare_polars,
+)
+
+rows = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12), st.sampled_from(["a", "b", "c/d"]),
+                          st.integers(-1, 3), st.integers(-1, 3), st.integers(-1, 4)), min_size=1, max_size=40)
+
+
+def _events(rows):
+    return pl.DataFrame({
+        "ts_ns": [r[0] for r in rows], "dur_ns": [r[1] for r in rows], "kind": ["comm"] * len(rows),
+        "resource": [r[2] for r in rows], "rank": pl.Series([r[3] for r in rows], dtype=pl.Int32),
+        "dst_rank": pl.Series([r[4] for r in rows], dtype=pl.Int32), "msg_id": [r[5] for r in rows],
+        "phase": ["dispatch"] * len(rows), "stage": ["s"] * len(rows),
+    })
+
+
+CASES = [("msg_id", pl.col("msg_id") >= 0, None), ("resource", pl.lit(True), None),
+         ("rank", pl.col("dst_rank") >= 0, "dst_rank"), ("rank", pl.col("rank") >= 0, None)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=rows, case=st.sampled_from(CASES))
+def test_numpy_predecessors_equal_polars_asof(rows, case):
+    key, valid, right_key = case
+    ev = _prepare(_events(rows))
+    if ev.height == 0:
+        return
+    ok = ev.with_columns(valid.alias("_v"))["_v"].to_numpy().astype(bool)
+    fast = _latest_before_numpy(ev, key, ok, right_key or key)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, _latest_before_polars(ev, key, valid, right_key=right_key))
+
+
+def test_numpy_predecessors_decline_nulls_and_overflow():
+    ev = _prepare(_events([(0, 5, "a", 0, 1, 2), (2**61, 2**61, "b", 1, 0, 3)]))
+    ok = np.ones(ev.height, bool)
+    assert _latest_before_numpy(ev.with_columns(pl.lit(None, pl.Int64).alias("msg_id")), "msg_id", ok, "msg_id") is None
+    wide = ev.with_columns(pl.Series("msg_id", [0, 2**40]))
+    assert _latest_before_numpy(wide, "msg_id", ok, "msg_id") is None
+
+
+flows = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 5)), st.one_of(st.none(), st.integers(0, 6))),
+                 min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flows=flows)
+def test_numpy_flow_sources_equal_polars_join(flows):
+    ev = pl.DataFrame({"flow_out": [f[0] for f in flows], "flow_in": [f[1] for f in flows]},
+                      schema={"flow_out": pl.Int64, "flow_in": pl.Int64}).with_row_index("_pos")
+    np.testing.assert_array_equal(_flow_pred(ev), _flow_pred_polars(ev))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=rows)
+def test_prepare_sorts_like_polars(rows):
+    events = _events(rows)
+    fast = _prepare(events)
+    coded = events.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
+    ref = _prepare_polars(coded.drop("kind", "phase", "stage").with_row_index("_row").filter(pl.col("dur_ns") > 0))
+    assert fast.select(ref.columns).rows() == ref.rows()
