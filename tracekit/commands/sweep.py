@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator
 
 from tracekit.errors import TracekitError
 
@@ -51,18 +48,6 @@ def _grid(args: argparse.Namespace):
     return deepep_tune(args.ep, args.tokens, args.hardware, sms)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the sweep like Ctrl-C: finished points stay stored."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
 
 def run(args: argparse.Namespace) -> int:
     from tracekit.sweep import SweepInterrupted, best_points, run_sweep
@@ -72,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise TracekitError(f"--jobs {args.jobs}: expected 0 or more", where="sweep", fix="e.g. --jobs 2")
     grid = _grid(args)
     try:
-        with _sigterm_interrupts():
-            res = run_sweep(grid, args.output, ray_address=args.ray, workers=args.jobs, quiet=args.quiet,
-                            timelines=args.timelines)
+        # SIGTERM arrives as KeyboardInterrupt (tracekit.cli); finished points stay stored
+        res = run_sweep(grid, args.output, ray_address=args.ray, workers=args.jobs, quiet=args.quiet,
+                        timelines=args.timelines)
     except SweepInterrupted as exc:
         print(f"tracekit: {exc}", file=sys.stderr)
         return 130

@@ -7,7 +7,6 @@ same bytes.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
