@@ -60,7 +60,7 @@ def fabric_events(pf: PhaseFabric, prefix: list[str], t0: int) -> pa.Table:
 
 def fabric_counters(pf: PhaseFabric, prefix: list[str], t0: int) -> pl.DataFrame:
     """Counter rows (schema counters.v1) of one phase's fabric run, times offset by ``t0``."""
-    run, t = pf.run, pf.topo
+    run = pf.run
     names = _port_names(pf, prefix)
     parts: list[tuple[np.ndarray, list[str], str, np.ndarray, str]] = []
     if run is not None:

@@ -462,7 +462,6 @@ def _all_to_alls(kernels: list[dict[str, Any]], r: _Rank, rows: list[dict[str, A
         dtype = str(args.get("dtype", "")).lower()
         size = _DTYPE_BYTES.get(dtype, 0)
         in_n = int(args.get("In msg nelems", 0) or 0)
-        out_n = int(args.get("Out msg nelems", 0) or 0)
         group = int(args.get("Group size", 0) or 0)
         in_split = _int_list(args.get("In split size"))
         out_split = _int_list(args.get("Out split size"))

@@ -139,7 +139,6 @@ def build(name: str, layers: list[list[Slice]], *, sms: int, num_sms: int, launc
     ``serial``/``fused``, two for the others). ``features`` overrides the fused kernel's features."""
     R = layers[0][0].dispatch.shape[0]
     plan = Plan(R)
-    ranks = np.arange(R)
     if name in ("serial", "fused"):
         on = set(FUSED_FEATURES if name == "fused" else ()) if features is None else set(features)
         done = None
