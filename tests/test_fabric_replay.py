@@ -127,3 +127,10 @@ def test_dynamic_replay_timeline_holds_the_fabric_tracks(tmp_path):
     base = check_trace(tmp_path / "static" / "timeline.pftrace")
     assert fabric_rows > 0 and report.slices + report.instants > base.slices + base.instants  # instants: begin+end slices
     assert report.counter_samples > base.counter_samples
+
+
+def test_a_replay_without_tables_keeps_them_empty_and_the_fabric_summary_equal(ep64_skewed, ep64_dynamic):
+    """Sweeps replay with ``tables=False``: the fabric adds no rows then, and its summary is the same."""
+    lean = replay(ep64_skewed, load_profile("ascend910b-roce"), ReplayConfig(fabric="dynamic"), tables=False)
+    assert lean.events.height == 0 and lean.counters.height == 0
+    assert lean.summary.to_dict() == ep64_dynamic.summary.to_dict()

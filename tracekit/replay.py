@@ -110,7 +110,7 @@ def replay(
             result = analyse_phase(built, sched, layout, part, step=step, layer=layer, t0=t0)
             ev, ctr = phase_tables(built, sched, layout, part, result, t0=t0, ids=ids) if tables else _no_tables()
             if cfg.fabric == "dynamic":
-                ev, ctr, fsum = fabric_outputs(pf, built, sched, result, ev, ctr, t0)
+                ev, ctr, fsum = fabric_outputs(pf, built, sched, result, ev, ctr, t0, rows=tables)
                 fabric_parts[built.phase].append(fsum)
             if gemm_events is not None and built.phase == "combine" and tables:
                 gemm = pl.from_arrow(schemas.conform(gemm_events, "events", {"source": "replay"})).cast(ev.schema)

@@ -128,14 +128,16 @@ def fabric_phase(build: Any, hw: Any, cfg: Any, built: Any, sched: Any, *, step:
 
 
 def fabric_outputs(pf: PhaseFabric, built: Any, sched: Any, result: Any, events: pl.DataFrame,
-                   counters: pl.DataFrame, t0: int) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """The phase's events and counters with the fabric's rows merged in, and its fabric summary."""
+                   counters: pl.DataFrame, t0: int, rows: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """The phase's events and counters with the fabric's rows merged in (``rows``; a replay without
+    tables keeps its empty ones), and its fabric summary."""
     from tracekit.fabric.tables import fabric_counters, fabric_events, phase_fabric_summary
 
     prefix = list(built.cluster.prefix)
-    ev = pl.from_arrow(fabric_events(pf, prefix, t0)).cast(events.schema)
-    events = pl.concat([events, ev], how="vertical").sort("ts_ns", maintain_order=True)
-    counters = pl.concat([counters, fabric_counters(pf, prefix, t0).cast(counters.schema)], how="vertical")
+    if rows:
+        ev = pl.from_arrow(fabric_events(pf, prefix, t0)).cast(events.schema)
+        events = pl.concat([events, ev], how="vertical").sort("ts_ns", maintain_order=True)
+        counters = pl.concat([counters, fabric_counters(pf, prefix, t0).cast(counters.schema)], how="vertical")
     makespan = int(sched.finish.max(initial=0))
     part = phase_fabric_summary(pf, prefix, makespan, result.summary["stages"])
     part["fabric_share_of_critical_path"] = float(result.summary["stages"].get("fabric", 0)
