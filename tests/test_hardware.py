@@ -33,7 +33,10 @@ def test_overrides_convert_and_record_source():
 
 @pytest.mark.parametrize("override,match", [
     ({"nic.bogus": 1}, "unknown hardware field nic.bogus"),
-    ({"nic.line_rate_gbit_s": "fast"}, "is not a number"),
+    ({"nic.line_rate_gbit_s": "fast"}, "is not a finite number"),
+    ({"nic.line_rate_gbit_s": float("inf")}, "is not a finite number"),
+    ({"nic.line_rate_gbit_s": float("nan")}, "is not a finite number"),
+    ({"nic.wqe_depth": float("inf")}, "is not a finite whole number"),
     ({"nic.wqe_depth": 0}, "must be positive"),
     ({"switch.topology": "torus"}, "not one of single, leaf_spine"),
 ])

@@ -126,7 +126,7 @@ def test_every_replay_config_field_is_a_knob_with_its_type():
     (GRID.replace("dispatch.nvl_send_chunk = [8, 16]", "dispatch.nvl_send_chunk = [300]"),
      "NVLink ring of 288 tokens is not larger than its chunk of 300 tokens"),
     (GRID.replace('"dispatch.rdma_send_chunk" = [8, 16]', '"nic.line_rate_gbit_s" = ["fast"]'),
-     "nic.line_rate_gbit_s='fast' is not a number"),
+     "nic.line_rate_gbit_s='fast' is not a finite number"),
 ])
 def test_bad_grid_files_give_one_line_and_exit_2(tmp_path, capsys, text, message):
     out = tmp_path / "out"

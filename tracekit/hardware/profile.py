@@ -7,6 +7,7 @@ a changed copy (``{"nic.line_rate_gbit_s": 800}``) whose sources say they were o
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -129,10 +130,10 @@ def _convert(f: schemas.Field, raw: Any, where: str) -> Any:
         return value
     try:
         value = float(raw) if f.type == "float64" else int(raw)
-        if f.type == "int64" and isinstance(raw, float) and raw != int(raw):
+        if not math.isfinite(value) or (f.type == "int64" and isinstance(raw, float) and raw != int(raw)):
             raise ValueError
-    except (TypeError, ValueError):
-        raise TracekitError(f"{key}={raw!r} is not a {'number' if f.type == 'float64' else 'whole number'}",
+    except (TypeError, ValueError, OverflowError):
+        raise TracekitError(f"{key}={raw!r} is not a finite {'number' if f.type == 'float64' else 'whole number'}",
                             where=where, fix=f"give {key} in {f.unit}") from None
     if value <= 0 and f.section not in ("host", "fabric") and f.name not in (
             "cq_poll_interval_ns", "doorbell_cpu_proxy_ns", "grid_sync_ns", "signal_ns", "kernel_launch_ns",

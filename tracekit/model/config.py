@@ -228,7 +228,8 @@ class ReplayConfig:
 #: model parameters). Rates below 1e-3 make 64-bit nanosecond times overflow; counts and sizes above
 #: these are typos (no NIC has 2^20 queue pairs, no buffer 2^40 bytes).
 SET_BOUNDS = {"GB/s": (1e-3, 1e7), "Gb/s": (1e-3, 1e7), "TFLOP/s": (1e-3, 1e7), "ns": (0, 10**12),
-              "count": (0, 1 << 20), "entries": (1, 1 << 24), "B": (1, 1 << 40), "gen": (1, 16)}
+              "count": (0, 1 << 20), "entries": (1, 1 << 24), "B": (1, 1 << 40), "gen": (1, 16),
+              "probability": (0, 1), "bool": (0, 1)}
 
 
 def check_set_values(overrides: dict[str, str], hw: Any) -> None:
