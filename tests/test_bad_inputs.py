@@ -82,9 +82,26 @@ def test_reused_output_directory_keeps_no_stale_tracekit_files(tmp_path, capsys)
     out.mkdir()
     (out / "memops.parquet").write_text("old")
     (out / "notes.txt").write_text("mine")
-    with atomic.atomic_dir(out) as tmp:
+    with atomic.atomic_dir(out, owns=atomic.REPLAY_OUTPUTS) as tmp:
         (tmp / "events.parquet").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["events.parquet", "notes.txt"]
+
+
+def test_a_replay_written_beside_its_input_keeps_the_input(tmp_path, capsys):
+    """``tracekit replay routing.parquet -o .``: the routing table is an input, not a stale output."""
+    from tracekit.cli import main
+    from tracekit.workload.synth import SynthConfig, synth
+
+    r = synth(SynthConfig(preset="decode", ep=8, tokens=16, seed=1))
+    from tracekit.io.tables import write_table
+
+    write_table(r.to_arrow(), tmp_path / "routing.parquet", "routing", r.meta.to_dict())
+    before = (tmp_path / "routing.parquet").read_bytes()
+    (tmp_path / "timeline.pftrace").write_text("old")
+    assert main(["replay", str(tmp_path / "routing.parquet"), "--no-timeline", "--quiet", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "routing.parquet").read_bytes() == before
+    assert not (tmp_path / "timeline.pftrace").exists()  # the replay's own stale output is gone
+    assert (tmp_path / "summary.json").is_file()
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
@@ -109,8 +126,8 @@ def test_sigterm_leaves_no_temporary_folder(tmp_path):
     code = ("import sys, time; import tracekit.io.atomic as a; orig = a.atomic_dir\n"
             "import contextlib\n"
             "@contextlib.contextmanager\n"
-            "def slow(path):\n"
-            "    with orig(path) as tmp:\n"
+            "def slow(path, **kw):\n"
+            "    with orig(path, **kw) as tmp:\n"
             "        yield tmp\n"
             "        print('writing', flush=True); time.sleep(60)\n"
             "a.atomic_dir = slow\n"

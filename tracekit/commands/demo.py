@@ -11,7 +11,7 @@ import argparse
 import json
 
 from tracekit.hardware import load_profile
-from tracekit.io.atomic import atomic_dir
+from tracekit.io.atomic import REPLAY_OUTPUTS, atomic_dir
 from tracekit.io.guard import output_dir
 from tracekit.io.tables import write_table
 from tracekit.model.config import ReplayConfig
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"{result.counters.height} counter samples)")
     meta = {"source": "replay", "ep_size": routing.meta.ep_size, "gpus_per_node": routing.meta.gpus_per_node,
             "hardware": hw.name, "config": json.dumps(cfg.resolved(routing.meta.ep_size).to_dict(), default=str)}
-    with atomic_dir(out) as tmp:  # all files or none
+    with atomic_dir(out, owns=REPLAY_OUTPUTS | {"routing.parquet", "traffic.parquet"}) as tmp:  # all files or none
         write_replay(result, tmp, meta=meta)
         write_table(routing.to_arrow(), tmp / "routing.parquet", "routing", routing.meta.to_dict())
         write_table(traffic_table(routing), tmp / "traffic.parquet", "traffic", traffic_meta(routing))

@@ -44,7 +44,7 @@ def _kineto(args: argparse.Namespace, out: Path) -> str:
 
     imp = import_kineto(args.files, gpus_per_node=args.gpus_per_node)
     written = ["events.parquet"]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owns=frozenset({"events.parquet", "traffic.parquet"})) as tmp:
         write_table(imp.events, tmp / "events.parquet", "events", imp.meta)
         if imp.traffic is not None:
             write_table(imp.traffic, tmp / "traffic.parquet", "traffic", imp.traffic_meta)

@@ -7,9 +7,10 @@ machine that lost power), if they are older than the current process. SIGTERM is
 same clean-up path as Ctrl-C by :func:`tracekit.cli.main`.
 
 A reused output directory: ``atomic_dir`` moves the new files in and then removes the files that
-tracekit writes (:data:`KNOWN_OUTPUTS`) which this run did not write, so that an old
-``memops.parquet`` or ``timeline.pftrace`` never sits beside newer tables. Other files are left
-alone.
+the writing command owns (``owns``: what it may write, e.g. :data:`REPLAY_OUTPUTS`) but did not
+write this time, so that an old ``memops.parquet`` or ``timeline.pftrace`` never sits beside newer
+tables. Every other file is left alone, among them the inputs of a replay written into the folder
+that holds them (``routing.parquet``, ``traffic.parquet``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from pathlib import Path
 
 from tracekit.errors import TracekitError
 
-#: Files tracekit writes into output directories; in a reused directory, the ones a run did not
-#: write are removed, so that every file there comes from the same run.
-KNOWN_OUTPUTS = frozenset({"events.parquet", "counters.parquet", "summary.json", "timeline.pftrace",
-                           "memops.parquet", "routing.parquet", "traffic.parquet", "counterexample.pftrace"})
+#: What a replay writes into its output directory (``write_replay``); in a reused directory the ones
+#: a run did not write are removed, so that every result file there comes from the same run.
+REPLAY_OUTPUTS = frozenset({"events.parquet", "counters.parquet", "summary.json", "timeline.pftrace",
+                            "memops.parquet"})
+#: What ``tracekit fuzz`` writes for a counterexample.
+COUNTEREXAMPLE_OUTPUTS = frozenset({"events.parquet", "memops.parquet", "counterexample.pftrace"})
 
 _TMP = re.compile(r"^\..+\.tk(\d+)\.[^.]+\.tmp$")
 _SHOWN = re.compile(r"^\.(.+)\.tk\d+\.[^.]+\.tmp$")
@@ -114,10 +117,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], owns: frozenset[str] = frozenset()) -> Iterator[Path]:
     """Yield a temporary directory; on success move each file in it into ``path`` (created if
-    needed) and remove the :data:`KNOWN_OUTPUTS` there that this run did not write; other files
-    are left alone. On failure nothing in ``path`` changes."""
+    needed) and remove the files named in ``owns`` (what this command may write) that this run did
+    not write; other files are left alone. On failure nothing in ``path`` changes."""
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         new = sorted(item.name for item in tmp.iterdir())
         for name in new:
             os.replace(tmp / name, final / name)
-        for name in sorted(KNOWN_OUTPUTS - set(new)):
+        for name in sorted(owns - set(new)):
             with contextlib.suppress(FileNotFoundError):
                 (final / name).unlink()
     except OSError as exc:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tracekit.hazards.report import Counterexample
-from tracekit.io.atomic import atomic_dir
+from tracekit.io.atomic import COUNTEREXAMPLE_OUTPUTS, atomic_dir
 from tracekit.io.tables import write_table
 
 
@@ -26,7 +26,7 @@ def write_counterexample(cx: Counterexample, outdir: str | os.PathLike[str], *, 
     meta = cx.meta()
     f = cx.found
     written = []
-    with atomic_dir(outdir) as tmp:
+    with atomic_dir(outdir, owns=COUNTEREXAMPLE_OUTPUTS) as tmp:
         write_table(cx.events, tmp / "events.parquet", "events",
                     {"source": "fuzz", "ep_size": f.program().ranks, "config": meta["config"]})
         write_table(cx.memops, tmp / "memops.parquet", "memops", meta)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from tracekit import schemas
 from tracekit.errors import TracekitError
-from tracekit.io.atomic import atomic_dir
+from tracekit.io.atomic import REPLAY_OUTPUTS, atomic_dir
 from tracekit.replay import ReplayResult
 from tracekit.summary_types import Summary
 
@@ -37,7 +37,7 @@ def write_replay(result: ReplayResult, outdir: str | os.PathLike[str], *, meta: 
     """Write events.parquet, counters.parquet, summary.json and (if ``timeline``) timeline.pftrace into
     ``outdir``; nothing appears there unless every file was written."""
     written = []
-    with atomic_dir(outdir) as tmp:
+    with atomic_dir(outdir, owns=REPLAY_OUTPUTS) as tmp:
         for name, table in (("events", result.events), ("counters", result.counters)):
             t = schemas.conform(table, name, meta, where=f"{name}.parquet")
             pq.write_table(t, tmp / f"{name}.parquet", compression="zstd", write_statistics=False)
