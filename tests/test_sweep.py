@@ -332,13 +332,21 @@ def test_deepep_tune_mirrors_deepeps_loops():
 
     inter = deepep_tune(16, tokens=32)
     sizes = {b.label: len(b.swept[1][1]) * (len(b.swept[2][1]) if len(b.swept) > 2 else 1) for b in inter.blocks}
-    assert sizes == {"dispatch-fp8": 11 * 8, "dispatch-bf16": 11 * 8, "combine": 12 * 7}
-    assert len(inter.points) == 260
-    assert {p.config.dispatch.nvl_recv_buffer for p in inter.points} == {512}
-    assert {p.config.num_sms for p in inter.points} == {24}
+    assert sizes == {"dispatch-fp8": 11 * 8, "dispatch-bf16": 11 * 8, "combine": 12 * 7,
+                     "dispatch-fp8-default": 1, "dispatch-bf16-default": 1, "combine-default": 1}
+    assert len(inter.points) == 263
+    tuned = [p for p in inter.points if not p.block.endswith("-default")]
+    assert {p.config.dispatch.nvl_recv_buffer for p in tuned} == {512}
+    assert {p.config.num_sms for p in tuned} == {24}
+    # DeepEP's own default for EP16 (Buffer.num_sms 20, get_dispatch_config(16) = 36/288/20/128)
+    (default,) = [p for p in inter.points if p.block == "dispatch-bf16-default"]
+    c = default.config
+    assert (c.num_sms, c.dispatch_dtype) == (20, "bf16")
+    assert (c.dispatch.nvl_send_chunk, c.dispatch.nvl_recv_buffer, c.dispatch.rdma_send_chunk,
+            c.dispatch.rdma_recv_buffer) == (36, 288, 20, 128)
     intra = deepep_tune(8, tokens=32)
-    assert [len(b.swept[1][1]) for b in intra.blocks] == [15, 15, 6]
-    assert {p.config.dispatch_dtype for p in intra.points if p.block == "dispatch-bf16"} == {"bf16"}
+    assert [len(b.swept[1][1]) for b in intra.blocks] == [15, 15, 6, 1, 1, 1]
+    assert {p.config.dispatch_dtype for p in intra.points if p.block.startswith("dispatch-bf16")} == {"bf16"}
 
 
 def test_deepep_tune_prints_the_best_config_per_phase(tmp_path, capsys):
@@ -349,6 +357,8 @@ def test_deepep_tune_prints_the_best_config_per_phase(tmp_path, capsys):
     assert [x.split(":")[0] for x in lines] == ["[tuning] Best dispatch (FP8)", "[tuning] Best dispatch (BF16)",
                                                 "[tuning] Best combine"]
     assert all("SMs 24, NVL chunk" in x and "GB/s (NVL)" in x for x in lines)
+    defaults = [x for x in stdout.splitlines() if x.startswith("[tuning]   DeepEP default")]
+    assert len(defaults) == 3 and all("SMs 20, NVL chunk" in x and "against the best)" in x for x in defaults)
     df = pl.read_parquet(tmp_path / "out" / "results.parquet")
     fp8 = df.filter(pl.col("block") == "dispatch-fp8")
     best = fp8.sort("dispatch.latency_ns", "point").row(0, named=True)
