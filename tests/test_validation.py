@@ -134,3 +134,16 @@ def test_polars_spearman_equals_scipy(pairs):
     a, b = [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
     mine, ref = spearman_polars(a, b), spearman(a, b)
     assert (math.isnan(mine) and math.isnan(ref)) or mine == pytest.approx(ref, abs=1e-9)
+
+
+def test_replay_md_quotes_the_generated_family_table():
+    """docs/replay.md's validation tables are written by tools/make_validation.py, so they cannot drift
+    from docs/validation.md: every family line there is one of validation.md's."""
+    from tracekit.io.validation_rows import ROOT
+
+    replay_md, validation_md = (ROOT / "docs" / "replay.md").read_text(), (ROOT / "docs" / "validation.md").read_text()
+    begin, end = "<!-- validation tables: written by tools/make_validation.py -->", "<!-- end of validation tables -->"
+    block = replay_md.split(begin, 1)[1].split(end, 1)[0]
+    families = [x for x in block.splitlines() if x.startswith("| deepep_") or x.startswith("| h200_")]
+    assert len(families) >= 3
+    assert all(x in validation_md.splitlines() for x in families)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate docs/validation.md and validation/bands.toml from the rows in validation/rows/.
+"""Regenerate docs/validation.md, validation/bands.toml and docs/replay.md's validation tables from the rows in validation/rows/.
 
     PYTHONPATH=. python tools/make_validation.py [--ci-only] [--no-bands] [-o docs/validation.md]
 
@@ -62,6 +62,46 @@ def _family_section(rows, result, stats, targets) -> list[str]:
         lines.append(f"| {s['family']} | {s['rows']} | {s['predicted']} | {_pct(s['mean_abs_pct'])} | "
                      f"{_pct(s['median_abs_pct'])} | {_pct(s['worst_abs_pct'])} ({s['worst_id'] or '-'}) | {target} | {met} |")
     return lines
+
+
+def _ep_table(result, prefix: str, unit: str) -> list[str]:
+    """Per-EP rows of one DeepEP table (ids ``<prefix>-ep<N>-<phase>``) side by side, DeepEP against the replay."""
+    rec = {r["id"]: r for r in result.iter_rows(named=True)}
+    eps = sorted({int(i.split("-ep")[1].split("-")[0]) for i in rec if i.startswith(prefix + "-ep")})
+    lines = ["| EP | dispatch: DeepEP | replay | error | combine: DeepEP | replay | error |",
+             "|---|---|---|---|---|---|---|"]
+    for ep in eps:
+        cells = []
+        for phase in ("dispatch", "combine"):
+            r = rec.get(f"{prefix}-ep{ep}-{phase}")
+            if r is None or r["predicted"] is None:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [f"{r['measured']:g} {unit}", f"{r['predicted']:.1f} {unit}", f"{r['error_pct']:+.1f}%"]
+        lines.append(f"| {ep} | " + " | ".join(cells) + " |")
+    return lines
+
+
+REPLAY_MD = ROOT / "docs" / "replay.md"
+BEGIN, END = "<!-- validation tables: written by tools/make_validation.py -->", "<!-- end of validation tables -->"
+
+
+def _update_replay_md(result, family_lines: list[str]) -> None:
+    """Rewrite docs/replay.md's generated block (between BEGIN and END) with this run's figures."""
+    text = REPLAY_MD.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"note: {REPLAY_MD} has no generated block ({BEGIN!r}); left alone")
+        return
+    block = [BEGIN, "", *family_lines, "",
+             "DeepEP V1 low-latency kernels (H800, CX7 IB, 128 tokens, hidden 7168, top-8 of 256 experts, FP8 "
+             "dispatch, BF16 combine; DeepEP's published latency against the replay):", "",
+             *_ep_table(result, "v1ll", "us"), "",
+             "DeepEP V1 normal kernels (H800, 4096 tokens, hidden 7168, top-8 of 256 experts, FP8 dispatch, BF16 "
+             "combine; EP8 NVLink bandwidth, EP16-64 RDMA bandwidth by DeepEP's definitions):", "",
+             *_ep_table(result, "v1n", "GB/s"), "", END]
+    head, rest = text.split(BEGIN, 1)
+    REPLAY_MD.write_text(head + "\n".join(block) + rest.split(END, 1)[1])
+    print(f"wrote {REPLAY_MD} (validation tables)")
 
 
 def _provenance(rows) -> list[str]:
@@ -156,6 +196,8 @@ def main() -> None:
     ]
     Path(args.output).write_text("\n".join(lines))
     print(f"wrote {args.output} ({len(rows)} rows, {cpu:.1f} CPU s)")
+    if not args.ci_only:
+        _update_replay_md(result, _family_section(rows, result, stats, targets))
 
 
 def _pending() -> list[str]:
