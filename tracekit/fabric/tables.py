@@ -290,9 +290,11 @@ def fabric_findings(before: dict[str, Any] | None, after: dict[str, Any] | None)
 
         causes = []
         if b.get("pause_ns", 0) or a.get("pause_ns", 0):
-            root = (a if a.get("pause_ns", 0) >= b.get("pause_ns", 0) else b).get("max_queue_port", "")
+            side = a if a.get("pause_ns", 0) >= b.get("pause_ns", 0) else b
+            root = side.get("max_queue_port", "")
+            why = "ECMP collision" if root and root == (side.get("ecmp_collision") or {}).get("port") else "incast"
             causes.append(f"PFC pause {pair('pause_ns', 1e6, ' ms')} on {pair('paused_ports')} ports"
-                          + (f" (congestion root {root}: incast)" if root else ""))
+                          + (f" (congestion root {root}: {why})" if root else ""))
         if b.get("drops", 0) or a.get("drops", 0):
             causes.append(f"drops {pair('drops')}, retransmitted {pair('retransmitted_bytes', 1e6, ' MB')}, "
                           f"timeouts {pair('timeouts')}")
