@@ -174,7 +174,8 @@ def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, in
     for line in (work / "fct.txt").read_text().splitlines():
         sip, dip, _sport, _dport, _size, _start, t, _alone = line.split()
         fct[((int(sip, 16) >> 8) & 0xFFFF, (int(dip, 16) >> 8) & 0xFFFF)] = int(t)
-    return fct, usage.ru_utime + usage.ru_stime, peak_kb / 1024, proc.returncode
+    pauses = sum(1 for line in (work / "pfc.txt").read_text().splitlines() if line.split()[-1] == "1")
+    return fct, usage.ru_utime + usage.ru_stime, peak_kb / 1024, proc.returncode, pauses
 
 
 def _status_kb(pid: int | str, key: str) -> int:
@@ -209,7 +210,7 @@ def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings):
 
 def compare(name: str, binary: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="ns3-") as tmp:
-        n_fct, n_cpu, n_rss, rc = run_ns3(binary, Path(tmp), hosts, pairs, s)
+        n_fct, n_cpu, n_rss, rc, n_pauses = run_ns3(binary, Path(tmp), hosts, pairs, s)
         if len(n_fct) != len(pairs):
             tail = (Path(tmp) / "ns3.log").read_text().splitlines()[-5:]
             print(f"{name}: ns-3 (exit {rc}) finished {len(n_fct)} of {len(pairs)} flows; last lines:\n" + "\n".join(tail))
@@ -223,7 +224,7 @@ def compare(name: str, binary: Path, hosts: int, pairs: list[tuple[int, int, int
           f"(ratio {b.max() / a.max():.3f}); median {np.median(a) / 1e3:.1f} vs {np.median(b) / 1e3:.1f} us; per-flow "
           f"ratio median {np.median(r):.3f}, range {r.min():.3f}..{r.max():.3f}; CPU ns-3 {n_cpu:.3f} s, tracekit "
           f"{t_cpu:.3f} s (ratio {t_cpu / max(n_cpu, 1e-9):.2f}); peak RSS ns-3 {n_rss:.0f} MB, tracekit process "
-          f"{t_rss:.0f} MB; tracekit {extra}")
+          f"{t_rss:.0f} MB; ns-3 pauses {n_pauses}, tracekit {extra}")
 
 
 def main() -> None:
@@ -236,6 +237,8 @@ def main() -> None:
     ap.add_argument("--mbytes", type=float, default=2)
     ap.add_argument("--a2a-hosts", type=int, default=8)
     ap.add_argument("--a2a-kbytes", type=int, default=256)
+    ap.add_argument("--ep", type=int, default=0, help="also the EP prefill dispatch RDMA matrix of peer_htsim.py (0: skip)")
+    ap.add_argument("--tokens", type=int, default=512, help="tokens per rank of that prefill")
     args = ap.parse_args()
     if args.ns3_bin:
         binary = args.ns3_bin
@@ -252,6 +255,13 @@ def main() -> None:
     compare("all-to-all (PFC)", binary, n, [(a, b, args.a2a_kbytes * 1000) for a in range(n) for b in range(n) if a != b],
             Settings(ecn=False))
     compare("incast (PFC + ECN + DCQCN)", binary, args.senders + 1, incast, Settings(ecn=True))
+    if args.ep:
+        from peer_htsim import ep_pairs  # the same matrix as the htsim comparison
+
+        pairs = ep_pairs(args.ep, args.tokens)
+        for ecn in (False, True):
+            compare(f"EP{args.ep} prefill dispatch RDMA ({args.tokens} tok/rank, all posted at 0, "
+                    f"{'PFC + ECN + DCQCN' if ecn else 'PFC'})", binary, args.ep, pairs, Settings(ecn=ecn))
 
 
 if __name__ == "__main__":
