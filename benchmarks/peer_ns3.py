@@ -150,6 +150,16 @@ def build(snapshot: str, ns3_dir: Path, python2: str) -> Path:
     return binary
 
 
+def _python2() -> str:
+    """A python 2.7 interpreter: ``python2.7`` if it runs, else one that pyenv installed."""
+    try:
+        subprocess.run(["python2.7", "--version"], check=True, capture_output=True)
+        return "python2.7"
+    except (OSError, subprocess.CalledProcessError):
+        found = sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob("versions/2.7*/bin/python2.7"))
+        return str(found[-1]) if found else "python2.7"
+
+
 def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings):
     """Write topology, flows and config; run ``third``; return FCTs (ns) keyed by (src, dst), CPU s, peak MB."""
     sw = hosts
@@ -232,7 +242,8 @@ def main() -> None:
     ap.add_argument("--snapshot", help="git directory of alibaba-edu/High-Precision-Congestion-Control (to build)")
     ap.add_argument("--ns3-dir", type=Path, help="cache folder for the ns-3 build (outside the repository)")
     ap.add_argument("--ns3-bin", type=Path, help="scratch/third built earlier (skips the build)")
-    ap.add_argument("--python2", default="python2.7", help="python 2 for ns-3's waf (pyenv: PYENV_VERSION=2.7.18)")
+    ap.add_argument("--python2", default=_python2(), help="python 2 for ns-3's waf (default: python2.7 on PATH, "
+                    "else a pyenv 2.7 install)")
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--mbytes", type=float, default=2)
     ap.add_argument("--a2a-hosts", type=int, default=8)
