@@ -16,7 +16,8 @@ from tracekit.cli import main
 from tracekit.fabric import FabricParams, Flows, simulate
 from tracekit.fabric.common import prepare
 from tracekit.fabric.replay import PhaseFabric
-from tracekit.fabric.tables import ecmp_causes, ecmp_paths, fabric_findings, phase_fabric_summary, uplink_groups
+from tracekit.fabric.tables import (ecmp_causes, ecmp_paths, fabric_findings, merge_fabric_summaries,
+                                    phase_fabric_summary, uplink_groups)
 from tracekit.fabric.topology import leaf_spine, rail_optimised
 
 GBIT = 1000
@@ -114,6 +115,18 @@ def test_no_collision_no_name():
     assert fan_in["fabric"]["dispatch"]["ecmp_collision"] is None
     spray = _summary(TOPO, FabricParams(seed=seed, routing="spray", **QUIET), incast)
     assert not [line for line in fabric_findings(fan_in, spray) + fabric_findings(spread, spray) if "ECMP" in line]
+
+
+def test_several_instances_keep_the_ecmp_view_of_the_latest_tail():
+    """Steps and layers of one phase merge into one summary: its ECMP keys are those of the instance
+    whose tail flow finished last (a collision there is what explains the phase's worst tail)."""
+    flows = Flows.of([0, 1, 2, 3], [4, 5, 6, 7], [0] * 4, [MIB] * 4)
+    parts = [_summary(TOPO, FabricParams(seed=_seed(flows, want), **QUIET), flows)["fabric"]["dispatch"]
+             for want in (lambda c: c == [1, 1, 1, 1], lambda c: max(c) == 2 and min(c) == 0)]
+    for order in (parts, parts[::-1]):
+        merged = merge_fabric_summaries(order)
+        assert merged["ecmp_collision"] == parts[1]["ecmp_collision"] is not None
+        assert merged["tail_flow"] == parts[1]["tail_flow"] and merged["uplinks"] == parts[1]["uplinks"]
 
 
 @pytest.mark.slow
