@@ -17,9 +17,13 @@ Traffic (the same matrix on both sides; every flow posted at once):
 
 1. ``incast``: ``--senders`` hosts send ``--mbytes`` MB each to host 0, PFC on, ECN and DCQCN off;
 2. ``all-to-all``: ``--a2a-hosts`` hosts, ``--a2a-kbytes`` KB to every other host, PFC on, no ECN/DCQCN;
-3. ``incast+dcqcn``: the incast with PFC, ECN (WRED) and DCQCN on: marks, CNPs and rate cuts.
+3. ``incast+dcqcn``: the incast with PFC, ECN (WRED) and DCQCN on: marks, CNPs and rate cuts;
+4. a two-tier incast: two leaves of four hosts under one spine (one 100 Gb/s uplink per leaf, so no
+   ECMP choice), three senders on each leaf into host 4, PFC alone and with ECN + DCQCN: pauses cross
+   the spine, and per-ingress PFC gives the remote senders their parking-lot share;
+5. with ``--ep``: the EP prefill dispatch RDMA matrix of ``peer_htsim.py``, PFC alone and with ECN + DCQCN.
 
-All on one switch with one 100 Gb/s, 1 us link per host (ns-3 has no switch pipeline latency: tracekit's
+Cases 1-3 and 5 on one switch with one 100 Gb/s, 1 us link per host (ns-3 has no switch pipeline latency: tracekit's
 ``switch_ns`` is 0). Printed per case: each side's last and median flow completion, the per-flow ratio
 tracekit / ns-3 (median and worst), CPU seconds (``os.wait4`` of the ns-3 child; ``time.process_time``
 around tracekit's simulate after a warm-up run that loads the numba cache) and peak RSS (the ns-3
@@ -160,11 +164,33 @@ def _python2() -> str:
         return str(found[-1]) if found else "python2.7"
 
 
-def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings):
-    """Write topology, flows and config; run ``third``; return FCTs (ns) keyed by (src, dst), CPU s, peak MB."""
-    sw = hosts
-    (work / "topo.txt").write_text(f"{hosts + 1} 1 {hosts}\n{sw}\n"
-                                   + "".join(f"{h} {sw} {GBPS}Gbps {LINK_NS / 1e6}ms 0\n" for h in range(hosts)))
+def ns3_topology(hosts: int, leaves: int) -> str:
+    """ns-3's topology file: one switch (``leaves`` 1), or ``leaves`` leaves under one spine, every link
+    ``GBPS`` with ``LINK_NS`` delay (hosts 0..hosts-1, then the leaves, then the spine)."""
+    per = hosts // leaves
+    links = [(h, hosts + h // per) for h in range(hosts)]
+    switches = list(range(hosts, hosts + leaves))
+    if leaves > 1:
+        switches.append(hosts + leaves)
+        links += [(hosts + k, hosts + leaves) for k in range(leaves)]
+    return (f"{hosts + len(switches)} {len(switches)} {len(links)}\n{' '.join(map(str, switches))}\n"
+            + "".join(f"{a} {b} {GBPS}Gbps {LINK_NS / 1e6}ms 0\n" for a, b in links))
+
+
+def tracekit_topology(hosts: int, leaves: int):
+    """The same fabric as :func:`ns3_topology` (one spine: each leaf's uplink runs at ``GBPS``)."""
+    from tracekit.fabric import leaf_spine, single_switch
+
+    if leaves == 1:
+        return single_switch(hosts, GBPS * 1000, LINK_NS, 0)
+    per = hosts // leaves
+    return leaf_spine(hosts, per, 1, GBPS * 1000, LINK_NS, 0, oversubscription=per)
+
+
+def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1):
+    """Write topology, flows and config; run ``third``; return FCTs (ns) keyed by (src, dst), CPU s, peak MB,
+    exit code and the pause frames its PFC trace logged."""
+    (work / "topo.txt").write_text(ns3_topology(hosts, leaves))
     (work / "flow.txt").write_text(f"{len(pairs)}\n" + "".join(f"{a} {b} 3 100 {n} 2.0\n" for a, b, n in pairs))
     (work / "trace.txt").write_text("0\n")
     (work / "config.txt").write_text(s.ns3_config(work))
@@ -199,11 +225,11 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
-def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings):
-    from tracekit.fabric import Flows, simulate, single_switch
+def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1):
+    from tracekit.fabric import Flows, simulate
     from tracekit.fabric.common import prepare
 
-    topo = single_switch(hosts, GBPS * 1000, LINK_NS, 0)
+    topo = tracekit_topology(hosts, leaves)
     p = s.tracekit_params()
     flows = Flows.of([a for a, _, _ in pairs], [b for _, b, _ in pairs], [0] * len(pairs), [n for *_, n in pairs])
     simulate(topo, p, Flows.of([1], [0], [0], [1000]))  # compile / load the numba cache
@@ -218,14 +244,14 @@ def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings):
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, extra)
 
 
-def compare(name: str, binary: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings) -> None:
+def compare(name: str, binary: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1) -> None:
     with tempfile.TemporaryDirectory(prefix="ns3-") as tmp:
-        n_fct, n_cpu, n_rss, rc, n_pauses = run_ns3(binary, Path(tmp), hosts, pairs, s)
+        n_fct, n_cpu, n_rss, rc, n_pauses = run_ns3(binary, Path(tmp), hosts, pairs, s, leaves)
         if len(n_fct) != len(pairs):
             tail = (Path(tmp) / "ns3.log").read_text().splitlines()[-5:]
             print(f"{name}: ns-3 (exit {rc}) finished {len(n_fct)} of {len(pairs)} flows; last lines:\n" + "\n".join(tail))
             return
-    t_fct, t_cpu, t_rss, extra = run_tracekit(hosts, pairs, s)
+    t_fct, t_cpu, t_rss, extra = run_tracekit(hosts, pairs, s, leaves)
     keys = sorted(n_fct)
     a = np.array([n_fct[k] for k in keys], float)
     b = np.array([t_fct[k] for k in keys], float)
@@ -266,6 +292,12 @@ def main() -> None:
     compare("all-to-all (PFC)", binary, n, [(a, b, args.a2a_kbytes * 1000) for a in range(n) for b in range(n) if a != b],
             Settings(ecn=False))
     compare("incast (PFC + ECN + DCQCN)", binary, args.senders + 1, incast, Settings(ecn=True))
+    # two leaves of four under one spine (4:1 oversubscribed, no ECMP choice): three senders on each leaf
+    # into host 4; the spine's ingress at leaf 1 is one of four PFC-paused inputs (the parking lot)
+    two_tier = [(h, 4, size) for h in (0, 1, 2, 5, 6, 7)]
+    for ecn in (False, True):
+        compare(f"two-tier incast 3 + 3 -> 1 ({'PFC + ECN + DCQCN' if ecn else 'PFC'})", binary, 8, two_tier,
+                Settings(ecn=ecn), leaves=2)
     if args.ep:
         from peer_htsim import ep_pairs  # the same matrix as the htsim comparison
 
