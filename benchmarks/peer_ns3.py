@@ -27,7 +27,8 @@ Cases 1-3 and 5 on one switch with one 100 Gb/s, 1 us link per host (ns-3 has no
 ``switch_ns`` is 0). Printed per case: each side's last and median flow completion, the per-flow ratio
 tracekit / ns-3 (median and worst), CPU seconds (``os.wait4`` of the ns-3 child; ``time.process_time``
 around tracekit's simulate after a warm-up run that loads the numba cache) and peak RSS (the ns-3
-child's; the tracekit Python process's, which includes ~160 MB before any run).
+child's own VmHWM, sampled while it runs: its ``ru_maxrss`` would include this Python process's at the
+fork; the tracekit Python process's, printed with what it held before the run, ~220 MB).
 
 How each parameter maps (ns-3 config key -> tracekit ``FabricParams``), see also ``docs/fabric.md``:
 
