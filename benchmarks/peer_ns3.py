@@ -17,7 +17,8 @@ Traffic (the same matrix on both sides; every flow posted at once):
 
 1. ``incast``: ``--senders`` hosts send ``--mbytes`` MB each to host 0, PFC on, ECN and DCQCN off;
 2. ``all-to-all``: ``--a2a-hosts`` hosts, ``--a2a-kbytes`` KB to every other host, PFC on, no ECN/DCQCN;
-3. ``incast+dcqcn``: the incast with PFC, ECN (WRED) and DCQCN on: marks, CNPs and rate cuts;
+3. ``incast+dcqcn``: the incast with PFC, ECN (WRED) and DCQCN on: marks, CNPs and rate cuts, and a
+   late joiner: a second 20 MB flow into the same host 500 us after the first (DCQCN's convergence);
 4. a two-tier incast: two leaves of four hosts under one spine (one 100 Gb/s uplink per leaf, so no
    ECMP choice), three senders on each leaf into host 4, PFC alone and with ECN + DCQCN: pauses cross
    the spine, and per-ingress PFC gives the remote senders their parking-lot share;
@@ -165,6 +166,11 @@ def _python2() -> str:
         return str(found[-1]) if found else "python2.7"
 
 
+def _with_start(pairs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """Flows as (source, destination, bytes, start ns); a missing start is 0."""
+    return [(int(r[0]), int(r[1]), int(r[2]), int(r[3]) if len(r) > 3 else 0) for r in pairs]
+
+
 def ns3_topology(hosts: int, leaves: int) -> str:
     """ns-3's topology file: one switch (``leaves`` 1), or ``leaves`` leaves under one spine, every link
     ``GBPS`` with ``LINK_NS`` delay (hosts 0..hosts-1, then the leaves, then the spine)."""
@@ -188,14 +194,17 @@ def tracekit_topology(hosts: int, leaves: int):
     return leaf_spine(hosts, per, 1, GBPS * 1000, LINK_NS, 0, oversubscription=per)
 
 
-def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1):
+def run_ns3(binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1,
+            rng_run: int = 1):
     """Write topology, flows and config; run ``third``; return FCTs (ns) keyed by (src, dst), CPU s, peak MB,
     exit code and the pause frames its PFC trace logged."""
     (work / "topo.txt").write_text(ns3_topology(hosts, leaves))
-    (work / "flow.txt").write_text(f"{len(pairs)}\n" + "".join(f"{a} {b} 3 100 {n} 2.0\n" for a, b, n in pairs))
+    rows = sorted(_with_start(pairs), key=lambda r: r[3])  # ns-3 reads flows in start order
+    (work / "flow.txt").write_text(f"{len(rows)}\n" + "".join(f"{a} {b} 3 100 {n} {2.0 + t / 1e9:.9f}\n"
+                                                              for a, b, n, t in rows))
     (work / "trace.txt").write_text("0\n")
     (work / "config.txt").write_text(s.ns3_config(work))
-    env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parents[1]))
+    env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parents[1]), NS_GLOBAL_VALUE=f"RngRun={rng_run}")
     with open(work / "ns3.log", "w") as log:
         proc = subprocess.Popen([str(binary), str(work / "config.txt")], cwd=work, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -226,22 +235,24 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
-def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1):
+def run_tracekit(hosts: int, pairs: list[tuple[int, int, int]], s: Settings, leaves: int = 1, seed: int = 0):
     from tracekit.fabric import Flows, simulate
     from tracekit.fabric.common import prepare
 
     topo = tracekit_topology(hosts, leaves)
-    p = s.tracekit_params()
-    flows = Flows.of([a for a, _, _ in pairs], [b for _, b, _ in pairs], [0] * len(pairs), [n for *_, n in pairs])
+    p = s.tracekit_params().with_(seed=seed)
+    rows = _with_start(pairs)
+    flows = Flows.of([r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows], [r[2] for r in rows])
     simulate(topo, p, Flows.of([1], [0], [0], [1000]))  # compile / load the numba cache
     before = _status_kb("self", "VmRSS") / 1024
     t = time.process_time()
     run = simulate(topo, p, flows)
     cpu = time.process_time() - t
-    fct = run.msg_done_ns + prepare(topo, p, flows).flow_ctrl_ns  # + the last ACK's way back, as ns-3 counts
+    # from the post to the last ACK's return, as ns-3 counts
+    fct = run.msg_done_ns - flows.msg_ready_ns + prepare(topo, p, flows).flow_ctrl_ns
     extra = {"marks": int(run.port_marks.sum()), "cnps": int(run.flow_cnps.sum()), "pauses": int(run.pauses.shape[0]),
              "rss_before_MB": round(before)}
-    return ({(a, b): int(f) for (a, b, _), f in zip(pairs, fct)}, cpu,
+    return ({(r[0], r[1]): int(f) for r, f in zip(rows, fct)}, cpu,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, extra)
 
 
@@ -264,6 +275,32 @@ def compare(name: str, binary: Path, hosts: int, pairs: list[tuple[int, int, int
           f"{t_rss:.0f} MB; ns-3 pauses {n_pauses}, tracekit {extra}")
 
 
+def compare_runs(name: str, binary: Path, hosts: int, pairs: list[tuple], s: Settings, runs: int) -> None:
+    """Where a handful of random ECN marks decide who gets cut (few marks, long flows), one realisation
+    says little: ``runs`` realisations per side (ns-3 ``RngRun`` 1..runs, tracekit ``seed`` 0..runs-1),
+    each flow's FCT as median and range over them."""
+    n_all, t_all, n_cpu, t_cpu = [], [], 0.0, 0.0
+    for k in range(runs):
+        with tempfile.TemporaryDirectory(prefix="ns3-") as tmp:
+            n_fct, cpu, _, rc, _ = run_ns3(binary, Path(tmp), hosts, pairs, s, rng_run=k + 1)
+        if len(n_fct) != len(pairs):
+            print(f"{name}: ns-3 (exit {rc}) finished {len(n_fct)} of {len(pairs)} flows in run {k + 1}")
+            return
+        t_fct, tcpu, _, _ = run_tracekit(hosts, pairs, s, seed=k)
+        keys = sorted(n_fct)
+        n_all.append([n_fct[x] for x in keys])
+        t_all.append([t_fct[x] for x in keys])
+        n_cpu, t_cpu = n_cpu + cpu, t_cpu + tcpu
+    a, b = np.array(n_all, float) / 1e3, np.array(t_all, float) / 1e3
+    flows = "; ".join(f"{x[0]}->{x[1]} ns-3 {np.median(a[:, i]):.0f} ({a[:, i].min():.0f}-{a[:, i].max():.0f}) us, "
+                      f"tracekit {np.median(b[:, i]):.0f} ({b[:, i].min():.0f}-{b[:, i].max():.0f}) us"
+                      for i, x in enumerate(keys))
+    last_a, last_b = a.max(axis=1), b.max(axis=1)
+    print(f"{name}, {runs} runs each: {flows}; last FCT median ns-3 {np.median(last_a):.0f}, tracekit "
+          f"{np.median(last_b):.0f} us (ratio {np.median(last_b) / np.median(last_a):.3f}); CPU ns-3 {n_cpu:.2f} s, "
+          f"tracekit {t_cpu:.2f} s (ratio {t_cpu / max(n_cpu, 1e-9):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--snapshot", help="git directory of alibaba-edu/High-Precision-Congestion-Control (to build)")
@@ -275,6 +312,7 @@ def main() -> None:
     ap.add_argument("--mbytes", type=float, default=2)
     ap.add_argument("--a2a-hosts", type=int, default=8)
     ap.add_argument("--a2a-kbytes", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=10, help="realisations per side of the late-joiner case")
     ap.add_argument("--ep", type=int, default=0, help="also the EP prefill dispatch RDMA matrix of peer_htsim.py (0: skip)")
     ap.add_argument("--tokens", type=int, default=512, help="tokens per rank of that prefill")
     args = ap.parse_args()
@@ -293,6 +331,9 @@ def main() -> None:
     compare("all-to-all (PFC)", binary, n, [(a, b, args.a2a_kbytes * 1000) for a in range(n) for b in range(n) if a != b],
             Settings(ecn=False))
     compare("incast (PFC + ECN + DCQCN)", binary, args.senders + 1, incast, Settings(ecn=True))
+    # DCQCN convergence: a second long flow joins the first one's bottleneck 500 us later
+    late = [(1, 0, 20_000_000, 0), (2, 0, 20_000_000, 500_000)]
+    compare_runs("late joiner 2 x 20 MB -> 1 (PFC + ECN + DCQCN)", binary, 3, late, Settings(ecn=True), args.runs)
     # two leaves of four under one spine (4:1 oversubscribed, no ECMP choice): three senders on each leaf
     # into host 4; the spine's ingress at leaf 1 is one of four PFC-paused inputs (the parking lot)
     two_tier = [(h, 4, size) for h in (0, 1, 2, 5, 6, 7)]
