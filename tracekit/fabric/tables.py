@@ -263,10 +263,11 @@ def ecmp_causes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> 
             c, tail = mine.get("ecmp_collision"), mine.get("tail_flow")
             if not c or not tail:
                 continue
+            other_tail = int((other.get("tail_flow") or {}).get("finish_ns", -1))
             out.append(EcmpCollision(phase, side, c["port"], int(c["flows"]), tuple(c["ports"]),
                                      tuple(c["port_flows"]), tuple(c["port_bytes"]), tail["src"], tail["dst"],
                                      int(tail["finish_ns"]), int(mine["median_flow_finish_ns"]),
-                                     str(other.get("routing", "")), int((other.get("tail_flow") or {}).get("finish_ns", -1))))
+                                     str(other.get("routing", "")), other_tail))
     return out
 
 
