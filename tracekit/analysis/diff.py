@@ -50,6 +50,7 @@ class TraceDiff:
     warnings: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     schedule: pl.DataFrame | None = None  # both sides replayed with --schedule: the causes of a TPOT change
+    fabric_causes: list = field(default_factory=list)  # typed fabric causes (tracekit.fabric.tables.EcmpCollision)
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """Every table by name, in report order."""
@@ -154,9 +155,10 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
 
     d.findings = findings(d)
     if (pb.summary or {}).get("fabric") or (pa.summary or {}).get("fabric"):  # replays with --fabric dynamic
-        from tracekit.fabric.tables import fabric_findings
+        from tracekit.fabric.tables import ecmp_causes, fabric_findings
 
         d.findings += fabric_findings(pb.summary, pa.summary)
+        d.fabric_causes = ecmp_causes(pb.summary, pa.summary)
     return d
 
 
