@@ -1,40 +1,79 @@
 """The fast fabric simulator: :mod:`tracekit.fabric.reference`'s semantics on arrays, compiled by numba.
 
-State lives in a few integer and float tables (columns named below); the event heap is a binary heap
-of ``(time, sequence, kind, a, b)`` rows in one array (ordered by time, then sequence: the reference's
-heapq order), grown when nearly full.
-Packets are rows of a pool that grows on demand and is recycled through a free list, so memory
-follows what is in flight, not what is sent.
+State lives in a few integer and float tables (columns named below). The event queue is a 4-ary heap
+of ``(time, sequence << 4 | kind, a, b)`` rows in one array, ordered by time, then sequence: the
+reference's heapq order. Packets are rows of a pool recycled through a free list, so memory follows
+what is in flight, not what is sent.
+
+Why it is written this way (measured on the EP64 dispatch matrix, ``benchmarks/peer_htsim.py``): numba
+reference-counts arrays with atomic operations whenever an array is bound to a new name (a tuple of
+arrays unpacked in a helper, a slice, an array reassigned inside the loop). Those atomics took half of
+the run. So the hot loop :func:`_run` gets every table once as an argument and first rebinds each to a
+*borrowed* view without a reference count (:func:`_borrowed`), so that LLVM folds the reference
+counting away; helpers take the tables they need (inlined, no slices, no tuples of arrays); nothing is
+allocated per event; and when the packet pool, the heap or the output rows run short, :func:`_run`
+returns ``GROW``, Python enlarges the arrays and calls it again (a handful of times per run).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, prepare)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
 
+GROW = 2  # _run's status: enlarge the pool, heap or output rows and call again
 # packet pool columns
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
 (F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHAEP, F_LASTCNP, F_RCV, F_MAXSEEN,
  F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR) = range(26)
 # per-flow static
-G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB = range(7)
+G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT = range(8)
+# per-flow floats: current rate, target rate, DCQCN alpha, line rate (Mbit/s)
+C_RC, C_RT, C_ALPHA, C_LINE = range(4)
+# per message
+M_FIRST, M_BYTES, M_READY, M_NPK, M_RCVD, M_DONE = range(6)
+# per port, static: source node, destination node, rate, delay, headroom at its destination's ingress
+T_SRC, T_DST, T_MBPS, T_DELAY, T_HDRM = range(5)
 # per (port, priority)
 Q_PAUSED, Q_SINCE, Q_SENT, Q_ING, Q_HDRM, Q_HEAD, Q_TAIL, Q_BYTES = range(8)
 # per port
 P_BUSY, P_TX, P_PKTS, P_MARKS, P_DROPS, P_MAXQ, P_LASTQ, P_MSINCE, P_PSINCE = range(9)
+# per node: shared buffer in use, its capacity
+N_USED, N_CAP = range(2)
+# output rows (tag, four values)
+O_PAUSE, O_DROP, O_RATE, O_RETX, O_QUEUE, O_MARKED = range(6)
 # scalars
-S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE = range(7)
+S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW = range(9)
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
  I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME) = range(21)
 # float parameters
 R_ALPHA, R_PMAX, R_G, R_RAI, R_RHAI, R_MINRATE = range(6)
+
+
+@intrinsic
+def _borrowed(typingctx, arr):
+    """``arr`` without its reference count (a view whose meminfo is NULL): numba's atomic increments and
+    decrements on it become no-ops that LLVM removes. Valid only while the caller holds ``arr`` (the
+    arguments of :func:`_run`, held by :func:`simulate`); never return it or store it."""
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, value=args[0])
+        out = context.make_array(sig.return_type)(context, builder)
+        for name in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(out, name, getattr(src, name))
+        out.meminfo = cgutils.get_null_value(out.meminfo.type)
+        out.parent = cgutils.get_null_value(out.parent.type)
+        return out._getvalue()
+
+    return arr(arr), codegen
 
 
 @njit(cache=True, inline="always")
@@ -51,99 +90,113 @@ def _hash3(a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _push(heap, S, t, kind, a, b):
+def _push(H, S, t, kind, a, b):
+    """Insert an event; its key is (t, push sequence), the kind rides in the sequence's low 4 bits."""
     i = S[S_HSIZE]
     S[S_HSIZE] = i + 1
-    seq = S[S_SEQ]
+    key = S[S_SEQ] * 16 + kind
     S[S_SEQ] += 1
     while i > 0:  # sift up
-        j = (i - 1) >> 1
-        if heap[j, 0] < t or (heap[j, 0] == t and heap[j, 1] < seq):
+        j = (i - 1) >> 2
+        if H[j, 0] < t or (H[j, 0] == t and H[j, 1] < key):
             break
-        for c in range(5):
-            heap[i, c] = heap[j, c]
+        H[i, 0] = H[j, 0]
+        H[i, 1] = H[j, 1]
+        H[i, 2] = H[j, 2]
+        H[i, 3] = H[j, 3]
         i = j
-    heap[i, 0] = t
-    heap[i, 1] = seq
-    heap[i, 2] = kind
-    heap[i, 3] = a
-    heap[i, 4] = b
+    H[i, 0] = t
+    H[i, 1] = key
+    H[i, 2] = a
+    H[i, 3] = b
 
 
 @njit(cache=True, inline="always")
-def _pop(heap, S):
-    t0, k0, a0, b0 = heap[0, 0], heap[0, 2], heap[0, 3], heap[0, 4]
+def _pop(H, S):
+    t0, k0, a0, b0 = H[0, 0], H[0, 1] & 15, H[0, 2], H[0, 3]
     n = S[S_HSIZE] - 1
     S[S_HSIZE] = n
     if n > 0:
-        lt, ls, lk, la, lb = heap[n, 0], heap[n, 1], heap[n, 2], heap[n, 3], heap[n, 4]
+        lt, lk, la, lb = H[n, 0], H[n, 1], H[n, 2], H[n, 3]
         i = 0
         while True:  # sift down
-            c = 2 * i + 1
+            c = 4 * i + 1
             if c >= n:
                 break
-            if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
-                c += 1
-            if lt < heap[c, 0] or (lt == heap[c, 0] and ls < heap[c, 1]):
+            m = c
+            for d in range(c + 1, min(c + 4, n)):
+                if H[d, 0] < H[m, 0] or (H[d, 0] == H[m, 0] and H[d, 1] < H[m, 1]):
+                    m = d
+            if lt < H[m, 0] or (lt == H[m, 0] and lk < H[m, 1]):
                 break
-            for x in range(5):
-                heap[i, x] = heap[c, x]
-            i = c
-        heap[i, 0] = lt
-        heap[i, 1] = ls
-        heap[i, 2] = lk
-        heap[i, 3] = la
-        heap[i, 4] = lb
+            H[i, 0] = H[m, 0]
+            H[i, 1] = H[m, 1]
+            H[i, 2] = H[m, 2]
+            H[i, 3] = H[m, 3]
+            i = m
+        H[i, 0] = lt
+        H[i, 1] = lk
+        H[i, 2] = la
+        H[i, 3] = lb
     return t0, k0, a0, b0
 
 
-@njit(cache=True)
-def _grow_heap(heap):
-    new = np.empty((heap.shape[0] * 2, 5), np.int64)
-    new[:heap.shape[0]] = heap
-    return new
+@njit(cache=True, inline="always")
+def _out(OUT, S, tag, a, b, c, d):
+    i = S[S_NOUT]
+    S[S_NOUT] = i + 1
+    OUT[i, 0] = tag
+    OUT[i, 1] = a
+    OUT[i, 2] = b
+    OUT[i, 3] = c
+    OUT[i, 4] = d
 
 
 @njit(cache=True, inline="always")
-def _msg_of(G, msg_first, f, s):
-    a, b = G[f, G_MA], G[f, G_MB]
-    return a + np.searchsorted(msg_first[a:b], s, side="right") - 1
+def _msg_of(G, MS, f, s):
+    """The message of packet ``s`` of flow ``f``: the last one whose first packet is <= s."""
+    lo, hi = G[f, G_MA], G[f, G_MB]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if MS[mid, M_FIRST] <= s:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @njit(cache=True, inline="always")
-def _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay):
-    mbps = port_mbps[port]
+def _transmit(port, k, now, PK, PO, PT, S, H):
+    mbps = PT[port, T_MBPS]
     ser = (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
     PO[port, P_BUSY] = now + ser
     PO[port, P_TX] += PK[k, K_WIRE]
     S[S_LASTTX] = now
     PK[k, K_PORT] = port
-    _push(heap, S, now + ser, PORT_FREE, port, 0)
-    _push(heap, S, now + ser + port_delay[port], ARRIVE, k, 0)
+    _push(H, S, now + ser, PORT_FREE, port, 0)
+    _push(H, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
 
 
 @njit(cache=True, inline="always")
-def _increase(f, now, FI, FF, line, IP, RP, rates):
+def _increase(f, now, FI, FC, IP, RP, OUT, S):
     hi = max(FI[f, F_TC], FI[f, F_BC])
     lo = min(FI[f, F_TC], FI[f, F_BC])
     if hi < IP[I_FR]:
         pass
     elif lo >= IP[I_FR]:
-        FF[f, 1] += (lo - IP[I_FR] + 1) * RP[R_RHAI]
+        FC[f, C_RT] += (lo - IP[I_FR] + 1) * RP[R_RHAI]
     else:
-        FF[f, 1] += RP[R_RAI]
-    FF[f, 1] = min(FF[f, 1], line[f])
-    FF[f, 0] = min((FF[f, 1] + FF[f, 0]) / 2.0, line[f])
-    rates.append((now, np.int64(f), np.int64(FF[f, 0] * 1000.0)))
+        FC[f, C_RT] += RP[R_RAI]
+    FC[f, C_RT] = min(FC[f, C_RT], FC[f, C_LINE])
+    FC[f, C_RC] = min((FC[f, C_RT] + FC[f, C_RC]) / 2.0, FC[f, C_LINE])
+    _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
 
 
 @njit(cache=True, inline="always")
-def _send(f, now, st):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, free, IP, RP, OUT):
     s = FI[f, F_NXT]
     m = FI[f, F_CUR]  # the message of packet s (kept as a cursor: no search per packet)
-    payload = min(msg_bytes[m] - (s - msg_first[m]) * IP[I_MTU], IP[I_MTU])
+    payload = min(MS[m, M_BYTES] - (s - MS[m, M_FIRST]) * IP[I_MTU], IP[I_MTU])
     wire = payload + IP[I_HDR]
     S[S_NFREE] -= 1
     k = free[S[S_NFREE]]
@@ -160,30 +213,28 @@ def _send(f, now, st):
     if s < FI[f, F_HIGH]:
         FI[f, F_RETXP] += 1
         FI[f, F_RETXB] += payload
-        retx.append((now, np.int64(f), s))
+        _out(OUT, S, O_RETX, now, f, s, 0)
     else:
         FI[f, F_HIGH] = s + 1
     FI[f, F_NXT] = s + 1
-    if m + 1 < G[f, G_MB] and s + 1 >= msg_first[m + 1]:
+    if m + 1 < G[f, G_MB] and s + 1 >= MS[m + 1, M_FIRST]:
         FI[f, F_CUR] = m + 1
-    FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FF[f, 0]))
+    FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FC[f, C_RC]))
     if IP[I_DCQCN] and FI[f, F_CUT]:
         FI[f, F_BYTES] += wire
         if FI[f, F_BYTES] >= IP[I_BC]:
             FI[f, F_BYTES] -= IP[I_BC]
             FI[f, F_BC] += 1
-            _increase(f, now, FI, FF, line, IP, RP, rates)
+            _increase(f, now, FI, FC, IP, RP, OUT, S)
     if not IP[I_PFC] and not FI[f, F_RTO]:
         FI[f, F_RTO] = 1
         FI[f, F_PROG] = now
-        _push(heap, S, now + IP[I_RTO], RTO, f, 0)
-    _transmit(host_port[G[f, G_SRC]], k, now, PK, PO, S, heap, port_mbps, port_delay)
+        _push(H, S, now + IP[I_RTO], RTO, f, 0)
+    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H)
 
 
 @njit(cache=True, inline="always")
-def _try_send(h, now, st, hptr, hflows, host_wake):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port, host_wake):
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -195,7 +246,7 @@ def _try_send(h, now, st, hptr, hflows, host_wake):
         f = hflows[i]
         if FI[f, F_NXT] >= G[f, G_NPK] or PQ[port * P + G[f, G_PRIO], Q_PAUSED]:
             continue
-        t = max(FI[f, F_NEXTT], msg_ready[FI[f, F_CUR]])
+        t = max(FI[f, F_NEXTT], MS[FI[f, F_CUR], M_READY])
         if t <= now:
             if FI[f, F_NEXTT] < bt:
                 best = f
@@ -203,36 +254,48 @@ def _try_send(h, now, st, hptr, hflows, host_wake):
         elif t < wake:
             wake = t
     if best >= 0:
-        _send(best, now, st)
+        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, free, IP, RP, OUT)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
-        _push(heap, S, wake, WAKE, h, 0)
+        _push(H, S, wake, WAKE, h, 0)
 
 
 @njit(cache=True, inline="always")
-def _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay):
+def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H):
     i = PK[k, K_ING]
     q = PK[k, K_PRIO]
     row = i * IP[I_PRIOS] + q
     if not IP[I_PFC]:
-        used[n] -= PK[k, K_WIRE]
+        ND[n, N_USED] -= PK[k, K_WIRE]
         return
     if PK[k, K_HDRM]:
         PQ[row, Q_HDRM] -= PK[k, K_WIRE]
     else:
         PQ[row, Q_ING] -= PK[k, K_WIRE]
-        used[n] -= PK[k, K_WIRE]
+        ND[n, N_USED] -= PK[k, K_WIRE]
     if PQ[row, Q_SENT] and PQ[row, Q_HDRM] == 0:
-        thr = RP[R_ALPHA] * (shared_cap[n] - used[n])
+        thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
         if PQ[row, Q_ING] + IP[I_RESUME] <= thr:
             PQ[row, Q_SENT] = 0
-            _push(heap, S, now + port_delay[i], PAUSE, i, q * 2)
+            _push(H, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
 
 
 @njit(cache=True, inline="always")
-def _try_port(port, now, st, used, shared_cap, port_src):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _wred(qb, uid, n, IP, RP):
+    if qb < IP[I_KMIN]:
+        return False
+    if qb > IP[I_KMAX]:
+        return True
+    if IP[I_KMAX] > IP[I_KMIN]:
+        prob = RP[R_PMAX] * (qb - IP[I_KMIN]) / (IP[I_KMAX] - IP[I_KMIN])
+    else:
+        prob = RP[R_PMAX]
+    u = np.float64(_hash3(uid, n, IP[I_SEED]) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return u < prob
+
+
+@njit(cache=True, inline="always")
+def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, IP, RP):
     if PO[port, P_BUSY] > now:
         return
     P = IP[I_PRIOS]
@@ -244,15 +307,15 @@ def _try_port(port, now, st, used, shared_cap, port_src):
             if PQ[row, Q_HEAD] < 0:
                 PQ[row, Q_TAIL] = -1
             PQ[row, Q_BYTES] -= PK[k, K_WIRE]
-            n = port_src[port]
+            n = PT[port, T_SRC]
             if IP[I_ECN] and _wred(PQ[row, Q_BYTES], PK[k, K_UID], n, IP, RP):
                 PK[k, K_ECN] = 1
                 PO[port, P_MARKS] += 1
                 PO[port, P_MSINCE] += 1
             PO[port, P_PKTS] += 1
             PO[port, P_PSINCE] += 1
-            _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay)
-            _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay)
+            _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H)
+            _transmit(port, k, now, PK, PO, PT, S, H)
             return
 
 
@@ -278,54 +341,38 @@ def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
 
 
 @njit(cache=True, inline="always")
-def _wred(qb, uid, n, IP, RP):
-    if qb < IP[I_KMIN]:
-        return False
-    if qb > IP[I_KMAX]:
-        return True
-    if IP[I_KMAX] > IP[I_KMIN]:
-        prob = RP[R_PMAX] * (qb - IP[I_KMIN]) / (IP[I_KMAX] - IP[I_KMIN])
-    else:
-        prob = RP[R_PMAX]
-    u = np.float64(_hash3(uid, n, IP[I_SEED]) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-    return u < prob
-
-
-@njit(cache=True, inline="always")
-def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, route_ptr, route_ports, hosts, FLS,
-                   FLI, drops):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fhash, route_ptr, route_ports, hosts,
+                   FLS, FLI):
     i = PK[k, K_PORT]
     q = PK[k, K_PRIO]
     P = IP[I_PRIOS]
     wire = PK[k, K_WIRE]
     PK[k, K_HDRM] = 0  # admission is per switch
     e = _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
-    thr = RP[R_ALPHA] * (shared_cap[n] - used[n])
+    thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
     irow = i * P + q
     erow = e * P + q
     dropped = False
     if IP[I_PFC]:
-        if PQ[irow, Q_ING] + wire <= thr and used[n] + wire <= shared_cap[n]:
+        if PQ[irow, Q_ING] + wire <= thr and ND[n, N_USED] + wire <= ND[n, N_CAP]:
             PQ[irow, Q_ING] += wire
-            used[n] += wire
-        elif PQ[irow, Q_HDRM] + wire <= headroom[i]:
+            ND[n, N_USED] += wire
+        elif PQ[irow, Q_HDRM] + wire <= PT[i, T_HDRM]:
             PQ[irow, Q_HDRM] += wire
             PK[k, K_HDRM] = 1
         else:
             dropped = True
         if not dropped and PK[k, K_HDRM] and not PQ[irow, Q_SENT]:
             PQ[irow, Q_SENT] = 1
-            _push(heap, S, now + port_delay[i], PAUSE, i, q * 2 + 1)
+            _push(H, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
     else:
         if PQ[erow, Q_BYTES] + wire > thr:
             dropped = True
         else:
-            used[n] += wire
+            ND[n, N_USED] += wire
     if dropped:
         PO[e, P_DROPS] += 1
-        drops.append((now, e, PK[k, K_FLOW], PK[k, K_SEQ]))
+        _out(OUT, S, O_DROP, now, e, PK[k, K_FLOW], PK[k, K_SEQ])
         free[S[S_NFREE]] = k
         S[S_NFREE] += 1
         return
@@ -338,13 +385,11 @@ def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, r
     PQ[erow, Q_TAIL] = k
     PQ[erow, Q_BYTES] += wire
     PO[e, P_MAXQ] = max(PO[e, P_MAXQ], PQ[erow, Q_BYTES])
-    _try_port(e, now, st, used, shared_cap, port_src)
+    _try_port(e, now, PK, PQ, PO, PT, ND, S, H, IP, RP)
 
 
 @njit(cache=True, inline="always")
-def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _receive(k, now, PK, FI, G, MS, S, H, free, IP):
     f = PK[k, K_FLOW]
     s = PK[k, K_SEQ]
     ctrl = G[f, G_CTRL]
@@ -355,25 +400,25 @@ def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
         if FI[f, F_LASTCNP] < 0 or now - FI[f, F_LASTCNP] >= IP[I_CNPI]:
             FI[f, F_LASTCNP] = now
             FI[f, F_CNPS] += 1
-            _push(heap, S, now + ctrl, CNP, f, 0)
+            _push(H, S, now + ctrl, CNP, f, 0)
     if not IP[I_PFC]:
         if s != FI[f, F_RCV]:
             if s > FI[f, F_RCV]:
                 FI[f, F_REORD] += 1
                 if FI[f, F_NACK] != FI[f, F_RCV]:
                     FI[f, F_NACK] = FI[f, F_RCV]
-                    _push(heap, S, now + ctrl, NACK, f, FI[f, F_RCV])
+                    _push(H, S, now + ctrl, NACK, f, FI[f, F_RCV])
             return
         FI[f, F_RCV] += 1
-        _push(heap, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        _push(H, S, now + ctrl, ACK, f, FI[f, F_RCV])
     else:
         if s < FI[f, F_MAXSEEN]:
             FI[f, F_REORD] += 1
         FI[f, F_MAXSEEN] = max(FI[f, F_MAXSEEN], s)
-    m = _msg_of(G, msg_first, f, s)
-    msg_rcvd[m] += 1
-    if msg_rcvd[m] == msg_npk[m]:
-        msg_done[m] = now
+    m = _msg_of(G, MS, f, s)
+    MS[m, M_RCVD] += 1
+    if MS[m, M_RCVD] == MS[m, M_NPK]:
+        MS[m, M_DONE] = now
     FI[f, F_DELIV] += 1
     if FI[f, F_DELIV] == G[f, G_NPK]:
         FI[f, F_FIN] = 1
@@ -381,105 +426,75 @@ def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
 
 
 @njit(cache=True, inline="always")
-def _on_cnp(f, now, FI, FF, IP, RP, S, heap, rates):
+def _on_cnp(f, now, FI, FC, IP, RP, S, H, OUT):
     if FI[f, F_FIN] or not IP[I_DCQCN]:
         return
     if FI[f, F_LASTDEC] < 0 or now - FI[f, F_LASTDEC] >= IP[I_DECI]:
-        FF[f, 1] = FF[f, 0]
-        FF[f, 0] = max(FF[f, 0] * (1.0 - FF[f, 2] / 2.0), RP[R_MINRATE])
+        FC[f, C_RT] = FC[f, C_RC]
+        FC[f, C_RC] = max(FC[f, C_RC] * (1.0 - FC[f, C_ALPHA] / 2.0), RP[R_MINRATE])
         FI[f, F_LASTDEC] = now
         FI[f, F_TC] = 0
         FI[f, F_BC] = 0
         FI[f, F_BYTES] = 0
         FI[f, F_CUT] = 1
-        rates.append((now, np.int64(f), np.int64(FF[f, 0] * 1000.0)))
+        _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
         FI[f, F_INCEP] += 1
-        _push(heap, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
-    FF[f, 2] = (1.0 - RP[R_G]) * FF[f, 2] + RP[R_G]
+        _push(H, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
+    FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + RP[R_G]
     FI[f, F_ALPHAEP] += 1
-    _push(heap, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
+    _push(H, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
 
 
-@njit(cache=True)
-def _grow(PK, free, S):
-    old = PK.shape[0]
-    new = np.full((old * 2, PK.shape[1]), -1, np.int64)
-    new[:old] = PK
-    nfree = np.empty(old * 2, np.int64)
-    nfree[:S[S_NFREE]] = free[:S[S_NFREE]]
-    for j in range(old):
-        nfree[S[S_NFREE] + j] = old * 2 - 1 - j
-    S[S_NFREE] += old
-    return new, nfree
-
-
-@njit(cache=True)
-def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr, hflows, port_src, port_dst,
-          port_mbps, port_delay, host_port, route_ptr, route_ports, headroom, shared_cap, hosts, nodes, pool):
-    F = G.shape[0]
-    ports = port_src.shape[0]
+@njit(cache=True, inline="always")
+def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
+    """Queue depth and ECN fraction rows per switch port; False when the run has stalled."""
     P = IP[I_PRIOS]
-    PK = np.full((pool, 11), -1, np.int64)
-    free = np.arange(pool - 1, -1, -1).astype(np.int64)
-    FI = np.zeros((F, 26), np.int64)
-    for f in range(F):
-        FI[f, F_CUR] = G[f, G_MA]
-        FI[f, F_LASTDEC] = -1
-        FI[f, F_LASTCNP] = -1
-        FI[f, F_MAXSEEN] = -1
-        FI[f, F_NACK] = -1
-    FF = np.empty((F, 3), np.float64)
-    FF[:, 0] = line
-    FF[:, 1] = line
-    FF[:, 2] = 1.0
-    PQ = np.zeros((ports * P, 8), np.int64)
-    PQ[:, Q_HEAD] = -1
-    PQ[:, Q_TAIL] = -1
-    PO = np.zeros((ports, 9), np.int64)
-    used = np.zeros(nodes, np.int64)
-    host_wake = np.full(hosts, INF, np.int64)
-    FLS = np.full((F, max(nodes - hosts, 1)), -1, np.int64)
-    FLI = np.zeros((F, max(nodes - hosts, 1)), np.int64)
-    msg_rcvd = np.zeros(msg_npk.shape[0], np.int64)
-    msg_done = np.full(msg_npk.shape[0], -1, np.int64)
-    S = np.zeros(7, np.int64)
-    S[S_REMAIN] = F
-    S[S_NFREE] = pool
-    z = np.int64(0)
-    heap = np.empty((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
-    pauses = [(z, z, z, z)]
-    pauses.pop()
-    drops = [(z, z, z, z)]
-    drops.pop()
-    rates = [(z, z, z)]
-    rates.pop()
-    retx = [(z, z, z)]
-    retx.pop()
-    qrows = [(z, z, z)]
-    qrows.pop()
-    mrows = [(z, z, z)]
-    mrows.pop()
-    for h in range(hosts):
-        if hptr[h] < hptr[h + 1]:
-            first = INF
-            for i in range(hptr[h], hptr[h + 1]):
-                first = min(first, msg_ready[G[hflows[i], G_MA]])
-            host_wake[h] = first
-            _push(heap, S, first, WAKE, h, 0)
-    _push(heap, S, IP[I_SAMPLE], SAMPLE, 0, 0)
-    st = (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-          port_delay, rates, retx)
-    now = z
-    status = OK
+    for port in range(PT.shape[0]):
+        if PT[port, T_SRC] < hosts:
+            continue
+        qb = np.int64(0)
+        for q in range(P):
+            qb += PQ[port * P + q, Q_BYTES]
+        if qb != PO[port, P_LASTQ]:
+            _out(OUT, S, O_QUEUE, now, port, qb, 0)
+            PO[port, P_LASTQ] = qb
+        if PO[port, P_PSINCE] > 0:
+            _out(OUT, S, O_MARKED, now, port, PO[port, P_MSINCE] * 1000000 // PO[port, P_PSINCE], 0)
+            PO[port, P_MSINCE] = 0
+            PO[port, P_PSINCE] = 0
+    return not (S[S_PAUSED] > 0 and now - S[S_LASTTX] >= IP[I_WD])
+
+
+@njit(cache=True)
+def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflows, host_port, host_wake, route_ptr,
+         route_ports, fhash, FLS, FLI):
+    """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
+    short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
+    IP, RP, G, FI, FC, MS, PT, PQ = _borrowed(IP), _borrowed(RP), _borrowed(G), _borrowed(FI), _borrowed(FC), \
+        _borrowed(MS), _borrowed(PT), _borrowed(PQ)
+    PO, ND, S, H, PK, free, OUT = _borrowed(PO), _borrowed(ND), _borrowed(S), _borrowed(H), _borrowed(PK), \
+        _borrowed(free), _borrowed(OUT)
+    hptr, hflows, host_port, host_wake = _borrowed(hptr), _borrowed(hflows), _borrowed(host_port), \
+        _borrowed(host_wake)
+    route_ptr, route_ports, fhash, FLS, FLI = _borrowed(route_ptr), _borrowed(route_ports), _borrowed(fhash), \
+        _borrowed(FLS), _borrowed(FLI)
+    hosts = host_port.shape[0]
+    P = IP[I_PRIOS]
+    room = 2 * PT.shape[0] + 64
+    if S[S_SEQ] == 0:  # first call: each host wakes at its first message, sampling starts
+        for h in range(hosts):
+            if hptr[h] < hptr[h + 1]:
+                first = INF
+                for i in range(hptr[h], hptr[h + 1]):
+                    first = min(first, MS[G[hflows[i], G_MA], M_READY])
+                host_wake[h] = first
+                _push(H, S, first, WAKE, h, 0)
+        _push(H, S, IP[I_SAMPLE], SAMPLE, 0, 0)
     while S[S_HSIZE] > 0 and S[S_REMAIN] > 0:
-        if S[S_NFREE] < 2 or S[S_HSIZE] + 32 > heap.shape[0]:
-            if S[S_NFREE] < 2:
-                PK, free = _grow(PK, free, S)
-            if S[S_HSIZE] + 32 > heap.shape[0]:
-                heap = _grow_heap(heap)
-            st = (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port,
-                  port_mbps, port_delay, rates, retx)
-        now, kind, a, b = _pop(heap, S)
+        if S[S_NFREE] < 2 or S[S_HSIZE] + 32 > H.shape[0] or S[S_NOUT] + room > OUT.shape[0]:
+            return GROW
+        now, kind, a, b = _pop(H, S)
+        S[S_NOW] = now
         if kind == PORT_FREE or kind == PAUSE:
             if kind == PAUSE:
                 row = a * P + (b >> 1)
@@ -492,43 +507,46 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
                 if PQ[row, Q_PAUSED]:
                     PQ[row, Q_PAUSED] = 0
                     S[S_PAUSED] -= 1
-                    pauses.append((a, b >> 1, PQ[row, Q_SINCE], now))
-            n = port_src[a]
+                    _out(OUT, S, O_PAUSE, a, b >> 1, PQ[row, Q_SINCE], now)
+            n = PT[a, T_SRC]
             if n < hosts:
-                _try_send(n, now, st, hptr, hflows, host_wake)
+                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port,
+                          host_wake)
             else:
-                _try_port(a, now, st, used, shared_cap, port_src)
+                _try_port(a, now, PK, PQ, PO, PT, ND, S, H, IP, RP)
         elif kind == ARRIVE:
-            n = port_dst[PK[a, K_PORT]]
+            n = PT[PK[a, K_PORT], T_DST]
             if n < hosts:
-                _receive(a, now, st, msg_npk, msg_rcvd, msg_done)
+                _receive(a, now, PK, FI, G, MS, S, H, free, IP)
             else:
-                _switch_arrive(n, a, now, st, used, shared_cap, headroom, port_src, fhash, route_ptr, route_ports,
-                               hosts, FLS, FLI, drops)
+                _switch_arrive(n, a, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fhash, route_ptr,
+                               route_ports, hosts, FLS, FLI)
         elif kind == WAKE:
             if host_wake[a] == now:
                 host_wake[a] = INF
-            _try_send(a, now, st, hptr, hflows, host_wake)
+            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port,
+                      host_wake)
         elif kind == CNP:
-            _on_cnp(a, now, FI, FF, IP, RP, S, heap, rates)
+            _on_cnp(a, now, FI, FC, IP, RP, S, H, OUT)
         elif kind == ACK or kind == NACK:
             if b > FI[a, F_UNA]:
                 FI[a, F_UNA] = b
                 FI[a, F_PROG] = now
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
-                FI[a, F_CUR] = _msg_of(G, msg_first, a, b)
-                _try_send(G[a, G_SRC], now, st, hptr, hflows, host_wake)
+                FI[a, F_CUR] = _msg_of(G, MS, a, b)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows,
+                          host_port, host_wake)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
-                FF[a, 2] = (1.0 - RP[R_G]) * FF[a, 2]
-                _push(heap, S, now + IP[I_ALPHAT], ALPHA, a, b)
+                FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
+                _push(H, S, now + IP[I_ALPHAT], ALPHA, a, b)
         elif kind == INC:
             if b == FI[a, F_INCEP] and not FI[a, F_FIN]:
                 FI[a, F_TC] += 1
-                _increase(a, now, FI, FF, line, IP, RP, rates)
-                if FF[a, 0] < line[a]:
-                    _push(heap, S, now + IP[I_INCT], INC, a, b)
+                _increase(a, now, FI, FC, IP, RP, OUT, S)
+                if FC[a, C_RC] < FC[a, C_LINE]:
+                    _push(H, S, now + IP[I_INCT], INC, a, b)
         elif kind == RTO:
             FI[a, F_RTO] = 0
             if FI[a, F_FIN] or FI[a, F_UNA] >= FI[a, F_NXT]:
@@ -536,79 +554,110 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
             FI[a, F_RTO] = 1
             if now - FI[a, F_PROG] >= IP[I_RTO]:
                 FI[a, F_NXT] = FI[a, F_UNA]
-                FI[a, F_CUR] = _msg_of(G, msg_first, a, FI[a, F_UNA])
+                FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_UNA])
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
-                _push(heap, S, now + IP[I_RTO], RTO, a, 0)
-                _try_send(G[a, G_SRC], now, st, hptr, hflows, host_wake)
+                _push(H, S, now + IP[I_RTO], RTO, a, 0)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows,
+                          host_port, host_wake)
             else:
-                _push(heap, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+                _push(H, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+        elif _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
+            _push(H, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
         else:
-            for port in range(ports):
-                if port_src[port] < hosts:
-                    continue
-                qb = z
-                for q in range(P):
-                    qb += PQ[port * P + q, Q_BYTES]
-                if qb != PO[port, P_LASTQ]:
-                    qrows.append((now, np.int64(port), qb))
-                    PO[port, P_LASTQ] = qb
-                if PO[port, P_PSINCE] > 0:
-                    mrows.append((now, np.int64(port), PO[port, P_MSINCE] * 1000000 // PO[port, P_PSINCE]))
-                    PO[port, P_MSINCE] = 0
-                    PO[port, P_PSINCE] = 0
-            if S[S_PAUSED] > 0 and now - S[S_LASTTX] >= IP[I_WD]:
-                status = STALLED
-                break
-            _push(heap, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
-    stuck = [(z, z, z)]
-    stuck.pop()
-    paused_end = [(z, z, z)]
-    paused_end.pop()
-    for port in range(ports):
-        for q in range(P):
-            row = port * P + q
-            if PQ[row, Q_PAUSED]:
-                if status == OK:
-                    pauses.append((np.int64(port), np.int64(q), PQ[row, Q_SINCE], now))
-                else:
-                    paused_end.append((np.int64(port), np.int64(q), PQ[row, Q_SINCE]))
-            if status != OK:
-                k = PQ[row, Q_HEAD]
-                while k >= 0:
-                    stuck.append((np.int64(port), np.int64(q), PK[k, K_ING]))
-                    k = PK[k, K_NEXT]
-    return (status, now, msg_done, FI, PO, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end,
-            PK.shape[0], S[S_SEQ])
+            return STALLED
+    return OK
 
 
-def _rows(items, width: int) -> np.ndarray:
-    return np.array(list(items), np.int64).reshape(-1, width)
+def _grown(a: np.ndarray, fill: int) -> np.ndarray:
+    new = np.full((a.shape[0] * 2, a.shape[1]), fill, a.dtype)
+    new[:a.shape[0]] = a
+    return new
 
 
-def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
-    """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
-    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``."""
-    p = params.check()
+def _state(topo: Topology, p: FabricParams, flows: Flows) -> dict[str, np.ndarray]:
+    """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
+    F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
     ip = np.array([p.pfc, p.mtu_bytes, p.header_bytes, p.ecn, p.kmin_bytes, p.kmax_bytes, p.cnp_interval_ns, p.dcqcn,
                    p.rate_decrease_interval_ns, p.alpha_timer_ns, p.increase_timer_ns, p.byte_counter_bytes,
                    p.fast_recovery_steps, p.rto_ns, pre.routing, p.flowlet_gap_ns, p.pfc_watchdog_ns, p.sample_ns,
                    p.priorities, p.seed, p.resume_offset_bytes], np.int64)
     rp = np.array([p.alpha, p.pmax, p.dcqcn_g, p.rai_mbps, p.rhai_mbps, p.min_rate_mbps], np.float64)
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
-                  flows.msg_ptr[1:]], axis=1).astype(np.int64)
-    pool = max(64, 4 * topo.ports)
-    (status, now, done, fi, po, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end, pool_end, events) = _loop(
-        ip, rp, g, pre.flow_hash, pre.line_mbps, flows.msg_ready_ns.astype(np.int64), flows.msg_bytes.astype(np.int64),
-        pre.msg_first, pre.msg_npk, pre.host_flows_ptr, pre.host_flows, topo.port_src, topo.port_dst, topo.port_mbps,
-        topo.port_delay_ns, topo.host_port, topo.route_ptr, topo.route_ports, pre.headroom, pre.shared_cap,
-        topo.hosts, topo.nodes, pool)
-    run = FabricRun(int(status), int(now), done, fi[:, F_RETXB].copy(), fi[:, F_RETXP].copy(), fi[:, F_MARKED].copy(),
-                    fi[:, F_CNPS].copy(), fi[:, F_REORD].copy(), fi[:, F_TOUT].copy(), po[:, P_TX].copy(),
-                    po[:, P_PKTS].copy(), po[:, P_MARKS].copy(), po[:, P_DROPS].copy(), po[:, P_MAXQ].copy(),
-                    _rows(pauses, 4), _rows(rates, 3), _rows(qrows, 3), _rows(mrows, 3), _rows(drops, 4),
-                    _rows(retx, 3), _rows(stuck, 3), _rows(paused_end, 3))
-    run.extra["packet_pool"] = int(pool_end)
-    run.extra["events"] = int(events)
+                  flows.msg_ptr[1:], topo.host_port[flows.src]], axis=1).astype(np.int64)
+    fi = np.zeros((F, 26), np.int64)
+    fi[:, F_CUR] = g[:, G_MA]
+    fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
+    fc = np.stack([pre.line_mbps, pre.line_mbps, np.ones(F), pre.line_mbps], axis=1).astype(np.float64)
+    nm = flows.msg_bytes.shape[0]
+    ms = np.stack([pre.msg_first, flows.msg_bytes, flows.msg_ready_ns, pre.msg_npk, np.zeros(nm), np.full(nm, -1)],
+                  axis=1).astype(np.int64)
+    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom],
+                  axis=1).astype(np.int64)
+    pq = np.zeros((ports * P, 8), np.int64)
+    pq[:, [Q_HEAD, Q_TAIL]] = -1
+    nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
+    pool = max(64, 4 * ports)
+    s = np.zeros(9, np.int64)
+    s[S_REMAIN], s[S_NFREE] = F, pool
+    nsw = max(topo.nodes - hosts, 1)
+    return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
+                H=np.zeros((max(1024, 4 * (F + ports + hosts)), 4), np.int64), PK=np.full((pool, 11), -1, np.int64),
+                free=np.arange(pool - 1, -1, -1, dtype=np.int64), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
+                hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
+                host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
+                fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64))
+
+
+def _grow(st: dict[str, np.ndarray]) -> None:
+    """Enlarge whatever :func:`_run` found short (doubling: a handful of calls per run)."""
+    S = st["S"]
+    if S[S_NFREE] < 2:
+        old = st["PK"].shape[0]
+        st["PK"] = _grown(st["PK"], -1)
+        nf = int(S[S_NFREE])
+        free = np.zeros(2 * old, np.int64)
+        free[:nf] = st["free"][:nf]
+        free[nf:nf + old] = np.arange(2 * old - 1, old - 1, -1)
+        st["free"] = free
+        S[S_NFREE] += old
+    if S[S_HSIZE] + 32 > st["H"].shape[0]:
+        st["H"] = _grown(st["H"], 0)
+    if S[S_NOUT] + 2 * st["PT"].shape[0] + 64 > st["OUT"].shape[0]:
+        st["OUT"] = _grown(st["OUT"], 0)
+
+
+def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
+    """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
+    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``."""
+    p = params.check()
+    st = _state(topo, p, flows)
+    while (status := _run(**st)) == GROW:
+        _grow(st)
+    S, PQ, PK, FI, PO = st["S"], st["PQ"], st["PK"], st["FI"], st["PO"]
+    now, P = int(S[S_NOW]), p.priorities
+    out = st["OUT"][:S[S_NOUT]]
+
+    def rows(tag: int, width: int) -> np.ndarray:
+        return out[out[:, 0] == tag, 1:1 + width]
+
+    paused = np.flatnonzero(PQ[:, Q_PAUSED])
+    open_pauses = np.stack([paused // P, paused % P, PQ[paused, Q_SINCE], np.full(paused.size, now)], axis=1)
+    stuck: list[tuple[int, int, int]] = []
+    if status != OK:
+        for row in range(PQ.shape[0]):
+            k = int(PQ[row, Q_HEAD])
+            while k >= 0:
+                stuck.append((row // P, row % P, int(PK[k, K_ING])))
+                k = int(PK[k, K_NEXT])
+    pauses = np.vstack([rows(O_PAUSE, 4), open_pauses]) if status == OK else rows(O_PAUSE, 4)
+    run = FabricRun(int(status), now, st["MS"][:, M_DONE].copy(), FI[:, F_RETXB].copy(), FI[:, F_RETXP].copy(),
+                    FI[:, F_MARKED].copy(), FI[:, F_CNPS].copy(), FI[:, F_REORD].copy(), FI[:, F_TOUT].copy(),
+                    PO[:, P_TX].copy(), PO[:, P_PKTS].copy(), PO[:, P_MARKS].copy(), PO[:, P_DROPS].copy(),
+                    PO[:, P_MAXQ].copy(), pauses, rows(O_RATE, 3), rows(O_QUEUE, 3), rows(O_MARKED, 3),
+                    rows(O_DROP, 4), rows(O_RETX, 3), np.array(stuck, np.int64).reshape(-1, 3),
+                    np.ascontiguousarray(open_pauses[:, :3]) if status != OK else np.zeros((0, 3), np.int64))
+    run.extra["packet_pool"] = int(PK.shape[0])
+    run.extra["events"] = int(S[S_SEQ])
     return run
