@@ -80,3 +80,12 @@ def test_twins_equal_under_pfc_incast(senders, alpha, kind, dcqcn, seed):
     fast, ref = simulate(topo, params, flows), simulate_reference(topo, params, flows)
     assert len(ref.pauses) > 0 or dcqcn or kind != "single"
     assert fast.first_difference(ref) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(scenarios(), st.sampled_from([1, 64, 1024]))
+def test_event_wheel_size_does_not_change_results(case, wheel_ns):
+    """The fast simulator's event queue keeps near events in a timing wheel and later ones in a heap;
+    a tiny wheel sends most events through the heap and its hand-over, and must not change anything."""
+    topo, params, flows = case
+    assert simulate(topo, params, flows, wheel_ns=wheel_ns).first_difference(simulate_reference(topo, params, flows)) is None

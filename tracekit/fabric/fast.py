@@ -50,7 +50,12 @@ N_USED, N_CAP = range(2)
 # output rows (tag, four values)
 O_PAUSE, O_DROP, O_RATE, O_RETX, O_QUEUE, O_MARKED = range(6)
 # scalars
-S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW = range(9)
+S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW, S_CUR, S_WCOUNT, S_EFREE = range(12)
+# event queue: a timing wheel W of one-nanosecond slots (a power of two of them; each slot the head and
+# tail of a FIFO list of event rows EV: kind, a, b, next; column E_STACK is the stack of free rows), and
+# a heap H for events beyond the wheel
+WHEEL_NS = 1 << 16
+E_KIND, E_A, E_B, E_NEXT, E_STACK = range(5)
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
  I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME) = range(21)
@@ -90,12 +95,9 @@ def _hash3(a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _push(H, S, t, kind, a, b):
-    """Insert an event; its key is (t, push sequence), the kind rides in the sequence's low 4 bits."""
+def _heap_push(H, S, t, key, a, b):
     i = S[S_HSIZE]
     S[S_HSIZE] = i + 1
-    key = S[S_SEQ] * 16 + kind
-    S[S_SEQ] += 1
     while i > 0:  # sift up
         j = (i - 1) >> 2
         if H[j, 0] < t or (H[j, 0] == t and H[j, 1] < key):
@@ -112,8 +114,9 @@ def _push(H, S, t, kind, a, b):
 
 
 @njit(cache=True, inline="always")
-def _pop(H, S):
-    t0, k0, a0, b0 = H[0, 0], H[0, 1] & 15, H[0, 2], H[0, 3]
+def _heap_pop_into_wheel(H, W, EV, S):
+    """Move the overflow heap's first event (the earliest, then the first pushed) to its wheel slot."""
+    t, key, a, b = H[0, 0], H[0, 1], H[0, 2], H[0, 3]
     n = S[S_HSIZE] - 1
     S[S_HSIZE] = n
     if n > 0:
@@ -138,7 +141,62 @@ def _pop(H, S):
         H[i, 1] = lk
         H[i, 2] = la
         H[i, 3] = lb
-    return t0, k0, a0, b0
+    _wheel_add(W, EV, S, t, key & 15, a, b)
+
+
+@njit(cache=True, inline="always")
+def _wheel_add(W, EV, S, t, kind, a, b):
+    S[S_EFREE] -= 1
+    e = EV[S[S_EFREE], E_STACK]
+    EV[e, E_KIND] = kind
+    EV[e, E_A] = a
+    EV[e, E_B] = b
+    EV[e, E_NEXT] = -1
+    slot = t & (W.shape[0] - 1)
+    if W[slot, 1] >= 0:
+        EV[W[slot, 1], E_NEXT] = e
+    else:
+        W[slot, 0] = e
+    W[slot, 1] = e
+    S[S_WCOUNT] += 1
+
+
+@njit(cache=True, inline="always")
+def _push(H, W, EV, S, t, kind, a, b):
+    """Schedule an event. Order: by time, then by push sequence (the reference's heapq key). Events
+    less than the wheel's length ahead go to the wheel slot of their exact time, a FIFO list (pushed in
+    sequence order); later ones wait in a 4-ary heap keyed (time, sequence << 4 | kind) and move to
+    their slot, in key order, as soon as their time comes within the wheel, before anything else can be
+    pushed there (so a slot stays in sequence order)."""
+    seq = S[S_SEQ]
+    S[S_SEQ] = seq + 1
+    if t - S[S_CUR] < W.shape[0]:
+        _wheel_add(W, EV, S, t, kind, a, b)
+    else:
+        _heap_push(H, S, t, seq * 16 + kind, a, b)
+
+
+@njit(cache=True, inline="always")
+def _pop(H, W, EV, S):
+    """The next event: (time, kind, a, b). Needs at least one event pending."""
+    if S[S_WCOUNT] == 0:  # jump to the heap's first event
+        S[S_CUR] = H[0, 0]
+        while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + W.shape[0]:
+            _heap_pop_into_wheel(H, W, EV, S)
+    mask = W.shape[0] - 1
+    while W[S[S_CUR] & mask, 0] < 0:
+        S[S_CUR] += 1
+        while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + W.shape[0]:
+            _heap_pop_into_wheel(H, W, EV, S)
+    slot = S[S_CUR] & mask
+    e = W[slot, 0]
+    W[slot, 0] = EV[e, E_NEXT]
+    if W[slot, 0] < 0:
+        W[slot, 1] = -1
+    S[S_WCOUNT] -= 1
+    EV[S[S_EFREE], E_STACK] = e
+    S[S_EFREE] += 1
+    return S[S_CUR], EV[e, E_KIND], EV[e, E_A], EV[e, E_B]
 
 
 @njit(cache=True, inline="always")
@@ -166,15 +224,15 @@ def _msg_of(G, MS, f, s):
 
 
 @njit(cache=True, inline="always")
-def _transmit(port, k, now, PK, PO, PT, S, H):
+def _transmit(port, k, now, PK, PO, PT, S, H, W, EV):
     mbps = PT[port, T_MBPS]
     ser = (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
     PO[port, P_BUSY] = now + ser
     PO[port, P_TX] += PK[k, K_WIRE]
     S[S_LASTTX] = now
     PK[k, K_PORT] = port
-    _push(H, S, now + ser, PORT_FREE, port, 0)
-    _push(H, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
+    _push(H, W, EV, S, now + ser, PORT_FREE, port, 0)
+    _push(H, W, EV, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
 
 
 @njit(cache=True, inline="always")
@@ -193,7 +251,7 @@ def _increase(f, now, FI, FC, IP, RP, OUT, S):
 
 
 @njit(cache=True, inline="always")
-def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, free, IP, RP, OUT):
+def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT):
     s = FI[f, F_NXT]
     m = FI[f, F_CUR]  # the message of packet s (kept as a cursor: no search per packet)
     payload = min(MS[m, M_BYTES] - (s - MS[m, M_FIRST]) * IP[I_MTU], IP[I_MTU])
@@ -229,12 +287,12 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, free, IP, RP, OUT):
     if not IP[I_PFC] and not FI[f, F_RTO]:
         FI[f, F_RTO] = 1
         FI[f, F_PROG] = now
-        _push(H, S, now + IP[I_RTO], RTO, f, 0)
-    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H)
+        _push(H, W, EV, S, now + IP[I_RTO], RTO, f, 0)
+    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H, W, EV)
 
 
 @njit(cache=True, inline="always")
-def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port, host_wake):
+def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port, host_wake):
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -254,14 +312,14 @@ def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hp
         elif t < wake:
             wake = t
     if best >= 0:
-        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, free, IP, RP, OUT)
+        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
-        _push(H, S, wake, WAKE, h, 0)
+        _push(H, W, EV, S, wake, WAKE, h, 0)
 
 
 @njit(cache=True, inline="always")
-def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H):
+def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV):
     i = PK[k, K_ING]
     q = PK[k, K_PRIO]
     row = i * IP[I_PRIOS] + q
@@ -277,7 +335,7 @@ def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H):
         thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
         if PQ[row, Q_ING] + IP[I_RESUME] <= thr:
             PQ[row, Q_SENT] = 0
-            _push(H, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
+            _push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
 
 
 @njit(cache=True, inline="always")
@@ -295,7 +353,7 @@ def _wred(qb, uid, n, IP, RP):
 
 
 @njit(cache=True, inline="always")
-def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, IP, RP):
+def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP):
     if PO[port, P_BUSY] > now:
         return
     P = IP[I_PRIOS]
@@ -314,8 +372,8 @@ def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, IP, RP):
                 PO[port, P_MSINCE] += 1
             PO[port, P_PKTS] += 1
             PO[port, P_PSINCE] += 1
-            _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H)
-            _transmit(port, k, now, PK, PO, PT, S, H)
+            _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV)
+            _transmit(port, k, now, PK, PO, PT, S, H, W, EV)
             return
 
 
@@ -341,7 +399,7 @@ def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
 
 
 @njit(cache=True, inline="always")
-def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fhash, route_ptr, route_ports, hosts,
+def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr, route_ports, hosts,
                    FLS, FLI):
     i = PK[k, K_PORT]
     q = PK[k, K_PRIO]
@@ -364,7 +422,7 @@ def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fh
             dropped = True
         if not dropped and PK[k, K_HDRM] and not PQ[irow, Q_SENT]:
             PQ[irow, Q_SENT] = 1
-            _push(H, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
+            _push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
     else:
         if PQ[erow, Q_BYTES] + wire > thr:
             dropped = True
@@ -385,11 +443,11 @@ def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fh
     PQ[erow, Q_TAIL] = k
     PQ[erow, Q_BYTES] += wire
     PO[e, P_MAXQ] = max(PO[e, P_MAXQ], PQ[erow, Q_BYTES])
-    _try_port(e, now, PK, PQ, PO, PT, ND, S, H, IP, RP)
+    _try_port(e, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
 
 
 @njit(cache=True, inline="always")
-def _receive(k, now, PK, FI, G, MS, S, H, free, IP):
+def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, IP):
     f = PK[k, K_FLOW]
     s = PK[k, K_SEQ]
     ctrl = G[f, G_CTRL]
@@ -400,17 +458,17 @@ def _receive(k, now, PK, FI, G, MS, S, H, free, IP):
         if FI[f, F_LASTCNP] < 0 or now - FI[f, F_LASTCNP] >= IP[I_CNPI]:
             FI[f, F_LASTCNP] = now
             FI[f, F_CNPS] += 1
-            _push(H, S, now + ctrl, CNP, f, 0)
+            _push(H, W, EV, S, now + ctrl, CNP, f, 0)
     if not IP[I_PFC]:
         if s != FI[f, F_RCV]:
             if s > FI[f, F_RCV]:
                 FI[f, F_REORD] += 1
                 if FI[f, F_NACK] != FI[f, F_RCV]:
                     FI[f, F_NACK] = FI[f, F_RCV]
-                    _push(H, S, now + ctrl, NACK, f, FI[f, F_RCV])
+                    _push(H, W, EV, S, now + ctrl, NACK, f, FI[f, F_RCV])
             return
         FI[f, F_RCV] += 1
-        _push(H, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        _push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
     else:
         if s < FI[f, F_MAXSEEN]:
             FI[f, F_REORD] += 1
@@ -426,7 +484,7 @@ def _receive(k, now, PK, FI, G, MS, S, H, free, IP):
 
 
 @njit(cache=True, inline="always")
-def _on_cnp(f, now, FI, FC, IP, RP, S, H, OUT):
+def _on_cnp(f, now, FI, FC, IP, RP, S, H, W, EV, OUT):
     if FI[f, F_FIN] or not IP[I_DCQCN]:
         return
     if FI[f, F_LASTDEC] < 0 or now - FI[f, F_LASTDEC] >= IP[I_DECI]:
@@ -439,10 +497,10 @@ def _on_cnp(f, now, FI, FC, IP, RP, S, H, OUT):
         FI[f, F_CUT] = 1
         _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
         FI[f, F_INCEP] += 1
-        _push(H, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
+        _push(H, W, EV, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
     FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + RP[R_G]
     FI[f, F_ALPHAEP] += 1
-    _push(H, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
+    _push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
 
 
 @njit(cache=True, inline="always")
@@ -466,14 +524,14 @@ def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
 
 
 @njit(cache=True)
-def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflows, host_port, host_wake, route_ptr,
+def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr, hflows, host_port, host_wake, route_ptr,
          route_ports, fhash, FLS, FLI):
     """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
     short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
     IP, RP, G, FI, FC, MS, PT, PQ = _borrowed(IP), _borrowed(RP), _borrowed(G), _borrowed(FI), _borrowed(FC), \
         _borrowed(MS), _borrowed(PT), _borrowed(PQ)
-    PO, ND, S, H, PK, free, OUT = _borrowed(PO), _borrowed(ND), _borrowed(S), _borrowed(H), _borrowed(PK), \
-        _borrowed(free), _borrowed(OUT)
+    PO, ND, S, H, W, EV, PK, free, OUT = _borrowed(PO), _borrowed(ND), _borrowed(S), _borrowed(H), _borrowed(W), \
+        _borrowed(EV), _borrowed(PK), _borrowed(free), _borrowed(OUT)
     hptr, hflows, host_port, host_wake = _borrowed(hptr), _borrowed(hflows), _borrowed(host_port), \
         _borrowed(host_wake)
     route_ptr, route_ports, fhash, FLS, FLI = _borrowed(route_ptr), _borrowed(route_ports), _borrowed(fhash), \
@@ -488,12 +546,12 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflow
                 for i in range(hptr[h], hptr[h + 1]):
                     first = min(first, MS[G[hflows[i], G_MA], M_READY])
                 host_wake[h] = first
-                _push(H, S, first, WAKE, h, 0)
-        _push(H, S, IP[I_SAMPLE], SAMPLE, 0, 0)
-    while S[S_HSIZE] > 0 and S[S_REMAIN] > 0:
-        if S[S_NFREE] < 2 or S[S_HSIZE] + 32 > H.shape[0] or S[S_NOUT] + room > OUT.shape[0]:
+                _push(H, W, EV, S, first, WAKE, h, 0)
+        _push(H, W, EV, S, IP[I_SAMPLE], SAMPLE, 0, 0)
+    while S[S_HSIZE] + S[S_WCOUNT] > 0 and S[S_REMAIN] > 0:
+        if (S[S_NFREE] < 2 or S[S_HSIZE] + 32 > H.shape[0] or S[S_EFREE] < S[S_HSIZE] + 32 or S[S_NOUT] + room > OUT.shape[0]):
             return GROW
-        now, kind, a, b = _pop(H, S)
+        now, kind, a, b = _pop(H, W, EV, S)
         S[S_NOW] = now
         if kind == PORT_FREE or kind == PAUSE:
             if kind == PAUSE:
@@ -510,24 +568,24 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflow
                     _out(OUT, S, O_PAUSE, a, b >> 1, PQ[row, Q_SINCE], now)
             n = PT[a, T_SRC]
             if n < hosts:
-                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port,
+                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port,
                           host_wake)
             else:
-                _try_port(a, now, PK, PQ, PO, PT, ND, S, H, IP, RP)
+                _try_port(a, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
         elif kind == ARRIVE:
             n = PT[PK[a, K_PORT], T_DST]
             if n < hosts:
-                _receive(a, now, PK, FI, G, MS, S, H, free, IP)
+                _receive(a, now, PK, FI, G, MS, S, H, W, EV, free, IP)
             else:
-                _switch_arrive(n, a, now, PK, PQ, PO, PT, ND, S, H, free, IP, RP, OUT, G, fhash, route_ptr,
+                _switch_arrive(n, a, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr,
                                route_ports, hosts, FLS, FLI)
         elif kind == WAKE:
             if host_wake[a] == now:
                 host_wake[a] = INF
-            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows, host_port,
+            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port,
                       host_wake)
         elif kind == CNP:
-            _on_cnp(a, now, FI, FC, IP, RP, S, H, OUT)
+            _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
         elif kind == ACK or kind == NACK:
             if b > FI[a, F_UNA]:
                 FI[a, F_UNA] = b
@@ -535,18 +593,18 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflow
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
                 FI[a, F_CUR] = _msg_of(G, MS, a, b)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows,
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows,
                           host_port, host_wake)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
                 FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
-                _push(H, S, now + IP[I_ALPHAT], ALPHA, a, b)
+                _push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, a, b)
         elif kind == INC:
             if b == FI[a, F_INCEP] and not FI[a, F_FIN]:
                 FI[a, F_TC] += 1
                 _increase(a, now, FI, FC, IP, RP, OUT, S)
                 if FC[a, C_RC] < FC[a, C_LINE]:
-                    _push(H, S, now + IP[I_INCT], INC, a, b)
+                    _push(H, W, EV, S, now + IP[I_INCT], INC, a, b)
         elif kind == RTO:
             FI[a, F_RTO] = 0
             if FI[a, F_FIN] or FI[a, F_UNA] >= FI[a, F_NXT]:
@@ -557,13 +615,13 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, PK, free, OUT, hptr, hflow
                 FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_UNA])
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
-                _push(H, S, now + IP[I_RTO], RTO, a, 0)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, free, IP, RP, OUT, hptr, hflows,
+                _push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows,
                           host_port, host_wake)
             else:
-                _push(H, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+                _push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
         elif _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
-            _push(H, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
+            _push(H, W, EV, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
         else:
             return STALLED
     return OK
@@ -575,7 +633,7 @@ def _grown(a: np.ndarray, fill: int) -> np.ndarray:
     return new
 
 
-def _state(topo: Topology, p: FabricParams, flows: Flows) -> dict[str, np.ndarray]:
+def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict[str, np.ndarray]:
     """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
     F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
@@ -599,11 +657,14 @@ def _state(topo: Topology, p: FabricParams, flows: Flows) -> dict[str, np.ndarra
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
     pool = max(64, 4 * ports)
-    s = np.zeros(9, np.int64)
+    s = np.zeros(12, np.int64)
     s[S_REMAIN], s[S_NFREE] = F, pool
+    ev = np.zeros((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
+    ev[:, E_STACK] = np.arange(ev.shape[0])
+    s[S_EFREE] = ev.shape[0]
     nsw = max(topo.nodes - hosts, 1)
     return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
-                H=np.zeros((max(1024, 4 * (F + ports + hosts)), 4), np.int64), PK=np.full((pool, 11), -1, np.int64),
+                H=np.zeros((1024, 4), np.int64), W=np.full((wheel_ns, 2), -1, np.int64), EV=ev, PK=np.full((pool, 11), -1, np.int64),
                 free=np.arange(pool - 1, -1, -1, dtype=np.int64), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
@@ -624,15 +685,23 @@ def _grow(st: dict[str, np.ndarray]) -> None:
         S[S_NFREE] += old
     if S[S_HSIZE] + 32 > st["H"].shape[0]:
         st["H"] = _grown(st["H"], 0)
+    while S[S_EFREE] < S[S_HSIZE] + 32:  # every heap event may move to the wheel at once
+        old, nf = st["EV"].shape[0], int(S[S_EFREE])
+        st["EV"] = _grown(st["EV"], 0)
+        st["EV"][nf:nf + old, E_STACK] = np.arange(old, 2 * old)
+        S[S_EFREE] += old
     if S[S_NOUT] + 2 * st["PT"].shape[0] + 64 > st["OUT"].shape[0]:
         st["OUT"] = _grown(st["OUT"], 0)
 
 
-def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
+def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int = WHEEL_NS) -> FabricRun:
     """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
-    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``."""
+    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``.
+    ``wheel_ns`` (a power of two) sizes the event wheel; results never depend on it (tests shrink it)."""
+    if wheel_ns < 1 or wheel_ns & (wheel_ns - 1):
+        raise ValueError(f"wheel_ns={wheel_ns} must be a power of two")
     p = params.check()
-    st = _state(topo, p, flows)
+    st = _state(topo, p, flows, wheel_ns)
     while (status := _run(**st)) == GROW:
         _grow(st)
     S, PQ, PK, FI, PO = st["S"], st["PQ"], st["PK"], st["FI"], st["PO"]
