@@ -18,8 +18,9 @@ returns ``GROW``, Python enlarges the arrays and calls it again (a handful of ti
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
-from numba.core import cgutils
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SAMPLE,
@@ -50,10 +51,12 @@ N_USED, N_CAP = range(2)
 # output rows (tag, four values)
 O_PAUSE, O_DROP, O_RATE, O_RETX, O_QUEUE, O_MARKED = range(6)
 # scalars
-S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW, S_CUR, S_WCOUNT, S_EFREE = range(12)
-# event queue: a timing wheel W of one-nanosecond slots (a power of two of them; each slot the head and
-# tail of a FIFO list of event rows EV: kind, a, b, next; column E_STACK is the stack of free rows), and
-# a heap H for events beyond the wheel
+(S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW, S_CUR, S_WCOUNT, S_EFREE,
+ S_WHEEL) = range(13)
+# event queue: a timing wheel of S_WHEEL one-nanosecond slots (a power of two, >= 64), each the head
+# (W[slot]) and tail (W[S_WHEEL + slot]) of a FIFO list of event rows EV (kind, a, b, next; column
+# E_STACK is the stack of free rows), with one occupancy bit per slot (W[2 S_WHEEL + slot // 64]) to
+# skip empty slots; and a heap H for events beyond the wheel
 WHEEL_NS = 1 << 16
 E_KIND, E_A, E_B, E_NEXT, E_STACK = range(5)
 # integer parameters
@@ -94,8 +97,19 @@ def _hash3(a, b, c):
     return _mix64(np.uint64(a) ^ _mix64(np.uint64(b) ^ _mix64(np.uint64(c))))
 
 
-@njit(cache=True, inline="always")
+@intrinsic
+def _ctz(typingctx, x):
+    """Trailing zero bits of a nonzero int64 (LLVM cttz)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.int64(types.int64), codegen
+
+
+@njit(cache=True)
 def _heap_push(H, S, t, key, a, b):
+    """Insert into the 4-ary heap of far events, ordered by (time, key). Not inlined: rarely called."""
     i = S[S_HSIZE]
     S[S_HSIZE] = i + 1
     while i > 0:  # sift up
@@ -113,35 +127,36 @@ def _heap_push(H, S, t, key, a, b):
     H[i, 3] = b
 
 
-@njit(cache=True, inline="always")
-def _heap_pop_into_wheel(H, W, EV, S):
-    """Move the overflow heap's first event (the earliest, then the first pushed) to its wheel slot."""
-    t, key, a, b = H[0, 0], H[0, 1], H[0, 2], H[0, 3]
-    n = S[S_HSIZE] - 1
-    S[S_HSIZE] = n
-    if n > 0:
-        lt, lk, la, lb = H[n, 0], H[n, 1], H[n, 2], H[n, 3]
-        i = 0
-        while True:  # sift down
-            c = 4 * i + 1
-            if c >= n:
-                break
-            m = c
-            for d in range(c + 1, min(c + 4, n)):
-                if H[d, 0] < H[m, 0] or (H[d, 0] == H[m, 0] and H[d, 1] < H[m, 1]):
-                    m = d
-            if lt < H[m, 0] or (lt == H[m, 0] and lk < H[m, 1]):
-                break
-            H[i, 0] = H[m, 0]
-            H[i, 1] = H[m, 1]
-            H[i, 2] = H[m, 2]
-            H[i, 3] = H[m, 3]
-            i = m
-        H[i, 0] = lt
-        H[i, 1] = lk
-        H[i, 2] = la
-        H[i, 3] = lb
-    _wheel_add(W, EV, S, t, key & 15, a, b)
+@njit(cache=True)
+def _heap_to_wheel(H, W, EV, S):
+    """Move every heap event now within the wheel (t < cursor + wheel) to its slot, in (time, key) order."""
+    while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + S[S_WHEEL]:
+        t, key, a, b = H[0, 0], H[0, 1], H[0, 2], H[0, 3]
+        n = S[S_HSIZE] - 1
+        S[S_HSIZE] = n
+        if n > 0:
+            lt, lk, la, lb = H[n, 0], H[n, 1], H[n, 2], H[n, 3]
+            i = 0
+            while True:  # sift down
+                c = 4 * i + 1
+                if c >= n:
+                    break
+                m = c
+                for d in range(c + 1, min(c + 4, n)):
+                    if H[d, 0] < H[m, 0] or (H[d, 0] == H[m, 0] and H[d, 1] < H[m, 1]):
+                        m = d
+                if lt < H[m, 0] or (lt == H[m, 0] and lk < H[m, 1]):
+                    break
+                H[i, 0] = H[m, 0]
+                H[i, 1] = H[m, 1]
+                H[i, 2] = H[m, 2]
+                H[i, 3] = H[m, 3]
+                i = m
+            H[i, 0] = lt
+            H[i, 1] = lk
+            H[i, 2] = la
+            H[i, 3] = lb
+        _wheel_add(W, EV, S, t, key & 15, a, b)
 
 
 @njit(cache=True, inline="always")
@@ -152,12 +167,14 @@ def _wheel_add(W, EV, S, t, kind, a, b):
     EV[e, E_A] = a
     EV[e, E_B] = b
     EV[e, E_NEXT] = -1
-    slot = t & (W.shape[0] - 1)
-    if W[slot, 1] >= 0:
-        EV[W[slot, 1], E_NEXT] = e
+    n = S[S_WHEEL]
+    slot = t & (n - 1)
+    if W[slot] >= 0:
+        EV[W[n + slot], E_NEXT] = e
     else:
-        W[slot, 0] = e
-    W[slot, 1] = e
+        W[slot] = e
+        W[2 * n + (slot >> 6)] |= np.int64(1) << (slot & 63)
+    W[n + slot] = e
     S[S_WCOUNT] += 1
 
 
@@ -170,7 +187,7 @@ def _push(H, W, EV, S, t, kind, a, b):
     pushed there (so a slot stays in sequence order)."""
     seq = S[S_SEQ]
     S[S_SEQ] = seq + 1
-    if t - S[S_CUR] < W.shape[0]:
+    if t - S[S_CUR] < S[S_WHEEL]:
         _wheel_add(W, EV, S, t, kind, a, b)
     else:
         _heap_push(H, S, t, seq * 16 + kind, a, b)
@@ -179,20 +196,26 @@ def _push(H, W, EV, S, t, kind, a, b):
 @njit(cache=True, inline="always")
 def _pop(H, W, EV, S):
     """The next event: (time, kind, a, b). Needs at least one event pending."""
+    n = S[S_WHEEL]
     if S[S_WCOUNT] == 0:  # jump to the heap's first event
         S[S_CUR] = H[0, 0]
-        while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + W.shape[0]:
-            _heap_pop_into_wheel(H, W, EV, S)
-    mask = W.shape[0] - 1
-    while W[S[S_CUR] & mask, 0] < 0:
-        S[S_CUR] += 1
-        while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + W.shape[0]:
-            _heap_pop_into_wheel(H, W, EV, S)
-    slot = S[S_CUR] & mask
-    e = W[slot, 0]
-    W[slot, 0] = EV[e, E_NEXT]
-    if W[slot, 0] < 0:
-        W[slot, 1] = -1
+        _heap_to_wheel(H, W, EV, S)
+    slot = S[S_CUR] & (n - 1)
+    if W[slot] < 0:  # the next nonempty slot after the cursor (circular), from the occupancy bits
+        w = slot >> 6
+        bits = W[2 * n + w] & (np.int64(-1) << (slot & 63))
+        while bits == 0:
+            w = (w + 1) & ((n >> 6) - 1)
+            bits = W[2 * n + w]
+        nxt = (w << 6) | _ctz(bits)
+        S[S_CUR] += (nxt - slot) & (n - 1)
+        slot = nxt
+        if S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + n:  # the window moved: far events come in behind
+            _heap_to_wheel(H, W, EV, S)
+    e = W[slot]
+    W[slot] = EV[e, E_NEXT]
+    if W[slot] < 0:
+        W[2 * n + (slot >> 6)] &= ~(np.int64(1) << (slot & 63))
     S[S_WCOUNT] -= 1
     EV[S[S_EFREE], E_STACK] = e
     S[S_EFREE] += 1
@@ -657,14 +680,15 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
     pool = max(64, 4 * ports)
-    s = np.zeros(12, np.int64)
+    s = np.zeros(13, np.int64)
+    s[S_WHEEL] = wheel_ns
     s[S_REMAIN], s[S_NFREE] = F, pool
     ev = np.zeros((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
     ev[:, E_STACK] = np.arange(ev.shape[0])
     s[S_EFREE] = ev.shape[0]
     nsw = max(topo.nodes - hosts, 1)
     return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
-                H=np.zeros((1024, 4), np.int64), W=np.full((wheel_ns, 2), -1, np.int64), EV=ev, PK=np.full((pool, 11), -1, np.int64),
+                H=np.zeros((1024, 4), np.int64), W=np.r_[np.full(2 * wheel_ns, -1), np.zeros(wheel_ns // 64)].astype(np.int64), EV=ev, PK=np.full((pool, 11), -1, np.int64),
                 free=np.arange(pool - 1, -1, -1, dtype=np.int64), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
@@ -697,9 +721,9 @@ def _grow(st: dict[str, np.ndarray]) -> None:
 def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int = WHEEL_NS) -> FabricRun:
     """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
     loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``.
-    ``wheel_ns`` (a power of two) sizes the event wheel; results never depend on it (tests shrink it)."""
-    if wheel_ns < 1 or wheel_ns & (wheel_ns - 1):
-        raise ValueError(f"wheel_ns={wheel_ns} must be a power of two")
+    ``wheel_ns`` (a power of two >= 64) sizes the event wheel; results never depend on it (tests shrink it)."""
+    if wheel_ns < 64 or wheel_ns & (wheel_ns - 1):
+        raise ValueError(f"wheel_ns={wheel_ns} must be a power of two >= 64")
     p = params.check()
     st = _state(topo, p, flows, wheel_ns)
     while (status := _run(**st)) == GROW:
