@@ -12,7 +12,12 @@ clone): the script exports its ``sim/`` tree into a temporary folder, builds ``h
 
 Both sides: PFC lossless queues, no ECN / congestion control (htsim's RoCE sender has none), start at
 0, 4096 B packets. Printed: each side's last and median flow finish times, their ratio, and CPU
-seconds and peak RSS of each simulator process (htsim's through ``resource.getrusage`` of its child).
+seconds and peak RSS. What is measured: htsim as a whole process (``resource.getrusage`` of its child:
+start, reading the topology and traffic files, the run, printing each flow's finish). tracekit twice:
+(a) the ``simulate()`` call in this process (``time.process_time``: preparing the arrays, the event
+loop, building the result; not the interpreter, imports or the JIT, which is warmed first), with this
+process's peak RSS; (b) the same as a whole child process like htsim (interpreter start, imports,
+loading the compiled loop from numba's cache, reading the flows, the run).
 htsim's RoCE packets carry 4096 B of payload plus a 64 B header (RocePacket::ACKSIZE); tracekit uses the same.
 """
 
@@ -77,11 +82,37 @@ def run_tracekit(hosts: int, gbps: int, latency_ns: int, pairs: list[tuple[int, 
     return run.msg_done_ns.astype(float), cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_PROCESS = """
+import json, resource, sys, time
+pairs = json.load(open(sys.argv[1]))
+from tracekit.fabric import FabricParams, Flows, simulate, single_switch
+topo = single_switch(int(sys.argv[2]), int(sys.argv[3]) * 1000, int(sys.argv[4]), 0)
+run = simulate(topo, FabricParams(ecn=False, dcqcn=False, header_bytes=64, mtu_bytes=4096),
+               Flows.of([p[0] for p in pairs], [p[1] for p in pairs], [0] * len(pairs), [p[2] for p in pairs]))
+print(int(run.msg_done_ns.max()))
+"""
+
+
+def run_tracekit_process(work: Path, hosts: int, gbps: int, latency_ns: int, pairs: list[tuple[int, int, int]]):
+    """The same simulation as a whole process, as htsim is measured: interpreter start, imports, loading
+    the compiled simulator from numba's cache (warmed by :func:`run_tracekit` before), reading the flows,
+    the run. CPU seconds and peak RSS of the child."""
+    import json
+
+    (work / "pairs.json").write_text(json.dumps(pairs))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", _PROCESS, str(work / "pairs.json"), str(hosts), str(gbps), str(latency_ns)],
+                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), after.ru_maxrss / 1024
+
+
 def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]]) -> None:
     gbps, lat = 100, 1000
     topo = topology(work, hosts, gbps, lat)
     h_done, h_cpu, h_rss, out = run_htsim(binary, work, topo, hosts, pairs)
     t_done, t_cpu, t_rss = run_tracekit(hosts, gbps, lat, pairs)
+    p_cpu, p_rss = run_tracekit_process(work, hosts, gbps, lat, pairs)
     if h_done.size != len(pairs):
         print(f"{name}: htsim finished {h_done.size} of {len(pairs)} flows; last lines:\n"
               + "\n".join(out.stdout.splitlines()[-5:] + out.stderr.splitlines()[-5:]))
@@ -89,7 +120,8 @@ def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[i
     print(f"{name}: {len(pairs)} flows; last finish htsim {h_done.max() / 1e3:.1f} us, tracekit "
           f"{t_done.max() / 1e3:.1f} us (ratio {t_done.max() / h_done.max():.3f}); median {np.median(h_done) / 1e3:.1f} "
           f"vs {np.median(t_done) / 1e3:.1f} us; CPU htsim {h_cpu:.3f} s, tracekit {t_cpu:.3f} s "
-          f"(ratio {t_cpu / max(h_cpu, 1e-9):.2f}); peak RSS htsim {h_rss:.0f} MB, tracekit process {t_rss:.0f} MB")
+          f"(ratio {t_cpu / max(h_cpu, 1e-9):.2f}); peak RSS htsim {h_rss:.0f} MB, tracekit process {t_rss:.0f} MB; "
+          f"tracekit as a whole process: {p_cpu:.3f} CPU-s (ratio {p_cpu / max(h_cpu, 1e-9):.2f}), peak RSS {p_rss:.0f} MB")
 
 
 def ep_pairs(ep: int, tokens: int) -> list[tuple[int, int, int]]:
