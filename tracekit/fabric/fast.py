@@ -23,7 +23,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SAMPLE,
+from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, prepare)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
@@ -33,9 +33,12 @@ GROW = 2  # _run's status: enlarge the pool, heap or output rows and call again
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
 (F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHAEP, F_LASTCNP, F_RCV, F_MAXSEEN,
- F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR) = range(26)
+ F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR,
+ F_INREC, F_RECEND, F_RP, F_HEND) = range(30)  # the last four: selective repeat's recovery (see reference.py)
 # per-flow static
-G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT = range(8)
+G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT, G_BASE = range(9)  # G_BASE: first row in SEL
+# per packet of every flow (selective repeat only): the receiver holds it, the sender knows it arrived
+X_GOT, X_SACKED = range(2)
 # per-flow floats: current rate, target rate, DCQCN alpha, line rate (Mbit/s)
 C_RC, C_RT, C_ALPHA, C_LINE = range(4)
 # per message
@@ -61,7 +64,7 @@ WHEEL_NS = 1 << 16
 E_KIND, E_A, E_B, E_NEXT, E_STACK = range(5)
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
- I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME) = range(21)
+ I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME, I_SEL) = range(22)
 # float parameters
 R_ALPHA, R_PMAX, R_G, R_RAI, R_RHAI, R_MINRATE = range(6)
 
@@ -274,7 +277,22 @@ def _increase(f, now, FI, FC, IP, RP, OUT, S):
 
 
 @njit(cache=True, inline="always")
-def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT):
+def _next_seq(f, FI, G, SEL):
+    """Selective repeat: the next hole (below the highest SACKed packet, not known to have arrived, not
+    yet retransmitted in this recovery), else new data."""
+    if FI[f, F_INREC]:
+        r = max(FI[f, F_RP], FI[f, F_UNA])
+        base = G[f, G_BASE]
+        while r < FI[f, F_HEND] and SEL[base + r, X_SACKED]:
+            r += 1
+        FI[f, F_RP] = r
+        if r < FI[f, F_HEND]:
+            return r
+    return FI[f, F_HIGH]
+
+
+@njit(cache=True, inline="always")
+def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT):
     s = FI[f, F_NXT]
     m = FI[f, F_CUR]  # the message of packet s (kept as a cursor: no search per packet)
     payload = min(MS[m, M_BYTES] - (s - MS[m, M_FIRST]) * IP[I_MTU], IP[I_MTU])
@@ -295,10 +313,13 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT):
         FI[f, F_RETXP] += 1
         FI[f, F_RETXB] += payload
         _out(OUT, S, O_RETX, now, f, s, 0)
+        FI[f, F_RP] = s + 1
     else:
         FI[f, F_HIGH] = s + 1
-    FI[f, F_NXT] = s + 1
-    if m + 1 < G[f, G_MB] and s + 1 >= MS[m + 1, M_FIRST]:
+    FI[f, F_NXT] = _next_seq(f, FI, G, SEL) if IP[I_SEL] else s + 1
+    if FI[f, F_NXT] != s + 1:
+        FI[f, F_CUR] = _msg_of(G, MS, f, FI[f, F_NXT])
+    elif m + 1 < G[f, G_MB] and s + 1 >= MS[m + 1, M_FIRST]:
         FI[f, F_CUR] = m + 1
     FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FC[f, C_RC]))
     if IP[I_DCQCN] and FI[f, F_CUT]:
@@ -315,7 +336,7 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT):
 
 
 @njit(cache=True, inline="always")
-def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port, host_wake):
+def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port, host_wake):
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -335,7 +356,7 @@ def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, 
         elif t < wake:
             wake = t
     if best >= 0:
-        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, IP, RP, OUT)
+        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
         _push(H, W, EV, S, wake, WAKE, h, 0)
@@ -470,7 +491,7 @@ def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT
 
 
 @njit(cache=True, inline="always")
-def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, IP):
+def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP):
     f = PK[k, K_FLOW]
     s = PK[k, K_SEQ]
     ctrl = G[f, G_CTRL]
@@ -482,7 +503,19 @@ def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, IP):
             FI[f, F_LASTCNP] = now
             FI[f, F_CNPS] += 1
             _push(H, W, EV, S, now + ctrl, CNP, f, 0)
-    if not IP[I_PFC]:
+    if IP[I_SEL]:
+        base = G[f, G_BASE]
+        if s < FI[f, F_RCV] or SEL[base + s, X_GOT]:
+            return  # a duplicate
+        SEL[base + s, X_GOT] = 1
+        if s == FI[f, F_RCV]:
+            while FI[f, F_RCV] < G[f, G_NPK] and SEL[base + FI[f, F_RCV], X_GOT]:
+                FI[f, F_RCV] += 1
+            _push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        else:  # kept; NACK with the cumulative ACK and this packet (SACK)
+            FI[f, F_REORD] += 1
+            _push(H, W, EV, S, now + ctrl, SACK, f, (FI[f, F_RCV] << 32) | s)
+    elif not IP[I_PFC]:
         if s != FI[f, F_RCV]:
             if s > FI[f, F_RCV]:
                 FI[f, F_REORD] += 1
@@ -547,7 +580,7 @@ def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
 
 
 @njit(cache=True)
-def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr, hflows, host_port, host_wake, route_ptr,
+def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT, hptr, hflows, host_port, host_wake, route_ptr,
          route_ports, fhash, FLS, FLI):
     """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
     short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
@@ -555,6 +588,7 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr
         _borrowed(MS), _borrowed(PT), _borrowed(PQ)
     PO, ND, S, H, W, EV, PK, free, OUT = _borrowed(PO), _borrowed(ND), _borrowed(S), _borrowed(H), _borrowed(W), \
         _borrowed(EV), _borrowed(PK), _borrowed(free), _borrowed(OUT)
+    SEL = _borrowed(SEL)
     hptr, hflows, host_port, host_wake = _borrowed(hptr), _borrowed(hflows), _borrowed(host_port), \
         _borrowed(host_wake)
     route_ptr, route_ports, fhash, FLS, FLI = _borrowed(route_ptr), _borrowed(route_ports), _borrowed(fhash), \
@@ -591,24 +625,45 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr
                     _out(OUT, S, O_PAUSE, a, b >> 1, PQ[row, Q_SINCE], now)
             n = PT[a, T_SRC]
             if n < hosts:
-                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port,
+                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
                           host_wake)
             else:
                 _try_port(a, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
         elif kind == ARRIVE:
             n = PT[PK[a, K_PORT], T_DST]
             if n < hosts:
-                _receive(a, now, PK, FI, G, MS, S, H, W, EV, free, IP)
+                _receive(a, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP)
             else:
                 _switch_arrive(n, a, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr,
                                route_ports, hosts, FLS, FLI)
         elif kind == WAKE:
             if host_wake[a] == now:
                 host_wake[a] = INF
-            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows, host_port,
+            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
                       host_wake)
         elif kind == CNP:
             _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
+        elif IP[I_SEL] and (kind == ACK or kind == SACK):
+            cum = b >> 32 if kind == SACK else b
+            if cum > FI[a, F_UNA]:
+                FI[a, F_UNA] = cum
+                FI[a, F_PROG] = now
+            if kind == SACK:
+                got = b & 0xFFFFFFFF
+                SEL[G[a, G_BASE] + got, X_SACKED] = 1
+                FI[a, F_HEND] = max(FI[a, F_HEND], got)
+                if not FI[a, F_INREC]:
+                    FI[a, F_INREC] = 1
+                    FI[a, F_RECEND] = FI[a, F_HIGH]
+                    FI[a, F_RP] = FI[a, F_UNA]
+            if FI[a, F_INREC] and FI[a, F_UNA] >= FI[a, F_RECEND]:
+                FI[a, F_INREC] = 0
+            nxt = _next_seq(a, FI, G, SEL)
+            if nxt != FI[a, F_NXT]:
+                FI[a, F_NXT] = nxt
+                FI[a, F_CUR] = _msg_of(G, MS, a, nxt)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake)
         elif kind == ACK or kind == NACK:
             if b > FI[a, F_UNA]:
                 FI[a, F_UNA] = b
@@ -616,7 +671,7 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
                 FI[a, F_CUR] = _msg_of(G, MS, a, b)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows,
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
                           host_port, host_wake)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
@@ -630,16 +685,21 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, OUT, hptr
                     _push(H, W, EV, S, now + IP[I_INCT], INC, a, b)
         elif kind == RTO:
             FI[a, F_RTO] = 0
-            if FI[a, F_FIN] or FI[a, F_UNA] >= FI[a, F_NXT]:
+            if FI[a, F_FIN] or FI[a, F_UNA] >= (FI[a, F_HIGH] if IP[I_SEL] else FI[a, F_NXT]):
                 continue
             FI[a, F_RTO] = 1
             if now - FI[a, F_PROG] >= IP[I_RTO]:
-                FI[a, F_NXT] = FI[a, F_UNA]
-                FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_UNA])
+                if IP[I_SEL]:  # every packet not known to have arrived is a hole
+                    FI[a, F_INREC] = 1
+                    FI[a, F_RECEND] = FI[a, F_HIGH]
+                    FI[a, F_HEND] = FI[a, F_HIGH]
+                    FI[a, F_RP] = FI[a, F_UNA]
+                FI[a, F_NXT] = _next_seq(a, FI, G, SEL) if IP[I_SEL] else FI[a, F_UNA]
+                FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_NXT])
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
                 _push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, IP, RP, OUT, hptr, hflows,
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
                           host_port, host_wake)
             else:
                 _push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
@@ -660,14 +720,16 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
     F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
+    sel = int(p.retransmit == "selective" and not p.pfc)
     ip = np.array([p.pfc, p.mtu_bytes, p.header_bytes, p.ecn, p.kmin_bytes, p.kmax_bytes, p.cnp_interval_ns, p.dcqcn,
                    p.rate_decrease_interval_ns, p.alpha_timer_ns, p.increase_timer_ns, p.byte_counter_bytes,
                    p.fast_recovery_steps, p.rto_ns, pre.routing, p.flowlet_gap_ns, p.pfc_watchdog_ns, p.sample_ns,
-                   p.priorities, p.seed, p.resume_offset_bytes], np.int64)
+                   p.priorities, p.seed, p.resume_offset_bytes, sel], np.int64)
     rp = np.array([p.alpha, p.pmax, p.dcqcn_g, p.rai_mbps, p.rhai_mbps, p.min_rate_mbps], np.float64)
+    base = np.r_[0, np.cumsum(pre.flow_npk)]
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
-                  flows.msg_ptr[1:], topo.host_port[flows.src]], axis=1).astype(np.int64)
-    fi = np.zeros((F, 26), np.int64)
+                  flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1]], axis=1).astype(np.int64)
+    fi = np.zeros((F, 30), np.int64)
     fi[:, F_CUR] = g[:, G_MA]
     fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
     fc = np.stack([pre.line_mbps, pre.line_mbps, np.ones(F), pre.line_mbps], axis=1).astype(np.float64)
@@ -689,7 +751,8 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     nsw = max(topo.nodes - hosts, 1)
     return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
                 H=np.zeros((1024, 4), np.int64), W=np.r_[np.full(2 * wheel_ns, -1), np.zeros(wheel_ns // 64)].astype(np.int64), EV=ev, PK=np.full((pool, 11), -1, np.int64),
-                free=np.arange(pool - 1, -1, -1, dtype=np.int64), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
+                free=np.arange(pool - 1, -1, -1, dtype=np.int64), SEL=np.zeros((int(base[-1]) if sel else 1, 2), np.int8),
+                OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
                 fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64))
