@@ -1,34 +1,32 @@
 """The fast fabric simulator: :mod:`tracekit.fabric.reference`'s semantics on arrays, compiled by numba.
 
-State lives in a few integer and float tables (columns named below). The event queue is a 4-ary heap
-of ``(time, sequence << 4 | kind, a, b)`` rows in one array, ordered by time, then sequence: the
-reference's heapq order. Packets are rows of a pool recycled through a free list, so memory follows
-what is in flight, not what is sent.
+State lives in a few integer and float tables (columns named below); events go through the timing wheel
+of :mod:`tracekit.fabric.events`. Packets are rows of a pool recycled through a free list, so memory
+follows what is in flight, not what is sent.
 
 Why it is written this way (measured on the EP64 dispatch matrix, ``benchmarks/peer_htsim.py``): numba
 reference-counts arrays with atomic operations whenever an array is bound to a new name (a tuple of
-arrays unpacked in a helper, a slice, an array reassigned inside the loop). Those atomics took half of
-the run. So the hot loop :func:`_run` gets every table once as an argument and first rebinds each to a
-*borrowed* view without a reference count (:func:`_borrowed`), so that LLVM folds the reference
-counting away; helpers take the tables they need (inlined, no slices, no tuples of arrays); nothing is
-allocated per event; and when the packet pool, the heap or the output rows run short, :func:`_run`
-returns ``GROW``, Python enlarges the arrays and calls it again (a handful of times per run).
+arrays unpacked in a helper, an inlined helper's array arguments, a slice, an array reassigned inside
+the loop); ``perf`` put half of the run in those atomics. So the hot loop :func:`_run` gets every table
+once as an argument and first rebinds each to a *borrowed* view without a reference count
+(:func:`tracekit.fabric.events.borrowed`), so that LLVM folds the counting away; helpers take the tables
+they need (inlined, no slices, no tuples of arrays); nothing is allocated per event; and when the packet
+pool, the event rows or the output rows run short, :func:`_run` returns ``GROW``, Python enlarges the
+arrays and calls it again (a handful of times per run).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, prepare)
+from tracekit.fabric.events import (GROW, S_FIRST_FREE, S_HSIZE, S_SEQ, S_WCOUNT, WHEEL_NS, borrowed, grow_queue, pop,
+                                    push, queue_arrays, queue_short)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
 
-GROW = 2  # _run's status: enlarge the pool, heap or output rows and call again
 # packet pool columns
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
@@ -53,38 +51,14 @@ P_BUSY, P_TX, P_PKTS, P_MARKS, P_DROPS, P_MAXQ, P_LASTQ, P_MSINCE, P_PSINCE = ra
 N_USED, N_CAP = range(2)
 # output rows (tag, four values)
 O_PAUSE, O_DROP, O_RATE, O_RETX, O_QUEUE, O_MARKED = range(6)
-# scalars
-(S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE, S_NOUT, S_NOW, S_CUR, S_WCOUNT, S_EFREE,
- S_WHEEL) = range(13)
-# event queue: a timing wheel of S_WHEEL one-nanosecond slots (a power of two, >= 64), each the head
-# (W[slot]) and tail (W[S_WHEEL + slot]) of a FIFO list of event rows EV (kind, a, b, next; column
-# E_STACK is the stack of free rows), with one occupancy bit per slot (W[2 S_WHEEL + slot // 64]) to
-# skip empty slots; and a heap H for events beyond the wheel
-WHEEL_NS = 1 << 16
-E_KIND, E_A, E_B, E_NEXT, E_STACK = range(5)
+# scalars (S_SEQ ... S_WHEEL: the event queue's, see events.py)
+S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_NFREE, S_NOUT, S_NOW = range(S_FIRST_FREE, S_FIRST_FREE + 7)
+S_LEN = S_FIRST_FREE + 7
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
  I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME, I_SEL) = range(22)
 # float parameters
 R_ALPHA, R_PMAX, R_G, R_RAI, R_RHAI, R_MINRATE = range(6)
-
-
-@intrinsic
-def _borrowed(typingctx, arr):
-    """``arr`` without its reference count (a view whose meminfo is NULL): numba's atomic increments and
-    decrements on it become no-ops that LLVM removes. Valid only while the caller holds ``arr`` (the
-    arguments of :func:`_run`, held by :func:`simulate`); never return it or store it."""
-
-    def codegen(context, builder, sig, args):
-        src = context.make_array(sig.args[0])(context, builder, value=args[0])
-        out = context.make_array(sig.return_type)(context, builder)
-        for name in ("nitems", "itemsize", "data", "shape", "strides"):
-            setattr(out, name, getattr(src, name))
-        out.meminfo = cgutils.get_null_value(out.meminfo.type)
-        out.parent = cgutils.get_null_value(out.parent.type)
-        return out._getvalue()
-
-    return arr(arr), codegen
 
 
 @njit(cache=True, inline="always")
@@ -98,131 +72,6 @@ def _mix64(x):
 @njit(cache=True, inline="always")
 def _hash3(a, b, c):
     return _mix64(np.uint64(a) ^ _mix64(np.uint64(b) ^ _mix64(np.uint64(c))))
-
-
-@intrinsic
-def _ctz(typingctx, x):
-    """Trailing zero bits of a nonzero int64 (LLVM cttz)."""
-
-    def codegen(context, builder, sig, args):
-        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
-
-    return types.int64(types.int64), codegen
-
-
-@njit(cache=True)
-def _heap_push(H, S, t, key, a, b):
-    """Insert into the 4-ary heap of far events, ordered by (time, key). Not inlined: rarely called."""
-    i = S[S_HSIZE]
-    S[S_HSIZE] = i + 1
-    while i > 0:  # sift up
-        j = (i - 1) >> 2
-        if H[j, 0] < t or (H[j, 0] == t and H[j, 1] < key):
-            break
-        H[i, 0] = H[j, 0]
-        H[i, 1] = H[j, 1]
-        H[i, 2] = H[j, 2]
-        H[i, 3] = H[j, 3]
-        i = j
-    H[i, 0] = t
-    H[i, 1] = key
-    H[i, 2] = a
-    H[i, 3] = b
-
-
-@njit(cache=True)
-def _heap_to_wheel(H, W, EV, S):
-    """Move every heap event now within the wheel (t < cursor + wheel) to its slot, in (time, key) order."""
-    while S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + S[S_WHEEL]:
-        t, key, a, b = H[0, 0], H[0, 1], H[0, 2], H[0, 3]
-        n = S[S_HSIZE] - 1
-        S[S_HSIZE] = n
-        if n > 0:
-            lt, lk, la, lb = H[n, 0], H[n, 1], H[n, 2], H[n, 3]
-            i = 0
-            while True:  # sift down
-                c = 4 * i + 1
-                if c >= n:
-                    break
-                m = c
-                for d in range(c + 1, min(c + 4, n)):
-                    if H[d, 0] < H[m, 0] or (H[d, 0] == H[m, 0] and H[d, 1] < H[m, 1]):
-                        m = d
-                if lt < H[m, 0] or (lt == H[m, 0] and lk < H[m, 1]):
-                    break
-                H[i, 0] = H[m, 0]
-                H[i, 1] = H[m, 1]
-                H[i, 2] = H[m, 2]
-                H[i, 3] = H[m, 3]
-                i = m
-            H[i, 0] = lt
-            H[i, 1] = lk
-            H[i, 2] = la
-            H[i, 3] = lb
-        _wheel_add(W, EV, S, t, key & 15, a, b)
-
-
-@njit(cache=True, inline="always")
-def _wheel_add(W, EV, S, t, kind, a, b):
-    S[S_EFREE] -= 1
-    e = EV[S[S_EFREE], E_STACK]
-    EV[e, E_KIND] = kind
-    EV[e, E_A] = a
-    EV[e, E_B] = b
-    EV[e, E_NEXT] = -1
-    n = S[S_WHEEL]
-    slot = t & (n - 1)
-    if W[slot] >= 0:
-        EV[W[n + slot], E_NEXT] = e
-    else:
-        W[slot] = e
-        W[2 * n + (slot >> 6)] |= np.int64(1) << (slot & 63)
-    W[n + slot] = e
-    S[S_WCOUNT] += 1
-
-
-@njit(cache=True, inline="always")
-def _push(H, W, EV, S, t, kind, a, b):
-    """Schedule an event. Order: by time, then by push sequence (the reference's heapq key). Events
-    less than the wheel's length ahead go to the wheel slot of their exact time, a FIFO list (pushed in
-    sequence order); later ones wait in a 4-ary heap keyed (time, sequence << 4 | kind) and move to
-    their slot, in key order, as soon as their time comes within the wheel, before anything else can be
-    pushed there (so a slot stays in sequence order)."""
-    seq = S[S_SEQ]
-    S[S_SEQ] = seq + 1
-    if t - S[S_CUR] < S[S_WHEEL]:
-        _wheel_add(W, EV, S, t, kind, a, b)
-    else:
-        _heap_push(H, S, t, seq * 16 + kind, a, b)
-
-
-@njit(cache=True, inline="always")
-def _pop(H, W, EV, S):
-    """The next event: (time, kind, a, b). Needs at least one event pending."""
-    n = S[S_WHEEL]
-    if S[S_WCOUNT] == 0:  # jump to the heap's first event
-        S[S_CUR] = H[0, 0]
-        _heap_to_wheel(H, W, EV, S)
-    slot = S[S_CUR] & (n - 1)
-    if W[slot] < 0:  # the next nonempty slot after the cursor (circular), from the occupancy bits
-        w = slot >> 6
-        bits = W[2 * n + w] & (np.int64(-1) << (slot & 63))
-        while bits == 0:
-            w = (w + 1) & ((n >> 6) - 1)
-            bits = W[2 * n + w]
-        nxt = (w << 6) | _ctz(bits)
-        S[S_CUR] += (nxt - slot) & (n - 1)
-        slot = nxt
-        if S[S_HSIZE] > 0 and H[0, 0] < S[S_CUR] + n:  # the window moved: far events come in behind
-            _heap_to_wheel(H, W, EV, S)
-    e = W[slot]
-    W[slot] = EV[e, E_NEXT]
-    if W[slot] < 0:
-        W[2 * n + (slot >> 6)] &= ~(np.int64(1) << (slot & 63))
-    S[S_WCOUNT] -= 1
-    EV[S[S_EFREE], E_STACK] = e
-    S[S_EFREE] += 1
-    return S[S_CUR], EV[e, E_KIND], EV[e, E_A], EV[e, E_B]
 
 
 @njit(cache=True, inline="always")
@@ -257,8 +106,8 @@ def _transmit(port, k, now, PK, PO, PT, S, H, W, EV):
     PO[port, P_TX] += PK[k, K_WIRE]
     S[S_LASTTX] = now
     PK[k, K_PORT] = port
-    _push(H, W, EV, S, now + ser, PORT_FREE, port, 0)
-    _push(H, W, EV, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
+    push(H, W, EV, S, now + ser, PORT_FREE, port, 0)
+    push(H, W, EV, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
 
 
 @njit(cache=True, inline="always")
@@ -331,12 +180,13 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT
     if not IP[I_PFC] and not FI[f, F_RTO]:
         FI[f, F_RTO] = 1
         FI[f, F_PROG] = now
-        _push(H, W, EV, S, now + IP[I_RTO], RTO, f, 0)
+        push(H, W, EV, S, now + IP[I_RTO], RTO, f, 0)
     _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H, W, EV)
 
 
 @njit(cache=True, inline="always")
-def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port, host_wake):
+def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
+              host_wake):
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -359,7 +209,7 @@ def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP,
         _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
-        _push(H, W, EV, S, wake, WAKE, h, 0)
+        push(H, W, EV, S, wake, WAKE, h, 0)
 
 
 @njit(cache=True, inline="always")
@@ -379,7 +229,7 @@ def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV):
         thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
         if PQ[row, Q_ING] + IP[I_RESUME] <= thr:
             PQ[row, Q_SENT] = 0
-            _push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
+            push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
 
 
 @njit(cache=True, inline="always")
@@ -443,8 +293,8 @@ def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
 
 
 @njit(cache=True, inline="always")
-def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr, route_ports, hosts,
-                   FLS, FLI):
+def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr, route_ports,
+                   hosts, FLS, FLI):
     i = PK[k, K_PORT]
     q = PK[k, K_PRIO]
     P = IP[I_PRIOS]
@@ -466,7 +316,7 @@ def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT
             dropped = True
         if not dropped and PK[k, K_HDRM] and not PQ[irow, Q_SENT]:
             PQ[irow, Q_SENT] = 1
-            _push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
+            push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
     else:
         if PQ[erow, Q_BYTES] + wire > thr:
             dropped = True
@@ -502,7 +352,7 @@ def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP):
         if FI[f, F_LASTCNP] < 0 or now - FI[f, F_LASTCNP] >= IP[I_CNPI]:
             FI[f, F_LASTCNP] = now
             FI[f, F_CNPS] += 1
-            _push(H, W, EV, S, now + ctrl, CNP, f, 0)
+            push(H, W, EV, S, now + ctrl, CNP, f, 0)
     if IP[I_SEL]:
         base = G[f, G_BASE]
         if s < FI[f, F_RCV] or SEL[base + s, X_GOT]:
@@ -511,20 +361,20 @@ def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP):
         if s == FI[f, F_RCV]:
             while FI[f, F_RCV] < G[f, G_NPK] and SEL[base + FI[f, F_RCV], X_GOT]:
                 FI[f, F_RCV] += 1
-            _push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
+            push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
         else:  # kept; NACK with the cumulative ACK and this packet (SACK)
             FI[f, F_REORD] += 1
-            _push(H, W, EV, S, now + ctrl, SACK, f, (FI[f, F_RCV] << 32) | s)
+            push(H, W, EV, S, now + ctrl, SACK, f, (FI[f, F_RCV] << 32) | s)
     elif not IP[I_PFC]:
         if s != FI[f, F_RCV]:
             if s > FI[f, F_RCV]:
                 FI[f, F_REORD] += 1
                 if FI[f, F_NACK] != FI[f, F_RCV]:
                     FI[f, F_NACK] = FI[f, F_RCV]
-                    _push(H, W, EV, S, now + ctrl, NACK, f, FI[f, F_RCV])
+                    push(H, W, EV, S, now + ctrl, NACK, f, FI[f, F_RCV])
             return
         FI[f, F_RCV] += 1
-        _push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
     else:
         if s < FI[f, F_MAXSEEN]:
             FI[f, F_REORD] += 1
@@ -553,10 +403,10 @@ def _on_cnp(f, now, FI, FC, IP, RP, S, H, W, EV, OUT):
         FI[f, F_CUT] = 1
         _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
         FI[f, F_INCEP] += 1
-        _push(H, W, EV, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
+        push(H, W, EV, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
     FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + RP[R_G]
     FI[f, F_ALPHAEP] += 1
-    _push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
+    push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
 
 
 @njit(cache=True, inline="always")
@@ -580,19 +430,19 @@ def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
 
 
 @njit(cache=True)
-def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT, hptr, hflows, host_port, host_wake, route_ptr,
-         route_ports, fhash, FLS, FLI):
+def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT, hptr, hflows, host_port, host_wake,
+         route_ptr, route_ports, fhash, FLS, FLI):
     """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
     short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
-    IP, RP, G, FI, FC, MS, PT, PQ = _borrowed(IP), _borrowed(RP), _borrowed(G), _borrowed(FI), _borrowed(FC), \
-        _borrowed(MS), _borrowed(PT), _borrowed(PQ)
-    PO, ND, S, H, W, EV, PK, free, OUT = _borrowed(PO), _borrowed(ND), _borrowed(S), _borrowed(H), _borrowed(W), \
-        _borrowed(EV), _borrowed(PK), _borrowed(free), _borrowed(OUT)
-    SEL = _borrowed(SEL)
-    hptr, hflows, host_port, host_wake = _borrowed(hptr), _borrowed(hflows), _borrowed(host_port), \
-        _borrowed(host_wake)
-    route_ptr, route_ports, fhash, FLS, FLI = _borrowed(route_ptr), _borrowed(route_ports), _borrowed(fhash), \
-        _borrowed(FLS), _borrowed(FLI)
+    IP, RP, G, FI, FC, MS, PT, PQ = borrowed(IP), borrowed(RP), borrowed(G), borrowed(FI), borrowed(FC), \
+        borrowed(MS), borrowed(PT), borrowed(PQ)
+    PO, ND, S, H, W, EV, PK, free, OUT = borrowed(PO), borrowed(ND), borrowed(S), borrowed(H), borrowed(W), \
+        borrowed(EV), borrowed(PK), borrowed(free), borrowed(OUT)
+    SEL = borrowed(SEL)
+    hptr, hflows, host_port, host_wake = borrowed(hptr), borrowed(hflows), borrowed(host_port), \
+        borrowed(host_wake)
+    route_ptr, route_ports, fhash, FLS, FLI = borrowed(route_ptr), borrowed(route_ports), borrowed(fhash), \
+        borrowed(FLS), borrowed(FLI)
     hosts = host_port.shape[0]
     P = IP[I_PRIOS]
     room = 2 * PT.shape[0] + 64
@@ -603,12 +453,12 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
                 for i in range(hptr[h], hptr[h + 1]):
                     first = min(first, MS[G[hflows[i], G_MA], M_READY])
                 host_wake[h] = first
-                _push(H, W, EV, S, first, WAKE, h, 0)
-        _push(H, W, EV, S, IP[I_SAMPLE], SAMPLE, 0, 0)
+                push(H, W, EV, S, first, WAKE, h, 0)
+        push(H, W, EV, S, IP[I_SAMPLE], SAMPLE, 0, 0)
     while S[S_HSIZE] + S[S_WCOUNT] > 0 and S[S_REMAIN] > 0:
-        if (S[S_NFREE] < 2 or S[S_HSIZE] + 32 > H.shape[0] or S[S_EFREE] < S[S_HSIZE] + 32 or S[S_NOUT] + room > OUT.shape[0]):
+        if S[S_NFREE] < 2 or queue_short(H, EV, S) or S[S_NOUT] + room > OUT.shape[0]:
             return GROW
-        now, kind, a, b = _pop(H, W, EV, S)
+        now, kind, a, b = pop(H, W, EV, S)
         S[S_NOW] = now
         if kind == PORT_FREE or kind == PAUSE:
             if kind == PAUSE:
@@ -625,8 +475,8 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
                     _out(OUT, S, O_PAUSE, a, b >> 1, PQ[row, Q_SINCE], now)
             n = PT[a, T_SRC]
             if n < hosts:
-                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
-                          host_wake)
+                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
+                          host_port, host_wake)
             else:
                 _try_port(a, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
         elif kind == ARRIVE:
@@ -639,8 +489,8 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
         elif kind == WAKE:
             if host_wake[a] == now:
                 host_wake[a] = INF
-            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
-                      host_wake)
+            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
+                      host_port, host_wake)
         elif kind == CNP:
             _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
         elif IP[I_SEL] and (kind == ACK or kind == SACK):
@@ -671,18 +521,18 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
                 FI[a, F_CUR] = _msg_of(G, MS, a, b)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
-                          host_port, host_wake)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
                 FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
-                _push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, a, b)
+                push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, a, b)
         elif kind == INC:
             if b == FI[a, F_INCEP] and not FI[a, F_FIN]:
                 FI[a, F_TC] += 1
                 _increase(a, now, FI, FC, IP, RP, OUT, S)
                 if FC[a, C_RC] < FC[a, C_LINE]:
-                    _push(H, W, EV, S, now + IP[I_INCT], INC, a, b)
+                    push(H, W, EV, S, now + IP[I_INCT], INC, a, b)
         elif kind == RTO:
             FI[a, F_RTO] = 0
             if FI[a, F_FIN] or FI[a, F_UNA] >= (FI[a, F_HIGH] if IP[I_SEL] else FI[a, F_NXT]):
@@ -698,13 +548,13 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
                 FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_NXT])
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
-                _push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
-                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
-                          host_port, host_wake)
+                push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake)
             else:
-                _push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+                push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
         elif _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
-            _push(H, W, EV, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
+            push(H, W, EV, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
         else:
             return STALLED
     return OK
@@ -742,17 +592,14 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
     pool = max(64, 4 * ports)
-    s = np.zeros(13, np.int64)
-    s[S_WHEEL] = wheel_ns
+    s = np.zeros(S_LEN, np.int64)
     s[S_REMAIN], s[S_NFREE] = F, pool
-    ev = np.zeros((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
-    ev[:, E_STACK] = np.arange(ev.shape[0])
-    s[S_EFREE] = ev.shape[0]
     nsw = max(topo.nodes - hosts, 1)
     return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
-                H=np.zeros((1024, 4), np.int64), W=np.r_[np.full(2 * wheel_ns, -1), np.zeros(wheel_ns // 64)].astype(np.int64), EV=ev, PK=np.full((pool, 11), -1, np.int64),
-                free=np.arange(pool - 1, -1, -1, dtype=np.int64), SEL=np.zeros((int(base[-1]) if sel else 1, 2), np.int8),
-                OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
+                **queue_arrays(s, wheel_ns, 4 * (F + ports + hosts)), PK=np.full((pool, 11), -1, np.int64),
+                free=np.arange(pool - 1, -1, -1, dtype=np.int64),
+                SEL=np.zeros((int(base[-1]) if sel else 1, 2),
+                             np.int8), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
                 fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64))
@@ -770,13 +617,7 @@ def _grow(st: dict[str, np.ndarray]) -> None:
         free[nf:nf + old] = np.arange(2 * old - 1, old - 1, -1)
         st["free"] = free
         S[S_NFREE] += old
-    if S[S_HSIZE] + 32 > st["H"].shape[0]:
-        st["H"] = _grown(st["H"], 0)
-    while S[S_EFREE] < S[S_HSIZE] + 32:  # every heap event may move to the wheel at once
-        old, nf = st["EV"].shape[0], int(S[S_EFREE])
-        st["EV"] = _grown(st["EV"], 0)
-        st["EV"][nf:nf + old, E_STACK] = np.arange(old, 2 * old)
-        S[S_EFREE] += old
+    grow_queue(st)
     if S[S_NOUT] + 2 * st["PT"].shape[0] + 64 > st["OUT"].shape[0]:
         st["OUT"] = _grown(st["OUT"], 0)
 
@@ -785,8 +626,6 @@ def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: in
     """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
     loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``.
     ``wheel_ns`` (a power of two >= 64) sizes the event wheel; results never depend on it (tests shrink it)."""
-    if wheel_ns < 64 or wheel_ns & (wheel_ns - 1):
-        raise ValueError(f"wheel_ns={wheel_ns} must be a power of two >= 64")
     p = params.check()
     st = _state(topo, p, flows, wheel_ns)
     while (status := _run(**st)) == GROW:
