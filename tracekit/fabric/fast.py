@@ -560,9 +560,12 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
     return OK
 
 
-def _grown(a: np.ndarray, fill: int) -> np.ndarray:
-    new = np.full((a.shape[0] * 2, a.shape[1]), fill, a.dtype)
+def _grown(a: np.ndarray, fill: int | None) -> np.ndarray:
+    """``a`` with twice the rows; the new ones hold ``fill`` (None: left unset, never read)."""
+    new = np.empty((a.shape[0] * 2, a.shape[1]), a.dtype)
     new[:a.shape[0]] = a
+    if fill is not None:
+        new[a.shape[0]:] = fill
     return new
 
 
@@ -619,7 +622,7 @@ def _grow(st: dict[str, np.ndarray]) -> None:
         S[S_NFREE] += old
     grow_queue(st)
     if S[S_NOUT] + 2 * st["PT"].shape[0] + 64 > st["OUT"].shape[0]:
-        st["OUT"] = _grown(st["OUT"], 0)
+        st["OUT"] = _grown(st["OUT"], None)
 
 
 def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int = WHEEL_NS) -> FabricRun:
@@ -633,9 +636,11 @@ def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: in
     S, PQ, PK, FI, PO = st["S"], st["PQ"], st["PK"], st["FI"], st["PO"]
     now, P = int(S[S_NOW]), p.priorities
     out = st["OUT"][:S[S_NOUT]]
+    out = out[np.argsort(out[:, 0].astype(np.int8), kind="stable")]  # by tag, in order within each (radix sort)
+    ends = np.r_[0, np.cumsum(np.bincount(out[:, 0], minlength=O_MARKED + 1))]
 
     def rows(tag: int, width: int) -> np.ndarray:
-        return out[out[:, 0] == tag, 1:1 + width]
+        return out[ends[tag]:ends[tag + 1], 1:1 + width]
 
     paused = np.flatnonzero(PQ[:, Q_PAUSED])
     open_pauses = np.stack([paused // P, paused % P, PQ[paused, Q_SINCE], np.full(paused.size, now)], axis=1)
