@@ -41,8 +41,9 @@ X_GOT, X_SACKED = range(2)
 C_RC, C_RT, C_ALPHA, C_LINE = range(4)
 # per message
 M_FIRST, M_BYTES, M_READY, M_NPK, M_RCVD, M_DONE = range(6)
-# per port, static: source node, destination node, rate, delay, headroom at its destination's ingress
-T_SRC, T_DST, T_MBPS, T_DELAY, T_HDRM = range(5)
+# per port, static: source node, destination node, rate, delay, headroom at its destination's ingress,
+# serialisation time of a full-size packet (saves a 64-bit division per packet and hop)
+T_SRC, T_DST, T_MBPS, T_DELAY, T_HDRM, T_SERFULL = range(6)
 # per (port, priority)
 Q_PAUSED, Q_SINCE, Q_SENT, Q_ING, Q_HDRM, Q_HEAD, Q_TAIL, Q_BYTES = range(8)
 # per port
@@ -99,9 +100,9 @@ def _msg_of(G, MS, f, s):
 
 
 @njit(cache=True, inline="always")
-def _transmit(port, k, now, PK, PO, PT, S, H, W, EV):
+def _transmit(port, k, now, PK, PO, PT, S, H, W, EV, full):
     mbps = PT[port, T_MBPS]
-    ser = (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
+    ser = PT[port, T_SERFULL] if PK[k, K_WIRE] == full else (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
     PO[port, P_BUSY] = now + ser
     PO[port, P_TX] += PK[k, K_WIRE]
     S[S_LASTTX] = now
@@ -181,7 +182,7 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT
         FI[f, F_RTO] = 1
         FI[f, F_PROG] = now
         push(H, W, EV, S, now + IP[I_RTO], RTO, f, 0)
-    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H, W, EV)
+    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H, W, EV, IP[I_MTU] + IP[I_HDR])
 
 
 @njit(cache=True, inline="always")
@@ -267,7 +268,7 @@ def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP):
             PO[port, P_PKTS] += 1
             PO[port, P_PSINCE] += 1
             _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV)
-            _transmit(port, k, now, PK, PO, PT, S, H, W, EV)
+            _transmit(port, k, now, PK, PO, PT, S, H, W, EV, IP[I_MTU] + IP[I_HDR])
             return
 
 
@@ -589,8 +590,9 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     nm = flows.msg_bytes.shape[0]
     ms = np.stack([pre.msg_first, flows.msg_bytes, flows.msg_ready_ns, pre.msg_npk, np.zeros(nm), np.full(nm, -1)],
                   axis=1).astype(np.int64)
-    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom],
-                  axis=1).astype(np.int64)
+    full = p.mtu_bytes + p.header_bytes
+    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom,
+                   (full * 8000 + topo.port_mbps - 1) // topo.port_mbps], axis=1).astype(np.int64)
     pq = np.zeros((ports * P, 8), np.int64)
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
