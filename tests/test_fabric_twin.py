@@ -106,3 +106,18 @@ def test_twins_equal_under_lossy_incast(senders, retransmit, routing, rto_ns, se
     fast, ref = simulate(topo, params, flows), simulate_reference(topo, params, flows)
     assert ref.port_drops.sum() > 0 or senders == 2
     assert fast.first_difference(ref) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios(), st.lists(st.integers(0, 2**40), min_size=3, max_size=3))
+def test_vectorised_preparation_equals_the_scalar_definitions(case, salt):
+    """Both twins share ``prepare``; its array forms of the path delay and the five-tuple hash must equal
+    the scalar definitions (topology.path_delay_ns, common.hash3) they replace."""
+    from tracekit.fabric.common import hash3, hash3_array
+
+    topo, _, flows = case
+    assert topo.path_delays_ns(flows.dst, flows.src).tolist() == [
+        topo.path_delay_ns(int(s), int(d)) for s, d in zip(flows.dst, flows.src)]
+    a, b, c = (np.asarray(flows.src) + salt[0], np.asarray(flows.dst) + salt[1], np.asarray(flows.qp) + salt[2])
+    with np.errstate(over="ignore"):
+        assert hash3_array(a, b, c).tolist() == [hash3(int(x), int(y), int(z)) for x, y, z in zip(a, b, c)]
