@@ -596,7 +596,7 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     pq = np.zeros((ports * P, 8), np.int64)
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
-    pool = max(64, 4 * ports)
+    pool = max(1024, 4 * ports)  # 90 KB; grows by doubling
     s = np.zeros(S_LEN, np.int64)
     s[S_REMAIN], s[S_NFREE] = F, pool
     nsw = max(topo.nodes - hosts, 1)
