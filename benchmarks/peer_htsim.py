@@ -1,6 +1,7 @@
 """Peer comparison: tracekit's dynamic fabric against htsim's RoCE model on the same traffic.
 
-    PYTHONPATH=. python benchmarks/peer_htsim.py --snapshot /path/to/csg-htsim.git [--senders 8] [--mbytes 4]
+    PYTHONPATH=. python benchmarks/peer_htsim.py --snapshot /path/to/csg-htsim.git [--build-dir DIR] [--senders 8]
+    PYTHONPATH=. python benchmarks/peer_htsim.py --binary DIR/sim/datacenter/htsim_roce --a2a-hosts 32 --repeat 5
 
 ``--snapshot`` is a git directory of Broadcom/csg-htsim (e.g. the one the ``fetch`` tool brings, or a
 clone): the script exports its ``sim/`` tree into a temporary folder, builds ``htsim_roce`` there
@@ -107,12 +108,18 @@ def run_tracekit_process(work: Path, hosts: int, gbps: int, latency_ns: int, pai
     return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), after.ru_maxrss / 1024
 
 
-def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]]) -> None:
+def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]],
+            repeat: int = 1) -> None:
+    """Both sides ``repeat`` times, alternating; CPU seconds are the medians (results are deterministic)."""
     gbps, lat = 100, 1000
     topo = topology(work, hosts, gbps, lat)
-    h_done, h_cpu, h_rss, out = run_htsim(binary, work, topo, hosts, pairs)
-    t_done, t_cpu, t_rss = run_tracekit(hosts, gbps, lat, pairs)
-    p_cpu, p_rss = run_tracekit_process(work, hosts, gbps, lat, pairs)
+    h_cpus, t_cpus, p_cpus = [], [], []
+    for _ in range(repeat):
+        h_done, h_cpu, h_rss, out = run_htsim(binary, work, topo, hosts, pairs)
+        t_done, t_cpu, t_rss = run_tracekit(hosts, gbps, lat, pairs)
+        p_cpu, p_rss = run_tracekit_process(work, hosts, gbps, lat, pairs)
+        h_cpus.append(h_cpu), t_cpus.append(t_cpu), p_cpus.append(p_cpu)
+    h_cpu, t_cpu, p_cpu = (float(np.median(c)) for c in (h_cpus, t_cpus, p_cpus))
     if h_done.size != len(pairs):
         print(f"{name}: htsim finished {h_done.size} of {len(pairs)} flows; last lines:\n"
               + "\n".join(out.stdout.splitlines()[-5:] + out.stderr.splitlines()[-5:]))
@@ -146,12 +153,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--snapshot", help="git directory of Broadcom/csg-htsim (built into a temporary folder)")
     ap.add_argument("--binary", help="an htsim_roce built earlier by this script (skips the build)")
+    ap.add_argument("--build-dir", help="build into this folder and keep it (reuse with --binary, printed)")
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--mbytes", type=float, default=4)
     ap.add_argument("--a2a-hosts", type=int, default=16)
     ap.add_argument("--a2a-kbytes", type=int, default=512)
     ap.add_argument("--ep", type=int, default=64, help="EP size of the prefill dispatch traffic matrix (0: skip)")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per rank of that prefill")
+    ap.add_argument("--repeat", type=int, default=1, help="run each side this many times; CPU seconds are medians")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="htsim-") as tmp:
         work = Path(tmp)
@@ -159,18 +168,22 @@ def main() -> None:
         if args.binary:
             binary = Path(args.binary)
         elif args.snapshot:
-            binary = build(args.snapshot, work)
-            print(f"built htsim_roce in {time.time() - t:.0f} s (wall) under {tmp}", file=sys.stderr)
+            where = Path(args.build_dir) if args.build_dir else work
+            where.mkdir(parents=True, exist_ok=True)
+            binary = build(args.snapshot, where)
+            print(f"built htsim_roce in {time.time() - t:.0f} s (wall): {binary}"
+                  + ("" if args.build_dir else " (temporary; --build-dir keeps it for --binary)"), file=sys.stderr)
         else:
             ap.error("give --snapshot (or --binary)")
         size = int(args.mbytes * 1024 * 1024)
-        compare("incast", binary, work, args.senders + 1, [(s, 0, size) for s in range(1, args.senders + 1)])
+        compare("incast", binary, work, args.senders + 1, [(s, 0, size) for s in range(1, args.senders + 1)],
+                args.repeat)
         n = args.a2a_hosts
         compare("all-to-all", binary, work, n, [(s, d, args.a2a_kbytes * 1024) for s in range(n) for d in range(n)
-                                                if s != d])
+                                                if s != d], args.repeat)
         if args.ep:
             compare(f"EP{args.ep} prefill dispatch RDMA ({args.tokens} tok/rank, all posted at 0)", binary, work,
-                    args.ep, ep_pairs(args.ep, args.tokens))
+                    args.ep, ep_pairs(args.ep, args.tokens), args.repeat)
 
 
 if __name__ == "__main__":
