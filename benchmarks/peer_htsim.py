@@ -13,7 +13,7 @@ clone): the script exports its ``sim/`` tree into a temporary folder, builds ``h
 
 Both sides: PFC lossless queues, no ECN / congestion control (htsim's RoCE sender has none), start at
 0, 4096 B packets. Printed: each side's last and median flow finish times, their ratio, and CPU
-seconds and peak RSS. What is measured: htsim as a whole process (``resource.getrusage`` of its child:
+seconds and peak RSS. What is measured: htsim as a whole process (``getrusage`` of its child, peak RSS from GNU ``time``:
 start, reading the topology and traffic files, the run, printing each flow's finish). tracekit twice:
 (a) the ``simulate()`` call in this process (``time.process_time``: preparing the arrays, the event
 loop, building the result; not the interpreter, imports or the JIT, which is warmed first), with this
@@ -56,18 +56,27 @@ def topology(work: Path, hosts: int, gbps: int, latency_ns: int) -> Path:
     return path
 
 
+def child(cmd: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd``: its output, CPU seconds (``getrusage`` of children, before and after) and peak RSS in
+    MB. The RSS comes from a second run under GNU time (``/usr/bin/time``): a child forked by this large
+    Python process counts its peak RSS from this process's size, and GNU time's CPU seconds are too coarse."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as rep:
+        subprocess.run(["/usr/bin/time", "-o", rep.name, "-f", "%M", *cmd], cwd=cwd, capture_output=True)
+        rss_kb = int(rep.read().split()[-1])
+    return out, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), rss_kb / 1024
+
+
 def run_htsim(binary: Path, work: Path, topo: Path, hosts: int, pairs: list[tuple[int, int, int]]):
     cm = work / "tm.cm"
     cm.write_text(f"Nodes {hosts}\nConnections {len(pairs)}\n"
                   + "".join(f"{s}->{d} id {i + 1} start 0 size {b}\n" for i, (s, d, b) in enumerate(pairs)))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([str(binary), "-nodes", str(hosts), "-topo", str(topo), "-tm", str(cm), "-mtu", "4096",
-                          "-end", "1000000", "-q", "200", "-strat", "ecmp_host", "-paths", "1"],
-                         cwd=work, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out, cpu, rss = child([str(binary), "-nodes", str(hosts), "-topo", str(topo), "-tm", str(cm), "-mtu", "4096",
+                           "-end", "1000000", "-q", "200", "-strat", "ecmp_host", "-paths", "1"], work)
     done = list({m[0]: float(m[1]) for m in re.findall(r"Flow (\S+) \d+ finished at ([0-9.e+]+)", out.stdout)}.values())
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return np.array(done) * 1000.0, cpu, after.ru_maxrss / 1024, out
+    return np.array(done) * 1000.0, cpu, rss, out
 
 
 def run_tracekit(hosts: int, gbps: int, latency_ns: int, pairs: list[tuple[int, int, int]]):
@@ -101,11 +110,11 @@ def run_tracekit_process(work: Path, hosts: int, gbps: int, latency_ns: int, pai
     import json
 
     (work / "pairs.json").write_text(json.dumps(pairs))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", _PROCESS, str(work / "pairs.json"), str(hosts), str(gbps), str(latency_ns)],
-                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), after.ru_maxrss / 1024
+    out, cpu, rss = child([sys.executable, "-c", _PROCESS, str(work / "pairs.json"), str(hosts), str(gbps),
+                           str(latency_ns)], Path(__file__).resolve().parents[1])
+    if out.returncode:
+        raise RuntimeError(f"tracekit child failed: {out.stderr[-2000:]}")
+    return cpu, rss
 
 
 def compare(name: str, binary: Path, work: Path, hosts: int, pairs: list[tuple[int, int, int]],
