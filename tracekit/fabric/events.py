@@ -59,6 +59,20 @@ def _ctz(typingctx, x):
     return types.int64(types.int64), codegen
 
 
+@njit(cache=True, inline="always")
+def _set(H, i, t, key, a, b):
+    H[i, 0] = t
+    H[i, 1] = key
+    H[i, 2] = a
+    H[i, 3] = b
+
+
+@njit(cache=True, inline="always")
+def _earlier(H, i, t, key):
+    """Whether heap row ``i`` comes before the key ``(t, key)``."""
+    return H[i, 0] < t or (H[i, 0] == t and H[i, 1] < key)
+
+
 @njit(cache=True)
 def _heap_push(H, S, t, key, a, b):
     """Insert into the 4-ary heap of far events, ordered by (time, key). Not inlined: rarely called."""
@@ -66,17 +80,11 @@ def _heap_push(H, S, t, key, a, b):
     S[S_HSIZE] = i + 1
     while i > 0:  # sift up
         j = (i - 1) >> 2
-        if H[j, 0] < t or (H[j, 0] == t and H[j, 1] < key):
+        if _earlier(H, j, t, key):
             break
-        H[i, 0] = H[j, 0]
-        H[i, 1] = H[j, 1]
-        H[i, 2] = H[j, 2]
-        H[i, 3] = H[j, 3]
+        _set(H, i, H[j, 0], H[j, 1], H[j, 2], H[j, 3])
         i = j
-    H[i, 0] = t
-    H[i, 1] = key
-    H[i, 2] = a
-    H[i, 3] = b
+    _set(H, i, t, key, a, b)
 
 
 @njit(cache=True)
@@ -95,19 +103,13 @@ def _heap_to_wheel(H, W, EV, S):
                     break
                 m = c
                 for d in range(c + 1, min(c + 4, n)):
-                    if H[d, 0] < H[m, 0] or (H[d, 0] == H[m, 0] and H[d, 1] < H[m, 1]):
+                    if _earlier(H, d, H[m, 0], H[m, 1]):
                         m = d
-                if lt < H[m, 0] or (lt == H[m, 0] and lk < H[m, 1]):
+                if not _earlier(H, m, lt, lk):
                     break
-                H[i, 0] = H[m, 0]
-                H[i, 1] = H[m, 1]
-                H[i, 2] = H[m, 2]
-                H[i, 3] = H[m, 3]
+                _set(H, i, H[m, 0], H[m, 1], H[m, 2], H[m, 3])
                 i = m
-            H[i, 0] = lt
-            H[i, 1] = lk
-            H[i, 2] = la
-            H[i, 3] = lb
+            _set(H, i, lt, lk, la, lb)
         _wheel_add(W, EV, S, t, key & 15, a, b)
 
 
