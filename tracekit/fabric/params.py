@@ -114,8 +114,9 @@ SOURCES = {
                   "packets and NAKs the first); selective: IRN (Mittal et al., 'Revisiting Network Support for RDMA', "
                   "SIGCOMM 2018): the receiver keeps out-of-order packets, each one NACKs with the cumulative ACK and "
                   "its own sequence (a SACK), the sender retransmits only the holes, once per recovery, which ends "
-                  "when the cumulative ACK passes what was sent at its start; NVIDIA ConnectX NICs offer a selective "
-                  "repeat mode for RoCE",
+                  "when the cumulative ACK passes what was sent at its start (recalled from the paper, not re-checked "
+                  "against the PDF here); NVIDIA (Mellanox) NICs resend only the NAKed packet in a selective mode "
+                  "(patents US10430374B2, US 2022/0158772 A1)",
     "routing": "ECMP by five-tuple hash is the default in Ethernet fabrics",
     "flowlet_gap_ns": "estimate: flowlet gap of a few RTTs (10 us)",
     "pfc_watchdog_ns": "estimate: switch PFC watchdogs act after ~100 ms of continuous pause",
