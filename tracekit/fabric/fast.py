@@ -34,7 +34,11 @@ K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEX
  F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR,
  F_INREC, F_RECEND, F_RP, F_HEND) = range(30)  # the last four: selective repeat's recovery (see reference.py)
 # per-flow static
-G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT, G_BASE = range(9)  # G_BASE: first row in SEL
+G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT, G_BASE, G_POS = range(10)  # G_BASE: first row in SEL
+# per flow in its host's order (hflows; G_POS is the row): when it may send next (INF: all sent), its
+# rate limiter's next send time, its priority. A copy of FI's state laid out for the sender's scan, which
+# reads every flow of the host per packet (refreshed by _refresh whenever F_NXT, F_CUR or F_NEXTT move)
+H_WHEN, H_NEXTT, H_PRIO = range(3)
 # per packet of every flow (selective repeat only): the receiver holds it, the sender knows it arrived
 X_GOT, X_SACKED = range(2)
 # per-flow floats: current rate, target rate, DCQCN alpha, line rate (Mbit/s)
@@ -186,8 +190,17 @@ def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT
 
 
 @njit(cache=True, inline="always")
+def _refresh(f, FI, G, MS, HS):
+    i = G[f, G_POS]
+    HS[i, H_WHEN] = INF if FI[f, F_NXT] >= G[f, G_NPK] else max(FI[f, F_NEXTT], MS[FI[f, F_CUR], M_READY])
+    HS[i, H_NEXTT] = FI[f, F_NEXTT]
+
+
+@njit(cache=True, inline="always")
 def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
-              host_wake):
+              host_wake, HS):
+    """Send the next packet of the host's eligible flow that has waited longest (ties: first in hflows),
+    or wake the host when the first one becomes eligible."""
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -196,18 +209,19 @@ def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP,
     bt = INF
     wake = INF
     for i in range(hptr[h], hptr[h + 1]):
-        f = hflows[i]
-        if FI[f, F_NXT] >= G[f, G_NPK] or PQ[port * P + G[f, G_PRIO], Q_PAUSED]:
+        t = HS[i, H_WHEN]
+        if t == INF or PQ[port * P + HS[i, H_PRIO], Q_PAUSED]:
             continue
-        t = max(FI[f, F_NEXTT], MS[FI[f, F_CUR], M_READY])
         if t <= now:
-            if FI[f, F_NEXTT] < bt:
-                best = f
-                bt = FI[f, F_NEXTT]
+            if HS[i, H_NEXTT] < bt:
+                best = i
+                bt = HS[i, H_NEXTT]
         elif t < wake:
             wake = t
     if best >= 0:
-        _send(best, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT)
+        f = hflows[best]
+        _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT)
+        _refresh(f, FI, G, MS, HS)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
         push(H, W, EV, S, wake, WAKE, h, 0)
@@ -432,14 +446,14 @@ def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
 
 @njit(cache=True)
 def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT, hptr, hflows, host_port, host_wake,
-         route_ptr, route_ports, fhash, FLS, FLI):
+         route_ptr, route_ports, fhash, FLS, FLI, HS):
     """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
     short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
     IP, RP, G, FI, FC, MS, PT, PQ = borrowed(IP), borrowed(RP), borrowed(G), borrowed(FI), borrowed(FC), \
         borrowed(MS), borrowed(PT), borrowed(PQ)
     PO, ND, S, H, W, EV, PK, free, OUT = borrowed(PO), borrowed(ND), borrowed(S), borrowed(H), borrowed(W), \
         borrowed(EV), borrowed(PK), borrowed(free), borrowed(OUT)
-    SEL = borrowed(SEL)
+    SEL, HS = borrowed(SEL), borrowed(HS)
     hptr, hflows, host_port, host_wake = borrowed(hptr), borrowed(hflows), borrowed(host_port), \
         borrowed(host_wake)
     route_ptr, route_ports, fhash, FLS, FLI = borrowed(route_ptr), borrowed(route_ports), borrowed(fhash), \
@@ -477,7 +491,7 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
             n = PT[a, T_SRC]
             if n < hosts:
                 _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
-                          host_port, host_wake)
+                          host_port, host_wake, HS)
             else:
                 _try_port(a, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
         elif kind == ARRIVE:
@@ -491,7 +505,7 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
             if host_wake[a] == now:
                 host_wake[a] = INF
             _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
-                      host_port, host_wake)
+                      host_port, host_wake, HS)
         elif kind == CNP:
             _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
         elif IP[I_SEL] and (kind == ACK or kind == SACK):
@@ -513,8 +527,9 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
             if nxt != FI[a, F_NXT]:
                 FI[a, F_NXT] = nxt
                 FI[a, F_CUR] = _msg_of(G, MS, a, nxt)
+                _refresh(a, FI, G, MS, HS)
                 _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
-                          hflows, host_port, host_wake)
+                          hflows, host_port, host_wake, HS)
         elif kind == ACK or kind == NACK:
             if b > FI[a, F_UNA]:
                 FI[a, F_UNA] = b
@@ -522,8 +537,9 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
                 FI[a, F_CUR] = _msg_of(G, MS, a, b)
+                _refresh(a, FI, G, MS, HS)
                 _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
-                          hflows, host_port, host_wake)
+                          hflows, host_port, host_wake, HS)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
                 FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
@@ -547,11 +563,12 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
                     FI[a, F_RP] = FI[a, F_UNA]
                 FI[a, F_NXT] = _next_seq(a, FI, G, SEL) if IP[I_SEL] else FI[a, F_UNA]
                 FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_NXT])
+                _refresh(a, FI, G, MS, HS)
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
                 push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
                 _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
-                          hflows, host_port, host_wake)
+                          hflows, host_port, host_wake, HS)
             else:
                 push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
         elif _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
@@ -581,8 +598,10 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
                    p.priorities, p.seed, p.resume_offset_bytes, sel], np.int64)
     rp = np.array([p.alpha, p.pmax, p.dcqcn_g, p.rai_mbps, p.rhai_mbps, p.min_rate_mbps], np.float64)
     base = np.r_[0, np.cumsum(pre.flow_npk)]
+    pos = np.empty(F, np.int64)
+    pos[pre.host_flows] = np.arange(F)
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
-                  flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1]], axis=1).astype(np.int64)
+                  flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1], pos], axis=1).astype(np.int64)
     fi = np.zeros((F, 30), np.int64)
     fi[:, F_CUR] = g[:, G_MA]
     fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
@@ -607,7 +626,9 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
                              np.int8), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
-                fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64))
+                fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64),
+                HS=np.stack([np.maximum(flows.msg_ready_ns[flows.msg_ptr[:-1]], 0), np.zeros(F), flows.prio],
+                            axis=1)[pre.host_flows].astype(np.int64))
 
 
 def _grow(st: dict[str, np.ndarray]) -> None:
