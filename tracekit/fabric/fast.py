@@ -587,9 +587,15 @@ def _grown(a: np.ndarray, fill: int | None) -> np.ndarray:
     return new
 
 
-def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict[str, np.ndarray]:
+def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) -> dict[str, np.ndarray]:
     """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
+    full = p.mtu_bytes + p.header_bytes
+    ser_full = (full * 8000 + topo.port_mbps - 1) // topo.port_mbps
+    if wheel_ns is None:  # see simulate()
+        step = max(int((ser_full + topo.port_delay_ns).max(initial=0)), int(pre.flow_ctrl_ns.max(initial=0)),
+                   p.sample_ns)
+        wheel_ns = min(max(1 << (8 * step - 1).bit_length(), 1024), WHEEL_NS)
     F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
     sel = int(p.retransmit == "selective" and not p.pfc)
     ip = np.array([p.pfc, p.mtu_bytes, p.header_bytes, p.ecn, p.kmin_bytes, p.kmax_bytes, p.cnp_interval_ns, p.dcqcn,
@@ -609,9 +615,8 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int) -> dict
     nm = flows.msg_bytes.shape[0]
     ms = np.stack([pre.msg_first, flows.msg_bytes, flows.msg_ready_ns, pre.msg_npk, np.zeros(nm), np.full(nm, -1)],
                   axis=1).astype(np.int64)
-    full = p.mtu_bytes + p.header_bytes
-    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom,
-                   (full * 8000 + topo.port_mbps - 1) // topo.port_mbps], axis=1).astype(np.int64)
+    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom, ser_full],
+                  axis=1).astype(np.int64)
     pq = np.zeros((ports * P, 8), np.int64)
     pq[:, [Q_HEAD, Q_TAIL]] = -1
     nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
@@ -648,10 +653,13 @@ def _grow(st: dict[str, np.ndarray]) -> None:
         st["OUT"] = _grown(st["OUT"], None)
 
 
-def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int = WHEEL_NS) -> FabricRun:
+def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int | None = None) -> FabricRun:
     """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
     loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``.
-    ``wheel_ns`` (a power of two >= 64) sizes the event wheel; results never depend on it (tests shrink it)."""
+    ``wheel_ns`` (a power of two >= 64) sizes the event wheel; results never depend on it (tests shrink
+    it). Default: eight times the longest regular step (a full packet's serialisation plus its link's
+    delay, a control frame's path, the sample period), between 1024 and WHEEL_NS: a small wheel is quick
+    to allocate and stays in cache, and only timers and far wake-ups go through the heap."""
     p = params.check()
     st = _state(topo, p, flows, wheel_ns)
     while (status := _run(**st)) == GROW:
