@@ -28,7 +28,7 @@ GROW = 2  # the loop's status: enlarge the pool, heap, event rows or output rows
 S_SEQ, S_HSIZE, S_CUR, S_WCOUNT, S_EFREE, S_WHEEL = range(6)
 S_FIRST_FREE = 6
 E_KIND, E_A, E_B, E_NEXT, E_STACK = range(5)
-WHEEL_NS = 1 << 16  # 65.5 us: link serialisation, propagation and control delays fall inside
+WHEEL_NS = 1 << 16  # the largest wheel, 65.5 us (the fast simulator sizes it from the fabric)
 
 
 @intrinsic
