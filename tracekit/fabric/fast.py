@@ -587,15 +587,17 @@ def _grown(a: np.ndarray, fill: int | None) -> np.ndarray:
     return new
 
 
+def _wheel_ns(topo: Topology, p: FabricParams, ctrl_ns: np.ndarray, ser_full: np.ndarray) -> int:
+    """The event wheel's length (see :func:`simulate`)."""
+    step = max(int((ser_full + topo.port_delay_ns).max(initial=0)), int(ctrl_ns.max(initial=0)), p.sample_ns)
+    return min(max(1 << (8 * step - 1).bit_length(), 1024), WHEEL_NS)
+
+
 def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) -> dict[str, np.ndarray]:
     """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
-    full = p.mtu_bytes + p.header_bytes
-    ser_full = (full * 8000 + topo.port_mbps - 1) // topo.port_mbps
-    if wheel_ns is None:  # see simulate()
-        step = max(int((ser_full + topo.port_delay_ns).max(initial=0)), int(pre.flow_ctrl_ns.max(initial=0)),
-                   p.sample_ns)
-        wheel_ns = min(max(1 << (8 * step - 1).bit_length(), 1024), WHEEL_NS)
+    ser_full = ((p.mtu_bytes + p.header_bytes) * 8000 + topo.port_mbps - 1) // topo.port_mbps
+    wheel_ns = wheel_ns or _wheel_ns(topo, p, pre.flow_ctrl_ns, ser_full)
     F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
     sel = int(p.retransmit == "selective" and not p.pfc)
     ip = np.array([p.pfc, p.mtu_bytes, p.header_bytes, p.ecn, p.kmin_bytes, p.kmax_bytes, p.cnp_interval_ns, p.dcqcn,
@@ -608,7 +610,7 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) 
     pos[pre.host_flows] = np.arange(F)
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
                   flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1], pos], axis=1).astype(np.int64)
-    fi = np.zeros((F, 30), np.int64)
+    fi = np.zeros((F, F_HEND + 1), np.int64)
     fi[:, F_CUR] = g[:, G_MA]
     fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
     fc = np.stack([pre.line_mbps, pre.line_mbps, np.ones(F), pre.line_mbps], axis=1).astype(np.float64)
@@ -627,8 +629,8 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) 
     return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
                 **queue_arrays(s, wheel_ns, 4 * (F + ports + hosts)), PK=np.full((pool, 11), -1, np.int64),
                 free=np.arange(pool - 1, -1, -1, dtype=np.int64),
-                SEL=np.zeros((int(base[-1]) if sel else 1, 2),
-                             np.int8), OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
+                SEL=np.zeros((int(base[-1]) if sel else 1, 2), np.int8),
+                OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
                 hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
                 host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
                 fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64),
