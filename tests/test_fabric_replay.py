@@ -82,6 +82,10 @@ def test_pfc_off_drops_and_retransmits_instead_of_pausing():
     if on.summary["fabric"]["dispatch"]["pause_ns"]:
         assert "PFC pause" in dispatch and "congestion root switch0/port" in dispatch
     assert fabric_findings({}, {}) == []
+    # selective repeat on the same fabric resends a fraction of go-back-N's bytes, and loses nothing
+    sel = replay(small, hw.with_overrides({"fabric.retransmit": "selective"}), ReplayConfig(fabric="dynamic"))
+    assert sel.summary["conservation"] == "ok" and sel.summary["config"]["fabric"] == "dynamic"
+    assert 0 < sel.summary["fabric"]["dispatch"]["retransmitted_bytes"] < fab["retransmitted_bytes"] / 2
 
 
 def test_dynamic_fabric_refuses_packet_granularity():

@@ -51,7 +51,8 @@ def scenarios(draw):
         pmax=draw(st.sampled_from([0.01, 0.2, 1.0])), cnp_interval_ns=draw(st.sampled_from([0, 4000, 50_000])),
         dcqcn=draw(st.booleans()), increase_timer_ns=draw(st.sampled_from([5_000, 55_000])),
         alpha_timer_ns=draw(st.sampled_from([5_000, 55_000])), byte_counter_bytes=draw(st.sampled_from([50_000, 10**7])),
-        rto_ns=draw(st.sampled_from([20_000, 200_000])), routing=draw(st.sampled_from(["ecmp", "spray", "flowlet"])),
+        rto_ns=draw(st.sampled_from([20_000, 200_000])), retransmit=draw(st.sampled_from(["go_back_n", "selective"])),
+        routing=draw(st.sampled_from(["ecmp", "spray", "flowlet"])),
         flowlet_gap_ns=draw(st.sampled_from([500, 5_000])), sample_ns=draw(st.sampled_from([500, 3_000])),
         pfc_watchdog_ns=2_000_000, seed=draw(st.integers(0, 3)))
     return topo, params, flows
@@ -80,3 +81,43 @@ def test_twins_equal_under_pfc_incast(senders, alpha, kind, dcqcn, seed):
     fast, ref = simulate(topo, params, flows), simulate_reference(topo, params, flows)
     assert len(ref.pauses) > 0 or dcqcn or kind != "single"
     assert fast.first_difference(ref) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(scenarios(), st.sampled_from([64, 128, 1024]))
+def test_event_wheel_size_does_not_change_results(case, wheel_ns):
+    """The fast simulator's event queue keeps near events in a timing wheel and later ones in a heap;
+    a tiny wheel sends most events through the heap and its hand-over, and must not change anything."""
+    topo, params, flows = case
+    fast = simulate(topo, params, flows, wheel_ns=wheel_ns)
+    assert fast.first_difference(simulate_reference(topo, params, flows)) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 6), st.sampled_from(["go_back_n", "selective"]), st.sampled_from(["ecmp", "spray"]),
+       st.sampled_from([30_000, 300_000]), st.integers(0, 5))
+def test_twins_equal_under_lossy_incast(senders, retransmit, routing, rto_ns, seed):
+    """Drops, NACKs or SACKs, recovery and timeouts (loss the random scenarios reach less often)."""
+    topo = leaf_spine(senders + 1, 2, 2, 25_000, 25, 300, 2.0)
+    flows = Flows.of(list(range(1, senders + 1)), [0] * senders, [500 * i for i in range(senders)],
+                     [200_000] * senders)
+    params = FabricParams(pfc=False, buffer_bytes=300_000, dcqcn=seed % 2 == 0, kmin_bytes=20_000, kmax_bytes=100_000,
+                          retransmit=retransmit, routing=routing, rto_ns=rto_ns, seed=seed)
+    fast, ref = simulate(topo, params, flows), simulate_reference(topo, params, flows)
+    assert ref.port_drops.sum() > 0 or senders == 2
+    assert fast.first_difference(ref) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios(), st.lists(st.integers(0, 2**40), min_size=3, max_size=3))
+def test_vectorised_preparation_equals_the_scalar_definitions(case, salt):
+    """Both twins share ``prepare``; its array forms of the path delay and the five-tuple hash must equal
+    the scalar definitions (topology.path_delay_ns, common.hash3) they replace."""
+    from tracekit.fabric.common import hash3, hash3_array
+
+    topo, _, flows = case
+    assert topo.path_delays_ns(flows.dst, flows.src).tolist() == [
+        topo.path_delay_ns(int(s), int(d)) for s, d in zip(flows.dst, flows.src)]
+    a, b, c = (np.asarray(flows.src) + salt[0], np.asarray(flows.dst) + salt[1], np.asarray(flows.qp) + salt[2])
+    with np.errstate(over="ignore"):
+        assert hash3_array(a, b, c).tolist() == [hash3(int(x), int(y), int(z)) for x, y, z in zip(a, b, c)]

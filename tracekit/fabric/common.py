@@ -15,7 +15,7 @@ MASK = (1 << 64) - 1
 INF = np.iinfo(np.int64).max // 4
 
 # event kinds (the heap key is (time, sequence number); kinds only say what to do)
-PORT_FREE, ARRIVE, WAKE, PAUSE, CNP, ACK, NACK, ALPHA, INC, RTO, SAMPLE = range(11)
+PORT_FREE, ARRIVE, WAKE, PAUSE, CNP, ACK, NACK, ALPHA, INC, RTO, SAMPLE, SACK = range(12)
 OK, STALLED = 0, 1
 
 
@@ -37,6 +37,20 @@ def mix64(x: int) -> int:
 
 def hash3(a: int, b: int, c: int) -> int:
     return mix64((a & MASK) ^ mix64((b & MASK) ^ mix64(c & MASK)))
+
+
+def mix64_array(x: np.ndarray) -> np.ndarray:
+    """:func:`mix64` on a uint64 array (numpy's uint64 arithmetic wraps, as the masks do)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash3_array(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """:func:`hash3` elementwise on arrays of non-negative int64."""
+    u = [np.asarray(v, np.int64).astype(np.uint64) for v in (a, b, c)]
+    return mix64_array(u[0] ^ mix64_array(u[1] ^ mix64_array(u[2])))
 
 
 @dataclass(frozen=True)
@@ -106,16 +120,13 @@ def prepare(topo: Topology, p: FabricParams, flows: Flows) -> Prepared:
     if (flows.prio >= p.priorities).any() or (flows.prio < 0).any():
         raise TracekitError(f"a flow's priority is outside [0, {p.priorities})", fix="raise fabric.priorities")
     npk = np.maximum(-(-flows.msg_bytes // p.mtu_bytes), 1).astype(np.int64)
-    msg_first = np.zeros_like(npk)
-    flow_npk = np.zeros(flows.count, np.int64)
-    for f in range(flows.count):
-        a, b = int(flows.msg_ptr[f]), int(flows.msg_ptr[f + 1])
-        c = np.cumsum(npk[a:b])
-        msg_first[a:b] = c - npk[a:b]
-        flow_npk[f] = c[-1]
-    ctrl = np.array([topo.path_delay_ns(int(s), int(d)) for s, d in zip(flows.dst, flows.src)], np.int64)
-    fh = np.array([hash3(int(s), int(d), int(q) ^ (p.seed << 32)) for s, d, q in zip(flows.src, flows.dst, flows.qp)],
-                  np.uint64)
+    before = np.cumsum(npk) - npk  # packets of all earlier messages
+    flow_start = before[flows.msg_ptr[:-1]]
+    msg_first = before - np.repeat(flow_start, np.diff(flows.msg_ptr))
+    flow_npk = np.diff(np.r_[flow_start, npk.sum()]).astype(np.int64)
+    ctrl = topo.path_delays_ns(flows.dst, flows.src)
+    with np.errstate(over="ignore"):
+        fh = hash3_array(flows.src, flows.dst, flows.qp ^ (np.int64(p.seed) << 32))
     order = np.argsort(flows.src, kind="stable")
     hptr = np.searchsorted(flows.src[order], np.arange(topo.hosts + 1)).astype(np.int64)
     # headroom: 3 x (rate x round trip of the link) + 2 MTU per ingress port and priority, unless given

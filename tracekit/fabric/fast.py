@@ -1,10 +1,18 @@
 """The fast fabric simulator: :mod:`tracekit.fabric.reference`'s semantics on arrays, compiled by numba.
 
-State lives in a few integer and float tables (columns named below); the event heap is a binary heap
-of ``(time, sequence, kind, a, b)`` rows in one array (ordered by time, then sequence: the reference's
-heapq order), grown when nearly full.
-Packets are rows of a pool that grows on demand and is recycled through a free list, so memory
+State lives in a few integer and float tables (columns named below); events go through the timing wheel
+of :mod:`tracekit.fabric.events`. Packets are rows of a pool recycled through a free list, so memory
 follows what is in flight, not what is sent.
+
+Why it is written this way (measured on the EP64 dispatch matrix, ``benchmarks/peer_htsim.py``): numba
+reference-counts arrays with atomic operations whenever an array is bound to a new name (a tuple of
+arrays unpacked in a helper, an inlined helper's array arguments, a slice, an array reassigned inside
+the loop); ``perf`` put half of the run in those atomics. So the hot loop :func:`_run` gets every table
+once as an argument and first rebinds each to a *borrowed* view without a reference count
+(:func:`tracekit.fabric.events.borrowed`), so that LLVM folds the counting away; helpers take the tables
+they need (inlined, no slices, no tuples of arrays); nothing is allocated per event; and when the packet
+pool, the event rows or the output rows run short, :func:`_run` returns ``GROW``, Python enlarges the
+arrays and calls it again (a handful of times per run).
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SAMPLE,
+from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, prepare)
+from tracekit.fabric.events import (GROW, S_FIRST_FREE, S_HSIZE, S_SEQ, S_WCOUNT, WHEEL_NS, borrowed, grow_queue, pop,
+                                    push, queue_arrays, queue_short)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
 
@@ -21,18 +31,37 @@ from tracekit.fabric.topology import Topology
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
 (F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHAEP, F_LASTCNP, F_RCV, F_MAXSEEN,
- F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR) = range(26)
+ F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR,
+ F_INREC, F_RECEND, F_RP, F_HEND) = range(30)  # the last four: selective repeat's recovery (see reference.py)
 # per-flow static
-G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB = range(7)
+G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT, G_BASE, G_POS = range(10)  # G_BASE: first row in SEL
+# per flow in its host's order (hflows; G_POS is the row): when it may send next (INF: all sent), its
+# rate limiter's next send time, its priority. A copy of FI's state laid out for the sender's scan, which
+# reads every flow of the host per packet (refreshed by _refresh whenever F_NXT, F_CUR or F_NEXTT move)
+H_WHEN, H_NEXTT, H_PRIO = range(3)
+# per packet of every flow (selective repeat only): the receiver holds it, the sender knows it arrived
+X_GOT, X_SACKED = range(2)
+# per-flow floats: current rate, target rate, DCQCN alpha, line rate (Mbit/s)
+C_RC, C_RT, C_ALPHA, C_LINE = range(4)
+# per message
+M_FIRST, M_BYTES, M_READY, M_NPK, M_RCVD, M_DONE = range(6)
+# per port, static: source node, destination node, rate, delay, headroom at its destination's ingress,
+# serialisation time of a full-size packet (saves a 64-bit division per packet and hop)
+T_SRC, T_DST, T_MBPS, T_DELAY, T_HDRM, T_SERFULL = range(6)
 # per (port, priority)
 Q_PAUSED, Q_SINCE, Q_SENT, Q_ING, Q_HDRM, Q_HEAD, Q_TAIL, Q_BYTES = range(8)
 # per port
 P_BUSY, P_TX, P_PKTS, P_MARKS, P_DROPS, P_MAXQ, P_LASTQ, P_MSINCE, P_PSINCE = range(9)
-# scalars
-S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_SEQ, S_NFREE, S_HSIZE = range(7)
+# per node: shared buffer in use, its capacity
+N_USED, N_CAP = range(2)
+# output rows (tag, four values)
+O_PAUSE, O_DROP, O_RATE, O_RETX, O_QUEUE, O_MARKED = range(6)
+# scalars (S_SEQ ... S_WHEEL: the event queue's, see events.py)
+S_UID, S_LASTTX, S_PAUSED, S_REMAIN, S_NFREE, S_NOUT, S_NOW = range(S_FIRST_FREE, S_FIRST_FREE + 7)
+S_LEN = S_FIRST_FREE + 7
 # integer parameters
 (I_PFC, I_MTU, I_HDR, I_ECN, I_KMIN, I_KMAX, I_CNPI, I_DCQCN, I_DECI, I_ALPHAT, I_INCT, I_BC, I_FR, I_RTO, I_ROUTE,
- I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME) = range(21)
+ I_GAP, I_WD, I_SAMPLE, I_PRIOS, I_SEED, I_RESUME, I_SEL) = range(22)
 # float parameters
 R_ALPHA, R_PMAX, R_G, R_RAI, R_RHAI, R_MINRATE = range(6)
 
@@ -51,99 +80,76 @@ def _hash3(a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _push(heap, S, t, kind, a, b):
-    i = S[S_HSIZE]
-    S[S_HSIZE] = i + 1
-    seq = S[S_SEQ]
-    S[S_SEQ] += 1
-    while i > 0:  # sift up
-        j = (i - 1) >> 1
-        if heap[j, 0] < t or (heap[j, 0] == t and heap[j, 1] < seq):
-            break
-        for c in range(5):
-            heap[i, c] = heap[j, c]
-        i = j
-    heap[i, 0] = t
-    heap[i, 1] = seq
-    heap[i, 2] = kind
-    heap[i, 3] = a
-    heap[i, 4] = b
+def _out(OUT, S, tag, a, b, c, d):
+    i = S[S_NOUT]
+    S[S_NOUT] = i + 1
+    OUT[i, 0] = tag
+    OUT[i, 1] = a
+    OUT[i, 2] = b
+    OUT[i, 3] = c
+    OUT[i, 4] = d
 
 
 @njit(cache=True, inline="always")
-def _pop(heap, S):
-    t0, k0, a0, b0 = heap[0, 0], heap[0, 2], heap[0, 3], heap[0, 4]
-    n = S[S_HSIZE] - 1
-    S[S_HSIZE] = n
-    if n > 0:
-        lt, ls, lk, la, lb = heap[n, 0], heap[n, 1], heap[n, 2], heap[n, 3], heap[n, 4]
-        i = 0
-        while True:  # sift down
-            c = 2 * i + 1
-            if c >= n:
-                break
-            if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
-                c += 1
-            if lt < heap[c, 0] or (lt == heap[c, 0] and ls < heap[c, 1]):
-                break
-            for x in range(5):
-                heap[i, x] = heap[c, x]
-            i = c
-        heap[i, 0] = lt
-        heap[i, 1] = ls
-        heap[i, 2] = lk
-        heap[i, 3] = la
-        heap[i, 4] = lb
-    return t0, k0, a0, b0
-
-
-@njit(cache=True)
-def _grow_heap(heap):
-    new = np.empty((heap.shape[0] * 2, 5), np.int64)
-    new[:heap.shape[0]] = heap
-    return new
+def _msg_of(G, MS, f, s):
+    """The message of packet ``s`` of flow ``f``: the last one whose first packet is <= s."""
+    lo, hi = G[f, G_MA], G[f, G_MB]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if MS[mid, M_FIRST] <= s:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @njit(cache=True, inline="always")
-def _msg_of(G, msg_first, f, s):
-    a, b = G[f, G_MA], G[f, G_MB]
-    return a + np.searchsorted(msg_first[a:b], s, side="right") - 1
-
-
-@njit(cache=True, inline="always")
-def _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay):
-    mbps = port_mbps[port]
-    ser = (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
+def _transmit(port, k, now, PK, PO, PT, S, H, W, EV, full):
+    mbps = PT[port, T_MBPS]
+    ser = PT[port, T_SERFULL] if PK[k, K_WIRE] == full else (PK[k, K_WIRE] * 8000 + mbps - 1) // mbps
     PO[port, P_BUSY] = now + ser
     PO[port, P_TX] += PK[k, K_WIRE]
     S[S_LASTTX] = now
     PK[k, K_PORT] = port
-    _push(heap, S, now + ser, PORT_FREE, port, 0)
-    _push(heap, S, now + ser + port_delay[port], ARRIVE, k, 0)
+    push(H, W, EV, S, now + ser, PORT_FREE, port, 0)
+    push(H, W, EV, S, now + ser + PT[port, T_DELAY], ARRIVE, k, 0)
 
 
 @njit(cache=True, inline="always")
-def _increase(f, now, FI, FF, line, IP, RP, rates):
+def _increase(f, now, FI, FC, IP, RP, OUT, S):
     hi = max(FI[f, F_TC], FI[f, F_BC])
     lo = min(FI[f, F_TC], FI[f, F_BC])
     if hi < IP[I_FR]:
         pass
     elif lo >= IP[I_FR]:
-        FF[f, 1] += (lo - IP[I_FR] + 1) * RP[R_RHAI]
+        FC[f, C_RT] += (lo - IP[I_FR] + 1) * RP[R_RHAI]
     else:
-        FF[f, 1] += RP[R_RAI]
-    FF[f, 1] = min(FF[f, 1], line[f])
-    FF[f, 0] = min((FF[f, 1] + FF[f, 0]) / 2.0, line[f])
-    rates.append((now, np.int64(f), np.int64(FF[f, 0] * 1000.0)))
+        FC[f, C_RT] += RP[R_RAI]
+    FC[f, C_RT] = min(FC[f, C_RT], FC[f, C_LINE])
+    FC[f, C_RC] = min((FC[f, C_RT] + FC[f, C_RC]) / 2.0, FC[f, C_LINE])
+    _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
 
 
 @njit(cache=True, inline="always")
-def _send(f, now, st):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _next_seq(f, FI, G, SEL):
+    """Selective repeat: the next hole (below the highest SACKed packet, not known to have arrived, not
+    yet retransmitted in this recovery), else new data."""
+    if FI[f, F_INREC]:
+        r = max(FI[f, F_RP], FI[f, F_UNA])
+        base = G[f, G_BASE]
+        while r < FI[f, F_HEND] and SEL[base + r, X_SACKED]:
+            r += 1
+        FI[f, F_RP] = r
+        if r < FI[f, F_HEND]:
+            return r
+    return FI[f, F_HIGH]
+
+
+@njit(cache=True, inline="always")
+def _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT):
     s = FI[f, F_NXT]
     m = FI[f, F_CUR]  # the message of packet s (kept as a cursor: no search per packet)
-    payload = min(msg_bytes[m] - (s - msg_first[m]) * IP[I_MTU], IP[I_MTU])
+    payload = min(MS[m, M_BYTES] - (s - MS[m, M_FIRST]) * IP[I_MTU], IP[I_MTU])
     wire = payload + IP[I_HDR]
     S[S_NFREE] -= 1
     k = free[S[S_NFREE]]
@@ -160,30 +166,41 @@ def _send(f, now, st):
     if s < FI[f, F_HIGH]:
         FI[f, F_RETXP] += 1
         FI[f, F_RETXB] += payload
-        retx.append((now, np.int64(f), s))
+        _out(OUT, S, O_RETX, now, f, s, 0)
+        FI[f, F_RP] = s + 1
     else:
         FI[f, F_HIGH] = s + 1
-    FI[f, F_NXT] = s + 1
-    if m + 1 < G[f, G_MB] and s + 1 >= msg_first[m + 1]:
+    FI[f, F_NXT] = _next_seq(f, FI, G, SEL) if IP[I_SEL] else s + 1
+    if FI[f, F_NXT] != s + 1:
+        FI[f, F_CUR] = _msg_of(G, MS, f, FI[f, F_NXT])
+    elif m + 1 < G[f, G_MB] and s + 1 >= MS[m + 1, M_FIRST]:
         FI[f, F_CUR] = m + 1
-    FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FF[f, 0]))
+    FI[f, F_NEXTT] = now + np.int64(np.ceil(wire * 8000.0 / FC[f, C_RC]))
     if IP[I_DCQCN] and FI[f, F_CUT]:
         FI[f, F_BYTES] += wire
         if FI[f, F_BYTES] >= IP[I_BC]:
             FI[f, F_BYTES] -= IP[I_BC]
             FI[f, F_BC] += 1
-            _increase(f, now, FI, FF, line, IP, RP, rates)
+            _increase(f, now, FI, FC, IP, RP, OUT, S)
     if not IP[I_PFC] and not FI[f, F_RTO]:
         FI[f, F_RTO] = 1
         FI[f, F_PROG] = now
-        _push(heap, S, now + IP[I_RTO], RTO, f, 0)
-    _transmit(host_port[G[f, G_SRC]], k, now, PK, PO, S, heap, port_mbps, port_delay)
+        push(H, W, EV, S, now + IP[I_RTO], RTO, f, 0)
+    _transmit(G[f, G_PORT], k, now, PK, PO, PT, S, H, W, EV, IP[I_MTU] + IP[I_HDR])
 
 
 @njit(cache=True, inline="always")
-def _try_send(h, now, st, hptr, hflows, host_wake):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _refresh(f, FI, G, MS, HS):
+    i = G[f, G_POS]
+    HS[i, H_WHEN] = INF if FI[f, F_NXT] >= G[f, G_NPK] else max(FI[f, F_NEXTT], MS[FI[f, F_CUR], M_READY])
+    HS[i, H_NEXTT] = FI[f, F_NEXTT]
+
+
+@njit(cache=True, inline="always")
+def _try_send(h, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows, host_port,
+              host_wake, HS):
+    """Send the next packet of the host's eligible flow that has waited longest (ties: first in hflows),
+    or wake the host when the first one becomes eligible."""
     port = host_port[h]
     if PO[port, P_BUSY] > now:
         return
@@ -192,47 +209,60 @@ def _try_send(h, now, st, hptr, hflows, host_wake):
     bt = INF
     wake = INF
     for i in range(hptr[h], hptr[h + 1]):
-        f = hflows[i]
-        if FI[f, F_NXT] >= G[f, G_NPK] or PQ[port * P + G[f, G_PRIO], Q_PAUSED]:
+        t = HS[i, H_WHEN]
+        if t == INF or PQ[port * P + HS[i, H_PRIO], Q_PAUSED]:
             continue
-        t = max(FI[f, F_NEXTT], msg_ready[FI[f, F_CUR]])
         if t <= now:
-            if FI[f, F_NEXTT] < bt:
-                best = f
-                bt = FI[f, F_NEXTT]
+            if HS[i, H_NEXTT] < bt:
+                best = i
+                bt = HS[i, H_NEXTT]
         elif t < wake:
             wake = t
     if best >= 0:
-        _send(best, now, st)
+        f = hflows[best]
+        _send(f, now, PK, FI, FC, G, MS, PT, PO, S, H, W, EV, free, SEL, IP, RP, OUT)
+        _refresh(f, FI, G, MS, HS)
     elif wake < INF and wake < host_wake[h]:
         host_wake[h] = wake
-        _push(heap, S, wake, WAKE, h, 0)
+        push(H, W, EV, S, wake, WAKE, h, 0)
 
 
 @njit(cache=True, inline="always")
-def _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay):
+def _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV):
     i = PK[k, K_ING]
     q = PK[k, K_PRIO]
     row = i * IP[I_PRIOS] + q
     if not IP[I_PFC]:
-        used[n] -= PK[k, K_WIRE]
+        ND[n, N_USED] -= PK[k, K_WIRE]
         return
     if PK[k, K_HDRM]:
         PQ[row, Q_HDRM] -= PK[k, K_WIRE]
     else:
         PQ[row, Q_ING] -= PK[k, K_WIRE]
-        used[n] -= PK[k, K_WIRE]
+        ND[n, N_USED] -= PK[k, K_WIRE]
     if PQ[row, Q_SENT] and PQ[row, Q_HDRM] == 0:
-        thr = RP[R_ALPHA] * (shared_cap[n] - used[n])
+        thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
         if PQ[row, Q_ING] + IP[I_RESUME] <= thr:
             PQ[row, Q_SENT] = 0
-            _push(heap, S, now + port_delay[i], PAUSE, i, q * 2)
+            push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2)
 
 
 @njit(cache=True, inline="always")
-def _try_port(port, now, st, used, shared_cap, port_src):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _wred(qb, uid, n, IP, RP):
+    if qb < IP[I_KMIN]:
+        return False
+    if qb > IP[I_KMAX]:
+        return True
+    if IP[I_KMAX] > IP[I_KMIN]:
+        prob = RP[R_PMAX] * (qb - IP[I_KMIN]) / (IP[I_KMAX] - IP[I_KMIN])
+    else:
+        prob = RP[R_PMAX]
+    u = np.float64(_hash3(uid, n, IP[I_SEED]) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return u < prob
+
+
+@njit(cache=True, inline="always")
+def _try_port(port, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP):
     if PO[port, P_BUSY] > now:
         return
     P = IP[I_PRIOS]
@@ -244,15 +274,15 @@ def _try_port(port, now, st, used, shared_cap, port_src):
             if PQ[row, Q_HEAD] < 0:
                 PQ[row, Q_TAIL] = -1
             PQ[row, Q_BYTES] -= PK[k, K_WIRE]
-            n = port_src[port]
+            n = PT[port, T_SRC]
             if IP[I_ECN] and _wred(PQ[row, Q_BYTES], PK[k, K_UID], n, IP, RP):
                 PK[k, K_ECN] = 1
                 PO[port, P_MARKS] += 1
                 PO[port, P_MSINCE] += 1
             PO[port, P_PKTS] += 1
             PO[port, P_PSINCE] += 1
-            _free_ingress(n, k, now, PK, PQ, used, shared_cap, IP, RP, S, heap, port_delay)
-            _transmit(port, k, now, PK, PO, S, heap, port_mbps, port_delay)
+            _free_ingress(n, k, now, PK, PQ, PT, ND, IP, RP, S, H, W, EV)
+            _transmit(port, k, now, PK, PO, PT, S, H, W, EV, IP[I_MTU] + IP[I_HDR])
             return
 
 
@@ -278,54 +308,38 @@ def _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
 
 
 @njit(cache=True, inline="always")
-def _wred(qb, uid, n, IP, RP):
-    if qb < IP[I_KMIN]:
-        return False
-    if qb > IP[I_KMAX]:
-        return True
-    if IP[I_KMAX] > IP[I_KMIN]:
-        prob = RP[R_PMAX] * (qb - IP[I_KMIN]) / (IP[I_KMAX] - IP[I_KMIN])
-    else:
-        prob = RP[R_PMAX]
-    u = np.float64(_hash3(uid, n, IP[I_SEED]) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-    return u < prob
-
-
-@njit(cache=True, inline="always")
-def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, route_ptr, route_ports, hosts, FLS,
-                   FLI, drops):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _switch_arrive(n, k, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr, route_ports,
+                   hosts, FLS, FLI):
     i = PK[k, K_PORT]
     q = PK[k, K_PRIO]
     P = IP[I_PRIOS]
     wire = PK[k, K_WIRE]
     PK[k, K_HDRM] = 0  # admission is per switch
     e = _route(n, k, now, PK, G, fhash, route_ptr, route_ports, hosts, IP, FLS, FLI)
-    thr = RP[R_ALPHA] * (shared_cap[n] - used[n])
+    thr = RP[R_ALPHA] * (ND[n, N_CAP] - ND[n, N_USED])
     irow = i * P + q
     erow = e * P + q
     dropped = False
     if IP[I_PFC]:
-        if PQ[irow, Q_ING] + wire <= thr and used[n] + wire <= shared_cap[n]:
+        if PQ[irow, Q_ING] + wire <= thr and ND[n, N_USED] + wire <= ND[n, N_CAP]:
             PQ[irow, Q_ING] += wire
-            used[n] += wire
-        elif PQ[irow, Q_HDRM] + wire <= headroom[i]:
+            ND[n, N_USED] += wire
+        elif PQ[irow, Q_HDRM] + wire <= PT[i, T_HDRM]:
             PQ[irow, Q_HDRM] += wire
             PK[k, K_HDRM] = 1
         else:
             dropped = True
         if not dropped and PK[k, K_HDRM] and not PQ[irow, Q_SENT]:
             PQ[irow, Q_SENT] = 1
-            _push(heap, S, now + port_delay[i], PAUSE, i, q * 2 + 1)
+            push(H, W, EV, S, now + PT[i, T_DELAY], PAUSE, i, q * 2 + 1)
     else:
         if PQ[erow, Q_BYTES] + wire > thr:
             dropped = True
         else:
-            used[n] += wire
+            ND[n, N_USED] += wire
     if dropped:
         PO[e, P_DROPS] += 1
-        drops.append((now, e, PK[k, K_FLOW], PK[k, K_SEQ]))
+        _out(OUT, S, O_DROP, now, e, PK[k, K_FLOW], PK[k, K_SEQ])
         free[S[S_NFREE]] = k
         S[S_NFREE] += 1
         return
@@ -338,13 +352,11 @@ def _switch_arrive(n, k, now, st, used, shared_cap, headroom, port_src, fhash, r
     PQ[erow, Q_TAIL] = k
     PQ[erow, Q_BYTES] += wire
     PO[e, P_MAXQ] = max(PO[e, P_MAXQ], PQ[erow, Q_BYTES])
-    _try_port(e, now, st, used, shared_cap, port_src)
+    _try_port(e, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
 
 
 @njit(cache=True, inline="always")
-def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
-    (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-     port_delay, rates, retx) = st
+def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP):
     f = PK[k, K_FLOW]
     s = PK[k, K_SEQ]
     ctrl = G[f, G_CTRL]
@@ -355,25 +367,37 @@ def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
         if FI[f, F_LASTCNP] < 0 or now - FI[f, F_LASTCNP] >= IP[I_CNPI]:
             FI[f, F_LASTCNP] = now
             FI[f, F_CNPS] += 1
-            _push(heap, S, now + ctrl, CNP, f, 0)
-    if not IP[I_PFC]:
+            push(H, W, EV, S, now + ctrl, CNP, f, 0)
+    if IP[I_SEL]:
+        base = G[f, G_BASE]
+        if s < FI[f, F_RCV] or SEL[base + s, X_GOT]:
+            return  # a duplicate
+        SEL[base + s, X_GOT] = 1
+        if s == FI[f, F_RCV]:
+            while FI[f, F_RCV] < G[f, G_NPK] and SEL[base + FI[f, F_RCV], X_GOT]:
+                FI[f, F_RCV] += 1
+            push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        else:  # kept; NACK with the cumulative ACK and this packet (SACK)
+            FI[f, F_REORD] += 1
+            push(H, W, EV, S, now + ctrl, SACK, f, (FI[f, F_RCV] << 32) | s)
+    elif not IP[I_PFC]:
         if s != FI[f, F_RCV]:
             if s > FI[f, F_RCV]:
                 FI[f, F_REORD] += 1
                 if FI[f, F_NACK] != FI[f, F_RCV]:
                     FI[f, F_NACK] = FI[f, F_RCV]
-                    _push(heap, S, now + ctrl, NACK, f, FI[f, F_RCV])
+                    push(H, W, EV, S, now + ctrl, NACK, f, FI[f, F_RCV])
             return
         FI[f, F_RCV] += 1
-        _push(heap, S, now + ctrl, ACK, f, FI[f, F_RCV])
+        push(H, W, EV, S, now + ctrl, ACK, f, FI[f, F_RCV])
     else:
         if s < FI[f, F_MAXSEEN]:
             FI[f, F_REORD] += 1
         FI[f, F_MAXSEEN] = max(FI[f, F_MAXSEEN], s)
-    m = _msg_of(G, msg_first, f, s)
-    msg_rcvd[m] += 1
-    if msg_rcvd[m] == msg_npk[m]:
-        msg_done[m] = now
+    m = _msg_of(G, MS, f, s)
+    MS[m, M_RCVD] += 1
+    if MS[m, M_RCVD] == MS[m, M_NPK]:
+        MS[m, M_DONE] = now
     FI[f, F_DELIV] += 1
     if FI[f, F_DELIV] == G[f, G_NPK]:
         FI[f, F_FIN] = 1
@@ -381,105 +405,76 @@ def _receive(k, now, st, msg_npk, msg_rcvd, msg_done):
 
 
 @njit(cache=True, inline="always")
-def _on_cnp(f, now, FI, FF, IP, RP, S, heap, rates):
+def _on_cnp(f, now, FI, FC, IP, RP, S, H, W, EV, OUT):
     if FI[f, F_FIN] or not IP[I_DCQCN]:
         return
     if FI[f, F_LASTDEC] < 0 or now - FI[f, F_LASTDEC] >= IP[I_DECI]:
-        FF[f, 1] = FF[f, 0]
-        FF[f, 0] = max(FF[f, 0] * (1.0 - FF[f, 2] / 2.0), RP[R_MINRATE])
+        FC[f, C_RT] = FC[f, C_RC]
+        FC[f, C_RC] = max(FC[f, C_RC] * (1.0 - FC[f, C_ALPHA] / 2.0), RP[R_MINRATE])
         FI[f, F_LASTDEC] = now
         FI[f, F_TC] = 0
         FI[f, F_BC] = 0
         FI[f, F_BYTES] = 0
         FI[f, F_CUT] = 1
-        rates.append((now, np.int64(f), np.int64(FF[f, 0] * 1000.0)))
+        _out(OUT, S, O_RATE, now, f, np.int64(FC[f, C_RC] * 1000.0), 0)
         FI[f, F_INCEP] += 1
-        _push(heap, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
-    FF[f, 2] = (1.0 - RP[R_G]) * FF[f, 2] + RP[R_G]
+        push(H, W, EV, S, now + IP[I_INCT], INC, f, FI[f, F_INCEP])
+    FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + RP[R_G]
     FI[f, F_ALPHAEP] += 1
-    _push(heap, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
+    push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
 
 
-@njit(cache=True)
-def _grow(PK, free, S):
-    old = PK.shape[0]
-    new = np.full((old * 2, PK.shape[1]), -1, np.int64)
-    new[:old] = PK
-    nfree = np.empty(old * 2, np.int64)
-    nfree[:S[S_NFREE]] = free[:S[S_NFREE]]
-    for j in range(old):
-        nfree[S[S_NFREE] + j] = old * 2 - 1 - j
-    S[S_NFREE] += old
-    return new, nfree
-
-
-@njit(cache=True)
-def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr, hflows, port_src, port_dst,
-          port_mbps, port_delay, host_port, route_ptr, route_ports, headroom, shared_cap, hosts, nodes, pool):
-    F = G.shape[0]
-    ports = port_src.shape[0]
+@njit(cache=True, inline="always")
+def _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
+    """Queue depth and ECN fraction rows per switch port; False when the run has stalled."""
     P = IP[I_PRIOS]
-    PK = np.full((pool, 11), -1, np.int64)
-    free = np.arange(pool - 1, -1, -1).astype(np.int64)
-    FI = np.zeros((F, 26), np.int64)
-    for f in range(F):
-        FI[f, F_CUR] = G[f, G_MA]
-        FI[f, F_LASTDEC] = -1
-        FI[f, F_LASTCNP] = -1
-        FI[f, F_MAXSEEN] = -1
-        FI[f, F_NACK] = -1
-    FF = np.empty((F, 3), np.float64)
-    FF[:, 0] = line
-    FF[:, 1] = line
-    FF[:, 2] = 1.0
-    PQ = np.zeros((ports * P, 8), np.int64)
-    PQ[:, Q_HEAD] = -1
-    PQ[:, Q_TAIL] = -1
-    PO = np.zeros((ports, 9), np.int64)
-    used = np.zeros(nodes, np.int64)
-    host_wake = np.full(hosts, INF, np.int64)
-    FLS = np.full((F, max(nodes - hosts, 1)), -1, np.int64)
-    FLI = np.zeros((F, max(nodes - hosts, 1)), np.int64)
-    msg_rcvd = np.zeros(msg_npk.shape[0], np.int64)
-    msg_done = np.full(msg_npk.shape[0], -1, np.int64)
-    S = np.zeros(7, np.int64)
-    S[S_REMAIN] = F
-    S[S_NFREE] = pool
-    z = np.int64(0)
-    heap = np.empty((max(1024, 4 * (F + ports + hosts)), 5), np.int64)
-    pauses = [(z, z, z, z)]
-    pauses.pop()
-    drops = [(z, z, z, z)]
-    drops.pop()
-    rates = [(z, z, z)]
-    rates.pop()
-    retx = [(z, z, z)]
-    retx.pop()
-    qrows = [(z, z, z)]
-    qrows.pop()
-    mrows = [(z, z, z)]
-    mrows.pop()
-    for h in range(hosts):
-        if hptr[h] < hptr[h + 1]:
-            first = INF
-            for i in range(hptr[h], hptr[h + 1]):
-                first = min(first, msg_ready[G[hflows[i], G_MA]])
-            host_wake[h] = first
-            _push(heap, S, first, WAKE, h, 0)
-    _push(heap, S, IP[I_SAMPLE], SAMPLE, 0, 0)
-    st = (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port, port_mbps,
-          port_delay, rates, retx)
-    now = z
-    status = OK
-    while S[S_HSIZE] > 0 and S[S_REMAIN] > 0:
-        if S[S_NFREE] < 2 or S[S_HSIZE] + 32 > heap.shape[0]:
-            if S[S_NFREE] < 2:
-                PK, free = _grow(PK, free, S)
-            if S[S_HSIZE] + 32 > heap.shape[0]:
-                heap = _grow_heap(heap)
-            st = (PK, FI, FF, G, PQ, PO, S, heap, free, msg_first, msg_bytes, msg_ready, line, IP, RP, host_port,
-                  port_mbps, port_delay, rates, retx)
-        now, kind, a, b = _pop(heap, S)
+    for port in range(PT.shape[0]):
+        if PT[port, T_SRC] < hosts:
+            continue
+        qb = np.int64(0)
+        for q in range(P):
+            qb += PQ[port * P + q, Q_BYTES]
+        if qb != PO[port, P_LASTQ]:
+            _out(OUT, S, O_QUEUE, now, port, qb, 0)
+            PO[port, P_LASTQ] = qb
+        if PO[port, P_PSINCE] > 0:
+            _out(OUT, S, O_MARKED, now, port, PO[port, P_MSINCE] * 1000000 // PO[port, P_PSINCE], 0)
+            PO[port, P_MSINCE] = 0
+            PO[port, P_PSINCE] = 0
+    return not (S[S_PAUSED] > 0 and now - S[S_LASTTX] >= IP[I_WD])
+
+
+@njit(cache=True)
+def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT, hptr, hflows, host_port, host_wake,
+         route_ptr, route_ports, fhash, FLS, FLI, HS):
+    """The event loop, until every flow is delivered (OK), the run stalls (STALLED) or an array runs
+    short (GROW: the caller enlarges it and calls again; all state is in the arguments)."""
+    IP, RP, G, FI, FC, MS, PT, PQ = borrowed(IP), borrowed(RP), borrowed(G), borrowed(FI), borrowed(FC), \
+        borrowed(MS), borrowed(PT), borrowed(PQ)
+    PO, ND, S, H, W, EV, PK, free, OUT = borrowed(PO), borrowed(ND), borrowed(S), borrowed(H), borrowed(W), \
+        borrowed(EV), borrowed(PK), borrowed(free), borrowed(OUT)
+    SEL, HS = borrowed(SEL), borrowed(HS)
+    hptr, hflows, host_port, host_wake = borrowed(hptr), borrowed(hflows), borrowed(host_port), \
+        borrowed(host_wake)
+    route_ptr, route_ports, fhash, FLS, FLI = borrowed(route_ptr), borrowed(route_ports), borrowed(fhash), \
+        borrowed(FLS), borrowed(FLI)
+    hosts = host_port.shape[0]
+    P = IP[I_PRIOS]
+    room = 2 * PT.shape[0] + 64
+    if S[S_SEQ] == 0:  # first call: each host wakes at its first message, sampling starts
+        for h in range(hosts):
+            if hptr[h] < hptr[h + 1]:
+                first = INF
+                for i in range(hptr[h], hptr[h + 1]):
+                    first = min(first, MS[G[hflows[i], G_MA], M_READY])
+                host_wake[h] = first
+                push(H, W, EV, S, first, WAKE, h, 0)
+        push(H, W, EV, S, IP[I_SAMPLE], SAMPLE, 0, 0)
+    while S[S_HSIZE] + S[S_WCOUNT] > 0 and S[S_REMAIN] > 0:
+        if S[S_NFREE] < 2 or queue_short(H, EV, S) or S[S_NOUT] + room > OUT.shape[0]:
+            return GROW
+        now, kind, a, b = pop(H, W, EV, S)
+        S[S_NOW] = now
         if kind == PORT_FREE or kind == PAUSE:
             if kind == PAUSE:
                 row = a * P + (b >> 1)
@@ -492,123 +487,210 @@ def _loop(IP, RP, G, fhash, line, msg_ready, msg_bytes, msg_first, msg_npk, hptr
                 if PQ[row, Q_PAUSED]:
                     PQ[row, Q_PAUSED] = 0
                     S[S_PAUSED] -= 1
-                    pauses.append((a, b >> 1, PQ[row, Q_SINCE], now))
-            n = port_src[a]
+                    _out(OUT, S, O_PAUSE, a, b >> 1, PQ[row, Q_SINCE], now)
+            n = PT[a, T_SRC]
             if n < hosts:
-                _try_send(n, now, st, hptr, hflows, host_wake)
+                _try_send(n, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
+                          host_port, host_wake, HS)
             else:
-                _try_port(a, now, st, used, shared_cap, port_src)
+                _try_port(a, now, PK, PQ, PO, PT, ND, S, H, W, EV, IP, RP)
         elif kind == ARRIVE:
-            n = port_dst[PK[a, K_PORT]]
+            n = PT[PK[a, K_PORT], T_DST]
             if n < hosts:
-                _receive(a, now, st, msg_npk, msg_rcvd, msg_done)
+                _receive(a, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP)
             else:
-                _switch_arrive(n, a, now, st, used, shared_cap, headroom, port_src, fhash, route_ptr, route_ports,
-                               hosts, FLS, FLI, drops)
+                _switch_arrive(n, a, now, PK, PQ, PO, PT, ND, S, H, W, EV, free, IP, RP, OUT, G, fhash, route_ptr,
+                               route_ports, hosts, FLS, FLI)
         elif kind == WAKE:
             if host_wake[a] == now:
                 host_wake[a] = INF
-            _try_send(a, now, st, hptr, hflows, host_wake)
+            _try_send(a, now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr, hflows,
+                      host_port, host_wake, HS)
         elif kind == CNP:
-            _on_cnp(a, now, FI, FF, IP, RP, S, heap, rates)
+            _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
+        elif IP[I_SEL] and (kind == ACK or kind == SACK):
+            cum = b >> 32 if kind == SACK else b
+            if cum > FI[a, F_UNA]:
+                FI[a, F_UNA] = cum
+                FI[a, F_PROG] = now
+            if kind == SACK:
+                got = b & 0xFFFFFFFF
+                SEL[G[a, G_BASE] + got, X_SACKED] = 1
+                FI[a, F_HEND] = max(FI[a, F_HEND], got)
+                if not FI[a, F_INREC]:
+                    FI[a, F_INREC] = 1
+                    FI[a, F_RECEND] = FI[a, F_HIGH]
+                    FI[a, F_RP] = FI[a, F_UNA]
+            if FI[a, F_INREC] and FI[a, F_UNA] >= FI[a, F_RECEND]:
+                FI[a, F_INREC] = 0
+            nxt = _next_seq(a, FI, G, SEL)
+            if nxt != FI[a, F_NXT]:
+                FI[a, F_NXT] = nxt
+                FI[a, F_CUR] = _msg_of(G, MS, a, nxt)
+                _refresh(a, FI, G, MS, HS)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake, HS)
         elif kind == ACK or kind == NACK:
             if b > FI[a, F_UNA]:
                 FI[a, F_UNA] = b
                 FI[a, F_PROG] = now
             if kind == NACK and FI[a, F_NXT] > b:
                 FI[a, F_NXT] = b
-                FI[a, F_CUR] = _msg_of(G, msg_first, a, b)
-                _try_send(G[a, G_SRC], now, st, hptr, hflows, host_wake)
+                FI[a, F_CUR] = _msg_of(G, MS, a, b)
+                _refresh(a, FI, G, MS, HS)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake, HS)
         elif kind == ALPHA:
             if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
-                FF[a, 2] = (1.0 - RP[R_G]) * FF[a, 2]
-                _push(heap, S, now + IP[I_ALPHAT], ALPHA, a, b)
+                FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
+                push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, a, b)
         elif kind == INC:
             if b == FI[a, F_INCEP] and not FI[a, F_FIN]:
                 FI[a, F_TC] += 1
-                _increase(a, now, FI, FF, line, IP, RP, rates)
-                if FF[a, 0] < line[a]:
-                    _push(heap, S, now + IP[I_INCT], INC, a, b)
+                _increase(a, now, FI, FC, IP, RP, OUT, S)
+                if FC[a, C_RC] < FC[a, C_LINE]:
+                    push(H, W, EV, S, now + IP[I_INCT], INC, a, b)
         elif kind == RTO:
             FI[a, F_RTO] = 0
-            if FI[a, F_FIN] or FI[a, F_UNA] >= FI[a, F_NXT]:
+            if FI[a, F_FIN] or FI[a, F_UNA] >= (FI[a, F_HIGH] if IP[I_SEL] else FI[a, F_NXT]):
                 continue
             FI[a, F_RTO] = 1
             if now - FI[a, F_PROG] >= IP[I_RTO]:
-                FI[a, F_NXT] = FI[a, F_UNA]
-                FI[a, F_CUR] = _msg_of(G, msg_first, a, FI[a, F_UNA])
+                if IP[I_SEL]:  # every packet not known to have arrived is a hole
+                    FI[a, F_INREC] = 1
+                    FI[a, F_RECEND] = FI[a, F_HIGH]
+                    FI[a, F_HEND] = FI[a, F_HIGH]
+                    FI[a, F_RP] = FI[a, F_UNA]
+                FI[a, F_NXT] = _next_seq(a, FI, G, SEL) if IP[I_SEL] else FI[a, F_UNA]
+                FI[a, F_CUR] = _msg_of(G, MS, a, FI[a, F_NXT])
+                _refresh(a, FI, G, MS, HS)
                 FI[a, F_TOUT] += 1
                 FI[a, F_PROG] = now
-                _push(heap, S, now + IP[I_RTO], RTO, a, 0)
-                _try_send(G[a, G_SRC], now, st, hptr, hflows, host_wake)
+                push(H, W, EV, S, now + IP[I_RTO], RTO, a, 0)
+                _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
+                          hflows, host_port, host_wake, HS)
             else:
-                _push(heap, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+                push(H, W, EV, S, FI[a, F_PROG] + IP[I_RTO], RTO, a, 0)
+        elif _sample(now, PQ, PO, PT, S, IP, OUT, hosts):
+            push(H, W, EV, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
         else:
-            for port in range(ports):
-                if port_src[port] < hosts:
-                    continue
-                qb = z
-                for q in range(P):
-                    qb += PQ[port * P + q, Q_BYTES]
-                if qb != PO[port, P_LASTQ]:
-                    qrows.append((now, np.int64(port), qb))
-                    PO[port, P_LASTQ] = qb
-                if PO[port, P_PSINCE] > 0:
-                    mrows.append((now, np.int64(port), PO[port, P_MSINCE] * 1000000 // PO[port, P_PSINCE]))
-                    PO[port, P_MSINCE] = 0
-                    PO[port, P_PSINCE] = 0
-            if S[S_PAUSED] > 0 and now - S[S_LASTTX] >= IP[I_WD]:
-                status = STALLED
-                break
-            _push(heap, S, now + IP[I_SAMPLE], SAMPLE, 0, 0)
-    stuck = [(z, z, z)]
-    stuck.pop()
-    paused_end = [(z, z, z)]
-    paused_end.pop()
-    for port in range(ports):
-        for q in range(P):
-            row = port * P + q
-            if PQ[row, Q_PAUSED]:
-                if status == OK:
-                    pauses.append((np.int64(port), np.int64(q), PQ[row, Q_SINCE], now))
-                else:
-                    paused_end.append((np.int64(port), np.int64(q), PQ[row, Q_SINCE]))
-            if status != OK:
-                k = PQ[row, Q_HEAD]
-                while k >= 0:
-                    stuck.append((np.int64(port), np.int64(q), PK[k, K_ING]))
-                    k = PK[k, K_NEXT]
-    return (status, now, msg_done, FI, PO, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end,
-            PK.shape[0], S[S_SEQ])
+            return STALLED
+    return OK
 
 
-def _rows(items, width: int) -> np.ndarray:
-    return np.array(list(items), np.int64).reshape(-1, width)
+def _grown(a: np.ndarray, fill: int | None) -> np.ndarray:
+    """``a`` with twice the rows; the new ones hold ``fill`` (None: left unset, never read)."""
+    new = np.empty((a.shape[0] * 2, a.shape[1]), a.dtype)
+    new[:a.shape[0]] = a
+    if fill is not None:
+        new[a.shape[0]:] = fill
+    return new
 
 
-def simulate(topo: Topology, params: FabricParams, flows: Flows) -> FabricRun:
-    """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
-    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``."""
-    p = params.check()
+def _wheel_ns(topo: Topology, p: FabricParams, ctrl_ns: np.ndarray, ser_full: np.ndarray) -> int:
+    """The event wheel's length (see :func:`simulate`)."""
+    step = max(int((ser_full + topo.port_delay_ns).max(initial=0)), int(ctrl_ns.max(initial=0)), p.sample_ns)
+    return min(max(1 << (8 * step - 1).bit_length(), 1024), WHEEL_NS)
+
+
+def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) -> dict[str, np.ndarray]:
+    """Every array :func:`_run` reads or writes, initialised."""
     pre = prepare(topo, p, flows)
+    ser_full = ((p.mtu_bytes + p.header_bytes) * 8000 + topo.port_mbps - 1) // topo.port_mbps
+    wheel_ns = wheel_ns or _wheel_ns(topo, p, pre.flow_ctrl_ns, ser_full)
+    F, P, ports, hosts = flows.count, p.priorities, topo.ports, topo.hosts
+    sel = int(p.retransmit == "selective" and not p.pfc)
     ip = np.array([p.pfc, p.mtu_bytes, p.header_bytes, p.ecn, p.kmin_bytes, p.kmax_bytes, p.cnp_interval_ns, p.dcqcn,
                    p.rate_decrease_interval_ns, p.alpha_timer_ns, p.increase_timer_ns, p.byte_counter_bytes,
                    p.fast_recovery_steps, p.rto_ns, pre.routing, p.flowlet_gap_ns, p.pfc_watchdog_ns, p.sample_ns,
-                   p.priorities, p.seed, p.resume_offset_bytes], np.int64)
+                   p.priorities, p.seed, p.resume_offset_bytes, sel], np.int64)
     rp = np.array([p.alpha, p.pmax, p.dcqcn_g, p.rai_mbps, p.rhai_mbps, p.min_rate_mbps], np.float64)
+    base = np.r_[0, np.cumsum(pre.flow_npk)]
+    pos = np.empty(F, np.int64)
+    pos[pre.host_flows] = np.arange(F)
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
-                  flows.msg_ptr[1:]], axis=1).astype(np.int64)
-    pool = max(64, 4 * topo.ports)
-    (status, now, done, fi, po, pauses, rates, qrows, mrows, drops, retx, stuck, paused_end, pool_end, events) = _loop(
-        ip, rp, g, pre.flow_hash, pre.line_mbps, flows.msg_ready_ns.astype(np.int64), flows.msg_bytes.astype(np.int64),
-        pre.msg_first, pre.msg_npk, pre.host_flows_ptr, pre.host_flows, topo.port_src, topo.port_dst, topo.port_mbps,
-        topo.port_delay_ns, topo.host_port, topo.route_ptr, topo.route_ports, pre.headroom, pre.shared_cap,
-        topo.hosts, topo.nodes, pool)
-    run = FabricRun(int(status), int(now), done, fi[:, F_RETXB].copy(), fi[:, F_RETXP].copy(), fi[:, F_MARKED].copy(),
-                    fi[:, F_CNPS].copy(), fi[:, F_REORD].copy(), fi[:, F_TOUT].copy(), po[:, P_TX].copy(),
-                    po[:, P_PKTS].copy(), po[:, P_MARKS].copy(), po[:, P_DROPS].copy(), po[:, P_MAXQ].copy(),
-                    _rows(pauses, 4), _rows(rates, 3), _rows(qrows, 3), _rows(mrows, 3), _rows(drops, 4),
-                    _rows(retx, 3), _rows(stuck, 3), _rows(paused_end, 3))
-    run.extra["packet_pool"] = int(pool_end)
-    run.extra["events"] = int(events)
+                  flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1], pos], axis=1).astype(np.int64)
+    fi = np.zeros((F, F_HEND + 1), np.int64)
+    fi[:, F_CUR] = g[:, G_MA]
+    fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
+    fc = np.stack([pre.line_mbps, pre.line_mbps, np.ones(F), pre.line_mbps], axis=1).astype(np.float64)
+    nm = flows.msg_bytes.shape[0]
+    ms = np.stack([pre.msg_first, flows.msg_bytes, flows.msg_ready_ns, pre.msg_npk, np.zeros(nm), np.full(nm, -1)],
+                  axis=1).astype(np.int64)
+    pt = np.stack([topo.port_src, topo.port_dst, topo.port_mbps, topo.port_delay_ns, pre.headroom, ser_full],
+                  axis=1).astype(np.int64)
+    pq = np.zeros((ports * P, 8), np.int64)
+    pq[:, [Q_HEAD, Q_TAIL]] = -1
+    nd = np.stack([np.zeros(topo.nodes, np.int64), pre.shared_cap], axis=1).astype(np.int64)
+    pool = max(1024, 4 * ports)  # 90 KB; grows by doubling
+    s = np.zeros(S_LEN, np.int64)
+    s[S_REMAIN], s[S_NFREE] = F, pool
+    nsw = max(topo.nodes - hosts, 1)
+    return dict(IP=ip, RP=rp, G=g, FI=fi, FC=fc, MS=ms, PT=pt, PQ=pq, PO=np.zeros((ports, 9), np.int64), ND=nd, S=s,
+                **queue_arrays(s, wheel_ns, 4 * (F + ports + hosts)), PK=np.full((pool, 11), -1, np.int64),
+                free=np.arange(pool - 1, -1, -1, dtype=np.int64),
+                SEL=np.zeros((int(base[-1]) if sel else 1, 2), np.int8),
+                OUT=np.zeros((max(4096, 8 * ports + 256), 5), np.int64),
+                hptr=pre.host_flows_ptr, hflows=pre.host_flows, host_port=topo.host_port,
+                host_wake=np.full(hosts, INF, np.int64), route_ptr=topo.route_ptr, route_ports=topo.route_ports,
+                fhash=pre.flow_hash, FLS=np.full((F, nsw), -1, np.int64), FLI=np.zeros((F, nsw), np.int64),
+                HS=np.stack([np.maximum(flows.msg_ready_ns[flows.msg_ptr[:-1]], 0), np.zeros(F), flows.prio],
+                            axis=1)[pre.host_flows].astype(np.int64))
+
+
+def _grow(st: dict[str, np.ndarray]) -> None:
+    """Enlarge whatever :func:`_run` found short (doubling: a handful of calls per run)."""
+    S = st["S"]
+    if S[S_NFREE] < 2:
+        old = st["PK"].shape[0]
+        st["PK"] = _grown(st["PK"], -1)
+        nf = int(S[S_NFREE])
+        free = np.zeros(2 * old, np.int64)
+        free[:nf] = st["free"][:nf]
+        free[nf:nf + old] = np.arange(2 * old - 1, old - 1, -1)
+        st["free"] = free
+        S[S_NFREE] += old
+    grow_queue(st)
+    if S[S_NOUT] + 2 * st["PT"].shape[0] + 64 > st["OUT"].shape[0]:
+        st["OUT"] = _grown(st["OUT"], None)
+
+
+def simulate(topo: Topology, params: FabricParams, flows: Flows, *, wheel_ns: int | None = None) -> FabricRun:
+    """Run ``flows`` over ``topo`` with ``params``: packets, shared-buffer switches, PFC, ECN, DCQCN and
+    loss recovery (see ``docs/fabric.md``). Equal, field by field, to ``simulate_reference``.
+    ``wheel_ns`` (a power of two >= 64) sizes the event wheel; results never depend on it (tests shrink
+    it). Default: eight times the longest regular step (a full packet's serialisation plus its link's
+    delay, a control frame's path, the sample period), between 1024 and WHEEL_NS: a small wheel is quick
+    to allocate and stays in cache, and only timers and far wake-ups go through the heap."""
+    p = params.check()
+    st = _state(topo, p, flows, wheel_ns)
+    while (status := _run(**st)) == GROW:
+        _grow(st)
+    S, PQ, PK, FI, PO = st["S"], st["PQ"], st["PK"], st["FI"], st["PO"]
+    now, P = int(S[S_NOW]), p.priorities
+    out = st["OUT"][:S[S_NOUT]]
+    out = out[np.argsort(out[:, 0].astype(np.int8), kind="stable")]  # by tag, in order within each (radix sort)
+    ends = np.r_[0, np.cumsum(np.bincount(out[:, 0], minlength=O_MARKED + 1))]
+
+    def rows(tag: int, width: int) -> np.ndarray:
+        return out[ends[tag]:ends[tag + 1], 1:1 + width]
+
+    paused = np.flatnonzero(PQ[:, Q_PAUSED])
+    open_pauses = np.stack([paused // P, paused % P, PQ[paused, Q_SINCE], np.full(paused.size, now)], axis=1)
+    stuck: list[tuple[int, int, int]] = []
+    if status != OK:
+        for row in range(PQ.shape[0]):
+            k = int(PQ[row, Q_HEAD])
+            while k >= 0:
+                stuck.append((row // P, row % P, int(PK[k, K_ING])))
+                k = int(PK[k, K_NEXT])
+    pauses = np.vstack([rows(O_PAUSE, 4), open_pauses]) if status == OK else rows(O_PAUSE, 4)
+    run = FabricRun(int(status), now, st["MS"][:, M_DONE].copy(), FI[:, F_RETXB].copy(), FI[:, F_RETXP].copy(),
+                    FI[:, F_MARKED].copy(), FI[:, F_CNPS].copy(), FI[:, F_REORD].copy(), FI[:, F_TOUT].copy(),
+                    PO[:, P_TX].copy(), PO[:, P_PKTS].copy(), PO[:, P_MARKS].copy(), PO[:, P_DROPS].copy(),
+                    PO[:, P_MAXQ].copy(), pauses, rows(O_RATE, 3), rows(O_QUEUE, 3), rows(O_MARKED, 3),
+                    rows(O_DROP, 4), rows(O_RETX, 3), np.array(stuck, np.int64).reshape(-1, 3),
+                    np.ascontiguousarray(open_pauses[:, :3]) if status != OK else np.zeros((0, 3), np.int64))
+    run.extra["packet_pool"] = int(PK.shape[0])
+    run.extra["events"] = int(S[S_SEQ])
     return run

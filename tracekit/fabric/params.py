@@ -12,6 +12,7 @@ from typing import Any
 from tracekit.errors import TracekitError
 
 ROUTINGS = ("ecmp", "spray", "flowlet")
+RETRANSMITS = ("go_back_n", "selective")
 ROUTING_CODE = {r: i for i, r in enumerate(ROUTINGS)}
 
 
@@ -40,6 +41,7 @@ class FabricParams:
     rhai_mbps: float = 50.0
     min_rate_mbps: float = 100.0
     rto_ns: int = 4096 * 2 ** 12
+    retransmit: str = "go_back_n"
     routing: str = "ecmp"
     flowlet_gap_ns: int = 10_000
     pfc_watchdog_ns: int = 100_000_000
@@ -70,6 +72,8 @@ class FabricParams:
             raise bad("dcqcn_g", "a gain in (0, 1]")
         if self.routing not in ROUTINGS:
             raise bad("routing", f"one of {', '.join(ROUTINGS)}")
+        if self.retransmit not in RETRANSMITS:
+            raise bad("retransmit", f"one of {', '.join(RETRANSMITS)}")
         if self.min_rate_mbps <= 0 or self.rai_mbps < 0 or self.rhai_mbps < 0:
             raise bad("min_rate_mbps", "positive rates")
         return self
@@ -106,6 +110,13 @@ SOURCES = {
     "rhai_mbps": "NVIDIA rpg_hai_rate default 50 Mb/s",
     "min_rate_mbps": "NVIDIA rpg_min_rate (estimate: 100 Mb/s floor, as in HPCC's ns-3 config)",
     "rto_ns": "IB spec local ACK timeout 4.096 us x 2^timeout; timeout = 12 is an estimate of a common setting",
+    "retransmit": "go_back_n: the RoCE v2 / InfiniBand transport's recovery (the responder drops out-of-order "
+                  "packets and NAKs the first); selective: IRN (Mittal et al., 'Revisiting Network Support for RDMA', "
+                  "SIGCOMM 2018): the receiver keeps out-of-order packets, each one NACKs with the cumulative ACK and "
+                  "its own sequence (a SACK), the sender retransmits only the holes, once per recovery, which ends "
+                  "when the cumulative ACK passes what was sent at its start (recalled from the paper, not re-checked "
+                  "against the PDF here); NVIDIA (Mellanox) NICs resend only the NAKed packet in a selective mode "
+                  "(patents US10430374B2, US 2022/0158772 A1)",
     "routing": "ECMP by five-tuple hash is the default in Ethernet fabrics",
     "flowlet_gap_ns": "estimate: flowlet gap of a few RTTs (10 us)",
     "pfc_watchdog_ns": "estimate: switch PFC watchdogs act after ~100 ms of continuous pause",

@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SAMPLE,
+from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, Prepared, hash3, prepare, rows)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
@@ -54,6 +54,13 @@ class _Sim:
         self.rcv_nxt, self.max_seen, self.nack_for = [0] * F, [-1] * F, [-1] * F
         self.snd_una, self.rto_armed, self.last_progress = [0] * F, [False] * F, [0] * F
         self.delivered, self.fin = [0] * F, [False] * F
+        # selective repeat (PFC off): packets the receiver holds, packets the sender knows arrived, and
+        # per flow: in recovery, its end (the first packet not yet sent when it began), the retransmit
+        # pointer and the end of the holes (the highest SACKed packet)
+        self.sel = p.retransmit == "selective" and not p.pfc
+        self.got = [bytearray(int(n)) for n in pre.flow_npk] if self.sel else []
+        self.sacked = [bytearray(int(n)) for n in pre.flow_npk] if self.sel else []
+        self.in_rec, self.rec_end, self.retx_ptr, self.hole_end = [False] * F, [0] * F, [0] * F, [0] * F
         self.msg_rcvd = [0] * len(fl.msg_bytes)
         self.flowlet_seen: dict = {}
         self.flowlet_id: dict = {}
@@ -111,9 +118,10 @@ class _Sim:
             self.out["retx_pkts"][f] += 1
             self.out["retx_bytes"][f] += payload
             self.retx.append((now, f, s))
+            self.retx_ptr[f] = s + 1
         else:
             self.high[f] = s + 1
-        self.snd_nxt[f] = s + 1
+        self.snd_nxt[f] = self.next_seq(f) if self.sel else s + 1
         self.next_t[f] = now + math.ceil(wire * 8000.0 / self.rc[f])
         if p.dcqcn and self.cut[f]:
             self.bytes_ctr[f] += wire
@@ -266,7 +274,18 @@ class _Sim:
                 self.last_cnp[f] = now
                 self.out["cnps"][f] += 1
                 self.push(now + ctrl, CNP, f, 0)
-        if not p.pfc:
+        if self.sel:
+            if s < self.rcv_nxt[f] or self.got[f][s]:
+                return  # a duplicate
+            self.got[f][s] = 1
+            if s == self.rcv_nxt[f]:
+                while self.rcv_nxt[f] < int(self.pre.flow_npk[f]) and self.got[f][self.rcv_nxt[f]]:
+                    self.rcv_nxt[f] += 1
+                self.push(now + ctrl, ACK, f, self.rcv_nxt[f])
+            else:  # kept; NACK with the cumulative ACK and this packet (SACK)
+                self.out["reorder"][f] += 1
+                self.push(now + ctrl, SACK, f, (self.rcv_nxt[f] << 32) | s)
+        elif not p.pfc:
             if s != self.rcv_nxt[f]:
                 if s > self.rcv_nxt[f]:
                     self.out["reorder"][f] += 1
@@ -332,13 +351,45 @@ class _Sim:
             if self.rc[f] < float(self.pre.line_mbps[f]):
                 self.push(now + p.increase_timer_ns, INC, f, ep)
 
+    def next_seq(self, f):
+        """Selective repeat: the next hole (below the highest SACKed packet, not known to have arrived,
+        not yet retransmitted in this recovery), else new data."""
+        if self.in_rec[f]:
+            r = max(self.retx_ptr[f], self.snd_una[f])
+            while r < self.hole_end[f] and self.sacked[f][r]:
+                r += 1
+            self.retx_ptr[f] = r
+            if r < self.hole_end[f]:
+                return r
+        return self.high[f]
+
+    def on_ack_selective(self, f, cum, sacked, now):
+        """An ACK (``sacked`` < 0) or a SACK: advance, enter or leave recovery, resume sending."""
+        if cum > self.snd_una[f]:
+            self.snd_una[f] = cum
+            self.last_progress[f] = now
+        if sacked >= 0:
+            self.sacked[f][sacked] = 1
+            self.hole_end[f] = max(self.hole_end[f], sacked)
+            if not self.in_rec[f]:
+                self.in_rec[f], self.rec_end[f], self.retx_ptr[f] = True, self.high[f], self.snd_una[f]
+        if self.in_rec[f] and self.snd_una[f] >= self.rec_end[f]:
+            self.in_rec[f] = False
+        nxt = self.next_seq(f)
+        if nxt != self.snd_nxt[f]:
+            self.snd_nxt[f] = nxt
+            self.try_send(int(self.fl.src[f]), now)
+
     def on_rto(self, f, now):
         self.rto_armed[f] = False
-        if self.fin[f] or self.snd_una[f] >= self.snd_nxt[f]:
+        if self.fin[f] or self.snd_una[f] >= (self.high[f] if self.sel else self.snd_nxt[f]):
             return
         self.rto_armed[f] = True
         if now - self.last_progress[f] >= self.p.rto_ns:
-            self.snd_nxt[f] = self.snd_una[f]
+            if self.sel:  # every packet not known to have arrived is a hole
+                self.in_rec[f], self.rec_end[f], self.hole_end[f] = True, self.high[f], self.high[f]
+                self.retx_ptr[f] = self.snd_una[f]
+            self.snd_nxt[f] = self.next_seq(f) if self.sel else self.snd_una[f]
             self.out["timeouts"][f] += 1
             self.last_progress[f] = now
             self.push(now + self.p.rto_ns, RTO, f, 0)
@@ -391,6 +442,8 @@ class _Sim:
                 self.on_pause(a, b, now)
             elif kind == CNP:
                 self.on_cnp(a, now)
+            elif self.sel and (kind == ACK or kind == SACK):
+                self.on_ack_selective(a, b >> 32 if kind == SACK else b, b & 0xFFFFFFFF if kind == SACK else -1, now)
             elif kind == ACK or kind == NACK:
                 if b > self.snd_una[a]:
                     self.snd_una[a] = b

@@ -52,6 +52,27 @@ class Topology:
             node = int(self.port_dst[p])
         raise TracekitError(f"no route from host {src} to host {dst}", fix="check the topology")
 
+    def path_delays_ns(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """:meth:`path_delay_ns` for arrays of host pairs, all hops at once."""
+        node, dst = np.array(src, np.int64), np.asarray(dst, np.int64)
+        total = np.zeros(node.shape[0], np.int64)
+        for _ in range(self.nodes):
+            go = node != dst
+            if not go.any():
+                return total
+            at_host = node < self.hosts
+            p = np.where(at_host, self.host_port[np.minimum(node, self.hosts - 1)], 0)
+            sw = go & ~at_host
+            k = node[sw] * self.hosts + dst[sw]
+            if (self.route_ptr[k + 1] == self.route_ptr[k]).any():
+                break
+            p[sw] = self.route_ports[self.route_ptr[k]]
+            p = p[go]
+            total[go] += self.port_delay_ns[p] + -(-64 * 8000 // self.port_mbps[p])
+            node[go] = self.port_dst[p]
+        bad = int(np.flatnonzero(node != dst)[0])
+        raise TracekitError(f"no route from host {int(src[bad])} to host {int(dst[bad])}", fix="check the topology")
+
 
 class _Builder:
     def __init__(self, hosts: int, host_names: list[str]) -> None:

@@ -28,6 +28,7 @@ _CHOICES = {
     ("nic", "transport"): ("ib", "roce"),
     ("fabric", "topology"): ("switch", "rail_optimised"),
     ("fabric", "routing"): ("ecmp", "spray", "flowlet"),
+    ("fabric", "retransmit"): ("go_back_n", "selective"),
 }
 
 
