@@ -101,7 +101,10 @@ SOURCES = {
     "cnp_interval_ns": "NVIDIA ConnectX NP min_time_between_cnps default 4 us (DCQCN paper: 50 us)",
     "dcqcn": "DCQCN (Zhu et al., SIGCOMM 2015) as implemented by ConnectX NICs",
     "dcqcn_g": "DCQCN paper: g = 1/256 (HPCC / SimAI configs: EWMA gain 1/256)",
-    "rate_decrease_interval_ns": "NVIDIA rate_reduce_monitor_period default 4 us (HPCC config: 4 us)",
+    "rate_decrease_interval_ns": ("NVIDIA rate_reduce_monitor_period default 4 us (HPCC config: 4 us); at most one "
+                                  "cut per period, and a CNP inside the period cuts when it ends rather than being "
+                                  "dropped, as HPCC's ns-3 rdma-hw checks every period for a CNP since the last "
+                                  "(benchmarks/peer_ns3.py late-joiner case)"),
     "alpha_timer_ns": "DCQCN paper: alpha update period K = 55 us",
     "increase_timer_ns": "NVIDIA rpg_time_reset default 300 us (HPCC / SimAI: ~300 us)",
     "byte_counter_bytes": "NVIDIA rpg_byte_reset default 32767 B (DCQCN paper: B = 10 MB)",

@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
+from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, DEC, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, Prepared, hash3, prepare, rows)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
@@ -51,6 +51,7 @@ class _Sim:
         self.rc, self.rt, self.alpha = list(line), list(line), [1.0] * F
         self.tcount, self.bcount, self.bytes_ctr, self.cut = [0] * F, [0] * F, [0] * F, [False] * F
         self.last_dec, self.inc_epoch, self.alpha_epoch, self.last_cnp = [-1] * F, [0] * F, [0] * F, [-1] * F
+        self.dec_pending = [False] * F  # a CNP came inside the rate-decrease period: cut when it ends
         self.rcv_nxt, self.max_seen, self.nack_for = [0] * F, [-1] * F, [-1] * F
         self.snd_una, self.rto_armed, self.last_progress = [0] * F, [False] * F, [0] * F
         self.delivered, self.fin = [0] * F, [False] * F
@@ -309,21 +310,35 @@ class _Sim:
             self.remaining -= 1
 
     def on_cnp(self, f, now):
+        """A CNP cuts the rate at once, or, inside the rate-decrease period after the last cut, when that
+        period ends (one cut per period however many CNPs came: ``rate_decrease_interval_ns``'s source)."""
         p = self.p
         if self.fin[f] or not p.dcqcn:
             return
         if self.last_dec[f] < 0 or now - self.last_dec[f] >= p.rate_decrease_interval_ns:
-            self.rt[f] = self.rc[f]
-            self.rc[f] = max(self.rc[f] * (1.0 - self.alpha[f] / 2.0), p.min_rate_mbps)
-            self.last_dec[f] = now
-            self.tcount[f] = self.bcount[f] = self.bytes_ctr[f] = 0
-            self.cut[f] = True
-            self.rates.append((now, f, int(self.rc[f] * 1000.0)))
-            self.inc_epoch[f] += 1
-            self.push(now + p.increase_timer_ns, INC, f, self.inc_epoch[f])
+            self.cut_rate(f, now)
+        elif not self.dec_pending[f]:
+            self.dec_pending[f] = True
+            self.push(self.last_dec[f] + p.rate_decrease_interval_ns, DEC, f, 0)
         self.alpha[f] = (1.0 - p.dcqcn_g) * self.alpha[f] + p.dcqcn_g
         self.alpha_epoch[f] += 1
         self.push(now + p.alpha_timer_ns, ALPHA, f, self.alpha_epoch[f])
+
+    def on_dec(self, f, now):
+        self.dec_pending[f] = False
+        if not self.fin[f]:
+            self.cut_rate(f, now)
+
+    def cut_rate(self, f, now):
+        p = self.p
+        self.rt[f] = self.rc[f]
+        self.rc[f] = max(self.rc[f] * (1.0 - self.alpha[f] / 2.0), p.min_rate_mbps)
+        self.last_dec[f] = now
+        self.tcount[f] = self.bcount[f] = self.bytes_ctr[f] = 0
+        self.cut[f] = True
+        self.rates.append((now, f, int(self.rc[f] * 1000.0)))
+        self.inc_epoch[f] += 1
+        self.push(now + p.increase_timer_ns, INC, f, self.inc_epoch[f])
 
     def increase(self, f, now):
         p = self.p
@@ -442,6 +457,8 @@ class _Sim:
                 self.on_pause(a, b, now)
             elif kind == CNP:
                 self.on_cnp(a, now)
+            elif kind == DEC:
+                self.on_dec(a, now)
             elif self.sel and (kind == ACK or kind == SACK):
                 self.on_ack_selective(a, b >> 32 if kind == SACK else b, b & 0xFFFFFFFF if kind == SACK else -1, now)
             elif kind == ACK or kind == NACK:
