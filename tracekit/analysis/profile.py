@@ -29,6 +29,7 @@ import polars as pl
 from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, lengths, union, union_length
+from tracekit.analysis.match_keys import OpKeys, op_keys
 from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 from tracekit.resources import ResourcePath
@@ -115,8 +116,8 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included;
-    # phase, stage, op and kind categorical
+    ops: pl.DataFrame | None  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op``
+    # included; phase, stage, op and kind categorical. None where ``op_keys`` holds them
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -134,6 +135,7 @@ class Profile:
     dtypes: dict[str, str | None]
     tails: dict[str, TailCause] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
+    op_keys: OpKeys | None = None  # the operations as matching's packed keys (when they fit), instead of ``ops``
 
 
 def _check(events: pl.DataFrame, label: str) -> pl.DataFrame:
@@ -191,9 +193,11 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         stalls_recorded=recorded, counters=_counters(trace.counters), experts=experts, payload_bytes=payload,
         dtypes=dtypes, summary=summary,
     )
-    prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
-    # what matching reads (the rest is freed), names as categorical codes: kept while the other side is measured
-    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
+    prof.tails = {p: _tail_cause(prof, p, ev) for p in phases if finish.filter(pl.col("phase") == p).height}
+    # what matching reads (the rest is freed), kept while the other side is measured: packed keys and
+    # durations where they fit, else the columns with the names as categorical codes
+    prof.op_keys = op_keys(ev)
+    prof.ops = None if prof.op_keys is not None else ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
         pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
     return prof
 
@@ -347,7 +351,7 @@ def _from_summary(summary: dict[str, Any] | None, phases: list[str], meta: dict[
     return payload, dtypes, engine
 
 
-def _tail_cause(prof: Profile, phase: str) -> TailCause:
+def _tail_cause(prof: Profile, phase: str, ev: pl.DataFrame) -> TailCause:
     f = prof.finish.filter(pl.col("phase") == phase)
     per_rank = f.group_by("rank").agg(pl.col("finish_ns").mean().alias("mean")).sort("rank")
     top = per_rank.sort(["mean", "rank"], descending=[True, False]).row(0, named=True)
@@ -356,7 +360,7 @@ def _tail_cause(prof: Profile, phase: str) -> TailCause:
     worst = f.filter(pl.col("rank") == rank).sort(["finish_ns", "step", "layer"], descending=[True, False, False]
                                                   ).row(0, named=True)
     step, layer = int(worst["step"]), int(worst["layer"])
-    inst = prof.ops.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in prof.ops.columns).filter(
+    inst = ev.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in ev.columns).filter(
         (pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
     inst = inst.with_row_index("_r")
     mine = inst.filter(pl.col("rank") == rank).with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_e"))
