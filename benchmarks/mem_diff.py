@@ -18,7 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import polars as pl  # noqa: E402
+
 from tracekit.analysis import profile as P  # noqa: E402
+from tracekit.analysis.match_keys import op_keys  # noqa: E402
 from tracekit.analysis.diff import diff_profiles  # noqa: E402
 from tracekit.analysis.matching import operation_names  # noqa: E402
 from tracekit.io.diff_input import load_side  # noqa: E402
@@ -48,6 +51,13 @@ def main(before_dir: str, after_dir: str) -> None:
     ev = stage("check+names", lambda: operation_names(P._check(tr.events, "x"), None))
     stage("exposure", lambda: P._exposure(ev))
     stage("critical path", lambda: P._critical(ev))
+    phases = sorted(ev["phase"].filter(ev["kind"].is_in(P.COMM_KINDS)).unique().to_list(), key=P.phase_order)
+    phases = [p for p in phases if p not in ("", "compute")]
+    stage("traffic", lambda: P._traffic(ev, tr.traffic, phases))
+    inphase = stage("in-phase copy", lambda: ev.select(c for c in P._INPHASE_COLUMNS if c in ev.columns)
+                    .filter(pl.col("phase").is_in(phases)))
+    del inphase
+    stage("matching keys", lambda: op_keys(ev))
     del ev
     pb = stage("profile", lambda: P.profile(tr))
     del tr

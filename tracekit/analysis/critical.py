@@ -219,7 +219,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
         wait.append(int(max(0, ts[i] - end[best])))
         i = best
     p = np.asarray(path, np.int64)
-    sel = events[rows[p]]
+    sel = events[rows[p]].with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, if any
     return pl.DataFrame({
         "row": rows[p], "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
         "rank": sel["rank"].cast(pl.Int32), "op_ns": np.asarray(op, np.int64), "wait_ns": np.asarray(wait, np.int64),

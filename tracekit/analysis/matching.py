@@ -127,7 +127,7 @@ def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.Da
     uniq = events.select(pl.col("name").unique())["name"].to_list()
     keys = [n for n in uniq if n is not None]
     # one added column (a join would copy every column: memory on big traces); a null name stays null
-    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
+    op = pl.col("name").cast(pl.String).replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
     return events.with_columns(op.alias("op"))
 
 

@@ -171,14 +171,14 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     critical, crit_res = _critical(ev)
     traffic = _traffic(ev, trace.traffic, phases)
     inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
-    instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
-                 .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE))
-    stages = (inphase.group_by("phase", "stage", "step", "layer")
-              .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
-                   pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
-              .sort("phase", "stage", "step", "layer"))
-    finish = (inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
-              .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
+    instances = _plain(inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
+                       ).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE)
+    stages = _plain(inphase.group_by("phase", "stage", "step", "layer")
+                    .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
+                         pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
+                    ).sort("phase", "stage", "step", "layer")
+    finish = (_plain(inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
+                     .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end")))
               .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
               .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
               .sort(*_INSTANCE, "rank"))
@@ -202,6 +202,12 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     prof.ops = None if prof.op_keys is not None else ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
         pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
     return prof
+
+
+def _plain(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with categorical columns (names read as codes: memory on big traces) as strings, so
+    that a measure's table sorts, joins and prints as strings whatever the input held."""
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
 def phase_order(p: str) -> tuple[int, str]:
@@ -283,7 +289,7 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
         return None
     key, bits = np.zeros(x.height, np.int64), 0
     for c in _MESSAGE:
-        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype == pl.String else x[c]
+        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype in (pl.String, pl.Categorical) else x[c]
         v = s.cast(pl.Int64).to_numpy()
         lo = int(v.min())
         width = max(int(v.max()) - lo, 0).bit_length() or 1
@@ -306,7 +312,7 @@ def _resources(inphase: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
     by = ["phase", "resource"]
     x = inphase.filter(~pl.col("stage").is_in(_NOT_RESOURCES)).select(
         *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"))
-    busy = union_length(x, by).rename({"length": "busy_ns"})
+    busy = _plain(union_length(x, by)).rename({"length": "busy_ns"})
     span = instances.group_by("phase").agg(pl.col("span_ns").sum().alias("_span"))
     out = busy.join(span, on="phase").with_columns(
         (pl.col("busy_ns") / pl.max_horizontal(pl.col("_span"), pl.lit(1))).alias("utilisation"))
@@ -336,7 +342,7 @@ def _stalls(inphase: pl.DataFrame, phases: list[str], meta: dict[str, Any]) -> t
 
 def _experts(ev: pl.DataFrame) -> pl.DataFrame:
     x = ev.filter(pl.col("stage") == "expert_queue")
-    return (x.group_by("rank", "resource").agg(pl.col("tokens").sum())
+    return (_plain(x.group_by("rank", "resource").agg(pl.col("tokens").sum()))
             .select("rank", pl.col("resource").str.replace(r"^.*/", "").alias("expert"), "tokens")
             .sort("rank", "expert"))
 
