@@ -166,19 +166,20 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     comm = ev.select("phase", "kind").filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
     phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
     ranks = sorted(int(r) for r in ev["rank"].filter(ev["rank"] >= 0).unique().to_list())
-    # the measures with the largest intermediate tables first, before ``inphase`` (a copy) exists
     exposure = _exposure(ev)
     critical, crit_res = _critical(ev)
     traffic = _traffic(ev, trace.traffic, phases)
-    inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
-    instances = _plain(inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
-                       ).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE)
-    stages = _plain(inphase.group_by("phase", "stage", "step", "layer")
-                    .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
-                         pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
-                    ).sort("phase", "stage", "step", "layer")
-    finish = (_plain(inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
-                     .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end")))
+    # group-bys of the in-phase rows by the streaming engine: no copy of the rows (memory on big traces)
+    inphase = ev.lazy().select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
+    instances = _collect(inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"),
+                                                         end.max().alias("end_ns"))
+                         ).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE)
+    stages = _collect(inphase.group_by("phase", "stage", "step", "layer")
+                      .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
+                           pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
+                      ).sort("phase", "stage", "step", "layer")
+    finish = (_collect(inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
+                       .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end")))
               .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
               .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
               .sort(*_INSTANCE, "rank"))
@@ -204,6 +205,12 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     return prof
 
 
+def _collect(lf: pl.LazyFrame) -> pl.DataFrame:
+    """A query on the events by polars' streaming engine (in batches, without copies of the rows it
+    reads: memory on big traces), names as strings (:func:`_plain`)."""
+    return _plain(lf.collect(engine="streaming"))
+
+
 def _plain(df: pl.DataFrame) -> pl.DataFrame:
     """``df`` with categorical columns (names read as codes: memory on big traces) as strings, so
     that a measure's table sorts, joins and prints as strings whatever the input held."""
@@ -218,12 +225,10 @@ def phase_order(p: str) -> tuple[int, str]:
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
     by = ["step", "rank"]
     cols = [*by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns"]
-    r = ev.select(*cols, pl.col("kind").is_in(COMM_KINDS).alias("_comm"), (pl.col("kind") == COMPUTE_KIND)
-                  .alias("_comp")).filter(pl.col("rank") >= 0)  # booleans, not the kind strings, are copied
-    comm = r.filter("_comm").drop("_comm", "_comp")
-    comp = r.filter("_comp").drop("_comm", "_comp")
-    keys = r.select(by).unique()
-    del r
+    r = ev.lazy().filter(pl.col("rank") >= 0)  # by the streaming engine: only the selected columns are copied
+    comm = r.filter(pl.col("kind").is_in(COMM_KINDS)).select(cols).collect(engine="streaming")
+    comp = r.filter(pl.col("kind") == COMPUTE_KIND).select(cols).collect(engine="streaming")
+    keys = r.select(by).unique().collect(engine="streaming")
     ucomm, ucomp = union(comm, by), union(comp, by)  # each once: the lengths and the overlap read them
     out = (keys.join(lengths(ucomm, by).rename({"length": "comm_ns"}), on=by, how="left")
            .join(lengths(ucomp, by).rename({"length": "compute_ns"}), on=by, how="left")
@@ -308,10 +313,10 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
         pl.Series("tokens", np.maximum.reduceat(x["tokens"].to_numpy()[order], start)))
 
 
-def _resources(inphase: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+def _resources(inphase: pl.LazyFrame, instances: pl.DataFrame) -> pl.DataFrame:
     by = ["phase", "resource"]
     x = inphase.filter(~pl.col("stage").is_in(_NOT_RESOURCES)).select(
-        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"))
+        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end")).collect(engine="streaming")
     busy = _plain(union_length(x, by)).rename({"length": "busy_ns"})
     span = instances.group_by("phase").agg(pl.col("span_ns").sum().alias("_span"))
     out = busy.join(span, on="phase").with_columns(
@@ -321,15 +326,14 @@ def _resources(inphase: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
     return out.join(kinds, on="resource").select(*by, "kind", "busy_ns", "utilisation").sort(by)
 
 
-def _stalls(inphase: pl.DataFrame, phases: list[str], meta: dict[str, Any]) -> tuple[pl.DataFrame, bool]:
-    have = "stall_ns" in inphase.columns and "stall_cause" in inphase.columns
+def _stalls(inphase: pl.LazyFrame, phases: list[str], meta: dict[str, Any]) -> tuple[pl.DataFrame, bool]:
+    names = inphase.collect_schema().names()
+    have = "stall_ns" in names and "stall_cause" in names
     recorded = str(meta.get("source", "")) == "replay" or (
-        have and bool((inphase["stall_ns"] > 0).any()))
+        have and bool(inphase.select((pl.col("stall_ns") > 0).any()).collect().item()))
     rows = []
-    x = inphase.filter(pl.col("stall_ns") > 0) if have else inphase.head(0)
-    got = (x.group_by("phase", "stall_cause").agg(pl.col("stall_ns").sum().alias("ns"),
-                                                  pl.len().cast(pl.Int64).alias("count"))
-           if have else None)
+    got = (_collect(inphase.filter(pl.col("stall_ns") > 0).group_by("phase", "stall_cause").agg(
+        pl.col("stall_ns").sum().alias("ns"), pl.len().cast(pl.Int64).alias("count"))) if have else None)
     seen = {} if got is None else {(p, c): (n, k) for p, c, n, k in got.iter_rows()}
     causes = list(STALL_CAUSES) + sorted({c for _, c in seen if c and c not in STALL_CAUSES})
     for p in phases:
@@ -341,8 +345,8 @@ def _stalls(inphase: pl.DataFrame, phases: list[str], meta: dict[str, Any]) -> t
 
 
 def _experts(ev: pl.DataFrame) -> pl.DataFrame:
-    x = ev.filter(pl.col("stage") == "expert_queue")
-    return (_plain(x.group_by("rank", "resource").agg(pl.col("tokens").sum()))
+    x = ev.lazy().filter(pl.col("stage") == "expert_queue")
+    return (_collect(x.group_by("rank", "resource").agg(pl.col("tokens").sum()))
             .select("rank", pl.col("resource").str.replace(r"^.*/", "").alias("expert"), "tokens")
             .sort("rank", "expert"))
 
