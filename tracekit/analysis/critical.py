@@ -108,8 +108,12 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     q = kl - lo  # in place from here: these arrays are as long as the trace
     q *= span
     q += ts - t0
-    j = np.searchsorted(packed, q, side="right") - 1  # the last of the same key that ended by ts
-    del q, packed
+    # the last of the same key that ended by ts; the queries sorted first (a binary search of
+    # sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
+    qo = np.argsort(q)
+    j = np.empty(n, np.int64)
+    j[qo] = np.searchsorted(packed, q[qo], side="right") - 1
+    del q, qo, packed
     out = cand[np.maximum(j, 0)]
     out[(j < 0) | (kr[out] != kl)] = -1
     return out
