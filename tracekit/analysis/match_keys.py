@@ -121,14 +121,17 @@ def _merged(b: OpKeys, a: OpKeys) -> tuple[pl.DataFrame, list[tuple[str, int, in
 
 
 def _repack(k: OpKeys, groups: pl.DataFrame, layout: list[tuple[str, int, int]]) -> OpKeys:
-    """``k`` in the merged ``layout``: every map is monotonic, so the keys stay sorted."""
+    """``k`` in the merged ``layout``, one field at a time: every map is monotonic, so the keys
+    stay sorted."""
     if k.groups.equals(groups) and list(k.layout) == layout:
         return k
     remap = k.groups.join(groups.with_row_index("_g"), on=list(GROUP), how="left", nulls_equal=True,
                           maintain_order="left")["_g"].to_numpy().astype(np.int64)
-    fields = _fields(k)
-    key = remap[fields[0]]
-    for f, (_, lo_k, _), (_, lo, bits) in zip(fields[1:], k.layout[1:], layout[1:]):
+    off = k.shift
+    key = remap[k.keys >> off]
+    for (_, lo_k, bits_k), (_, lo, bits) in zip(k.layout[1:], layout[1:]):
+        off -= bits_k
+        f = (k.keys >> off) & ((1 << bits_k) - 1)
         key <<= bits
         key += np.where(f > 0, f + (lo_k - lo), 0)
     return OpKeys(key, k.dur, groups, tuple(layout))
@@ -149,17 +152,21 @@ def _per_group(group: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _pairs(b: OpKeys, a: OpKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Of two sides in one layout: the shared keys, their numbers of pairs, and per pair its key's
-    group code and the change of duration (after - before)."""
-    ub, sb, cb = _runs(b.keys)
-    ua, sa, ca = _runs(a.keys)
-    _, ib, ia = np.intersect1d(ub, ua, assume_unique=True, return_indices=True)
-    m = np.minimum(cb[ib], ca[ia])  # pairs per shared key (sorted by key, so by group)
-    key_of = np.repeat(np.arange(m.size), m)
-    j = np.arange(key_of.size) - np.repeat(np.cumsum(m) - m, m)  # occurrence within its key
-    delta = a.dur[sa[ia][key_of] + j] - b.dur[sb[ib][key_of] + j]
-    return ub[ib], m, ub[ib][key_of] >> b.shift, delta
+def _pairs(b: OpKeys, a: OpKeys) -> tuple[np.ndarray, np.ndarray]:
+    """Of two sides in one layout, per pair: its key's group code and the change of duration
+    (after - before). The k-th operation of a key on side ``b`` pairs with the k-th of the same
+    key on side ``a``: found by a binary search of ``b``'s sorted keys in ``a``'s."""
+    n = b.keys.size
+    starts = np.flatnonzero(np.r_[True, b.keys[1:] != b.keys[:-1]]) if n else np.zeros(0, np.int64)
+    occurrence = np.zeros(n, np.int64)
+    occurrence[starts] = starts
+    occurrence = np.arange(n) - np.maximum.accumulate(occurrence)  # k within its key
+    partner = np.searchsorted(a.keys, b.keys, side="left")  # the first of the same key on side a
+    partner += occurrence
+    del occurrence
+    ok = partner < a.keys.size
+    ok[ok] = a.keys[partner[ok]] == b.keys[ok]
+    return b.keys[ok] >> b.shift, a.dur[partner[ok]] - b.dur[ok]
 
 
 def paired_deltas(before: OpKeys, after: OpKeys) -> pl.DataFrame | None:
@@ -169,7 +176,7 @@ def paired_deltas(before: OpKeys, after: OpKeys) -> pl.DataFrame | None:
     if merged is None:
         return None
     groups, layout = merged
-    _, _, group, delta = _pairs(_repack(before, groups, layout), _repack(after, groups, layout))
+    group, delta = _pairs(_repack(before, groups, layout), _repack(after, groups, layout))
     return groups.gather(group).with_columns(pl.Series("delta", delta))
 
 
@@ -183,14 +190,15 @@ def match_summary_keys(before: OpKeys, after: OpKeys) -> pl.DataFrame | None:
     groups, layout = merged
     b, a = _repack(before, groups, layout), _repack(after, groups, layout)
     shift, n = b.shift, groups.height
-    shared, m, pair_group, delta = _pairs(b, a)
+    pair_group, delta = _pairs(b, a)
+    paired = np.bincount(pair_group, minlength=n).astype(np.int64)
     medians = pl.DataFrame({"_g": pair_group, "d": delta}).group_by("_g").agg(pl.col("d").median())
     del pair_group, delta
     gb, ga = b.keys >> shift, a.keys >> shift
     out = groups.with_columns(
         pl.Series("count_before", np.bincount(gb, minlength=n).astype(np.int64)),
         pl.Series("count_after", np.bincount(ga, minlength=n).astype(np.int64)),
-        pl.Series("paired", _per_group(shared >> shift, m, n)),
+        pl.Series("paired", paired),
         pl.Series("busy_before", _per_group(gb, b.dur, n)),
         pl.Series("busy_after", _per_group(ga, a.dur, n)),
     ).with_row_index("_g").with_columns(pl.col("_g").cast(pl.Int64))
