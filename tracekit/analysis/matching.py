@@ -121,13 +121,14 @@ class NameMap:
 
 
 def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.DataFrame:
-    """``events`` with an ``op`` column: the mapped, normalised name (each distinct name is
-    normalised once)."""
+    """``events`` with an ``op`` column (categorical): the mapped, normalised name (each distinct
+    name is normalised once)."""
     names = names or NameMap()
     uniq = events.select(pl.col("name").unique())["name"].to_list()
     keys = [n for n in uniq if n is not None]
     # one added column (a join would copy every column: memory on big traces); a null name stays null
-    op = pl.col("name").cast(pl.String).replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
+    # categorical codes out (and in, where the names were read as codes): memory on big traces
+    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.Categorical)
     return events.with_columns(op.alias("op"))
 
 

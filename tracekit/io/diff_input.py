@@ -109,6 +109,7 @@ def _events_lean(path: Path) -> tuple[pl.DataFrame, dict[str, Any], str] | None:
     if not _same_columns(path, pl.Schema(want)):
         return None
     check_table(_ColumnReader(path, s), meta, "events", str(path))  # type: ignore[arg-type]
+    pa.default_memory_pool().release_unused()  # the checks' columns: the pool keeps freed pages otherwise
     return _read_polars(path, list(want), s, categorical=True), meta, s.id
 
 
