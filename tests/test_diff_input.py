@@ -88,3 +88,13 @@ def test_lean_read_fills_defaults_as_conforming_does(events_file, tmp_path):
     lean = _events_lean(bad)
     assert lean is not None
     assert lean[0].with_columns(pl.col(pl.Categorical).cast(pl.String)).equals(_whole(bad))
+
+
+def test_exposure_in_batches_of_ranks_equals_all_at_once(events_file, monkeypatch):
+    from tracekit.analysis import profile as P
+
+    ev = _whole(events_file)
+    whole = P._exposure(ev)  # the small trace fits one batch
+    monkeypatch.setattr(P, "EXPOSURE_BATCH_ROWS", 1)  # one rank per batch
+    assert P._exposure(ev).equals(whole)
+    assert whole.height == ev["rank"].filter(ev["rank"] >= 0).n_unique() * ev["step"].n_unique()

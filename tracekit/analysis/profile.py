@@ -223,9 +223,24 @@ def phase_order(p: str) -> tuple[int, str]:
 
 
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
+    """Exposure per (step, rank), computed for a batch of ranks at a time (of about
+    :data:`EXPOSURE_BATCH_ROWS` rows: the interval unions' intermediates scale with a batch, not
+    the trace); each (step, rank) is measured on its own rows only, so batches change nothing."""
+    ranks = ev["rank"].filter(ev["rank"] >= 0).unique().sort().to_list()
+    k = max(1, len(ranks) * EXPOSURE_BATCH_ROWS // max(ev.height, 1))
+    batches = [ranks[i:i + k] for i in range(0, len(ranks), k)] or [[]]
+    parts = [_exposure_of(ev.lazy().filter(pl.col("rank").is_in(b))) for b in batches]
+    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("step", "rank")
+
+
+#: rows of events per batch of ranks in :func:`_exposure`
+EXPOSURE_BATCH_ROWS = 1_000_000
+
+
+def _exposure_of(rows: pl.LazyFrame) -> pl.DataFrame:
     by = ["step", "rank"]
     cols = [*by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns"]
-    r = ev.lazy().filter(pl.col("rank") >= 0)  # by the streaming engine: only the selected columns are copied
+    r = rows.filter(pl.col("rank") >= 0)  # by the streaming engine: only the selected columns are copied
     comm = r.filter(pl.col("kind").is_in(COMM_KINDS)).select(cols).collect(engine="streaming")
     comp = r.filter(pl.col("kind") == COMPUTE_KIND).select(cols).collect(engine="streaming")
     keys = r.select(by).unique().collect(engine="streaming")
