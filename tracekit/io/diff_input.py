@@ -145,8 +145,9 @@ def _is_kineto(p: Path) -> bool:
 
 
 def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, str]:
-    """One side of a diff and the schema id of its events (``events.v1``). Raises
-    :class:`TracekitError` naming the file for anything unreadable."""
+    """One side of a diff and the schema id of its events (``events.v1``); from an events.parquet
+    whose columns are the schema's, the string columns come as categorical codes (memory on big
+    traces). Raises :class:`TracekitError` naming the file for anything unreadable."""
     p = Path(path)
     label = label or str(p)
     if not p.exists():
