@@ -39,13 +39,22 @@ COLUMNS = ("ts_ns", "dur_ns", "kind", "flow_out", "flow_in", "msg_id", "resource
            "stage")
 
 
-def _prepare(events: pl.DataFrame) -> pl.DataFrame:
-    """Rows that can lie on a path, with their end time and a position in (end, ts) order:
-    numeric columns only, ``resource`` as integer codes (one code per distinct path; the path's
-    strings are looked up by ``_row`` at the end), sorted by one gather (memory on big traces)."""
-    ev = events.select(c for c in COLUMNS if c in events.columns and c not in ("kind", "phase", "stage"))
+def _numeric(events: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """``columns`` of ``events`` (those it has), ``resource`` as integer codes (one code per
+    distinct path; the path's strings are looked up by ``_row`` at the end)."""
+    ev = events.select(c for c in columns if c in events.columns)
     if "resource" in ev.columns:
         ev = ev.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
+    return ev
+
+
+def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """Rows that can lie on a path, with their end time and a position in (end, ts) order:
+    numeric columns only (``columns``, default every one the walk reads), ``resource`` as integer
+    codes, sorted by one gather (memory on big traces)."""
+    if columns is None:
+        columns = tuple(c for c in COLUMNS if c not in ("kind", "phase", "stage"))
+    ev = _numeric(events, ("ts_ns", "dur_ns", *(c for c in columns if c not in ("ts_ns", "dur_ns"))))
     keep = events.select(((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS)).fill_null(False))
     rows = np.flatnonzero(keep.to_series().to_numpy())
     if ev["ts_ns"].null_count() or ev["dur_ns"].null_count():
@@ -186,7 +195,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     before it). ``follow_rank`` makes the rank's previous operation a first-rank candidate; by
     default it is when the trace has neither flows nor message ids. Empty if no operation has a
     duration."""
-    ev = _prepare(events)
+    ev = _prepare(events, columns=())  # times and positions; each search's keys are gathered when it runs
     schema = {"row": pl.Int64, "phase": pl.String, "stage": pl.String, "resource": pl.String, "rank": pl.Int32,
               "op_ns": pl.Int64, "wait_ns": pl.Int64}
     if ev.height == 0:
@@ -194,17 +203,26 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     n = ev.height
     ts = ev["ts_ns"].to_numpy()
     end = ev["_end"].to_numpy()
-    flow = _flow_pred(ev)
-    msg = _latest_before(ev, "msg_id", pl.col("msg_id") >= 0)
-    msg[ev["msg_id"].to_numpy() < 0] = -1
-    res = _latest_before(ev, "resource", pl.lit(True))
-    into = _latest_before(ev, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
-    into[ev["rank"].to_numpy() < 0] = -1
-    rank = _latest_before(ev, "rank", pl.col("rank") >= 0)
-    rank[ev["rank"].to_numpy() < 0] = -1
-    if follow_rank is None:
-        follow_rank = bool(ev["flow_out"].is_null().all() and (ev["msg_id"] < 0).all())
     rows = ev["_row"].to_numpy().astype(np.int64)
+
+    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
+        return ev.hstack(_numeric(events, columns)[rows])
+
+    part = keyed("flow_out", "flow_in")
+    flow, no_flows = _flow_pred(part), bool(part["flow_out"].is_null().all())
+    part = keyed("msg_id")
+    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
+    msg[part["msg_id"].to_numpy() < 0] = -1
+    no_msgs = bool((part["msg_id"] < 0).all())
+    res = _latest_before(keyed("resource"), "resource", pl.lit(True))
+    part = keyed("rank", "dst_rank")
+    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
+    into[part["rank"].to_numpy() < 0] = -1
+    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
+    rank[part["rank"].to_numpy() < 0] = -1
+    del part
+    if follow_rank is None:
+        follow_rank = no_flows and no_msgs
     if end_row is None:
         i = n - 1
     else:
