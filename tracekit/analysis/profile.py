@@ -278,13 +278,18 @@ def _traffic(ev: pl.DataFrame, table: pl.DataFrame | None, phases: list[str]) ->
         t = table if "tokens" in table.columns else table.with_columns(pl.lit(0).alias("tokens"))
         out = t.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
         return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
-    x = ev.select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
-        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0) & pl.col("phase").is_in(phases))
-    per_msg = _per_message(x.filter(pl.col("msg_id") >= 0))
-    loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens")
-    both = pl.concat([per_msg.select(loose.columns), loose])
-    out = both.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
-    return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
+    hops = ev.lazy().select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
+        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0))
+    outs = []
+    for p in phases:  # one phase at a time (its rows only in memory); phases share no message and no row
+        x = hops.filter(pl.col("phase") == p)
+        per_msg = _per_message(x.filter(pl.col("msg_id") >= 0).collect(engine="streaming"))
+        loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens").collect(
+            engine="streaming")
+        both = pl.concat([per_msg.select(loose.columns), loose])
+        outs.append(both.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum()))
+    out = pl.concat(outs).cast(schema) if outs else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    return out.sort("phase", "src_rank", "dst_rank")
 
 
 _MESSAGE = ["phase", "step", "layer", "msg_id", "src_rank", "dst_rank"]
