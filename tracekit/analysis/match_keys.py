@@ -59,10 +59,10 @@ def _group_codes(ops: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame]:
     """Each operation's code into the sorted table of its distinct (phase, stage, op) groups
     (nulls first, as polars sorts), and that table."""
     combined, tables = np.zeros(ops.height, np.int64), []
-    for c in GROUP:
-        names = ops[c].cast(pl.String).drop_nulls().unique().sort()
-        code = ops[c].cast(pl.String).replace_strict(names, pl.int_range(1, names.len() + 1, eager=True),
-                                                    default=0, return_dtype=pl.Int64).fill_null(0)
+    for c in GROUP:  # names as given (strings or categorical codes): no string column of every operation
+        names = ops[c].unique().cast(pl.String).drop_nulls().sort()
+        code = ops[c].replace_strict(names, pl.int_range(1, names.len() + 1, eager=True), default=0,
+                                     return_dtype=pl.Int64).fill_null(0)
         combined *= names.len() + 1
         combined += code.to_numpy()
         tables.append(pl.concat([pl.Series(c, [None], pl.String), names.alias(c)]))
