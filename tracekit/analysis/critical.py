@@ -112,25 +112,34 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
     cand = idx[order]
     del idx
-    packed = rk[order] * span
+    packed = rk[order]
     del rk, order
-    packed += end[cand] - t0
+    packed *= span
+    packed += end[cand]
+    packed -= t0
     q = kl - lo  # in place from here: these arrays are as long as the trace
+    del codes, kl, kr
     q *= span
     q += ts
     q -= t0
-    # the last of the same key that ended by ts; the queries sorted first (a binary search of
-    # sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
+    # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
+    # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
     qo = np.argsort(q)
     q = q[qo]
     found = np.searchsorted(packed, q, side="right")
-    del q, packed
     found -= 1
-    j = np.empty(n, np.int64)
-    j[qo] = found
-    del qo, found
-    out = cand[np.maximum(j, 0)]
-    out[(j < 0) | (kr[out] != kl)] = -1
+    miss = found < 0
+    np.maximum(found, 0, out=found)
+    q //= span  # the query's key; a candidate's is its packed value // span
+    hit = packed[found]
+    hit //= span
+    miss |= hit != q
+    del q, packed, hit
+    res = cand[found]
+    del found, cand
+    res[miss] = -1
+    out = np.empty(n, np.int64)
+    out[qo] = res
     return out
 
 
