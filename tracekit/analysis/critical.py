@@ -59,9 +59,10 @@ def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl
     rows = np.flatnonzero(keep.to_series().to_numpy())
     if ev["ts_ns"].null_count() or ev["dur_ns"].null_count():
         return _prepare_polars(ev.with_row_index("_row")[rows])
-    ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64)
-    end = ts + ev["dur_ns"].to_numpy()[rows].astype(np.int64)
-    order = np.lexsort((rows, ts, end))
+    ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64, copy=False)
+    end = ev["dur_ns"].to_numpy()[rows].astype(np.int64, copy=False)
+    end += ts
+    order = np.lexsort((ts, end))  # stable: ties stay in row order (rows ascend)
     rows = rows[order]
     out = ev.drop("dur_ns")[rows].with_columns(pl.Series("_end", end[order]))  # the walk reads ends, not durations
     return out.with_columns(pl.Series("_row", rows, pl.UInt32)).with_row_index("_pos")
@@ -102,13 +103,14 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if idx.size == 0 or n == 0:
         return np.full(n, -1, np.int64)
     ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
-    lo = min(int(kl.min()), int(kr[idx].min()))
+    rk = kr[idx]  # the candidates' keys, gathered once
+    lo = min(int(kl.min()), int(rk.min()))
     t0 = min(int(ts.min()), int(end.min()))
     span = max(int(ts.max()), int(end.max())) - t0 + 1
-    keys = max(int(kl.max()), int(kr[idx].max())) - lo + 1
+    keys = max(int(kl.max()), int(rk.max())) - lo + 1
     if span <= 0 or keys > (2**62) // span:
         return None
-    rk = kr[idx] - lo
+    rk -= lo
     order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
     cand = idx[order]
     del idx
