@@ -1,8 +1,8 @@
 """The numpy form of operation matching (:func:`tracekit.analysis.matching.match_operations` and
 :func:`~tracekit.analysis.matching.match_summary`, which stay its reference twin): each side's
 operations become one packed integer key per operation, sorted, and the two sides are paired by
-sorting and a set intersection instead of a full join (memory and time on traces of millions of
-operations).
+a binary search of one side's sorted keys in the other's instead of a full join (memory and time
+on traces of millions of operations).
 
 A key packs, from high bits to low, the operation's (phase, stage, op) group as a code into the
 side's sorted table of groups, then ``rank``, ``step``, ``layer``, ``msg_id`` and ``channel``, each
