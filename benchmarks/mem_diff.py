@@ -18,7 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pyarrow as pa  # noqa: E402
+
 from tracekit.analysis import profile as P  # noqa: E402
+from tracekit.analysis.match_keys import op_keys  # noqa: E402
 from tracekit.analysis.diff import diff_profiles  # noqa: E402
 from tracekit.analysis.matching import operation_names  # noqa: E402
 from tracekit.io.diff_input import load_side  # noqa: E402
@@ -45,16 +48,21 @@ def stage(name: str, f):  # type: ignore[no-untyped-def]
 
 def main(before_dir: str, after_dir: str) -> None:
     tr, _ = stage("load", lambda: load_side(before_dir))
+    pa.default_memory_pool().release_unused()
     ev = stage("check+names", lambda: operation_names(P._check(tr.events, "x"), None))
+    phases = sorted(ev["phase"].filter(ev["kind"].is_in(P.COMM_KINDS)).unique().to_list(), key=P.phase_order)
+    phases = [p for p in phases if p not in ("", "compute")]
     stage("exposure", lambda: P._exposure(ev))
     stage("critical path", lambda: P._critical(ev))
-    del ev
+    stage("traffic", lambda: P._traffic(ev, tr.traffic, phases))
+    stage("matching keys", lambda: op_keys(ev))
     pb = stage("profile", lambda: P.profile(tr))
-    del tr
+    stage("tail causes", lambda: [P._tail_cause(pb, p, ev) for p in pb.phases])
+    del ev, tr
     tr2, _ = stage("load 2", lambda: load_side(after_dir))
-    pa = stage("profile 2", lambda: P.profile(tr2))
+    pa_ = stage("profile 2", lambda: P.profile(tr2))
     del tr2
-    stage("diff", lambda: diff_profiles(pb, pa, seed=0))
+    stage("diff", lambda: diff_profiles(pb, pa_, seed=0))
 
 
 if __name__ == "__main__":

@@ -248,3 +248,17 @@ def test_cli_mismatched_ranks(dirs, tmp_path, capsys):
     assert "partial match" in json.loads((tmp_path / "p.json").read_text())["warnings"][0]
     assert main(["diff", full, str(tmp_path / "half.parquet"), "--strict"]) == 2
     assert "partial match" in _error_line(capsys)
+
+
+def test_cli_perfetto_writes_both_timelines_as_read(dirs, tmp_path):
+    """--perfetto gets the events as the files hold them (strings), though diff reads names as codes."""
+    from tracekit.io.perfetto import write_trace_groups
+
+    out = tmp_path / "both.pftrace"
+    assert main(["diff", str(dirs["fp8"]), str(dirs["bf16"]), "--perfetto", str(out), "-o",
+                 str(tmp_path / "d.json"), "--quiet"]) == 0
+    groups = {side: (pl.read_parquet(dirs[label] / "events.parquet").drop("args"),
+                     pl.read_parquet(dirs[label] / "counters.parquet"))
+              for side, label in (("before", "fp8"), ("after", "bf16"))}
+    write_trace_groups(tmp_path / "ref.pftrace", groups, title=f"tracekit diff: {dirs['fp8']} -> {dirs['bf16']}")
+    assert out.read_bytes() == (tmp_path / "ref.pftrace").read_bytes()

@@ -39,28 +39,38 @@ COLUMNS = ("ts_ns", "dur_ns", "kind", "flow_out", "flow_in", "msg_id", "resource
            "stage")
 
 
-def _prepare(events: pl.DataFrame) -> pl.DataFrame:
-    """Rows that can lie on a path, with their end time and a position in (end, ts) order:
-    numeric columns only, ``resource`` as integer codes (one code per distinct path; the path's
-    strings are looked up by ``_row`` at the end), sorted by one gather (memory on big traces)."""
-    ev = events.select(c for c in COLUMNS if c in events.columns and c not in ("kind", "phase", "stage"))
+def _numeric(events: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """``columns`` of ``events`` (those it has), ``resource`` as integer codes (one code per
+    distinct path; the path's strings are looked up by ``_row`` at the end)."""
+    ev = events.select(c for c in columns if c in events.columns)
     if "resource" in ev.columns:
         ev = ev.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
+    return ev
+
+
+def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """Rows that can lie on a path, with their end time and a position in (end, ts) order:
+    numeric columns only (``columns``, default every one the walk reads), ``resource`` as integer
+    codes, sorted by one gather (memory on big traces)."""
+    if columns is None:
+        columns = tuple(c for c in COLUMNS if c not in ("kind", "phase", "stage"))
+    ev = _numeric(events, ("ts_ns", "dur_ns", *(c for c in columns if c not in ("ts_ns", "dur_ns"))))
     keep = events.select(((pl.col("dur_ns") > 0) & ~pl.col("kind").is_in(_EXCLUDE_KINDS)).fill_null(False))
     rows = np.flatnonzero(keep.to_series().to_numpy())
     if ev["ts_ns"].null_count() or ev["dur_ns"].null_count():
         return _prepare_polars(ev.with_row_index("_row")[rows])
-    ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64)
-    end = ts + ev["dur_ns"].to_numpy()[rows].astype(np.int64)
-    order = np.lexsort((rows, ts, end))
+    ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64, copy=False)
+    end = ev["dur_ns"].to_numpy()[rows].astype(np.int64, copy=False)
+    end += ts
+    order = np.lexsort((ts, end))  # stable: ties stay in row order (rows ascend)
     rows = rows[order]
-    out = ev[rows].with_columns(pl.Series("_end", end[order]))
+    out = ev.drop("dur_ns")[rows].with_columns(pl.Series("_end", end[order]))  # the walk reads ends, not durations
     return out.with_columns(pl.Series("_row", rows, pl.UInt32)).with_row_index("_pos")
 
 
 def _prepare_polars(ev: pl.DataFrame) -> pl.DataFrame:
     """The reference form of the sort in :func:`_prepare` (the rows kept, ``_row`` set)."""
-    ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end"))
+    ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end")).drop("dur_ns")
     return ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
 
 
@@ -71,7 +81,8 @@ def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, 
     if left.null_count() or right.null_count():
         return None
     if left.dtype.is_integer() and right.dtype.is_integer():
-        return left.to_numpy().astype(np.int64), right.to_numpy().astype(np.int64)
+        lc = left.to_numpy().astype(np.int64, copy=False)
+        return lc, (lc if key == right_key else right.to_numpy().astype(np.int64, copy=False))
     if key != right_key:
         return None
     codes = left.rank("dense").to_numpy().astype(np.int64)
@@ -92,26 +103,45 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if idx.size == 0 or n == 0:
         return np.full(n, -1, np.int64)
     ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
-    lo = min(int(kl.min()), int(kr[idx].min()))
+    rk = kr[idx]  # the candidates' keys, gathered once
+    lo = min(int(kl.min()), int(rk.min()))
     t0 = min(int(ts.min()), int(end.min()))
     span = max(int(ts.max()), int(end.max())) - t0 + 1
-    keys = max(int(kl.max()), int(kr[idx].max())) - lo + 1
+    keys = max(int(kl.max()), int(rk.max())) - lo + 1
     if span <= 0 or keys > (2**62) // span:
         return None
-    rk = kr[idx] - lo
+    rk -= lo
     order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
     cand = idx[order]
     del idx
-    packed = rk[order] * span
+    packed = rk[order]
     del rk, order
-    packed += end[cand] - t0
+    packed *= span
+    packed += end[cand]
+    packed -= t0
     q = kl - lo  # in place from here: these arrays are as long as the trace
+    del codes, kl, kr
     q *= span
-    q += ts - t0
-    j = np.searchsorted(packed, q, side="right") - 1  # the last of the same key that ended by ts
-    del q, packed
-    out = cand[np.maximum(j, 0)]
-    out[(j < 0) | (kr[out] != kl)] = -1
+    q += ts
+    q -= t0
+    # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
+    # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
+    qo = np.argsort(q)
+    q = q[qo]
+    found = np.searchsorted(packed, q, side="right")
+    found -= 1
+    miss = found < 0
+    np.maximum(found, 0, out=found)
+    q //= span  # the query's key; a candidate's is its packed value // span
+    hit = packed[found]
+    hit //= span
+    miss |= hit != q
+    del q, packed, hit
+    res = cand[found]
+    del found, cand
+    res[miss] = -1
+    out = np.empty(n, np.int64)
+    out[qo] = res
     return out
 
 
@@ -176,7 +206,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     before it). ``follow_rank`` makes the rank's previous operation a first-rank candidate; by
     default it is when the trace has neither flows nor message ids. Empty if no operation has a
     duration."""
-    ev = _prepare(events)
+    ev = _prepare(events, columns=())  # times and positions; each search's keys are gathered when it runs
     schema = {"row": pl.Int64, "phase": pl.String, "stage": pl.String, "resource": pl.String, "rank": pl.Int32,
               "op_ns": pl.Int64, "wait_ns": pl.Int64}
     if ev.height == 0:
@@ -184,17 +214,26 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     n = ev.height
     ts = ev["ts_ns"].to_numpy()
     end = ev["_end"].to_numpy()
-    flow = _flow_pred(ev)
-    msg = _latest_before(ev, "msg_id", pl.col("msg_id") >= 0)
-    msg[ev["msg_id"].to_numpy() < 0] = -1
-    res = _latest_before(ev, "resource", pl.lit(True))
-    into = _latest_before(ev, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
-    into[ev["rank"].to_numpy() < 0] = -1
-    rank = _latest_before(ev, "rank", pl.col("rank") >= 0)
-    rank[ev["rank"].to_numpy() < 0] = -1
-    if follow_rank is None:
-        follow_rank = bool(ev["flow_out"].is_null().all() and (ev["msg_id"] < 0).all())
     rows = ev["_row"].to_numpy().astype(np.int64)
+
+    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
+        return ev.hstack(_numeric(events, columns)[rows])
+
+    part = keyed("flow_out", "flow_in")
+    flow, no_flows = _flow_pred(part), bool(part["flow_out"].is_null().all())
+    part = keyed("msg_id")
+    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
+    msg[part["msg_id"].to_numpy() < 0] = -1
+    no_msgs = bool((part["msg_id"] < 0).all())
+    res = _latest_before(keyed("resource"), "resource", pl.lit(True))
+    part = keyed("rank", "dst_rank")
+    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
+    into[part["rank"].to_numpy() < 0] = -1
+    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
+    rank[part["rank"].to_numpy() < 0] = -1
+    del part
+    if follow_rank is None:
+        follow_rank = no_flows and no_msgs
     if end_row is None:
         i = n - 1
     else:
@@ -219,7 +258,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
         wait.append(int(max(0, ts[i] - end[best])))
         i = best
     p = np.asarray(path, np.int64)
-    sel = events[rows[p]]
+    sel = events[rows[p]].with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, if any
     return pl.DataFrame({
         "row": rows[p], "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
         "rank": sel["rank"].cast(pl.Int32), "op_ns": np.asarray(op, np.int64), "wait_ns": np.asarray(wait, np.int64),

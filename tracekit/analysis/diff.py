@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from tracekit.analysis import noise
-from tracekit.analysis.matching import NameMap, match_operations, match_summary
+from tracekit.analysis.matching import NameMap, matching_table
 from tracekit.analysis.profile import Profile, TailCause, Trace, phase_order, profile
 
 #: a rank "moved" when its finish changed by at least this fraction of the phase's median finish
@@ -146,7 +146,7 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
     stalls = compare(pb.stalls, pa.stalls, ["phase", "cause"], ["ns", "count"]).drop("ns_rel", "count_rel")
     counters = compare(pb.counters, pa.counters, ["counter", "kind"], ["max", "mean", "total"]).drop(
         "mean_rel", "total_rel")
-    matching = match_summary(match_operations(pb.ops, pa.ops))
+    matching = matching_table(pb.op_keys or pb.ops, pa.op_keys or pa.ops)  # type: ignore[arg-type]
     traffic = compare(pb.traffic, pa.traffic, ["phase", "src_rank", "dst_rank"], ["bytes", "tokens"]).drop(
         "tokens_rel")
     d = TraceDiff(pb, pa, phases, stages, critical, source, ranks, tails, causes, exposure, totals, resources,

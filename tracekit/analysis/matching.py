@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from tracekit.analysis.match_keys import GROUP, PAIR, OpKeys, match_summary_keys
 from tracekit.errors import TracekitError
 
 _VOID = re.compile(r"^\s*void\s+")
@@ -120,18 +121,19 @@ class NameMap:
 
 
 def operation_names(events: pl.DataFrame, names: NameMap | None = None) -> pl.DataFrame:
-    """``events`` with an ``op`` column: the mapped, normalised name (each distinct name is
-    normalised once)."""
+    """``events`` with an ``op`` column (categorical): the mapped, normalised name (each distinct
+    name is normalised once)."""
     names = names or NameMap()
     uniq = events.select(pl.col("name").unique())["name"].to_list()
     keys = [n for n in uniq if n is not None]
     # one added column (a join would copy every column: memory on big traces); a null name stays null
-    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.String)
+    # categorical codes out (and in, where the names were read as codes): memory on big traces
+    op = pl.col("name").replace_strict(keys, [names(n) for n in keys], default=None, return_dtype=pl.Categorical)
     return events.with_columns(op.alias("op"))
 
 
-_GROUP = ["phase", "stage", "op"]
-_PAIR = ["rank", "step", "layer", "msg_id", "channel"]
+_GROUP = list(GROUP)
+_PAIR = list(PAIR)
 #: the event columns :func:`match_operations` reads
 MATCH_COLUMNS = (*_GROUP, *_PAIR, "kind", "ts_ns", "dur_ns", "bytes")
 
@@ -167,6 +169,12 @@ def match_summary(pairs: pl.DataFrame) -> pl.DataFrame:
         pl.col("dur_after").sum().alias("busy_after"),
         (pl.col("dur_after") - pl.col("dur_before")).median().alias("median_op_delta"),
     )
+    return summary_columns(g)
+
+
+def summary_columns(g: pl.DataFrame) -> pl.DataFrame:
+    """The per-group counts, busy times and median change with ``busy_delta`` and ``status``
+    added, sorted by group (the end of :func:`match_summary`, shared by its numpy form)."""
     g = g.with_columns(
         (pl.col("busy_after") - pl.col("busy_before")).alias("busy_delta"),
         pl.when(pl.col("count_before") == 0).then(pl.lit("added"))
@@ -174,3 +182,18 @@ def match_summary(pairs: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.lit("matched")).alias("status"),
     )
     return g.with_columns(pl.col("count_before", "count_after", "paired").cast(pl.Int64)).sort(_GROUP)
+
+
+def matching_table(before: OpKeys | pl.DataFrame, after: OpKeys | pl.DataFrame) -> pl.DataFrame:
+    """:func:`match_summary` of the pairs of two sides' operations, each given as the events that
+    :func:`match_operations` reads or as their :class:`~tracekit.analysis.match_keys.OpKeys`: by
+    the keys where both have them and they fit, else by the reference join."""
+    if isinstance(before, OpKeys) and isinstance(after, OpKeys):
+        g = match_summary_keys(before, after)
+        if g is not None:
+            return summary_columns(g)
+    b, a = (x.frame() if isinstance(x, OpKeys) else x for x in (before, after))
+    if isinstance(before, OpKeys) != isinstance(after, OpKeys):  # one side rebuilt: make the key types agree
+        common = [pl.col(_GROUP).cast(pl.String), pl.col(_PAIR).cast(pl.Int64)]
+        b, a = b.with_columns(common), a.with_columns(common)
+    return match_summary(match_operations(b, a))

@@ -29,6 +29,7 @@ import polars as pl
 from tracekit.analysis.critical import COLUMNS as CRITICAL_COLUMNS
 from tracekit.analysis.critical import WAIT, composition, critical_path
 from tracekit.analysis.intervals import intersection_length, lengths, union, union_length
+from tracekit.analysis.match_keys import OpKeys, op_keys
 from tracekit.analysis.matching import MATCH_COLUMNS, NameMap, operation_names
 from tracekit.errors import TracekitError
 from tracekit.resources import ResourcePath
@@ -115,8 +116,8 @@ class Profile:
     source: str
     ranks: list[int]
     phases: list[str]
-    ops: pl.DataFrame  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op`` included;
-    # phase, stage, op and kind categorical
+    ops: pl.DataFrame | None  # events without annotations: the columns matching reads (MATCH_COLUMNS), ``op``
+    # included; phase, stage, op and kind categorical. None where ``op_keys`` holds them
     instances: pl.DataFrame  # phase, step, layer, start_ns, end_ns, span_ns
     stages: pl.DataFrame  # phase, stage, step, layer, count, busy_ns, bytes, tokens
     finish: pl.DataFrame  # phase, step, layer, rank, finish_ns
@@ -134,6 +135,7 @@ class Profile:
     dtypes: dict[str, str | None]
     tails: dict[str, TailCause] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
+    op_keys: OpKeys | None = None  # the operations as matching's packed keys (when they fit), instead of ``ops``
 
 
 def _check(events: pl.DataFrame, label: str) -> pl.DataFrame:
@@ -164,23 +166,26 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     comm = ev.select("phase", "kind").filter(pl.col("kind").is_in(COMM_KINDS) & ~pl.col("phase").is_in(_NOT_PHASES))
     phases = sorted(comm["phase"].unique().to_list(), key=phase_order)
     ranks = sorted(int(r) for r in ev["rank"].filter(ev["rank"] >= 0).unique().to_list())
-    inphase = ev.select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
-    instances = (inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"), end.max().alias("end_ns"))
-                 .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE))
-    stages = (inphase.group_by("phase", "stage", "step", "layer")
-              .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
-                   pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
-              .sort("phase", "stage", "step", "layer"))
-    finish = (inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
-              .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end"))
-              .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
-              .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
-              .sort(*_INSTANCE, "rank"))
     exposure = _exposure(ev)
     critical, crit_res = _critical(ev)
     traffic = _traffic(ev, trace.traffic, phases)
+    # group-bys of the in-phase rows by the streaming engine: no copy of the rows (memory on big traces)
+    inphase = ev.lazy().select(c for c in _INPHASE_COLUMNS if c in ev.columns).filter(pl.col("phase").is_in(phases))
+    instances = _collect(inphase.group_by(_INSTANCE).agg(pl.col("ts_ns").min().alias("start_ns"),
+                                                         end.max().alias("end_ns"))
+                         ).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("span_ns")).sort(_INSTANCE)
+    stages = _collect(inphase.group_by("phase", "stage", "step", "layer")
+                      .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur_ns").sum().alias("busy_ns"),
+                           pl.col("bytes").sum().alias("bytes"), pl.col("tokens").sum().alias("tokens"))
+                      ).sort("phase", "stage", "step", "layer")
+    finish = (_collect(inphase.select(*_INSTANCE, "rank", "ts_ns", "dur_ns").filter(pl.col("rank") >= 0)
+                       .group_by(*_INSTANCE, "rank").agg(end.max().alias("_end")))
+              .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
+              .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
+              .sort(*_INSTANCE, "rank"))
     resources = _resources(inphase, instances)
     stalls, recorded = _stalls(inphase, phases, trace.meta)
+    del inphase
     experts = _experts(ev)
     summary = trace.summary if isinstance(trace.summary, Mapping) else None
     payload, dtypes, engine = _from_summary(summary, phases, trace.meta)
@@ -191,11 +196,25 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
         stalls_recorded=recorded, counters=_counters(trace.counters), experts=experts, payload_bytes=payload,
         dtypes=dtypes, summary=summary,
     )
-    prof.tails = {p: _tail_cause(prof, p) for p in phases if finish.filter(pl.col("phase") == p).height}
-    # what matching reads (the rest is freed), names as categorical codes: kept while the other side is measured
-    prof.ops = ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
+    prof.tails = {p: _tail_cause(prof, p, ev) for p in phases if finish.filter(pl.col("phase") == p).height}
+    # what matching reads (the rest is freed), kept while the other side is measured: packed keys and
+    # durations where they fit, else the columns with the names as categorical codes
+    prof.op_keys = op_keys(ev)
+    prof.ops = None if prof.op_keys is not None else ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
         pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
     return prof
+
+
+def _collect(lf: pl.LazyFrame) -> pl.DataFrame:
+    """A query on the events by polars' streaming engine (in batches, without copies of the rows it
+    reads: memory on big traces), names as strings (:func:`_plain`)."""
+    return _plain(lf.collect(engine="streaming"))
+
+
+def _plain(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with categorical columns (names read as codes: memory on big traces) as strings, so
+    that a measure's table sorts, joins and prints as strings whatever the input held."""
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
 def phase_order(p: str) -> tuple[int, str]:
@@ -204,14 +223,27 @@ def phase_order(p: str) -> tuple[int, str]:
 
 
 def _exposure(ev: pl.DataFrame) -> pl.DataFrame:
+    """Exposure per (step, rank), computed for a batch of ranks at a time (of about
+    :data:`EXPOSURE_BATCH_ROWS` rows: the interval unions' intermediates scale with a batch, not
+    the trace); each (step, rank) is measured on its own rows only, so batches change nothing."""
+    ranks = ev["rank"].filter(ev["rank"] >= 0).unique().sort().to_list()
+    k = max(1, len(ranks) * EXPOSURE_BATCH_ROWS // max(ev.height, 1))
+    batches = [ranks[i:i + k] for i in range(0, len(ranks), k)] or [[]]
+    parts = [_exposure_of(ev.lazy().filter(pl.col("rank").is_in(b))) for b in batches]
+    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("step", "rank")
+
+
+#: rows of events per batch of ranks in :func:`_exposure`
+EXPOSURE_BATCH_ROWS = 1_000_000
+
+
+def _exposure_of(rows: pl.LazyFrame) -> pl.DataFrame:
     by = ["step", "rank"]
     cols = [*by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"), "dur_ns"]
-    r = ev.select(*cols, pl.col("kind").is_in(COMM_KINDS).alias("_comm"), (pl.col("kind") == COMPUTE_KIND)
-                  .alias("_comp")).filter(pl.col("rank") >= 0)  # booleans, not the kind strings, are copied
-    comm = r.filter("_comm").drop("_comm", "_comp")
-    comp = r.filter("_comp").drop("_comm", "_comp")
-    keys = r.select(by).unique()
-    del r
+    r = rows.filter(pl.col("rank") >= 0)  # by the streaming engine: only the selected columns are copied
+    comm = r.filter(pl.col("kind").is_in(COMM_KINDS)).select(cols).collect(engine="streaming")
+    comp = r.filter(pl.col("kind") == COMPUTE_KIND).select(cols).collect(engine="streaming")
+    keys = r.select(by).unique().collect(engine="streaming")
     ucomm, ucomp = union(comm, by), union(comp, by)  # each once: the lengths and the overlap read them
     out = (keys.join(lengths(ucomm, by).rename({"length": "comm_ns"}), on=by, how="left")
            .join(lengths(ucomp, by).rename({"length": "compute_ns"}), on=by, how="left")
@@ -246,21 +278,66 @@ def _traffic(ev: pl.DataFrame, table: pl.DataFrame | None, phases: list[str]) ->
         t = table if "tokens" in table.columns else table.with_columns(pl.lit(0).alias("tokens"))
         out = t.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
         return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
-    x = ev.select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
-        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0) & pl.col("phase").is_in(phases))
-    per_msg = (x.filter(pl.col("msg_id") >= 0).group_by("phase", "step", "layer", "msg_id", "src_rank", "dst_rank")
-               .agg(pl.col("bytes").max(), pl.col("tokens").max()).drop("step", "layer", "msg_id"))
-    loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens")
-    both = pl.concat([per_msg.select(loose.columns), loose])
-    out = both.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum())
-    return out.cast(schema).sort("phase", "src_rank", "dst_rank")  # type: ignore[arg-type]
+    hops = ev.lazy().select("phase", "step", "layer", "msg_id", "src_rank", "dst_rank", "bytes", "tokens").filter(
+        (pl.col("src_rank") >= 0) & (pl.col("dst_rank") >= 0) & (pl.col("bytes") > 0))
+    outs = []
+    for p in phases:  # one phase at a time (its rows only in memory); phases share no message and no row
+        x = hops.filter(pl.col("phase") == p)
+        per_msg = _per_message(x.filter(pl.col("msg_id") >= 0).collect(engine="streaming"))
+        loose = x.filter(pl.col("msg_id") < 0).select("phase", "src_rank", "dst_rank", "bytes", "tokens").collect(
+            engine="streaming")
+        both = pl.concat([per_msg.select(loose.columns), loose])
+        outs.append(both.group_by("phase", "src_rank", "dst_rank").agg(pl.col("bytes").sum(), pl.col("tokens").sum()))
+    out = pl.concat(outs).cast(schema) if outs else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    return out.sort("phase", "src_rank", "dst_rank")
 
 
-def _resources(inphase: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+_MESSAGE = ["phase", "step", "layer", "msg_id", "src_rank", "dst_rank"]
+
+
+def _per_message(x: pl.DataFrame) -> pl.DataFrame:
+    """One row per message (its ``_MESSAGE`` key): phase, src_rank, dst_rank and its largest bytes
+    and tokens over its hops; by sorting packed integer keys where they fit (a hash group-by on
+    six keys held +1.2 GB on an EP64 prefill trace), else by :func:`_per_message_polars`."""
+    fast = _per_message_numpy(x)
+    return fast if fast is not None else _per_message_polars(x)
+
+
+def _per_message_polars(x: pl.DataFrame) -> pl.DataFrame:
+    """The reference form of :func:`_per_message`."""
+    return (x.group_by(_MESSAGE).agg(pl.col("bytes").max(), pl.col("tokens").max())
+            .drop("step", "layer", "msg_id"))
+
+
+def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
+    if x.height == 0 or any(x[c].null_count() for c in (*_MESSAGE, "bytes", "tokens")):
+        return None
+    key, bits = np.zeros(x.height, np.int64), 0
+    for c in _MESSAGE:
+        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype in (pl.String, pl.Categorical) else x[c]
+        v = s.cast(pl.Int64).to_numpy()
+        lo = int(v.min())
+        width = max(int(v.max()) - lo, 0).bit_length() or 1
+        bits += width
+        if bits > 62:
+            return None
+        key <<= width
+        key += v - lo
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    del key
+    first = order[start]
+    return x[first].select("phase", "src_rank", "dst_rank").with_columns(
+        pl.Series("bytes", np.maximum.reduceat(x["bytes"].to_numpy()[order], start)),
+        pl.Series("tokens", np.maximum.reduceat(x["tokens"].to_numpy()[order], start)))
+
+
+def _resources(inphase: pl.LazyFrame, instances: pl.DataFrame) -> pl.DataFrame:
     by = ["phase", "resource"]
     x = inphase.filter(~pl.col("stage").is_in(_NOT_RESOURCES)).select(
-        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"))
-    busy = union_length(x, by).rename({"length": "busy_ns"})
+        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end")).collect(engine="streaming")
+    busy = _plain(union_length(x, by)).rename({"length": "busy_ns"})
     span = instances.group_by("phase").agg(pl.col("span_ns").sum().alias("_span"))
     out = busy.join(span, on="phase").with_columns(
         (pl.col("busy_ns") / pl.max_horizontal(pl.col("_span"), pl.lit(1))).alias("utilisation"))
@@ -269,15 +346,14 @@ def _resources(inphase: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
     return out.join(kinds, on="resource").select(*by, "kind", "busy_ns", "utilisation").sort(by)
 
 
-def _stalls(inphase: pl.DataFrame, phases: list[str], meta: dict[str, Any]) -> tuple[pl.DataFrame, bool]:
-    have = "stall_ns" in inphase.columns and "stall_cause" in inphase.columns
+def _stalls(inphase: pl.LazyFrame, phases: list[str], meta: dict[str, Any]) -> tuple[pl.DataFrame, bool]:
+    names = inphase.collect_schema().names()
+    have = "stall_ns" in names and "stall_cause" in names
     recorded = str(meta.get("source", "")) == "replay" or (
-        have and bool((inphase["stall_ns"] > 0).any()))
+        have and bool(inphase.select((pl.col("stall_ns") > 0).any()).collect().item()))
     rows = []
-    x = inphase.filter(pl.col("stall_ns") > 0) if have else inphase.head(0)
-    got = (x.group_by("phase", "stall_cause").agg(pl.col("stall_ns").sum().alias("ns"),
-                                                  pl.len().cast(pl.Int64).alias("count"))
-           if have else None)
+    got = (_collect(inphase.filter(pl.col("stall_ns") > 0).group_by("phase", "stall_cause").agg(
+        pl.col("stall_ns").sum().alias("ns"), pl.len().cast(pl.Int64).alias("count"))) if have else None)
     seen = {} if got is None else {(p, c): (n, k) for p, c, n, k in got.iter_rows()}
     causes = list(STALL_CAUSES) + sorted({c for _, c in seen if c and c not in STALL_CAUSES})
     for p in phases:
@@ -289,8 +365,8 @@ def _stalls(inphase: pl.DataFrame, phases: list[str], meta: dict[str, Any]) -> t
 
 
 def _experts(ev: pl.DataFrame) -> pl.DataFrame:
-    x = ev.filter(pl.col("stage") == "expert_queue")
-    return (x.group_by("rank", "resource").agg(pl.col("tokens").sum())
+    x = ev.lazy().filter(pl.col("stage") == "expert_queue")
+    return (_collect(x.group_by("rank", "resource").agg(pl.col("tokens").sum()))
             .select("rank", pl.col("resource").str.replace(r"^.*/", "").alias("expert"), "tokens")
             .sort("rank", "expert"))
 
@@ -347,7 +423,7 @@ def _from_summary(summary: dict[str, Any] | None, phases: list[str], meta: dict[
     return payload, dtypes, engine
 
 
-def _tail_cause(prof: Profile, phase: str) -> TailCause:
+def _tail_cause(prof: Profile, phase: str, ev: pl.DataFrame) -> TailCause:
     f = prof.finish.filter(pl.col("phase") == phase)
     per_rank = f.group_by("rank").agg(pl.col("finish_ns").mean().alias("mean")).sort("rank")
     top = per_rank.sort(["mean", "rank"], descending=[True, False]).row(0, named=True)
@@ -356,7 +432,7 @@ def _tail_cause(prof: Profile, phase: str) -> TailCause:
     worst = f.filter(pl.col("rank") == rank).sort(["finish_ns", "step", "layer"], descending=[True, False, False]
                                                   ).row(0, named=True)
     step, layer = int(worst["step"]), int(worst["layer"])
-    inst = prof.ops.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in prof.ops.columns).filter(
+    inst = ev.select(c for c in ("step", "layer", *CRITICAL_COLUMNS) if c in ev.columns).filter(
         (pl.col("phase") == phase) & (pl.col("step") == step) & (pl.col("layer") == layer))
     inst = inst.with_row_index("_r")
     mine = inst.filter(pl.col("rank") == rank).with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_e"))

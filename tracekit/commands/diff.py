@@ -94,5 +94,11 @@ def _write_perfetto(path: str, before, after) -> None:  # type: ignore[no-untype
     except ImportError:
         raise TracekitError("this tracekit has no Perfetto writer", where="--perfetto",
                             fix="drop --perfetto, or use a tracekit with 'tracekit export'") from None
-    write_trace_groups(path, {"before": (before.events, before.counters), "after": (after.events, after.counters)},
+    import polars as pl
+
+    def strings(events):  # type: ignore[no-untyped-def]
+        return events.with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, as written
+
+    write_trace_groups(path, {"before": (strings(before.events), before.counters),
+                              "after": (strings(after.events), after.counters)},
                        title=f"tracekit diff: {before.label} -> {after.label}")

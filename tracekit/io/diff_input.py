@@ -10,13 +10,14 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tracekit import schemas
 from tracekit.analysis.matching import NameMap
 from tracekit.analysis.profile import Trace
 from tracekit.errors import TracekitError
 from tracekit.io.guard import input_file, json_loads
-from tracekit.io.tables import read_table
+from tracekit.io.tables import read_declared, read_table
 
 #: what a side can be, for help texts and errors
 FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.json)",
@@ -25,6 +26,10 @@ FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.j
 
 
 def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
+    if schema == "events":
+        lean = _events_lean(path)
+        if lean is not None:
+            return lean
     from tracekit.io.validate import check_table
 
     table, meta, s = read_table(path, schema)
@@ -38,14 +43,74 @@ def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
     # converting the Arrow table, whose string buffers the converted frame would keep alive
     del table
     pa.default_memory_pool().release_unused()  # the pool keeps freed pages otherwise
+    return _read_polars(path, list(want), schemas.load(schema)), meta, s.id
+
+
+def _read_polars(path: Path, columns: list[str], s: schemas.Schema, *, categorical: bool = False) -> pl.DataFrame:
+    """``columns`` of ``path`` by polars' Parquet reader, non-nullable columns' nulls set to their
+    defaults as conforming does; with ``categorical`` one column at a time, strings as categorical
+    codes (the reader's buffers for one column, not all, at any time: memory on big traces)."""
+    fields = {f.name: f for f in s.fields}
     try:
-        frame = pl.read_parquet(path, columns=list(want))
+        if not categorical:
+            frame = pl.read_parquet(path, columns=columns)
+        else:
+            parts = []
+            for c in columns:
+                part = pl.read_parquet(path, columns=[c])
+                parts.append(part.with_columns(pl.col(c).cast(pl.Categorical)) if part[c].dtype == pl.String else part)
+            frame = pl.concat(parts, how="horizontal")
+            del parts
     except (pl.exceptions.PolarsError, OSError) as exc:  # e.g. the file changed since it was checked
         raise TracekitError(f"unreadable Parquet data ({str(exc).splitlines()[0]})", where=str(path),
                             fix="the file is truncated, corrupt or being written; write it again") from None
-    defaults = [pl.col(f.name).fill_null(f.default) for f in schemas.load(schema).fields
-                if f.name in want and not f.nullable and f.default is not None]
-    return frame.with_columns(defaults), meta, s.id  # the defaults conform filled in
+    for c in columns:
+        f = fields[c]
+        if not f.nullable and f.default is None and frame[c].null_count():
+            raise TracekitError(f"column {c}: {frame[c].null_count()} null values", where=str(path),
+                                fix=f"{c} must be set on every row")
+    defaults = [pl.col(c).fill_null(fields[c].default) for c in columns
+                if not fields[c].nullable and fields[c].default is not None and frame[c].null_count()]
+    return frame.with_columns(defaults) if defaults else frame  # the defaults conform filled in
+
+
+class _ColumnReader:
+    """The columns of a Parquet file read one at a time, with conforming's defaults: what the
+    events checks read (a column or two at a time), without the whole table in memory."""
+
+    def __init__(self, path: Path, s: schemas.Schema) -> None:
+        self.path, self.fields = path, {f.name: f for f in s.fields}
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        try:
+            col = pq.read_table(self.path, columns=[name]).column(name)
+        except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
+            raise TracekitError(f"unreadable Parquet data ({str(exc).splitlines()[0]})", where=str(self.path),
+                                fix="the file is truncated or corrupt; write it again") from None
+        f = self.fields[name]
+        if not f.nullable and col.null_count:
+            if f.default is None:
+                raise TracekitError(f"column {name}: {col.null_count} null values", where=str(self.path),
+                                    fix=f"{name} must be set on every row")
+            col = col.fill_null(pa.scalar(f.default, f.arrow_type))
+        return col
+
+
+def _events_lean(path: Path) -> tuple[pl.DataFrame, dict[str, Any], str] | None:
+    """An events file whose columns are the schema's, checked column by column and read with
+    categorical strings; None where reading it conforms more than missing values (then the
+    whole table is read, conformed and checked)."""
+    from tracekit.io.validate import check_table
+
+    meta, s = read_declared(path, "events")
+    arrow = s.arrow_schema(meta)
+    want = {f.name: t for f, t in zip(arrow, pl.from_arrow(arrow.empty_table()).schema.values())
+            if f.name != "args"}  # free-form annotations: no measure reads them
+    if not _same_columns(path, pl.Schema(want)):
+        return None
+    check_table(_ColumnReader(path, s), meta, "events", str(path))  # type: ignore[arg-type]
+    pa.default_memory_pool().release_unused()  # the checks' columns: the pool keeps freed pages otherwise
+    return _read_polars(path, list(want), s, categorical=True), meta, s.id
 
 
 def _same_columns(path: Path, want: pl.Schema) -> bool:
@@ -80,8 +145,9 @@ def _is_kineto(p: Path) -> bool:
 
 
 def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, str]:
-    """One side of a diff and the schema id of its events (``events.v1``). Raises
-    :class:`TracekitError` naming the file for anything unreadable."""
+    """One side of a diff and the schema id of its events (``events.v1``); from an events.parquet
+    whose columns are the schema's, the string columns come as categorical codes (memory on big
+    traces). Raises :class:`TracekitError` naming the file for anything unreadable."""
     p = Path(path)
     label = label or str(p)
     if not p.exists():

@@ -68,14 +68,9 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]
                             fix="rewrite the file with tracekit") from None
 
 
-def read_table(
-    path: str | os.PathLike[str], schema: str | None = None
-) -> tuple[pa.Table, dict[str, Any], schemas.Schema]:
-    """Read a tracekit Parquet file, conform it to its schema and return (table, meta, schema).
-
-    ``schema`` names the expected kind (``"routing"``); a file that declares another kind or
-    another version is rejected. A file without a declared schema is read as ``schema``.
-    """
+def read_declared(path: str | os.PathLike[str], schema: str | None = None) -> tuple[dict[str, Any], schemas.Schema]:
+    """The metadata and schema a tracekit Parquet file declares, checked as :func:`read_table`
+    checks them (``schema`` the expected kind), without reading its rows."""
     where = str(path)
     sid, meta = read_meta(path)
     if sid is None:
@@ -106,6 +101,19 @@ def read_table(
                 raise TracekitError(f"schema version {s.id}, expected {want.id}", where=where,
                                     fix=f"convert the file to {want.id}")
     schemas.check_meta(s, meta, where)
+    return meta, s
+
+
+def read_table(
+    path: str | os.PathLike[str], schema: str | None = None
+) -> tuple[pa.Table, dict[str, Any], schemas.Schema]:
+    """Read a tracekit Parquet file, conform it to its schema and return (table, meta, schema).
+
+    ``schema`` names the expected kind (``"routing"``); a file that declares another kind or
+    another version is rejected. A file without a declared schema is read as ``schema``.
+    """
+    meta, s = read_declared(path, schema)
+    where = str(path)
     try:
         raw = pq.read_table(path)
         raw.validate(full=True)  # e.g. invalid UTF-8 in string columns of a damaged file
