@@ -43,12 +43,13 @@ How each parameter maps (ns-3 config key -> tracekit ``FabricParams``), see also
 - ``KMIN_MAP``/``KMAX_MAP`` in KB of 1000 B (switch-mmu multiplies by 1000), ``PMAX_MAP`` -> ``kmin_bytes``,
   ``kmax_bytes``, ``pmax``; both mark at dequeue on the queue left behind;
 - ``ENABLE_QCN`` -> ``ecn`` and ``dcqcn``; ``CC_MODE`` 1 (DCQCN);
-- ns-3 piggybacks a CNP flag on the ACK of every marked packet (``L2_ACK_INTERVAL`` 1) and, per QP,
-  raises alpha once per ``ALPHA_RESUME_INTERVAL`` window that saw a CNP, decays it in windows that saw
-  none -> ``cnp_interval_ns`` = ``alpha_timer_ns`` = that window (one alpha step per window with a CNP,
-  a decay each window without one);
-- ``RATE_DECREASE_INTERVAL`` -> ``rate_decrease_interval_ns`` (ns-3 checks every interval whether a CNP
-  arrived; tracekit cuts on the CNP when the interval has passed since the last cut);
+- ns-3 piggybacks a CNP flag on the ACK of every marked packet (``L2_ACK_INTERVAL`` 1; no notification-
+  point spacing) -> ``cnp_interval_ns`` 0 (a CNP per marked packet); per QP it raises alpha once per
+  ``ALPHA_RESUME_INTERVAL`` window that saw a CNP and decays it in windows that saw none, windows running
+  from the first CNP -> ``alpha_timer_ns`` = that window (tracekit does the same);
+- ``RATE_DECREASE_INTERVAL`` -> ``rate_decrease_interval_ns``: both leave the rate alone on the first CNP
+  (ns-3 ``RateOnFirstCnp`` 1.0) and cut once at the end of every period, counted from the first CNP, that
+  saw a CNP;
 - ``RP_TIMER`` -> ``increase_timer_ns``; ns-3 has no byte counter -> ``byte_counter_bytes`` 10^15 (off);
 - ``FAST_RECOVERY_TIMES`` F -> ``fast_recovery_steps`` F + 1 (ns-3 counts stages from 0 before its first
   increase, tracekit counts timer events from 1);
@@ -131,7 +132,7 @@ class Settings:
             pfc=True, mtu_bytes=PAYLOAD, header_bytes=HEADER, buffer_bytes=self.buffer_mb * 1024 * 1024, alpha=0.125,
             headroom_bytes=3 * GBPS * LINK_NS // 8, resume_offset_bytes=3 * 1024, ecn=self.ecn, dcqcn=self.ecn,
             kmin_bytes=self.kmin_kb * 1000, kmax_bytes=self.kmax_kb * 1000, pmax=self.pmax,
-            cnp_interval_ns=self.alpha_window_us * 1000, alpha_timer_ns=self.alpha_window_us * 1000,
+            cnp_interval_ns=0, alpha_timer_ns=self.alpha_window_us * 1000,
             rate_decrease_interval_ns=self.decrease_us * 1000, increase_timer_ns=self.timer_us * 1000,
             dcqcn_g=self.g, byte_counter_bytes=10**15, fast_recovery_steps=self.fast_recovery + 1,
             rai_mbps=self.ai_mbps, rhai_mbps=self.ai_mbps, min_rate_mbps=self.min_rate_mbps)
@@ -313,6 +314,7 @@ def main() -> None:
     ap.add_argument("--a2a-hosts", type=int, default=8)
     ap.add_argument("--a2a-kbytes", type=int, default=256)
     ap.add_argument("--runs", type=int, default=10, help="realisations per side of the late-joiner case")
+    ap.add_argument("--only-late", action="store_true", help="run only the late-joiner case")
     ap.add_argument("--ep", type=int, default=0, help="also the EP prefill dispatch RDMA matrix of peer_htsim.py (0: skip)")
     ap.add_argument("--tokens", type=int, default=512, help="tokens per rank of that prefill")
     args = ap.parse_args()
@@ -324,6 +326,10 @@ def main() -> None:
         print(f"ns-3 third: {binary} ({time.time() - t:.0f} s wall to build or find)", file=sys.stderr)
     else:
         ap.error("give --ns3-bin, or --ns3-dir with --snapshot to build there")
+    late = [(1, 0, 20_000_000, 0), (2, 0, 20_000_000, 500_000)]  # a second long flow joins 500 us later
+    if args.only_late:
+        compare_runs("late joiner 2 x 20 MB -> 1 (PFC + ECN + DCQCN)", binary, 3, late, Settings(ecn=True), args.runs)
+        return
     size = int(args.mbytes * 1e6)
     incast = [(h, 0, size) for h in range(1, args.senders + 1)]
     compare("incast (PFC)", binary, args.senders + 1, incast, Settings(ecn=False))
@@ -331,8 +337,7 @@ def main() -> None:
     compare("all-to-all (PFC)", binary, n, [(a, b, args.a2a_kbytes * 1000) for a in range(n) for b in range(n) if a != b],
             Settings(ecn=False))
     compare("incast (PFC + ECN + DCQCN)", binary, args.senders + 1, incast, Settings(ecn=True))
-    # DCQCN convergence: a second long flow joins the first one's bottleneck 500 us later
-    late = [(1, 0, 20_000_000, 0), (2, 0, 20_000_000, 500_000)]
+    # DCQCN convergence: the late joiner
     compare_runs("late joiner 2 x 20 MB -> 1 (PFC + ECN + DCQCN)", binary, 3, late, Settings(ecn=True), args.runs)
     # two leaves of four under one spine (4:1 oversubscribed, no ECMP choice): three senders on each leaf
     # into host 4; the spine's ingress at leaf 1 is one of four PFC-paused inputs (the parking lot)

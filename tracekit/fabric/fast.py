@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, DEC, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
+from tracekit.fabric.common import (ACK, ARRIVE, CNP, DEC, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, prepare)
 from tracekit.fabric.events import (GROW, S_FIRST_FREE, S_HSIZE, S_SEQ, S_WCOUNT, WHEEL_NS, borrowed, grow_queue, pop,
                                     push, queue_arrays, queue_short)
@@ -30,10 +30,12 @@ from tracekit.fabric.topology import Topology
 # packet pool columns
 K_FLOW, K_SEQ, K_WIRE, K_PAY, K_PRIO, K_ECN, K_PORT, K_ING, K_HDRM, K_UID, K_NEXT = range(11)
 # per-flow integer state
-(F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHAEP, F_LASTCNP, F_RCV, F_MAXSEEN,
+(F_NXT, F_HIGH, F_NEXTT, F_TC, F_BC, F_BYTES, F_CUT, F_LASTDEC, F_INCEP, F_ALPHANXT, F_LASTCNP, F_RCV, F_MAXSEEN,
  F_NACK, F_UNA, F_RTO, F_PROG, F_DELIV, F_FIN, F_RETXB, F_RETXP, F_MARKED, F_CNPS, F_REORD, F_TOUT, F_CUR,
- F_INREC, F_RECEND, F_RP, F_HEND, F_DECPEND) = range(31)  # F_INREC..F_HEND: selective repeat's recovery;
-# F_DECPEND: a CNP came inside the rate-decrease period (see reference.py)
+ F_INREC, F_RECEND, F_RP, F_HEND, F_DECPEND, F_DECFLAG, F_ALPHACNP) = range(33)  # F_INREC..F_HEND: selective
+# repeat's recovery; F_DECPEND: the rate-decrease monitor has a check queued; F_DECFLAG: a CNP came in its
+# period; F_ALPHANXT: the end of the current alpha window (-1 before the first CNP); F_ALPHACNP: a CNP came
+# in that window (see reference.py)
 # per-flow static
 G_SRC, G_DST, G_PRIO, G_NPK, G_CTRL, G_MA, G_MB, G_PORT, G_BASE, G_POS = range(10)  # G_BASE: first row in SEL
 # per flow in its host's order (hflows; G_POS is the row): when it may send next (INF: all sent), its
@@ -409,14 +411,39 @@ def _receive(k, now, PK, FI, G, MS, S, H, W, EV, free, SEL, IP):
 def _on_cnp(f, now, FI, FC, IP, RP, S, H, W, EV, OUT):
     if FI[f, F_FIN] or not IP[I_DCQCN]:
         return
-    if FI[f, F_LASTDEC] < 0 or now - FI[f, F_LASTDEC] >= IP[I_DECI]:
-        _cut_rate(f, now, FI, FC, IP, RP, S, H, W, EV, OUT)
-    elif not FI[f, F_DECPEND]:
+    FI[f, F_DECFLAG] = 1
+    if not FI[f, F_DECPEND]:
         FI[f, F_DECPEND] = 1
-        push(H, W, EV, S, FI[f, F_LASTDEC] + IP[I_DECI], DEC, f, 0)
-    FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + RP[R_G]
-    FI[f, F_ALPHAEP] += 1
-    push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, f, FI[f, F_ALPHAEP])
+        if FI[f, F_LASTDEC] < 0:
+            FI[f, F_LASTDEC] = now
+        step = IP[I_DECI]
+        push(H, W, EV, S, now if step == 0 else FI[f, F_LASTDEC] + ((now - FI[f, F_LASTDEC]) // step + 1) * step,
+             DEC, f, 0)
+    if FI[f, F_ALPHANXT] < 0:
+        FC[f, C_ALPHA] = 1.0
+        FI[f, F_ALPHANXT] = now + IP[I_ALPHAT]
+    else:
+        _update_alpha(f, now, FI, FC, IP, RP)
+        FI[f, F_ALPHACNP] = 1
+
+
+@njit(cache=True, inline="always")
+def _update_alpha(f, now, FI, FC, IP, RP):
+    while 0 <= FI[f, F_ALPHANXT] <= now:
+        FC[f, C_ALPHA] = (1.0 - RP[R_G]) * FC[f, C_ALPHA] + (RP[R_G] if FI[f, F_ALPHACNP] else 0.0)
+        FI[f, F_ALPHACNP] = 0
+        FI[f, F_ALPHANXT] += IP[I_ALPHAT]
+
+
+@njit(cache=True, inline="always")
+def _on_dec(f, now, FI, FC, IP, RP, S, H, W, EV, OUT):
+    FI[f, F_DECPEND] = 0
+    if FI[f, F_DECFLAG] and not FI[f, F_FIN]:
+        FI[f, F_DECFLAG] = 0
+        _update_alpha(f, now, FI, FC, IP, RP)
+        _cut_rate(f, now, FI, FC, IP, RP, S, H, W, EV, OUT)
+        FI[f, F_DECPEND] = 1
+        push(H, W, EV, S, now + IP[I_DECI], DEC, f, 0)
 
 
 @njit(cache=True, inline="always")
@@ -518,9 +545,7 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
         elif kind == CNP:
             _on_cnp(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
         elif kind == DEC:
-            FI[a, F_DECPEND] = 0
-            if not FI[a, F_FIN]:
-                _cut_rate(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
+            _on_dec(a, now, FI, FC, IP, RP, S, H, W, EV, OUT)
         elif IP[I_SEL] and (kind == ACK or kind == SACK):
             cum = b >> 32 if kind == SACK else b
             if cum > FI[a, F_UNA]:
@@ -553,10 +578,6 @@ def _run(IP, RP, G, FI, FC, MS, PT, PQ, PO, ND, S, H, W, EV, PK, free, SEL, OUT,
                 _refresh(a, FI, G, MS, HS)
                 _try_send(G[a, G_SRC], now, PK, FI, FC, G, MS, PT, PO, PQ, S, H, W, EV, free, SEL, IP, RP, OUT, hptr,
                           hflows, host_port, host_wake, HS)
-        elif kind == ALPHA:
-            if b == FI[a, F_ALPHAEP] and not FI[a, F_FIN]:
-                FC[a, C_ALPHA] = (1.0 - RP[R_G]) * FC[a, C_ALPHA]
-                push(H, W, EV, S, now + IP[I_ALPHAT], ALPHA, a, b)
         elif kind == INC:
             if b == FI[a, F_INCEP] and not FI[a, F_FIN]:
                 FI[a, F_TC] += 1
@@ -623,9 +644,9 @@ def _state(topo: Topology, p: FabricParams, flows: Flows, wheel_ns: int | None) 
     pos[pre.host_flows] = np.arange(F)
     g = np.stack([flows.src, flows.dst, flows.prio, pre.flow_npk, pre.flow_ctrl_ns, flows.msg_ptr[:-1],
                   flows.msg_ptr[1:], topo.host_port[flows.src], base[:-1], pos], axis=1).astype(np.int64)
-    fi = np.zeros((F, F_DECPEND + 1), np.int64)
+    fi = np.zeros((F, F_ALPHACNP + 1), np.int64)
     fi[:, F_CUR] = g[:, G_MA]
-    fi[:, [F_LASTDEC, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
+    fi[:, [F_LASTDEC, F_ALPHANXT, F_LASTCNP, F_MAXSEEN, F_NACK]] = -1
     fc = np.stack([pre.line_mbps, pre.line_mbps, np.ones(F), pre.line_mbps], axis=1).astype(np.float64)
     nm = flows.msg_bytes.shape[0]
     ms = np.stack([pre.msg_first, flows.msg_bytes, flows.msg_ready_ns, pre.msg_npk, np.zeros(nm), np.full(nm, -1)],

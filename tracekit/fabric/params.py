@@ -101,11 +101,15 @@ SOURCES = {
     "cnp_interval_ns": "NVIDIA ConnectX NP min_time_between_cnps default 4 us (DCQCN paper: 50 us)",
     "dcqcn": "DCQCN (Zhu et al., SIGCOMM 2015) as implemented by ConnectX NICs",
     "dcqcn_g": "DCQCN paper: g = 1/256 (HPCC / SimAI configs: EWMA gain 1/256)",
-    "rate_decrease_interval_ns": ("NVIDIA rate_reduce_monitor_period default 4 us (HPCC config: 4 us); at most one "
-                                  "cut per period, and a CNP inside the period cuts when it ends rather than being "
-                                  "dropped, as HPCC's ns-3 rdma-hw checks every period for a CNP since the last "
-                                  "(benchmarks/peer_ns3.py late-joiner case)"),
-    "alpha_timer_ns": "DCQCN paper: alpha update period K = 55 us",
+    "rate_decrease_interval_ns": ("NVIDIA rate_reduce_monitor_period default 4 us (HPCC config: 4 us). NVIDIA's DCQCN "
+                                  "parameter table (DOCA 'DCQCN CC Parameters'; MLNX_OFED 'DCQCN Parameters'): the "
+                                  "first CNP sets the rate to rate_to_set_on_first_cnp (default 0: unchanged) and "
+                                  "alpha to initial_alpha_value; after it the rate is cut once per monitor period "
+                                  "that saw a CNP, at the period's end (HPCC's ns-3 rdma-hw, CheckRateDecreaseMlx: "
+                                  "the same; checked in benchmarks/peer_ns3.py's late-joiner case)"),
+    "alpha_timer_ns": ("DCQCN paper: alpha update period K = 55 us (NVIDIA dce_tcp_rtt default 1 us); alpha is "
+                       "updated once per period, up if a CNP came in it, down if none did (NVIDIA's table; HPCC "
+                       "ns-3 UpdateAlphaMlx), periods running from the flow's first CNP"),
     "increase_timer_ns": "NVIDIA rpg_time_reset default 300 us (HPCC / SimAI: ~300 us)",
     "byte_counter_bytes": "NVIDIA rpg_byte_reset default 32767 B (DCQCN paper: B = 10 MB)",
     "fast_recovery_steps": "NVIDIA rpg_threshold default 1 (DCQCN paper: F = 5)",

@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from tracekit.fabric.common import (ACK, ALPHA, ARRIVE, CNP, DEC, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
+from tracekit.fabric.common import (ACK, ARRIVE, CNP, DEC, INC, INF, NACK, OK, PAUSE, PORT_FREE, RTO, SACK, SAMPLE,
                                     STALLED, WAKE, FabricRun, Flows, Prepared, hash3, prepare, rows)
 from tracekit.fabric.params import FabricParams
 from tracekit.fabric.topology import Topology
@@ -50,8 +50,10 @@ class _Sim:
         self.snd_nxt, self.high, self.next_t = [0] * F, [0] * F, [0] * F
         self.rc, self.rt, self.alpha = list(line), list(line), [1.0] * F
         self.tcount, self.bcount, self.bytes_ctr, self.cut = [0] * F, [0] * F, [0] * F, [False] * F
-        self.last_dec, self.inc_epoch, self.alpha_epoch, self.last_cnp = [-1] * F, [0] * F, [0] * F, [-1] * F
-        self.dec_pending = [False] * F  # a CNP came inside the rate-decrease period: cut when it ends
+        self.last_dec, self.inc_epoch, self.alpha_next, self.last_cnp = [-1] * F, [0] * F, [-1] * F, [-1] * F
+        self.alpha_cnp = [False] * F  # a CNP came in the current alpha window
+        self.dec_pending = [False] * F  # the rate-decrease monitor has a check scheduled
+        self.dec_flag = [False] * F  # a CNP came in the current monitor period: cut when it ends
         self.rcv_nxt, self.max_seen, self.nack_for = [0] * F, [-1] * F, [-1] * F
         self.snd_una, self.rto_armed, self.last_progress = [0] * F, [False] * F, [0] * F
         self.delivered, self.fin = [0] * F, [False] * F
@@ -310,24 +312,45 @@ class _Sim:
             self.remaining -= 1
 
     def on_cnp(self, f, now):
-        """A CNP cuts the rate at once, or, inside the rate-decrease period after the last cut, when that
-        period ends (one cut per period however many CNPs came: ``rate_decrease_interval_ns``'s source)."""
+        """A CNP sets the flow's decrease flag and its alpha window's CNP flag. The rate-decrease monitor,
+        whose periods run from the flow's first CNP, cuts once at the end of each period that saw a CNP
+        (``rate_decrease_interval_ns``'s source); the first CNP itself leaves the rate as it is and sets
+        alpha to 1 (NVIDIA's defaults ``rate_to_set_on_first_cnp`` 0, ``initial_alpha_value`` 1023/1024)."""
         p = self.p
         if self.fin[f] or not p.dcqcn:
             return
-        if self.last_dec[f] < 0 or now - self.last_dec[f] >= p.rate_decrease_interval_ns:
-            self.cut_rate(f, now)
-        elif not self.dec_pending[f]:
+        self.dec_flag[f] = True
+        if not self.dec_pending[f]:
             self.dec_pending[f] = True
-            self.push(self.last_dec[f] + p.rate_decrease_interval_ns, DEC, f, 0)
-        self.alpha[f] = (1.0 - p.dcqcn_g) * self.alpha[f] + p.dcqcn_g
-        self.alpha_epoch[f] += 1
-        self.push(now + p.alpha_timer_ns, ALPHA, f, self.alpha_epoch[f])
+            if self.last_dec[f] < 0:  # the monitor's origin
+                self.last_dec[f] = now
+            step = p.rate_decrease_interval_ns
+            self.push(now if step == 0 else self.last_dec[f] + ((now - self.last_dec[f]) // step + 1) * step, DEC, f, 0)
+        if self.alpha_next[f] < 0:  # the first CNP: alpha starts at 1, its windows run from here
+            self.alpha[f], self.alpha_next[f] = 1.0, now + p.alpha_timer_ns
+        else:
+            self.update_alpha(f, now)
+            self.alpha_cnp[f] = True
+
+    def update_alpha(self, f, now):
+        """Close the alpha windows that ended by ``now``: alpha rises by g in one that saw a CNP and
+        decays in one that saw none (``alpha_timer_ns``'s source)."""
+        p = self.p
+        while 0 <= self.alpha_next[f] <= now:
+            self.alpha[f] = (1.0 - p.dcqcn_g) * self.alpha[f] + (p.dcqcn_g if self.alpha_cnp[f] else 0.0)
+            self.alpha_cnp[f] = False
+            self.alpha_next[f] += p.alpha_timer_ns
 
     def on_dec(self, f, now):
+        """The end of a monitor period: cut if a CNP came in it (alpha as of that moment), else stop the
+        monitor until the next CNP."""
         self.dec_pending[f] = False
-        if not self.fin[f]:
+        if self.dec_flag[f] and not self.fin[f]:
+            self.dec_flag[f] = False
+            self.update_alpha(f, now)
             self.cut_rate(f, now)
+            self.dec_pending[f] = True
+            self.push(now + self.p.rate_decrease_interval_ns, DEC, f, 0)
 
     def cut_rate(self, f, now):
         p = self.p
@@ -354,13 +377,9 @@ class _Sim:
         self.rc[f] = min((self.rt[f] + self.rc[f]) / 2.0, line)
         self.rates.append((now, f, int(self.rc[f] * 1000.0)))
 
-    def on_timer(self, kind, f, ep, now):
+    def on_inc(self, f, ep, now):
         p = self.p
-        if kind == ALPHA:
-            if ep == self.alpha_epoch[f] and not self.fin[f]:
-                self.alpha[f] = (1.0 - p.dcqcn_g) * self.alpha[f]
-                self.push(now + p.alpha_timer_ns, ALPHA, f, ep)
-        elif ep == self.inc_epoch[f] and not self.fin[f]:
+        if ep == self.inc_epoch[f] and not self.fin[f]:
             self.tcount[f] += 1
             self.increase(f, now)
             if self.rc[f] < float(self.pre.line_mbps[f]):
@@ -468,8 +487,8 @@ class _Sim:
                 if kind == NACK and self.snd_nxt[a] > b:
                     self.snd_nxt[a] = b
                     self.try_send(int(fl.src[a]), now)
-            elif kind == ALPHA or kind == INC:
-                self.on_timer(kind, a, b, now)
+            elif kind == INC:
+                self.on_inc(a, b, now)
             elif kind == RTO:
                 self.on_rto(a, now)
             elif not self.sample(now):
