@@ -297,8 +297,11 @@ def compare_runs(name: str, binary: Path, hosts: int, pairs: list[tuple], s: Set
                       f"tracekit {np.median(b[:, i]):.0f} ({b[:, i].min():.0f}-{b[:, i].max():.0f}) us"
                       for i, x in enumerate(keys))
     last_a, last_b = a.max(axis=1), b.max(axis=1)
+    ratio = last_b.mean() / last_a.mean()  # its standard error from both sides' spread (delta method)
+    se = ratio * np.sqrt((last_a.std(ddof=1) / last_a.mean()) ** 2 / runs + (last_b.std(ddof=1) / last_b.mean()) ** 2 / runs)
     print(f"{name}, {runs} runs each: {flows}; last FCT median ns-3 {np.median(last_a):.0f}, tracekit "
-          f"{np.median(last_b):.0f} us (ratio {np.median(last_b) / np.median(last_a):.3f}); CPU ns-3 {n_cpu:.2f} s, "
+          f"{np.median(last_b):.0f} us (ratio {np.median(last_b) / np.median(last_a):.3f}), mean {last_a.mean():.0f}, "
+          f"{last_b.mean():.0f} us (ratio {ratio:.3f} +- {se:.3f}); CPU ns-3 {n_cpu:.2f} s, "
           f"tracekit {t_cpu:.2f} s (ratio {t_cpu / max(n_cpu, 1e-9):.2f})")
 
 
