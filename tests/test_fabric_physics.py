@@ -149,6 +149,23 @@ def test_dcqcn_two_long_flows_converge_to_a_fair_share():
     assert abs(second - 20) / 20 < 0.10, second
 
 
+def test_dcqcn_cuts_only_at_the_ends_of_monitor_periods():
+    """NVIDIA's rate_reduce_monitor_period, as HPCC's ns-3 has it: the first CNP leaves the rate alone and
+    starts 4 us periods; a period that saw a CNP ends in one cut. So each flow's cuts lie on one 4 us grid
+    (cutting on the CNP itself would put them wherever CNPs arrive)."""
+    topo = single_switch(3, 100 * GBIT, 1000, 0)
+    flows = Flows.of([1, 2], [0, 0], [0, 0], [3_000_000, 3_000_000])
+    for seed in range(3):
+        run = simulate(topo, FabricParams(kmin_bytes=20_000, kmax_bytes=200_000, pmax=0.2, cnp_interval_ns=0,
+                                          rate_decrease_interval_ns=4000, seed=seed), flows)
+        for f in (0, 1):
+            rows = run.rates[run.rates[:, 1] == f]
+            before = np.r_[100 * GBIT * 1000, rows[:-1, 2]]  # kbit/s
+            cuts = rows[rows[:, 2] < before, 0]
+            assert len(cuts) >= 3 and run.flow_cnps[f] >= len(cuts)
+            assert ((cuts - cuts[0]) % 4000 == 0).all(), cuts
+
+
 def test_cyclic_buffer_dependency_in_a_ring_deadlocks_and_is_named():
     topo = ring(4, 25 * GBIT, 25, 600)
     # every host sends two hops clockwise: each switch's clockwise port carries two flows
