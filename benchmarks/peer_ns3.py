@@ -4,6 +4,7 @@
         --ns3-dir ~/.cache/tracekit-ns3            # builds once into --ns3-dir, then runs
     PYTHONPATH=. python benchmarks/peer_ns3.py --ns3-dir ~/.cache/tracekit-ns3   # reuses that build
     PYTHONPATH=. python benchmarks/peer_ns3.py --ns3-bin DIR/build/scratch/third  # a binary built earlier
+    PYTHONPATH=. python benchmarks/peer_ns3.py --ns3-dir DIR --only-late --runs 100  # the late joiner alone
 
 The peer is the ns-3 simulator published with HPCC (alibaba-edu/High-Precision-Congestion-Control,
 ``simulation/``: ns-3 with ``qbb-net-device``, ``rdma-hw`` (DCQCN "mlx" version, ``CC_MODE 1``) and the
@@ -298,7 +299,8 @@ def compare_runs(name: str, binary: Path, hosts: int, pairs: list[tuple], s: Set
                       for i, x in enumerate(keys))
     last_a, last_b = a.max(axis=1), b.max(axis=1)
     ratio = last_b.mean() / last_a.mean()  # its standard error from both sides' spread (delta method)
-    se = ratio * np.sqrt((last_a.std(ddof=1) / last_a.mean()) ** 2 / runs + (last_b.std(ddof=1) / last_b.mean()) ** 2 / runs)
+    cv2 = [(x.std(ddof=1) / x.mean()) ** 2 for x in (last_a, last_b)]
+    se = ratio * np.sqrt(sum(cv2) / runs)
     print(f"{name}, {runs} runs each: {flows}; last FCT median ns-3 {np.median(last_a):.0f}, tracekit "
           f"{np.median(last_b):.0f} us (ratio {np.median(last_b) / np.median(last_a):.3f}), mean {last_a.mean():.0f}, "
           f"{last_b.mean():.0f} us (ratio {ratio:.3f} +- {se:.3f}); CPU ns-3 {n_cpu:.2f} s, "

@@ -314,8 +314,9 @@ class _Sim:
     def on_cnp(self, f, now):
         """A CNP sets the flow's decrease flag and its alpha window's CNP flag. The rate-decrease monitor,
         whose periods run from the flow's first CNP, cuts once at the end of each period that saw a CNP
-        (``rate_decrease_interval_ns``'s source); the first CNP itself leaves the rate as it is and sets
-        alpha to 1 (NVIDIA's defaults ``rate_to_set_on_first_cnp`` 0, ``initial_alpha_value`` 1023/1024)."""
+        (``rate_decrease_interval_ns``'s source); the first CNP itself leaves the rate as it is
+        (NVIDIA ``rate_to_set_on_first_cnp`` default 0) and sets alpha to 1 (``initial_alpha_value``
+        default 1023/1024; HPCC's ns-3: 1)."""
         p = self.p
         if self.fin[f] or not p.dcqcn:
             return
