@@ -33,8 +33,18 @@ CASES = [("msg_id", pl.col("msg_id") >= 0, None), ("resource", pl.lit(True), Non
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=rows, case=st.sampled_from(CASES))
-def test_numpy_predecessors_equal_polars_asof(rows, case):
+@given(rows=rows, case=st.sampled_from(CASES), batch=st.sampled_from([1, 3, 1 << 20]))
+def test_numpy_predecessors_equal_polars_asof(rows, case, batch):
+    import tracekit.analysis.critical as critical
+
+    critical._SEARCH_BATCH, saved = batch, critical._SEARCH_BATCH  # searched in batches of 1, 3 or all
+    try:
+        _check_case(rows, case)
+    finally:
+        critical._SEARCH_BATCH = saved
+
+
+def _check_case(rows, case):
     key, valid, right_key = case
     ev = _prepare(_events(rows))
     if ev.height == 0:

@@ -32,6 +32,8 @@ import polars as pl
 WAIT = "wait"
 
 _EXCLUDE_KINDS = ("annotation",)
+#: sorted queries searched at a time by :func:`_latest_before_numpy` (memory, not results)
+_SEARCH_BATCH = 1 << 20
 
 
 #: the columns the walk reads; the others are left behind before any copy (memory on big traces)
@@ -80,13 +82,18 @@ def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, 
     left, right = ev[key], ev[right_key]
     if left.null_count() or right.null_count():
         return None
-    if left.dtype.is_integer() and right.dtype.is_integer():
-        lc = left.to_numpy().astype(np.int64, copy=False)
-        return lc, (lc if key == right_key else right.to_numpy().astype(np.int64, copy=False))
+    if left.dtype.is_integer() and right.dtype.is_integer():  # as stored (widened where packed)
+        lc = left.to_numpy()
+        return lc, (lc if key == right_key else right.to_numpy())
     if key != right_key:
         return None
-    codes = left.rank("dense").to_numpy().astype(np.int64)
+    codes = left.rank("dense").to_numpy()
     return codes, codes
+
+
+def _positions(n: int) -> type:
+    """The narrowest integer type that holds positions ``-1 .. n`` (memory on big traces)."""
+    return np.int32 if n < 2**31 - 1 else np.int64
 
 
 def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_key: str) -> np.ndarray | None:
@@ -99,11 +106,12 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if codes is None:
         return None
     kl, kr = codes
-    idx = np.flatnonzero(valid)
+    pos = _positions(n)
+    idx = np.flatnonzero(valid).astype(pos)
     if idx.size == 0 or n == 0:
-        return np.full(n, -1, np.int64)
+        return np.full(n, -1, pos)
     ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
-    rk = kr[idx]  # the candidates' keys, gathered once
+    rk = kr[idx].astype(np.int64)  # the candidates' keys, gathered once
     lo = min(int(kl.min()), int(rk.min()))
     t0 = min(int(ts.min()), int(end.min()))
     span = max(int(ts.max()), int(end.max())) - t0 + 1
@@ -119,28 +127,29 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     packed *= span
     packed += end[cand]
     packed -= t0
-    q = kl - lo  # in place from here: these arrays are as long as the trace
+    q = kl.astype(np.int64)  # in place from here: these arrays are as long as the trace
     del codes, kl, kr
+    q -= lo
     q *= span
     q += ts
     q -= t0
     # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
     # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
-    qo = np.argsort(q)
-    q = q[qo]
-    found = np.searchsorted(packed, q, side="right")
-    found -= 1
-    miss = found < 0
-    np.maximum(found, 0, out=found)
-    q //= span  # the query's key; a candidate's is its packed value // span
-    hit = packed[found]
-    hit //= span
-    miss |= hit != q
-    del q, packed, hit
+    qo = np.argsort(q).astype(pos)
+    q.sort()  # = q[qo], in place
+    found, miss = np.empty(n, pos), np.empty(n, bool)
+    for a in range(0, n, _SEARCH_BATCH):  # in batches: the search's int64 temporaries stay small
+        f = np.searchsorted(packed, q[a:a + _SEARCH_BATCH], side="right")
+        f -= 1
+        m = f < 0
+        np.maximum(f, 0, out=f)
+        m |= packed[f] // span != q[a:a + _SEARCH_BATCH] // span  # the keys: a packed value // span
+        found[a:a + f.size], miss[a:a + f.size] = f, m
+    del q, packed
     res = cand[found]
     del found, cand
     res[miss] = -1
-    out = np.empty(n, np.int64)
+    out = np.empty(n, pos)
     out[qo] = res
     return out
 
@@ -173,7 +182,7 @@ def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
     reference, without a join's copies)."""
     out_s, in_s = ev["flow_out"], ev["flow_in"]
     src = np.flatnonzero(out_s.is_not_null().to_numpy())
-    found = np.full(ev.height, -1, np.int64)
+    found = np.full(ev.height, -1, _positions(ev.height))
     want = np.flatnonzero(in_s.is_not_null().to_numpy())
     if src.size == 0 or want.size == 0:
         return found
@@ -214,7 +223,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     n = ev.height
     ts = ev["ts_ns"].to_numpy()
     end = ev["_end"].to_numpy()
-    rows = ev["_row"].to_numpy().astype(np.int64)
+    rows = ev["_row"].to_numpy()
 
     def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
         return ev.hstack(_numeric(events, columns)[rows])
@@ -260,7 +269,7 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
     p = np.asarray(path, np.int64)
     sel = events[rows[p]].with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, if any
     return pl.DataFrame({
-        "row": rows[p], "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
+        "row": rows[p].astype(np.int64), "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
         "rank": sel["rank"].cast(pl.Int32), "op_ns": np.asarray(op, np.int64), "wait_ns": np.asarray(wait, np.int64),
     }, schema=schema)
 
