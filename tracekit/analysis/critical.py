@@ -25,6 +25,8 @@ follows streams and ranks. Zero-length operations and annotations carry no time 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 
@@ -48,6 +50,13 @@ def _numeric(events: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
     if "resource" in ev.columns:
         ev = ev.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
     return ev
+
+
+def _gather(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """``frame[rows]``, integer columns without nulls gathered by numpy (its arrays go back to the
+    system when freed, where polars' allocator keeps its pages: memory on big traces)."""
+    return pl.DataFrame([pl.Series(s.name, s.to_numpy()[rows]) if s.dtype.is_integer() and not s.null_count()
+                         else s.gather(rows) for s in frame.iter_columns()])
 
 
 def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
@@ -181,18 +190,41 @@ def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
     none. Sorted integers and a binary search (the form of :func:`_flow_pred_polars`, which is the
     reference, without a join's copies)."""
     out_s, in_s = ev["flow_out"], ev["flow_in"]
-    src = np.flatnonzero(out_s.is_not_null().to_numpy())
-    found = np.full(ev.height, -1, _positions(ev.height))
-    want = np.flatnonzero(in_s.is_not_null().to_numpy())
+    return _flow_match(out_s.drop_nulls().to_numpy(), np.flatnonzero(out_s.is_not_null().to_numpy()),
+                       in_s.drop_nulls().to_numpy(), np.flatnonzero(in_s.is_not_null().to_numpy()), ev.height)
+
+
+def _flow_pred_rows(events: pl.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, bool]:
+    """:func:`_flow_pred` of the prepared rows (``events`` rows ``rows``, in position order) read
+    from ``events`` in its own order (the flow columns are not gathered: memory on big traces),
+    and whether any of those rows has a ``flow_out``."""
+    n = rows.size
+    pos_of = np.full(events.height, -1, _positions(n))
+    pos_of[rows] = np.arange(n)
+    ends = []
+    for c in ("flow_out", "flow_in"):
+        s = events[c]
+        at, ids = pos_of[np.flatnonzero(s.is_not_null().to_numpy())], s.drop_nulls().to_numpy()
+        kept = at >= 0
+        at, ids = at[kept], ids[kept]
+        order = np.argsort(at, kind="stable")  # position order, as :func:`_flow_pred` reads them
+        ends += [ids[order], at[order]]
+    return _flow_match(*ends, n), bool(ends[1].size)
+
+
+def _flow_match(f_out: np.ndarray, src: np.ndarray, f_in: np.ndarray, want: np.ndarray, n: int) -> np.ndarray:
+    """For each of ``n`` positions, the first of ``src`` (ascending positions) whose flow id
+    ``f_out`` is the position's in ``f_in`` (positions ``want``); -1 if none."""
+    found = np.full(n, -1, _positions(n))
     if src.size == 0 or want.size == 0:
         return found
-    f_out = np.asarray(out_s.to_numpy()[src], np.int64)  # no nulls left: an integer array
+    f_out = np.asarray(f_out, np.int64)
     order = np.argsort(f_out, kind="stable")  # stable: the first of equal flow ids comes first
     keys, src = f_out[order], src[order]
     first = np.ones(keys.size, bool)
     first[1:] = keys[1:] != keys[:-1]
     keys, src = keys[first], src[first]
-    f_in = np.asarray(in_s.to_numpy()[want], np.int64)
+    f_in = np.asarray(f_in, np.int64)
     j = np.minimum(np.searchsorted(keys, f_in), keys.size - 1)
     hit = keys[j] == f_in
     found[want[hit]] = src[j[hit]]
@@ -205,6 +237,107 @@ def _flow_pred_polars(ev: pl.DataFrame) -> np.ndarray:
     src = src.unique("_f", keep="first", maintain_order=True)
     j = ev.select("_pos", pl.col("flow_in").alias("_f")).join(src, on="_f", how="left").sort("_pos")
     return j["_pred"].fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _candidates(events: pl.DataFrame, ev: pl.DataFrame, rows: np.ndarray, flags: dict[str, bool]
+                ) -> Iterator[np.ndarray]:
+    """The predecessor candidates of each prepared row (positions, -1 for none), one array at a
+    time in the walk's order (earlier ones win ties): flow source, previous operation of the
+    message, of the resource, last transfer into the rank, and last the rank's previous operation.
+    Sets ``flags["no_flows"]`` and ``flags["no_msgs"]`` before the third array."""
+
+    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
+        return ev.hstack(_gather(_numeric(events, columns), rows))
+
+    flow, flows = _flow_pred_rows(events, rows)
+    flags["no_flows"] = not flows
+    yield flow
+    del flow
+    part = keyed("msg_id")
+    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
+    msg[part["msg_id"].to_numpy() < 0] = -1
+    flags["no_msgs"] = bool((part["msg_id"] < 0).all())
+    del part
+    yield msg
+    del msg
+    yield _latest_before(keyed("resource"), "resource", pl.lit(True))
+    part = keyed("rank", "dst_rank")
+    mine = part["rank"].to_numpy() < 0
+    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
+    into[mine] = -1
+    yield into
+    del into
+    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
+    del part
+    rank[mine] = -1
+    yield rank
+
+
+def _fold(pred: np.ndarray, cand: np.ndarray, end: np.ndarray, *, only_missing: bool = False) -> None:
+    """Sets ``pred`` (in place) to ``cand`` where the candidate precedes its row (``0 <= cand < row``)
+    and ended later than ``pred``'s (strictly: earlier candidates win ties) or ``pred`` has none;
+    with ``only_missing``, only where ``pred`` has none. In batches (memory on big traces)."""
+    for a in range(0, pred.size, _SEARCH_BATCH):
+        c, p = cand[a:a + _SEARCH_BATCH], pred[a:a + _SEARCH_BATCH]  # views: p writes into pred
+        ok = (c >= 0) & (c < np.arange(a, a + c.size))
+        if only_missing:
+            ok &= p < 0
+        else:
+            ok &= (p < 0) | (end[np.maximum(c, 0)] > end[np.maximum(p, 0)])
+        p[ok] = c[ok]
+
+
+def _walk(ts: np.ndarray, end: np.ndarray, pred: np.ndarray, i: int) -> tuple[list[int], list[int], list[int]]:
+    """The path from position ``i`` back along ``pred``: positions, operation and wait charges."""
+    path, op, wait = [], [], []
+    while True:
+        best = int(pred[i])
+        path.append(i)
+        if best < 0:
+            op.append(int(end[i] - ts[i]))
+            wait.append(0)
+            return path, op, wait
+        op.append(int(end[i] - max(ts[i], end[best])))
+        wait.append(int(max(0, ts[i] - end[best])))
+        i = best
+
+
+def _walk_reference(ts: np.ndarray, end: np.ndarray, cands: list[np.ndarray], follow_rank: bool, i: int
+                    ) -> tuple[list[int], list[int], list[int]]:
+    """The reference form of :func:`_fold` and :func:`_walk`: each step picks among the five
+    candidate arrays of :func:`_candidates`."""
+    flow, msg, res, into, rank = cands
+    path, op, wait = [], [], []
+    while True:
+        best = -1
+        for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
+            if 0 <= c < i and (best < 0 or end[c] > end[best]):
+                best = int(c)
+        if best < 0 and 0 <= rank[i] < i:
+            best = int(rank[i])
+        path.append(i)
+        if best < 0:
+            op.append(int(end[i] - ts[i]))
+            wait.append(0)
+            return path, op, wait
+        op.append(int(end[i] - max(ts[i], end[best])))
+        wait.append(int(max(0, ts[i] - end[best])))
+        i = best
+
+
+def predecessors(events: pl.DataFrame, ev: pl.DataFrame, follow_rank: bool | None = None) -> np.ndarray:
+    """Each prepared row's predecessor on a path (position, -1 for none): the candidates of
+    :func:`_candidates` folded into one array as they are found (one array held, not five)."""
+    end, rows = ev["_end"].to_numpy(), ev["_row"].to_numpy()
+    pred, flags = np.full(ev.height, -1, _positions(ev.height)), {}
+    for k, cand in enumerate(_candidates(events, ev, rows, flags)):
+        if k < 4:
+            _fold(pred, cand, end)
+        else:  # the rank's previous operation: a candidate without flows and messages, else a fallback
+            follow = (flags["no_flows"] and flags["no_msgs"]) if follow_rank is None else follow_rank
+            _fold(pred, cand, end, only_missing=not follow)
+        del cand
+    return pred
 
 
 def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_rank: bool | None = None
@@ -220,52 +353,16 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
               "op_ns": pl.Int64, "wait_ns": pl.Int64}
     if ev.height == 0:
         return pl.DataFrame(schema=schema)
-    n = ev.height
-    ts = ev["ts_ns"].to_numpy()
-    end = ev["_end"].to_numpy()
     rows = ev["_row"].to_numpy()
-
-    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
-        return ev.hstack(_numeric(events, columns)[rows])
-
-    part = keyed("flow_out", "flow_in")
-    flow, no_flows = _flow_pred(part), bool(part["flow_out"].is_null().all())
-    part = keyed("msg_id")
-    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
-    msg[part["msg_id"].to_numpy() < 0] = -1
-    no_msgs = bool((part["msg_id"] < 0).all())
-    res = _latest_before(keyed("resource"), "resource", pl.lit(True))
-    part = keyed("rank", "dst_rank")
-    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
-    into[part["rank"].to_numpy() < 0] = -1
-    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
-    rank[part["rank"].to_numpy() < 0] = -1
-    del part
-    if follow_rank is None:
-        follow_rank = no_flows and no_msgs
     if end_row is None:
-        i = n - 1
+        i = ev.height - 1
     else:
         hit = np.flatnonzero(rows == end_row)
         if hit.size == 0:
             return pl.DataFrame(schema=schema)
         i = int(hit[0])
-    path, op, wait = [], [], []
-    while True:
-        best = -1
-        for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
-            if 0 <= c < i and (best < 0 or end[c] > end[best]):
-                best = int(c)
-        if best < 0 and 0 <= rank[i] < i:
-            best = int(rank[i])
-        path.append(i)
-        if best < 0:
-            op.append(int(end[i] - ts[i]))
-            wait.append(0)
-            break
-        op.append(int(end[i] - max(ts[i], end[best])))
-        wait.append(int(max(0, ts[i] - end[best])))
-        i = best
+    pred = predecessors(events, ev, follow_rank)
+    path, op, wait = _walk(ev["ts_ns"].to_numpy(), ev["_end"].to_numpy(), pred, i)
     p = np.asarray(path, np.int64)
     sel = events[rows[p]].with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, if any
     return pl.DataFrame({
