@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tracekit.analysis.critical import (
     _candidates,
+    _end_start_order,
     _flow_pred,
     _flow_pred_polars,
     _flow_pred_rows,
@@ -76,7 +77,7 @@ flows = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 5)), st.one_of(st
 @given(flows=flows)
 def test_numpy_flow_sources_equal_polars_join(flows):
     ev = pl.DataFrame({"flow_out": [f[0] for f in flows], "flow_in": [f[1] for f in flows]},
-                      schema={"flow_out": pl.Int64, "flow_in": pl.Int64}).with_row_index("_pos")
+                      schema={"flow_out": pl.Int64, "flow_in": pl.Int64})
     np.testing.assert_array_equal(_flow_pred(ev), _flow_pred_polars(ev))
 
 
@@ -127,6 +128,15 @@ def test_flow_sources_read_in_row_order_equal_gathered(flows, keep, seed):
     rows = np.asarray([i for i in range(len(flows)) if keep[i]], np.uint32)
     seed.shuffle(rows)  # prepared rows come in (end, start) order, not row order
     found, any_out = _flow_pred_rows(events, rows)
-    gathered = events[rows].with_row_index("_pos")
+    gathered = events[rows]
     np.testing.assert_array_equal(found, _flow_pred_polars(gathered))
     assert any_out == bool(gathered["flow_out"].is_not_null().any())
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(-5, 30), st.integers(0, 30)), max_size=40),
+       wide=st.booleans())
+def test_end_start_order_is_lexsort(pairs, wide):
+    ts = np.asarray([p[0] for p in pairs], np.int64) * (2**33 if wide else 1)  # wide: beyond the packed form
+    end = ts + np.asarray([p[1] for p in pairs], np.int64)
+    np.testing.assert_array_equal(_end_start_order(ts, end), np.lexsort((ts, end)))

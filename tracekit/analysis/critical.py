@@ -73,16 +73,34 @@ def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl
     ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64, copy=False)
     end = ev["dur_ns"].to_numpy()[rows].astype(np.int64, copy=False)
     end += ts
-    order = np.lexsort((ts, end))  # stable: ties stay in row order (rows ascend)
-    rows = rows[order]
-    out = ev.drop("dur_ns")[rows].with_columns(pl.Series("_end", end[order]))  # the walk reads ends, not durations
-    return out.with_columns(pl.Series("_row", rows, pl.UInt32)).with_row_index("_pos")
+    order = _end_start_order(ts, end)  # stable: ties stay in row order (rows ascend)
+    rows = rows[order].astype(np.uint32)
+    end = end[order]
+    out = _gather(ev.drop("dur_ns"), rows) if ev.width > 2 else pl.DataFrame([pl.Series("ts_ns", ts[order])])
+    del ts, order
+    return out.with_columns(pl.Series("_end", end), pl.Series("_row", rows))  # a row's position is its index
+
+
+def _end_start_order(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """``np.lexsort((ts, end))``: one stable sort of packed (end, start) integers where they fit
+    in 62 bits (a radix sort of one key: less memory and time than a sort by two keys)."""
+    if ts.size == 0:
+        return np.zeros(0, np.int64)
+    t0 = int(ts.min())
+    span = int(end.max()) - t0 + 1
+    if span > 2**31:
+        return np.lexsort((ts, end))
+    key = end - t0
+    key *= span
+    key += ts
+    key -= t0
+    return np.argsort(key, kind="stable")
 
 
 def _prepare_polars(ev: pl.DataFrame) -> pl.DataFrame:
     """The reference form of the sort in :func:`_prepare` (the rows kept, ``_row`` set)."""
     ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end")).drop("dur_ns")
-    return ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
+    return ev.sort("_end", "ts_ns", "_row")
 
 
 def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -108,7 +126,7 @@ def _positions(n: int) -> type:
 def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_key: str) -> np.ndarray | None:
     """:func:`_latest_before` by sorting packed (key, time) integers and a binary search: a few
     int64 arrays instead of two sorted frames and an as-of join (memory on big traces). Rows
-    must be in ``_pos`` order (end, then start, ascending). None where a key has nulls or
+    must be in position order (end, then start, ascending). None where a key has nulls or
     the packed integers could overflow."""
     codes = _key_codes(ev, key, right_key)
     n = ev.height
@@ -128,7 +146,7 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if span <= 0 or keys > (2**62) // span:
         return None
     rk -= lo
-    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
+    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in position order, so ends ascend
     cand = idx[order]
     del idx
     packed = rk[order]
@@ -174,6 +192,7 @@ def _latest_before_polars(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_k
                           ) -> np.ndarray:
     """The reference form: for each row, the position of the row (where ``valid``) whose ``right_key`` (default ``key``)
     equals this row's ``key`` and that ended last at or before this row's start; -1 if none."""
+    ev = ev.with_row_index("_pos")
     right = (ev.filter(valid).select(pl.col(right_key or key).alias(key), pl.col("_end").alias("_t"),
                                      pl.col("_pos").alias("_pred"))
              .sort("_t", "_pred"))
@@ -232,6 +251,7 @@ def _flow_match(f_out: np.ndarray, src: np.ndarray, f_in: np.ndarray, want: np.n
 
 
 def _flow_pred_polars(ev: pl.DataFrame) -> np.ndarray:
+    ev = ev.with_row_index("_pos")
     src = ev.filter(pl.col("flow_out").is_not_null()).select(pl.col("flow_out").alias("_f"),
                                                               pl.col("_pos").alias("_pred"))
     src = src.unique("_f", keep="first", maintain_order=True)
