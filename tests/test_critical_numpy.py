@@ -17,7 +17,7 @@ from tracekit.analysis.critical import (
     _prepare,
     _prepare_polars,
     _walk,
-    _walk_reference,
+    _pick_reference,
     predecessors,
 )
 
@@ -117,7 +117,7 @@ def test_folded_predecessors_walk_like_the_five_candidates(rows, follow_rank, ba
     follow = (flags["no_flows"] and flags["no_msgs"]) if follow_rank is None else follow_rank
     ts, end = ev["ts_ns"].to_numpy(), ev["_end"].to_numpy()
     for i in range(ev.height):
-        assert _walk(ts, end, pred, i) == _walk_reference(ts, end, cands, follow, i)
+        assert _walk(ts, end, pred, i) == _walk(ts, end, _pick_reference(cands, end, follow), i)
 
 
 @settings(max_examples=200, deadline=None)

@@ -25,7 +25,7 @@ follows streams and ranks. Zero-length operations and annotations carry no time 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -307,11 +307,14 @@ def _fold(pred: np.ndarray, cand: np.ndarray, end: np.ndarray, *, only_missing: 
         p[ok] = c[ok]
 
 
-def _walk(ts: np.ndarray, end: np.ndarray, pred: np.ndarray, i: int) -> tuple[list[int], list[int], list[int]]:
-    """The path from position ``i`` back along ``pred``: positions, operation and wait charges."""
+def _walk(ts: np.ndarray, end: np.ndarray, pred: np.ndarray | Callable[[int], int], i: int
+          ) -> tuple[list[int], list[int], list[int]]:
+    """The path from position ``i`` back along ``pred`` (each position's predecessor: an array, or
+    a function of the position): positions, operation and wait charges."""
+    pick = pred if callable(pred) else (lambda j: int(pred[j]))  # type: ignore[index]
     path, op, wait = [], [], []
     while True:
-        best = int(pred[i])
+        best = pick(i)
         path.append(i)
         if best < 0:
             op.append(int(end[i] - ts[i]))
@@ -322,27 +325,21 @@ def _walk(ts: np.ndarray, end: np.ndarray, pred: np.ndarray, i: int) -> tuple[li
         i = best
 
 
-def _walk_reference(ts: np.ndarray, end: np.ndarray, cands: list[np.ndarray], follow_rank: bool, i: int
-                    ) -> tuple[list[int], list[int], list[int]]:
-    """The reference form of :func:`_fold` and :func:`_walk`: each step picks among the five
+def _pick_reference(cands: list[np.ndarray], end: np.ndarray, follow_rank: bool) -> Callable[[int], int]:
+    """The reference form of :func:`_fold` (for :func:`_walk`): each step picks among the five
     candidate arrays of :func:`_candidates`."""
     flow, msg, res, into, rank = cands
-    path, op, wait = [], [], []
-    while True:
+
+    def pick(i: int) -> int:
         best = -1
         for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
             if 0 <= c < i and (best < 0 or end[c] > end[best]):
                 best = int(c)
         if best < 0 and 0 <= rank[i] < i:
             best = int(rank[i])
-        path.append(i)
-        if best < 0:
-            op.append(int(end[i] - ts[i]))
-            wait.append(0)
-            return path, op, wait
-        op.append(int(end[i] - max(ts[i], end[best])))
-        wait.append(int(max(0, ts[i] - end[best])))
-        i = best
+        return best
+
+    return pick
 
 
 def predecessors(events: pl.DataFrame, ev: pl.DataFrame, follow_rank: bool | None = None) -> np.ndarray:
