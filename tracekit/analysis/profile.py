@@ -201,7 +201,8 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     # durations where they fit, else the columns with the names as categorical codes
     prof.op_keys = op_keys(ev)
     prof.ops = None if prof.op_keys is not None else ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
-        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
+        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns).with_columns(
+        pl.col(c).cast(pl.Int64) for c in ("msg_id",) if c in ev.columns)  # as the other side's, however it was read
     return prof
 
 
