@@ -47,7 +47,7 @@ def stage(name: str, f):  # type: ignore[no-untyped-def]
 
 
 def main(before_dir: str, after_dir: str) -> None:
-    tr, _ = stage("load", lambda: load_side(before_dir))
+    tr, _ = stage("load", lambda: load_side(before_dir, lean=True))
     pa.default_memory_pool().release_unused()
     ev = stage("check+names", lambda: operation_names(P._check(tr.events, "x"), None))
     phases = sorted(ev["phase"].filter(ev["kind"].is_in(P.COMM_KINDS)).unique().to_list(), key=P.phase_order)
@@ -59,7 +59,7 @@ def main(before_dir: str, after_dir: str) -> None:
     pb = stage("profile", lambda: P.profile(tr))
     stage("tail causes", lambda: [P._tail_cause(pb, p, ev) for p in pb.phases])
     del ev, tr
-    tr2, _ = stage("load 2", lambda: load_side(after_dir))
+    tr2, _ = stage("load 2", lambda: load_side(after_dir, lean=True))
     pa_ = stage("profile 2", lambda: P.profile(tr2))
     del tr2
     stage("diff", lambda: diff_profiles(pb, pa_, seed=0))

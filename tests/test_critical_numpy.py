@@ -7,12 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracekit.analysis.critical import (
+    _candidates,
+    _end_start_order,
     _flow_pred,
     _flow_pred_polars,
+    _flow_pred_rows,
     _latest_before_numpy,
     _latest_before_polars,
     _prepare,
     _prepare_polars,
+    _walk,
+    _pick_reference,
+    predecessors,
 )
 
 rows = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12), st.sampled_from(["a", "b", "c/d"]),
@@ -33,8 +39,18 @@ CASES = [("msg_id", pl.col("msg_id") >= 0, None), ("resource", pl.lit(True), Non
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=rows, case=st.sampled_from(CASES))
-def test_numpy_predecessors_equal_polars_asof(rows, case):
+@given(rows=rows, case=st.sampled_from(CASES), batch=st.sampled_from([1, 3, 1 << 20]))
+def test_numpy_predecessors_equal_polars_asof(rows, case, batch):
+    import tracekit.analysis.critical as critical
+
+    critical._SEARCH_BATCH, saved = batch, critical._SEARCH_BATCH  # searched in batches of 1, 3 or all
+    try:
+        _check_case(rows, case)
+    finally:
+        critical._SEARCH_BATCH = saved
+
+
+def _check_case(rows, case):
     key, valid, right_key = case
     ev = _prepare(_events(rows))
     if ev.height == 0:
@@ -61,7 +77,7 @@ flows = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 5)), st.one_of(st
 @given(flows=flows)
 def test_numpy_flow_sources_equal_polars_join(flows):
     ev = pl.DataFrame({"flow_out": [f[0] for f in flows], "flow_in": [f[1] for f in flows]},
-                      schema={"flow_out": pl.Int64, "flow_in": pl.Int64}).with_row_index("_pos")
+                      schema={"flow_out": pl.Int64, "flow_in": pl.Int64})
     np.testing.assert_array_equal(_flow_pred(ev), _flow_pred_polars(ev))
 
 
@@ -73,3 +89,54 @@ def test_prepare_sorts_like_polars(rows):
     coded = events.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
     ref = _prepare_polars(coded.drop("kind", "phase", "stage").with_row_index("_row").filter(pl.col("dur_ns") > 0))
     assert fast.select(ref.columns).rows() == ref.rows()
+
+
+steps = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12), st.sampled_from(["a", "b", "c/d"]),
+                           st.integers(-1, 3), st.integers(-1, 3), st.integers(-1, 4),
+                           st.one_of(st.none(), st.integers(0, 4)), st.one_of(st.none(), st.integers(0, 4))),
+                 min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=steps, follow_rank=st.sampled_from([None, True, False]), batch=st.sampled_from([2, 1 << 20]))
+def test_folded_predecessors_walk_like_the_five_candidates(rows, follow_rank, batch):
+    import tracekit.analysis.critical as critical
+
+    events = _events([r[:6] for r in rows]).with_columns(
+        pl.Series("flow_out", [r[6] for r in rows], pl.Int64), pl.Series("flow_in", [r[7] for r in rows], pl.Int64))
+    ev = _prepare(events, columns=())
+    if ev.height == 0:
+        return
+    critical._SEARCH_BATCH, saved = batch, critical._SEARCH_BATCH  # folded in batches of 2 or all at once
+    try:
+        pred = predecessors(events, ev, follow_rank)
+    finally:
+        critical._SEARCH_BATCH = saved
+    flags = {}
+    cands = list(_candidates(events, ev, ev["_row"].to_numpy(), flags))
+    follow = (flags["no_flows"] and flags["no_msgs"]) if follow_rank is None else follow_rank
+    ts, end = ev["ts_ns"].to_numpy(), ev["_end"].to_numpy()
+    for i in range(ev.height):
+        assert _walk(ts, end, pred, i) == _walk(ts, end, _pick_reference(cands, end, follow), i)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flows=flows, keep=st.lists(st.booleans(), min_size=30, max_size=30), seed=st.randoms())
+def test_flow_sources_read_in_row_order_equal_gathered(flows, keep, seed):
+    events = pl.DataFrame({"flow_out": [f[0] for f in flows], "flow_in": [f[1] for f in flows]},
+                          schema={"flow_out": pl.Int64, "flow_in": pl.Int64})
+    rows = np.asarray([i for i in range(len(flows)) if keep[i]], np.uint32)
+    seed.shuffle(rows)  # prepared rows come in (end, start) order, not row order
+    found, any_out = _flow_pred_rows(events, rows)
+    gathered = events[rows]
+    np.testing.assert_array_equal(found, _flow_pred_polars(gathered))
+    assert any_out == bool(gathered["flow_out"].is_not_null().any())
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(-5, 30), st.integers(0, 30)), max_size=40),
+       wide=st.booleans())
+def test_end_start_order_is_lexsort(pairs, wide):
+    ts = np.asarray([p[0] for p in pairs], np.int64) * (2**33 if wide else 1)  # wide: beyond the packed form
+    end = ts + np.asarray([p[1] for p in pairs], np.int64)
+    np.testing.assert_array_equal(_end_start_order(ts, end), np.lexsort((ts, end)))

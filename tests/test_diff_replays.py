@@ -165,6 +165,19 @@ def test_cli_formats(dirs, capsys):
     assert json.loads((root / "e.json").read_text())["critical_path_source"] == "events"
 
 
+def test_lean_load_measures_like_the_full_load(dirs):
+    from tracekit.io.diff_input import load_side
+
+    def side(name, lean):
+        return load_side(dirs[name], label=name, lean=lean)[0]
+
+    lean = side("bf16", True).events
+    assert "qp" not in lean.columns and lean.schema["msg_id"] == pl.Int32 and lean.schema["flow_in"] == pl.Int32
+    for fmt in ("json", "html"):
+        assert (render(diff_traces(side("bf16", True), side("fp8", True)), fmt)
+                == render(diff_traces(side("bf16", False), side("fp8", False)), fmt))
+
+
 def test_reports_are_deterministic(bf16, fp8):
     for fmt in ("text", "md", "json", "html"):
         assert render(diff_traces(bf16, fp8), fmt) == render(diff_traces(bf16, fp8), fmt)

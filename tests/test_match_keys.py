@@ -70,3 +70,17 @@ def test_merged_layout_too_wide_is_none():
     wide = [("group", 0, 1), ("rank", 0, 20), ("step", 0, 20), ("layer", 0, 20), ("msg_id", 0, 2), ("channel", 0, 1)]
     kw = OpKeys(kh.keys, kh.dur, kh.groups, tuple(wide))
     assert match_summary_keys(kl, kw) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 3000), max_size=60))
+def test_dense_codes_equal_numpy_unique(values):
+    import numpy as np
+
+    from tracekit.analysis.match_keys import _dense
+
+    v = np.asarray(values, np.int64)
+    present, code = _dense(v)
+    ref = np.unique(v)
+    np.testing.assert_array_equal(present, ref)
+    np.testing.assert_array_equal(code, np.searchsorted(ref, v))

@@ -25,6 +25,8 @@ follows streams and ranks. Zero-length operations and annotations carry no time 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import polars as pl
 
@@ -32,6 +34,8 @@ import polars as pl
 WAIT = "wait"
 
 _EXCLUDE_KINDS = ("annotation",)
+#: sorted queries searched at a time by :func:`_latest_before_numpy` (memory, not results)
+_SEARCH_BATCH = 1 << 20
 
 
 #: the columns the walk reads; the others are left behind before any copy (memory on big traces)
@@ -48,6 +52,13 @@ def _numeric(events: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
     return ev
 
 
+def _gather(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """``frame[rows]``, integer columns without nulls gathered by numpy (its arrays go back to the
+    system when freed, where polars' allocator keeps its pages: memory on big traces)."""
+    return pl.DataFrame([pl.Series(s.name, s.to_numpy()[rows]) if s.dtype.is_integer() and not s.null_count()
+                         else s.gather(rows) for s in frame.iter_columns()])
+
+
 def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
     """Rows that can lie on a path, with their end time and a position in (end, ts) order:
     numeric columns only (``columns``, default every one the walk reads), ``resource`` as integer
@@ -62,16 +73,34 @@ def _prepare(events: pl.DataFrame, columns: tuple[str, ...] | None = None) -> pl
     ts = ev["ts_ns"].to_numpy()[rows].astype(np.int64, copy=False)
     end = ev["dur_ns"].to_numpy()[rows].astype(np.int64, copy=False)
     end += ts
-    order = np.lexsort((ts, end))  # stable: ties stay in row order (rows ascend)
-    rows = rows[order]
-    out = ev.drop("dur_ns")[rows].with_columns(pl.Series("_end", end[order]))  # the walk reads ends, not durations
-    return out.with_columns(pl.Series("_row", rows, pl.UInt32)).with_row_index("_pos")
+    order = _end_start_order(ts, end)  # stable: ties stay in row order (rows ascend)
+    rows = rows[order].astype(np.uint32)
+    end = end[order]
+    out = _gather(ev.drop("dur_ns"), rows) if ev.width > 2 else pl.DataFrame([pl.Series("ts_ns", ts[order])])
+    del ts, order
+    return out.with_columns(pl.Series("_end", end), pl.Series("_row", rows))  # a row's position is its index
+
+
+def _end_start_order(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """``np.lexsort((ts, end))``: one stable sort of packed (end, start) integers where they fit
+    in 62 bits (a radix sort of one key: less memory and time than a sort by two keys)."""
+    if ts.size == 0:
+        return np.zeros(0, np.int64)
+    t0 = int(ts.min())
+    span = int(end.max()) - t0 + 1
+    if span > 2**31:
+        return np.lexsort((ts, end))
+    key = end - t0
+    key *= span
+    key += ts
+    key -= t0
+    return np.argsort(key, kind="stable")
 
 
 def _prepare_polars(ev: pl.DataFrame) -> pl.DataFrame:
     """The reference form of the sort in :func:`_prepare` (the rows kept, ``_row`` set)."""
     ev = ev.with_columns((pl.col("ts_ns") + pl.col("dur_ns")).alias("_end")).drop("dur_ns")
-    return ev.sort("_end", "ts_ns", "_row").with_row_index("_pos")
+    return ev.sort("_end", "ts_ns", "_row")
 
 
 def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -80,30 +109,36 @@ def _key_codes(ev: pl.DataFrame, key: str, right_key: str) -> tuple[np.ndarray, 
     left, right = ev[key], ev[right_key]
     if left.null_count() or right.null_count():
         return None
-    if left.dtype.is_integer() and right.dtype.is_integer():
-        lc = left.to_numpy().astype(np.int64, copy=False)
-        return lc, (lc if key == right_key else right.to_numpy().astype(np.int64, copy=False))
+    if left.dtype.is_integer() and right.dtype.is_integer():  # as stored (widened where packed)
+        lc = left.to_numpy()
+        return lc, (lc if key == right_key else right.to_numpy())
     if key != right_key:
         return None
-    codes = left.rank("dense").to_numpy().astype(np.int64)
+    codes = left.rank("dense").to_numpy()
     return codes, codes
+
+
+def _positions(n: int) -> type:
+    """The narrowest integer type that holds positions ``-1 .. n`` (memory on big traces)."""
+    return np.int32 if n < 2**31 - 1 else np.int64
 
 
 def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_key: str) -> np.ndarray | None:
     """:func:`_latest_before` by sorting packed (key, time) integers and a binary search: a few
     int64 arrays instead of two sorted frames and an as-of join (memory on big traces). Rows
-    must be in ``_pos`` order (end, then start, ascending). None where a key has nulls or
+    must be in position order (end, then start, ascending). None where a key has nulls or
     the packed integers could overflow."""
     codes = _key_codes(ev, key, right_key)
     n = ev.height
     if codes is None:
         return None
     kl, kr = codes
-    idx = np.flatnonzero(valid)
+    pos = _positions(n)
+    idx = np.flatnonzero(valid).astype(pos)
     if idx.size == 0 or n == 0:
-        return np.full(n, -1, np.int64)
+        return np.full(n, -1, pos)
     ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
-    rk = kr[idx]  # the candidates' keys, gathered once
+    rk = kr[idx].astype(np.int64)  # the candidates' keys, gathered once
     lo = min(int(kl.min()), int(rk.min()))
     t0 = min(int(ts.min()), int(end.min()))
     span = max(int(ts.max()), int(end.max())) - t0 + 1
@@ -111,7 +146,7 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if span <= 0 or keys > (2**62) // span:
         return None
     rk -= lo
-    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in _pos order, so ends ascend
+    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in position order, so ends ascend
     cand = idx[order]
     del idx
     packed = rk[order]
@@ -119,28 +154,29 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     packed *= span
     packed += end[cand]
     packed -= t0
-    q = kl - lo  # in place from here: these arrays are as long as the trace
+    q = kl.astype(np.int64)  # in place from here: these arrays are as long as the trace
     del codes, kl, kr
+    q -= lo
     q *= span
     q += ts
     q -= t0
     # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
     # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
-    qo = np.argsort(q)
-    q = q[qo]
-    found = np.searchsorted(packed, q, side="right")
-    found -= 1
-    miss = found < 0
-    np.maximum(found, 0, out=found)
-    q //= span  # the query's key; a candidate's is its packed value // span
-    hit = packed[found]
-    hit //= span
-    miss |= hit != q
-    del q, packed, hit
+    qo = np.argsort(q).astype(pos)
+    q.sort()  # = q[qo], in place
+    found, miss = np.empty(n, pos), np.empty(n, bool)
+    for a in range(0, n, _SEARCH_BATCH):  # in batches: the search's int64 temporaries stay small
+        f = np.searchsorted(packed, q[a:a + _SEARCH_BATCH], side="right")
+        f -= 1
+        m = f < 0
+        np.maximum(f, 0, out=f)
+        m |= packed[f] // span != q[a:a + _SEARCH_BATCH] // span  # the keys: a packed value // span
+        found[a:a + f.size], miss[a:a + f.size] = f, m
+    del q, packed
     res = cand[found]
     del found, cand
     res[miss] = -1
-    out = np.empty(n, np.int64)
+    out = np.empty(n, pos)
     out[qo] = res
     return out
 
@@ -156,6 +192,7 @@ def _latest_before_polars(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_k
                           ) -> np.ndarray:
     """The reference form: for each row, the position of the row (where ``valid``) whose ``right_key`` (default ``key``)
     equals this row's ``key`` and that ended last at or before this row's start; -1 if none."""
+    ev = ev.with_row_index("_pos")
     right = (ev.filter(valid).select(pl.col(right_key or key).alias(key), pl.col("_end").alias("_t"),
                                      pl.col("_pos").alias("_pred"))
              .sort("_t", "_pred"))
@@ -172,18 +209,41 @@ def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
     none. Sorted integers and a binary search (the form of :func:`_flow_pred_polars`, which is the
     reference, without a join's copies)."""
     out_s, in_s = ev["flow_out"], ev["flow_in"]
-    src = np.flatnonzero(out_s.is_not_null().to_numpy())
-    found = np.full(ev.height, -1, np.int64)
-    want = np.flatnonzero(in_s.is_not_null().to_numpy())
+    return _flow_match(out_s.drop_nulls().to_numpy(), np.flatnonzero(out_s.is_not_null().to_numpy()),
+                       in_s.drop_nulls().to_numpy(), np.flatnonzero(in_s.is_not_null().to_numpy()), ev.height)
+
+
+def _flow_pred_rows(events: pl.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, bool]:
+    """:func:`_flow_pred` of the prepared rows (``events`` rows ``rows``, in position order) read
+    from ``events`` in its own order (the flow columns are not gathered: memory on big traces),
+    and whether any of those rows has a ``flow_out``."""
+    n = rows.size
+    pos_of = np.full(events.height, -1, _positions(n))
+    pos_of[rows] = np.arange(n)
+    ends = []
+    for c in ("flow_out", "flow_in"):
+        s = events[c]
+        at, ids = pos_of[np.flatnonzero(s.is_not_null().to_numpy())], s.drop_nulls().to_numpy()
+        kept = at >= 0
+        at, ids = at[kept], ids[kept]
+        order = np.argsort(at, kind="stable")  # position order, as :func:`_flow_pred` reads them
+        ends += [ids[order], at[order]]
+    return _flow_match(*ends, n), bool(ends[1].size)
+
+
+def _flow_match(f_out: np.ndarray, src: np.ndarray, f_in: np.ndarray, want: np.ndarray, n: int) -> np.ndarray:
+    """For each of ``n`` positions, the first of ``src`` (ascending positions) whose flow id
+    ``f_out`` is the position's in ``f_in`` (positions ``want``); -1 if none."""
+    found = np.full(n, -1, _positions(n))
     if src.size == 0 or want.size == 0:
         return found
-    f_out = np.asarray(out_s.to_numpy()[src], np.int64)  # no nulls left: an integer array
+    f_out = np.asarray(f_out, np.int64)
     order = np.argsort(f_out, kind="stable")  # stable: the first of equal flow ids comes first
     keys, src = f_out[order], src[order]
     first = np.ones(keys.size, bool)
     first[1:] = keys[1:] != keys[:-1]
     keys, src = keys[first], src[first]
-    f_in = np.asarray(in_s.to_numpy()[want], np.int64)
+    f_in = np.asarray(f_in, np.int64)
     j = np.minimum(np.searchsorted(keys, f_in), keys.size - 1)
     hit = keys[j] == f_in
     found[want[hit]] = src[j[hit]]
@@ -191,11 +251,110 @@ def _flow_pred(ev: pl.DataFrame) -> np.ndarray:
 
 
 def _flow_pred_polars(ev: pl.DataFrame) -> np.ndarray:
+    ev = ev.with_row_index("_pos")
     src = ev.filter(pl.col("flow_out").is_not_null()).select(pl.col("flow_out").alias("_f"),
                                                               pl.col("_pos").alias("_pred"))
     src = src.unique("_f", keep="first", maintain_order=True)
     j = ev.select("_pos", pl.col("flow_in").alias("_f")).join(src, on="_f", how="left").sort("_pos")
     return j["_pred"].fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _candidates(events: pl.DataFrame, ev: pl.DataFrame, rows: np.ndarray, flags: dict[str, bool]
+                ) -> Iterator[np.ndarray]:
+    """The predecessor candidates of each prepared row (positions, -1 for none), one array at a
+    time in the walk's order (earlier ones win ties): flow source, previous operation of the
+    message, of the resource, last transfer into the rank, and last the rank's previous operation.
+    Sets ``flags["no_flows"]`` and ``flags["no_msgs"]`` before the third array."""
+
+    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
+        return ev.hstack(_gather(_numeric(events, columns), rows))
+
+    flow, flows = _flow_pred_rows(events, rows)
+    flags["no_flows"] = not flows
+    yield flow
+    del flow
+    part = keyed("msg_id")
+    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
+    msg[part["msg_id"].to_numpy() < 0] = -1
+    flags["no_msgs"] = bool((part["msg_id"] < 0).all())
+    del part
+    yield msg
+    del msg
+    yield _latest_before(keyed("resource"), "resource", pl.lit(True))
+    part = keyed("rank", "dst_rank")
+    mine = part["rank"].to_numpy() < 0
+    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
+    into[mine] = -1
+    yield into
+    del into
+    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
+    del part
+    rank[mine] = -1
+    yield rank
+
+
+def _fold(pred: np.ndarray, cand: np.ndarray, end: np.ndarray, *, only_missing: bool = False) -> None:
+    """Sets ``pred`` (in place) to ``cand`` where the candidate precedes its row (``0 <= cand < row``)
+    and ended later than ``pred``'s (strictly: earlier candidates win ties) or ``pred`` has none;
+    with ``only_missing``, only where ``pred`` has none. In batches (memory on big traces)."""
+    for a in range(0, pred.size, _SEARCH_BATCH):
+        c, p = cand[a:a + _SEARCH_BATCH], pred[a:a + _SEARCH_BATCH]  # views: p writes into pred
+        ok = (c >= 0) & (c < np.arange(a, a + c.size))
+        if only_missing:
+            ok &= p < 0
+        else:
+            ok &= (p < 0) | (end[np.maximum(c, 0)] > end[np.maximum(p, 0)])
+        p[ok] = c[ok]
+
+
+def _walk(ts: np.ndarray, end: np.ndarray, pred: np.ndarray | Callable[[int], int], i: int
+          ) -> tuple[list[int], list[int], list[int]]:
+    """The path from position ``i`` back along ``pred`` (each position's predecessor: an array, or
+    a function of the position): positions, operation and wait charges."""
+    pick = pred if callable(pred) else (lambda j: int(pred[j]))  # type: ignore[index]
+    path, op, wait = [], [], []
+    while True:
+        best = pick(i)
+        path.append(i)
+        if best < 0:
+            op.append(int(end[i] - ts[i]))
+            wait.append(0)
+            return path, op, wait
+        op.append(int(end[i] - max(ts[i], end[best])))
+        wait.append(int(max(0, ts[i] - end[best])))
+        i = best
+
+
+def _pick_reference(cands: list[np.ndarray], end: np.ndarray, follow_rank: bool) -> Callable[[int], int]:
+    """The reference form of :func:`_fold` (for :func:`_walk`): each step picks among the five
+    candidate arrays of :func:`_candidates`."""
+    flow, msg, res, into, rank = cands
+
+    def pick(i: int) -> int:
+        best = -1
+        for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
+            if 0 <= c < i and (best < 0 or end[c] > end[best]):
+                best = int(c)
+        if best < 0 and 0 <= rank[i] < i:
+            best = int(rank[i])
+        return best
+
+    return pick
+
+
+def predecessors(events: pl.DataFrame, ev: pl.DataFrame, follow_rank: bool | None = None) -> np.ndarray:
+    """Each prepared row's predecessor on a path (position, -1 for none): the candidates of
+    :func:`_candidates` folded into one array as they are found (one array held, not five)."""
+    end, rows = ev["_end"].to_numpy(), ev["_row"].to_numpy()
+    pred, flags = np.full(ev.height, -1, _positions(ev.height)), {}
+    for k, cand in enumerate(_candidates(events, ev, rows, flags)):
+        if k < 4:
+            _fold(pred, cand, end)
+        else:  # the rank's previous operation: a candidate without flows and messages, else a fallback
+            follow = (flags["no_flows"] and flags["no_msgs"]) if follow_rank is None else follow_rank
+            _fold(pred, cand, end, only_missing=not follow)
+        del cand
+    return pred
 
 
 def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_rank: bool | None = None
@@ -211,56 +370,20 @@ def critical_path(events: pl.DataFrame, *, end_row: int | None = None, follow_ra
               "op_ns": pl.Int64, "wait_ns": pl.Int64}
     if ev.height == 0:
         return pl.DataFrame(schema=schema)
-    n = ev.height
-    ts = ev["ts_ns"].to_numpy()
-    end = ev["_end"].to_numpy()
-    rows = ev["_row"].to_numpy().astype(np.int64)
-
-    def keyed(*columns: str) -> pl.DataFrame:  # the prepared rows with these columns, in their order
-        return ev.hstack(_numeric(events, columns)[rows])
-
-    part = keyed("flow_out", "flow_in")
-    flow, no_flows = _flow_pred(part), bool(part["flow_out"].is_null().all())
-    part = keyed("msg_id")
-    msg = _latest_before(part, "msg_id", pl.col("msg_id") >= 0)
-    msg[part["msg_id"].to_numpy() < 0] = -1
-    no_msgs = bool((part["msg_id"] < 0).all())
-    res = _latest_before(keyed("resource"), "resource", pl.lit(True))
-    part = keyed("rank", "dst_rank")
-    into = _latest_before(part, "rank", pl.col("dst_rank") >= 0, right_key="dst_rank")
-    into[part["rank"].to_numpy() < 0] = -1
-    rank = _latest_before(part, "rank", pl.col("rank") >= 0)
-    rank[part["rank"].to_numpy() < 0] = -1
-    del part
-    if follow_rank is None:
-        follow_rank = no_flows and no_msgs
+    rows = ev["_row"].to_numpy()
     if end_row is None:
-        i = n - 1
+        i = ev.height - 1
     else:
         hit = np.flatnonzero(rows == end_row)
         if hit.size == 0:
             return pl.DataFrame(schema=schema)
         i = int(hit[0])
-    path, op, wait = [], [], []
-    while True:
-        best = -1
-        for c in (flow[i], msg[i], res[i], into[i], rank[i] if follow_rank else -1):  # earlier entries win ties
-            if 0 <= c < i and (best < 0 or end[c] > end[best]):
-                best = int(c)
-        if best < 0 and 0 <= rank[i] < i:
-            best = int(rank[i])
-        path.append(i)
-        if best < 0:
-            op.append(int(end[i] - ts[i]))
-            wait.append(0)
-            break
-        op.append(int(end[i] - max(ts[i], end[best])))
-        wait.append(int(max(0, ts[i] - end[best])))
-        i = best
+    pred = predecessors(events, ev, follow_rank)
+    path, op, wait = _walk(ev["ts_ns"].to_numpy(), ev["_end"].to_numpy(), pred, i)
     p = np.asarray(path, np.int64)
     sel = events[rows[p]].with_columns(pl.col(pl.Categorical).cast(pl.String))  # names read as codes, if any
     return pl.DataFrame({
-        "row": rows[p], "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
+        "row": rows[p].astype(np.int64), "phase": sel["phase"], "stage": sel["stage"], "resource": sel["resource"],
         "rank": sel["rank"].cast(pl.Int32), "op_ns": np.asarray(op, np.int64), "wait_ns": np.asarray(wait, np.int64),
     }, schema=schema)
 

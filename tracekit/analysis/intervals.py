@@ -14,12 +14,27 @@ import numpy as np
 import polars as pl
 
 
+def dense_rank(s: pl.Series) -> np.ndarray:
+    """``s.rank("dense")`` (1-based) as a numpy array, for a column without nulls; a categorical
+    column's ranks come from its few distinct values through its codes (ranking it directly reads
+    it as strings: a string column as long as the trace)."""
+    if s.dtype != pl.Categorical:
+        return s.rank("dense").to_numpy()
+    u = s.unique()
+    codes, ranks = u.to_physical().to_numpy(), u.rank("dense").to_numpy()
+    lookup = np.zeros(int(codes.max()) + 1 if codes.size else 1, ranks.dtype)
+    lookup[codes] = ranks
+    return lookup[s.to_physical().to_numpy()]
+
+
 def _group_codes(d: pl.DataFrame, by: list[str]) -> np.ndarray:
     """One int64 per row, equal for rows of the same group and ordered like the sorted keys."""
     code = np.zeros(d.height, np.int64)
     for c in by:
-        r = d[c].rank("dense").to_numpy().astype(np.int64) - 1
-        code = code * (int(r.max()) + 1 if r.size else 1) + r
+        r = dense_rank(d[c])  # combined in place (arrays as long as the trace)
+        code *= int(r.max()) if r.size else 1
+        code += r
+        code -= 1
     return code
 
 
@@ -28,7 +43,8 @@ def _union_numpy(d: pl.DataFrame, by: list[str]) -> pl.DataFrame | None:
     that fits traces of millions of events in memory. None where its packed keys could overflow."""
     if any(d[c].null_count() for c in [*by, "start", "end"]):
         return None
-    start, end = d["start"].to_numpy().astype(np.int64), d["end"].to_numpy().astype(np.int64)
+    start = d["start"].to_numpy().astype(np.int64, copy=False)
+    end = d["end"].to_numpy().astype(np.int64, copy=False)
     t0 = int(start.min())
     span = int(end.max()) - t0 + 1
     code = _group_codes(d, by)
@@ -36,20 +52,43 @@ def _union_numpy(d: pl.DataFrame, by: list[str]) -> pl.DataFrame | None:
     if span <= 0 or groups > (2**62) // span or groups >= 2**31:
         return None
     order = np.lexsort((start, code))
-    g, s, e = code[order], start[order] - t0, end[order] - t0
-    reach = np.maximum.accumulate(g * span + e)  # running max of ends, reset by each group's offset
-    new = np.ones(len(order), bool)
-    new[1:] = (g[1:] != g[:-1]) | (s[1:] + g[1:] * span > reach[:-1])
+    g = code[order]
+    del code
+    n = len(order)
+    new = np.ones(n, bool)
+    np.not_equal(g[1:], g[:-1], out=new[1:])  # a group's first interval
+    g *= span  # from here the group's offset: packed times stay ordered across groups
+    reach = end[order]
+    reach -= t0
+    reach += g
+    np.maximum.accumulate(reach, out=reach)  # running max of ends, reset by each group's offset
+    g += start[order]
+    g -= t0  # packed starts
+    new[1:] |= g[1:] > reach[:-1]
+    del g
     first = np.flatnonzero(new)
-    cols = [pl.Series("start", s[first] + t0, pl.Int64), pl.Series("end", np.maximum.reduceat(e, first) + t0, pl.Int64)]
-    return d.select(by)[order[first]].with_columns(cols) if by else pl.DataFrame(cols)
+    del new
+    # a segment's end: the running max at its last interval (a group's later segments end later),
+    # less its group's offset (0 <= end - t0 < span)
+    last = np.empty_like(first)
+    last[:-1], last[-1:] = first[1:] - 1, n - 1
+    ends = reach[last]
+    del reach, last
+    ends %= span
+    ends += t0
+    rows = order[first]
+    del order
+    cols = [pl.Series("start", start[rows], pl.Int64), pl.Series("end", ends, pl.Int64)]
+    return d.select(by)[rows].with_columns(cols) if by else pl.DataFrame(cols)
 
 
 def union(df: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
     """Disjoint, sorted intervals covering the same time as each group's intervals: columns
     ``by + [start, end]``."""
     by = list(by)
-    d = df.select(*by, "start", "end").filter(pl.col("end") > pl.col("start"))
+    d = df.select(*by, "start", "end")
+    empty = d.select((pl.col("end") <= pl.col("start")).fill_null(True).any()).item()
+    d = d.filter(pl.col("end") > pl.col("start")) if empty else d  # a filter copies: only where it drops rows
     if d.height == 0:
         return d
     fast = _union_numpy(d, by)

@@ -62,17 +62,29 @@ def _group_codes(ops: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame]:
     for c in GROUP:  # names as given (strings or categorical codes): no string column of every operation
         names = ops[c].unique().cast(pl.String).drop_nulls().sort()
         code = ops[c].replace_strict(names, pl.int_range(1, names.len() + 1, eager=True), default=0,
-                                     return_dtype=pl.Int64).fill_null(0)
+                                     return_dtype=pl.UInt32).fill_null(0)
         combined *= names.len() + 1
         combined += code.to_numpy()
         tables.append(pl.concat([pl.Series(c, [None], pl.String), names.alias(c)]))
-    present = np.unique(combined)  # sorted: by phase, then stage, then op, null (code 0) first
-    code = np.searchsorted(present, combined)
+    present, code = _dense(combined)  # sorted: by phase, then stage, then op, null (code 0) first
     cols = {}
     for c, t in zip(reversed(GROUP), reversed(tables)):
         cols[c] = t.gather(present % t.len())
         present = present // t.len()
     return code, pl.DataFrame([cols[c] for c in GROUP])
+
+
+def _dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values)`` and each value's index in it; by a table of the values where they
+    are few and small (group codes: no sorted copy of every operation's)."""
+    top = int(values.max()) if values.size else 0
+    if values.size == 0 or values.min() < 0 or top >= 4 * values.size + 1024:
+        present = np.unique(values)
+        return present, np.searchsorted(present, values)
+    seen = np.zeros(top + 1, bool)
+    seen[values] = True
+    index = np.cumsum(seen) - 1
+    return np.flatnonzero(seen), index[values]
 
 
 def op_keys(ops: pl.DataFrame) -> OpKeys | None:
@@ -87,7 +99,7 @@ def op_keys(ops: pl.DataFrame) -> OpKeys | None:
     key, groups = _group_codes(ops)
     layout = [("group", 0, _bits(groups.height - 1))]
     for c in PAIR:
-        s = ops[c].cast(pl.Int64)
+        s = ops[c]
         lo = int(s.min()) if s.null_count() < s.len() else 0  # type: ignore[arg-type]
         hi = int(s.max()) if s.null_count() < s.len() else 0  # type: ignore[arg-type]
         bits = _bits(hi - lo + 1)
@@ -95,10 +107,14 @@ def op_keys(ops: pl.DataFrame) -> OpKeys | None:
             return None
         layout.append((c, lo, bits))
         key <<= bits
-        key += (s - (lo - 1)).fill_null(0).to_numpy()
+        if s.null_count() or s.dtype == pl.UInt64:
+            key += (s.cast(pl.Int64) - (lo - 1)).fill_null(0).to_numpy()
+        else:  # as stored, widened as it is added (no int64 copies of the column)
+            key += s.to_numpy()
+            key -= lo - 1
     order = np.lexsort((ops["dur_ns"].to_numpy(), ops["ts_ns"].to_numpy(), key))
     key = key[order]
-    dur = ops["dur_ns"].to_numpy().astype(np.int64)[order]
+    dur = ops["dur_ns"].to_numpy().astype(np.int64, copy=False)[order]
     return OpKeys(key, dur, groups, tuple(layout))
 
 def _fields(k: OpKeys) -> list[np.ndarray]:

@@ -183,7 +183,7 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
               .join(instances.select(*_INSTANCE, "start_ns"), on=_INSTANCE)
               .select(*_INSTANCE, "rank", (pl.col("_end") - pl.col("start_ns")).alias("finish_ns"))
               .sort(*_INSTANCE, "rank"))
-    resources = _resources(inphase, instances)
+    resources = _resources(inphase, instances, phases)
     stalls, recorded = _stalls(inphase, phases, trace.meta)
     del inphase
     experts = _experts(ev)
@@ -201,7 +201,8 @@ def profile(trace: Trace, *, names: NameMap | None = None) -> Profile:
     # durations where they fit, else the columns with the names as categorical codes
     prof.op_keys = op_keys(ev)
     prof.ops = None if prof.op_keys is not None else ev.select(c for c in MATCH_COLUMNS if c in ev.columns).with_columns(
-        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns)
+        pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL_OPS if c in ev.columns).with_columns(
+        pl.col(c).cast(pl.Int64) for c in ("msg_id",) if c in ev.columns)  # as the other side's, however it was read
     return prof
 
 
@@ -315,14 +316,15 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
     key, bits = np.zeros(x.height, np.int64), 0
     for c in _MESSAGE:
         s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype in (pl.String, pl.Categorical) else x[c]
-        v = s.cast(pl.Int64).to_numpy()
+        v = s.to_numpy()  # as stored: widened as it is added (no int64 copy of every column)
         lo = int(v.min())
         width = max(int(v.max()) - lo, 0).bit_length() or 1
         bits += width
         if bits > 62:
             return None
         key <<= width
-        key += v - lo
+        key += v
+        key -= lo
     order = np.argsort(key, kind="stable")
     key = key[order]
     start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -333,11 +335,13 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
         pl.Series("tokens", np.maximum.reduceat(x["tokens"].to_numpy()[order], start)))
 
 
-def _resources(inphase: pl.LazyFrame, instances: pl.DataFrame) -> pl.DataFrame:
+def _resources(inphase: pl.LazyFrame, instances: pl.DataFrame, phases: list[str]) -> pl.DataFrame:
     by = ["phase", "resource"]
     x = inphase.filter(~pl.col("stage").is_in(_NOT_RESOURCES)).select(
-        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end")).collect(engine="streaming")
-    busy = _plain(union_length(x, by)).rename({"length": "busy_ns"})
+        *by, pl.col("ts_ns").alias("start"), (pl.col("ts_ns") + pl.col("dur_ns")).alias("end"))
+    # one phase at a time (its rows and the union's arrays only in memory); a group is in one phase
+    parts = [_plain(union_length(x.filter(pl.col("phase") == p).collect(engine="streaming"), by)) for p in phases]
+    busy = pl.concat(parts or [_plain(union_length(x.collect(engine="streaming"), by))]).rename({"length": "busy_ns"})
     span = instances.group_by("phase").agg(pl.col("span_ns").sum().alias("_span"))
     out = busy.join(span, on="phase").with_columns(
         (pl.col("busy_ns") / pl.max_horizontal(pl.col("_span"), pl.lit(1))).alias("utilisation"))

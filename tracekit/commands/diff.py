@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     names = load_mapping(args.map) if args.map else None
     # one side at a time: its events are measured, then freed (unless --perfetto needs them), so that
     # two large traces never sit in memory together with their intermediate tables
-    before, sid_b = load_side(args.before)
+    before, sid_b = load_side(args.before, lean=not args.perfetto)  # --perfetto writes the events again
     pb = profile(before, names=names)
     if not args.perfetto:
         before = None
-    after, sid_a = load_side(args.after)
+    after, sid_a = load_side(args.after, lean=not args.perfetto)
     if sid_b != sid_a:
         raise TracekitError(f"different schema versions: {args.before} holds {sid_b}, {args.after} holds {sid_a}",
                             fix="convert both traces to the same version")

@@ -25,9 +25,16 @@ FORMS = ("a replay output directory (events.parquet, counters.parquet, summary.j
          "Kineto traces (.json / .json.gz files or a directory of them)", "a .pftrace written by tracekit")
 
 
-def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
+#: events columns no measure reads (left unread by a ``lean`` load)
+_UNMEASURED = ("args", "qp")
+#: events columns only compared for equality or packed into keys by the measures: held as Int32
+#: where their values fit in a ``lean`` load (memory on big traces)
+_NARROW = ("msg_id", "flow_out", "flow_in")
+
+
+def _frame(path: Path, schema: str, lean_read: bool = False) -> tuple[pl.DataFrame, dict[str, Any], str]:
     if schema == "events":
-        lean = _events_lean(path)
+        lean = _events_lean(path, lean_read)
         if lean is not None:
             return lean
     from tracekit.io.validate import check_table
@@ -46,10 +53,12 @@ def _frame(path: Path, schema: str) -> tuple[pl.DataFrame, dict[str, Any], str]:
     return _read_polars(path, list(want), schemas.load(schema)), meta, s.id
 
 
-def _read_polars(path: Path, columns: list[str], s: schemas.Schema, *, categorical: bool = False) -> pl.DataFrame:
+def _read_polars(path: Path, columns: list[str], s: schemas.Schema, *, categorical: bool = False,
+                 narrow: tuple[str, ...] = ()) -> pl.DataFrame:
     """``columns`` of ``path`` by polars' Parquet reader, non-nullable columns' nulls set to their
     defaults as conforming does; with ``categorical`` one column at a time, strings as categorical
-    codes (the reader's buffers for one column, not all, at any time: memory on big traces)."""
+    codes (the reader's buffers for one column, not all, at any time: memory on big traces), and
+    the ``narrow`` columns as Int32 where their values fit."""
     fields = {f.name: f for f in s.fields}
     try:
         if not categorical:
@@ -58,7 +67,11 @@ def _read_polars(path: Path, columns: list[str], s: schemas.Schema, *, categoric
             parts = []
             for c in columns:
                 part = pl.read_parquet(path, columns=[c])
-                parts.append(part.with_columns(pl.col(c).cast(pl.Categorical)) if part[c].dtype == pl.String else part)
+                if part[c].dtype == pl.String:
+                    part = part.with_columns(pl.col(c).cast(pl.Categorical))
+                elif c in narrow and _fits_int32(part[c]):
+                    part = part.with_columns(pl.col(c).cast(pl.Int32))
+                parts.append(part)
             frame = pl.concat(parts, how="horizontal")
             del parts
     except (pl.exceptions.PolarsError, OSError) as exc:  # e.g. the file changed since it was checked
@@ -96,10 +109,17 @@ class _ColumnReader:
         return col
 
 
-def _events_lean(path: Path) -> tuple[pl.DataFrame, dict[str, Any], str] | None:
+def _fits_int32(col: pl.Series) -> bool:
+    if not col.dtype.is_integer() or col.null_count() == col.len():
+        return False
+    return -(2**31) <= int(col.min()) and int(col.max()) < 2**31  # type: ignore[arg-type]
+
+
+def _events_lean(path: Path, lean_read: bool = False) -> tuple[pl.DataFrame, dict[str, Any], str] | None:
     """An events file whose columns are the schema's, checked column by column and read with
-    categorical strings; None where reading it conforms more than missing values (then the
-    whole table is read, conformed and checked)."""
+    categorical strings (with ``lean_read``, without the columns no measure reads and with
+    :data:`_NARROW` as Int32 where they fit); None where reading it conforms more than missing
+    values (then the whole table is read, conformed and checked)."""
     from tracekit.io.validate import check_table
 
     meta, s = read_declared(path, "events")
@@ -110,7 +130,8 @@ def _events_lean(path: Path) -> tuple[pl.DataFrame, dict[str, Any], str] | None:
         return None
     check_table(_ColumnReader(path, s), meta, "events", str(path))  # type: ignore[arg-type]
     pa.default_memory_pool().release_unused()  # the checks' columns: the pool keeps freed pages otherwise
-    return _read_polars(path, list(want), s, categorical=True), meta, s.id
+    columns = [c for c in want if not (lean_read and c in _UNMEASURED)]
+    return _read_polars(path, columns, s, categorical=True, narrow=_NARROW if lean_read else ()), meta, s.id
 
 
 def _same_columns(path: Path, want: pl.Schema) -> bool:
@@ -144,10 +165,12 @@ def _is_kineto(p: Path) -> bool:
     return p.is_file() and p.name.endswith((".json", ".json.gz"))
 
 
-def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, str]:
+def load_side(path: str | os.PathLike[str], *, label: str = "", lean: bool = False) -> tuple[Trace, str]:
     """One side of a diff and the schema id of its events (``events.v1``); from an events.parquet
     whose columns are the schema's, the string columns come as categorical codes (memory on big
-    traces). Raises :class:`TracekitError` naming the file for anything unreadable."""
+    traces), and with ``lean`` (for measuring only, not for writing the events again) without the
+    columns no measure reads and with msg_id and the flow ids as Int32 where they fit. Raises
+    :class:`TracekitError` naming the file for anything unreadable."""
     p = Path(path)
     label = label or str(p)
     if not p.exists():
@@ -155,7 +178,7 @@ def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, 
     if p.is_dir():
         ev_path = p / "events.parquet"
         if ev_path.is_file():
-            events, meta, sid = _frame(ev_path, "events")
+            events, meta, sid = _frame(ev_path, "events", lean)
             counters = _frame(p / "counters.parquet", "counters")[0] if (p / "counters.parquet").is_file() else None
             traffic = _frame(p / "traffic.parquet", "traffic")[0] if (p / "traffic.parquet").is_file() else None
             summary = _summary(p / "summary.json") if (p / "summary.json").is_file() else None
@@ -165,7 +188,7 @@ def load_side(path: str | os.PathLike[str], *, label: str = "") -> tuple[Trace, 
         raise TracekitError("directory holds neither events.parquet nor Kineto .json traces", where=str(p),
                             fix="pass " + "; or ".join(FORMS))
     if p.name.endswith(".parquet"):
-        events, meta, sid = _frame(p, "events")
+        events, meta, sid = _frame(p, "events", lean)
         return Trace(events, None, None, None, meta, label), sid
     if p.name.endswith((".pftrace", ".perfetto-trace")):
         try:
