@@ -15,7 +15,7 @@ MASK = (1 << 64) - 1
 INF = np.iinfo(np.int64).max // 4
 
 # event kinds (the heap key is (time, sequence number); kinds only say what to do)
-PORT_FREE, ARRIVE, WAKE, PAUSE, CNP, ACK, NACK, ALPHA, INC, RTO, SAMPLE, SACK, DEC = range(13)  # ALPHA: unused (alpha windows close lazily)
+PORT_FREE, ARRIVE, WAKE, PAUSE, CNP, ACK, NACK, INC, RTO, SAMPLE, SACK, DEC = range(12)  # alpha windows close lazily: no timer event
 OK, STALLED = 0, 1
 
 
