@@ -115,6 +115,12 @@ def check_flows(topo: Topology, flows: Flows) -> None:
         raise TracekitError("negative message size or ready time", fix="give sizes and times >= 0")
 
 
+def flow_hashes(src: np.ndarray, dst: np.ndarray, qp: np.ndarray, seed: int) -> np.ndarray:
+    """Each flow's five-tuple hash (source, destination, QP, with the run's seed): ECMP's key."""
+    with np.errstate(over="ignore"):
+        return hash3_array(src, dst, qp ^ (np.int64(seed) << 32))
+
+
 def prepare(topo: Topology, p: FabricParams, flows: Flows) -> Prepared:
     check_flows(topo, flows)
     if (flows.prio >= p.priorities).any() or (flows.prio < 0).any():
@@ -125,8 +131,7 @@ def prepare(topo: Topology, p: FabricParams, flows: Flows) -> Prepared:
     msg_first = before - np.repeat(flow_start, np.diff(flows.msg_ptr))
     flow_npk = np.diff(np.r_[flow_start, npk.sum()]).astype(np.int64)
     ctrl = topo.path_delays_ns(flows.dst, flows.src)
-    with np.errstate(over="ignore"):
-        fh = hash3_array(flows.src, flows.dst, flows.qp ^ (np.int64(p.seed) << 32))
+    fh = flow_hashes(flows.src, flows.dst, flows.qp, p.seed)
     order = np.argsort(flows.src, kind="stable")
     hptr = np.searchsorted(flows.src[order], np.arange(topo.hosts + 1)).astype(np.int64)
     # headroom: 3 x (rate x round trip of the link) + 2 MTU per ingress port and priority, unless given

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from tracekit import schemas
-from tracekit.fabric.common import hash3
+from tracekit.fabric.common import flow_hashes, hash3
 from tracekit.fabric.replay import PhaseFabric
 from tracekit.fabric.topology import Topology
 
@@ -146,8 +146,7 @@ def ecmp_paths(topo: Topology, seed: int, src: np.ndarray, dst: np.ndarray, qp: 
     number of candidates). ``tests/test_fabric_diff.py`` holds it equal to the simulators' per-port
     packet counts."""
     out = []
-    for s, d, q in zip(src.tolist(), dst.tolist(), qp.tolist()):
-        fh = hash3(s, d, q ^ (seed << 32))
+    for s, d, fh in zip(src.tolist(), dst.tolist(), flow_hashes(src, dst, qp, seed).tolist()):
         port = int(topo.host_port[s])
         path = [port]
         node = int(topo.port_dst[port])
