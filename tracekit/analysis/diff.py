@@ -146,7 +146,7 @@ def diff_profiles(pb: Profile, pa: Profile, *, seed: int = 0) -> TraceDiff:
     stalls = compare(pb.stalls, pa.stalls, ["phase", "cause"], ["ns", "count"]).drop("ns_rel", "count_rel")
     counters = compare(pb.counters, pa.counters, ["counter", "kind"], ["max", "mean", "total"]).drop(
         "mean_rel", "total_rel")
-    matching = matching_table(pb.op_keys or pb.ops, pa.op_keys or pa.ops)  # type: ignore[arg-type]
+    matching = matching_table(*(p.ops if p.op_keys is None else p.op_keys for p in (pb, pa)))
     traffic = compare(pb.traffic, pa.traffic, ["phase", "src_rank", "dst_rank"], ["bytes", "tokens"]).drop(
         "tokens_rel")
     d = TraceDiff(pb, pa, phases, stages, critical, source, ranks, tails, causes, exposure, totals, resources,
