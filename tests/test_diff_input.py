@@ -15,7 +15,7 @@ from tracekit.analysis.diff import diff_profiles
 from tracekit.analysis.profile import Trace, profile
 from tracekit.errors import TracekitError
 from tracekit.hardware import load_profile
-from tracekit.io.diff_input import _events_lean
+from tracekit.io.diff_input import _events_lean, narrow_categorical
 from tracekit.io.report import render
 from tracekit.io.tables import read_table, write_table
 from tracekit.io.validate import check_table
@@ -45,13 +45,26 @@ def test_lean_read_equals_the_whole_table(events_file):
     assert lean is not None
     frame, meta, sid = lean
     assert sid == "events.v1" and meta["source"] == "replay"
-    assert frame.schema["resource"] == pl.Categorical
+    assert isinstance(frame.schema["resource"], pl.Categorical)
+    assert frame["stage"].to_physical().dtype == pl.UInt8  # few distinct names: one byte a row
     ref = _whole(events_file)
     assert frame.with_columns(pl.col(pl.Categorical).cast(pl.String)).equals(ref)
     # and every measure, through to the report, is the same for codes as for strings
     d_lean = diff_profiles(profile(Trace(frame, meta=meta, label="a")), profile(Trace(ref, meta=meta, label="b")))
     d_ref = diff_profiles(profile(Trace(ref, meta=meta, label="a")), profile(Trace(ref, meta=meta, label="b")))
     assert render(d_lean, "json") == render(d_ref, "json")
+
+
+def test_narrow_categorical_widens_with_the_distinct_values():
+    few, some = pl.Series(["a", "b"] * 3), pl.Series([str(i) for i in range(300)])
+    assert few.cast(narrow_categorical(few)).to_physical().dtype == pl.UInt8
+    assert some.cast(narrow_categorical(some)).to_physical().dtype == pl.UInt16
+    many = pl.Series([str(i) for i in range(70_000)])
+    assert many.cast(narrow_categorical(many)).to_physical().dtype == pl.UInt32
+    # categories of their own: a second column's 300 values fit after the first's 255
+    first = pl.Series([str(i) for i in range(255)])
+    assert first.cast(narrow_categorical(first)).cast(pl.String).equals(first)
+    assert some.cast(narrow_categorical(some)).cast(pl.String).equals(some)
 
 
 def _damaged(src: Path, dst: Path, column: str, row: int, value) -> Path:  # type: ignore[no-untyped-def]

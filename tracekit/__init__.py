@@ -15,7 +15,10 @@ True
 
 __version__ = "0.1.0"
 
+from tracekit._alloc import configure as _configure_allocators  # noqa: E402
 from tracekit._jit import configure_cache as _configure_cache  # noqa: E402
+
+_configure_allocators()  # before polars and pyarrow load: freed memory goes back at once (tracekit/_alloc.py)
 
 _configure_cache(__version__)  # before any kernel compiles: a numba cache that survives reinstalling (tracekit/_jit.py)
 

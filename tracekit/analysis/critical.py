@@ -48,7 +48,9 @@ def _numeric(events: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
     distinct path; the path's strings are looked up by ``_row`` at the end)."""
     ev = events.select(c for c in columns if c in events.columns)
     if "resource" in ev.columns:
-        ev = ev.with_columns(pl.col("resource").cast(pl.Categorical).to_physical())
+        as_cat = pl.col("resource") if isinstance(ev["resource"].dtype, pl.Categorical) else \
+            pl.col("resource").cast(pl.Categorical)
+        ev = ev.with_columns(as_cat.to_physical())
     return ev
 
 

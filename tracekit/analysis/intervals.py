@@ -18,7 +18,7 @@ def dense_rank(s: pl.Series) -> np.ndarray:
     """``s.rank("dense")`` (1-based) as a numpy array, for a column without nulls; a categorical
     column's ranks come from its few distinct values through its codes (ranking it directly reads
     it as strings: a string column as long as the trace)."""
-    if s.dtype != pl.Categorical:
+    if not isinstance(s.dtype, pl.Categorical):  # any categories: polars' own or narrow ones
         return s.rank("dense").to_numpy()
     u = s.unique()
     codes, ranks = u.to_physical().to_numpy(), u.rank("dense").to_numpy()

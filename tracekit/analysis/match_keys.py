@@ -92,7 +92,7 @@ def op_keys(ops: pl.DataFrame) -> OpKeys | None:
     they do not fit 63 bits, a column lacks or there are no operations."""
     if not set(GROUP + PAIR + ("ts_ns", "dur_ns", "kind")) <= set(ops.columns):
         return None
-    if (ops["kind"] == "annotation").any():
+    if ops.select((pl.col("kind") == "annotation").any()).item():  # an expression: narrow codes too
         ops = ops.filter(pl.col("kind") != "annotation")
     if ops.height == 0 or ops["ts_ns"].null_count() or ops["dur_ns"].null_count():
         return None

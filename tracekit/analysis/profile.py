@@ -145,7 +145,8 @@ def _check(events: pl.DataFrame, label: str) -> pl.DataFrame:
         raise TracekitError(f"events lack column(s) {', '.join(missing)}", where=label,
                             fix="pass an events.v1 table (tracekit replay or tracekit import writes one)")
     # filter (a copy of every column) only where there is something to drop
-    ev = events.filter(pl.col("kind") != "annotation") if (events["kind"] == "annotation").any() else events
+    annotated = events.select((pl.col("kind") == "annotation").any()).item()  # an expression: narrow codes too
+    ev = events.filter(pl.col("kind") != "annotation") if annotated else events
     if ev.height == 0:
         raise TracekitError("the trace has no operations (empty, or annotations only)", where=label,
                             fix="pass a trace with events: a replay output or an imported capture")
@@ -315,7 +316,8 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
         return None
     key, bits = np.zeros(x.height, np.int64), 0
     for c in _MESSAGE:
-        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype in (pl.String, pl.Categorical) else x[c]
+        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype == pl.String else x[c]
+        s = s.to_physical() if isinstance(s.dtype, pl.Categorical) else s
         v = s.to_numpy()  # as stored: widened as it is added (no int64 copy of every column)
         lo = int(v.min())
         width = max(int(v.max()) - lo, 0).bit_length() or 1

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     pb = profile(before, names=names)
     if not args.perfetto:
         before = None
+        release_freed_memory()
     after, sid_a = load_side(args.after, lean=not args.perfetto)
     if sid_b != sid_a:
         raise TracekitError(f"different schema versions: {args.before} holds {sid_b}, {args.after} holds {sid_a}",
@@ -86,6 +87,20 @@ def run(args: argparse.Namespace) -> int:
         if args.perfetto and not args.quiet:
             print(f"wrote {args.perfetto} (Perfetto: groups before, after)", file=sys.stderr)
     return 0
+
+
+def release_freed_memory() -> None:
+    """Give the pages freed by one side's measures back to the system before the next side is
+    read: glibc's malloc keeps numpy's freed heap pages (about 0.1 GB after an EP64 side) and
+    side two's peak would stand on them (measured: benchmarks/mem_diff.py, docs/diff.md)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _write_perfetto(path: str, before, after) -> None:  # type: ignore[no-untyped-def]

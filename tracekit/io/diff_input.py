@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import os
 from pathlib import Path
@@ -68,7 +70,7 @@ def _read_polars(path: Path, columns: list[str], s: schemas.Schema, *, categoric
             for c in columns:
                 part = pl.read_parquet(path, columns=[c])
                 if part[c].dtype == pl.String:
-                    part = part.with_columns(pl.col(c).cast(pl.Categorical))
+                    part = part.with_columns(pl.col(c).cast(narrow_categorical(part[c])))
                 elif c in narrow and _fits_int32(part[c]):
                     part = part.with_columns(pl.col(c).cast(pl.Int32))
                 parts.append(part)
@@ -107,6 +109,22 @@ class _ColumnReader:
                                     fix=f"{name} must be set on every row")
             col = col.fill_null(pa.scalar(f.default, f.arrow_type))
         return col
+
+
+_CATEGORIES = itertools.count()
+
+
+def narrow_categorical(col: pl.Series) -> pl.DataType:
+    """A categorical type for the strings of ``col`` whose codes are as narrow as its distinct
+    values allow (UInt8 up to 255 of them, UInt16 up to 65,535, else polars' UInt32): a column
+    of stages or phases then costs 1 byte a row instead of 4 (memory on big traces). Each call
+    gets categories of its own, so a second file's values never overflow the first's codes; the
+    measures turn categorical columns into strings before the two sides meet."""
+    n = col.n_unique()
+    if n > 65535:
+        return pl.Categorical()
+    physical = pl.UInt8 if n <= 255 else pl.UInt16
+    return pl.Categorical(pl.Categories(f"tracekit.load.{next(_CATEGORIES)}", physical=physical))
 
 
 def _fits_int32(col: pl.Series) -> bool:
