@@ -5,7 +5,8 @@
 
 Builds tools/microbench/microbench.cu with nvcc and runs it (the CUDA C++ benchmarks), then, where
 PyTorch and CuPy are installed, times the caching allocator (alloc) and a bf16 GEMM while k SMs are
-held by a spinning kernel on another stream (gemm_sm_reserved). Writes
+held by a spinning kernel on another stream (gemm_sm_reserved), and an HBM copy on k SMs beside
+such GEMMs (copy_beside_gemm: both slowdowns). Writes
 {"meta": {...}, "benchmarks": {name: [rows]}}; schemas/microbench.v1.json defines each benchmark's
 columns and docs/calibration.md says which fields are fitted from which rows. With --peer on a host of
 two or more GPUs it also runs tools/calibrate_gpu.py and adds its NVLink rows (peer_store, peer_flag).
@@ -158,6 +159,70 @@ def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
     return rows
 
 
+COPY_SRC = r"""
+extern "C" __global__ void copy16(const int4* __restrict__ src, int4* __restrict__ dst, long long n) {
+    extern __shared__ int pad[];  // sized so that one block holds an SM (no second block beside it)
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = src[i];
+    if (threadIdx.x == 0 && n < 0) pad[0] = 0;
+}
+"""
+COPY_SMS = (8, 16, 24, 32)
+COPY_BYTES = 256 << 20
+GEMMS_BESIDE = 8  # back-to-back GEMMs launched after the copy: they outlast it
+
+
+def copy_gemm_part(torch, cp, reps: int = 10) -> list[dict]:
+    """An HBM-to-HBM copy on k SMs (a stand-in for a communication kernel's send loop: its HBM reads
+    and writes, one block per SM) timed alone and while bf16 GEMMs run on the other SMs; and those
+    GEMMs' time beside it against the same GEMMs alone (HBM and L2 shared with compute)."""
+    m, k, n = GEMM_SHAPE
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+    src = cp.ones(COPY_BYTES // 4, dtype=cp.int32)
+    dst = cp.zeros_like(src)
+    copy = cp.RawModule(code=COPY_SRC).get_function("copy16")
+    smem = 160 * 1024
+    copy.max_dynamic_shared_size_bytes = smem
+    n16 = cp.int64(COPY_BYTES // 16)
+    s_copy, s_gemm = torch.cuda.Stream(), torch.cuda.Stream()
+    cs_copy = cp.cuda.ExternalStream(s_copy.cuda_stream)
+
+    def one(sms: int, with_copy: bool, with_gemm: bool) -> tuple[float, float]:
+        ec0, ec1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        eg0, eg1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        if with_copy:
+            with torch.cuda.stream(s_copy):
+                ec0.record()
+                with cs_copy:
+                    copy((sms,), (512,), (src, dst, n16), shared_mem=smem)
+                ec1.record()
+        if with_gemm:
+            with torch.cuda.stream(s_gemm):
+                eg0.record()
+                for _ in range(GEMMS_BESIDE):
+                    a @ b
+                eg1.record()
+        torch.cuda.synchronize()
+        return (ec0.elapsed_time(ec1) * 1e6 if with_copy else 0.0,
+                eg0.elapsed_time(eg1) * 1e6 / GEMMS_BESIDE if with_gemm else 0.0)
+
+    for _ in range(3):  # warm: cuBLAS heuristics, module load, clocks
+        one(COPY_SMS[0], True, True)
+    gemm_alone = statistics.median(one(0, False, True)[1] for _ in range(reps))
+    rows = []
+    for sms in COPY_SMS:
+        alone = statistics.median(one(sms, True, False)[0] for _ in range(reps))
+        beside = [one(sms, True, True) for _ in range(reps)]
+        c, g = statistics.median(x[0] for x in beside), statistics.median(x[1] for x in beside)
+        rows.append({"sms": sms, "bytes": COPY_BYTES, "copy_alone_ns": alone, "copy_beside_gemm_ns": c,
+                     "copy_slowdown": c / alone, "gemm_alone_ns": gemm_alone, "gemm_beside_copy_ns": g,
+                     "gemm_slowdown": g / gemm_alone, "gemms": GEMMS_BESIDE, "m": m, "k": k, "n": n, "reps": reps})
+    return rows
+
+
 def _optional(name: str, fn, log) -> dict:
     """fn()'s {benchmark: rows}, or {} with the error in the log: a failed optional part keeps the rest."""
     t0 = time.perf_counter()
@@ -229,6 +294,7 @@ def main() -> None:
                 log.write("CuPy not installed: gemm_sm_reserved skipped\n")
             else:
                 parts.append(_optional("gemm_sm_reserved", lambda: {"gemm_sm_reserved": gemm_part(torch, cp)}, log))
+                parts.append(_optional("copy_beside_gemm", lambda: {"copy_beside_gemm": copy_gemm_part(torch, cp)}, log))
         if args.peer:
             parts.append(_optional("peer", lambda: peer_part(log), log))
         result = merge_results(meta, parts)
