@@ -20,7 +20,7 @@ def _conf(extra_env: dict[str, str]) -> str:
 
 def test_polars_returns_freed_pages_at_once():
     # polars appends the variable to its own defaults; the last option wins
-    assert _conf({}).endswith("dirty_decay_ms:0,muzzy_decay_ms:0")
+    assert _conf({}).endswith("dirty_decay_ms:200,muzzy_decay_ms:0")
 
 
 def test_a_users_setting_is_kept():
