@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import tracekit  # noqa: E402,F401  (its allocator settings before pyarrow loads, as the command has them)
 import pyarrow as pa  # noqa: E402
 
 from tracekit.analysis import profile as P  # noqa: E402
@@ -25,6 +26,7 @@ from tracekit.analysis.match_keys import op_keys  # noqa: E402
 from tracekit.analysis.diff import diff_profiles  # noqa: E402
 from tracekit.analysis.matching import operation_names  # noqa: E402
 from tracekit.io.diff_input import load_side  # noqa: E402
+from tracekit.commands.diff import release_freed_memory  # noqa: E402
 
 
 def _gb() -> tuple[float, float]:
@@ -59,6 +61,7 @@ def main(before_dir: str, after_dir: str) -> None:
     pb = stage("profile", lambda: P.profile(tr))
     stage("tail causes", lambda: [P._tail_cause(pb, p, ev) for p in pb.phases])
     del ev, tr
+    release_freed_memory()  # as the command does between the sides
     tr2, _ = stage("load 2", lambda: load_side(after_dir, lean=True))
     pa_ = stage("profile 2", lambda: P.profile(tr2))
     del tr2
