@@ -219,7 +219,7 @@ __global__ void ll_send(const int4* __restrict__ x, int tokens, int hidden, uint
 // Reduction of `topk` BF16 source rows per token into one output row (combine_reduce / ll_combine).
 // per_block = false: one warp per token (normal combine receiver warps, contiguous token ranges);
 // per_block = true: the whole block on one token at a time (low-latency combine), rows weighted.
-__global__ void reduce_rows(const int4* __restrict__ rows, int4* __restrict__ out, int tokens, int n16, int topk,
+__global__ void __launch_bounds__(1024) reduce_rows(const int4* __restrict__ rows, int4* __restrict__ out, int tokens, int n16, int topk,
                             const float* __restrict__ w, const int* __restrict__ src_slot, bool per_block) {
   const int lane = threadIdx.x & 31;
   int unit, nunits, sub, nsub;
@@ -671,17 +671,23 @@ static void bench_cast(const char* name) {
 
 static void bench_reduce(const char* name, bool per_block) {
   int4* rows = g_a;
+  // one-warp rows (a warp's own cost per token) and, for the warp-per-token reduction, rows with 24
+  // warps on the SM as DeepEP's combine receiver block has them (the SM's rate per token)
+  for (int wl : {1, 24})
   for (int payload : {3584, 7168, 14336})
     for (int topk : {1, 2, 4, 8}) {
-      const int warps = per_block ? 32 : 1, sms = 1, tokens = per_block ? 256 : 128;
+      if (per_block && wl != 1) continue;
+      const int warps = per_block ? 32 : wl, sms = 1, tokens = per_block ? 256 : 128 * wl;
       const int n16 = payload / 16;
       double t = time_ns([&] {
         reduce_rows<<<sms, 32 * warps>>>(rows, g_b, tokens, n16, topk, g_topw, g_slots, per_block);
       }, name);
       const double per_unit = per_block ? (double)tokens / sms : (double)tokens / (warps * sms);
-      emit(name, Row().kv("payload_bytes", payload).kv("topk", topk).kv("sms", sms).kv("warps_per_sm", warps)
-                     .kv("tokens", tokens).kv("bytes_moved", (double)tokens * payload * (topk + 1)).kv("time_ns", t)
-                     .kv(per_block ? "ns_per_token_per_sm" : "ns_per_token_per_warp", t / per_unit));
+      Row r = Row().kv("payload_bytes", payload).kv("topk", topk).kv("sms", sms).kv("warps_per_sm", warps)
+                   .kv("tokens", tokens).kv("bytes_moved", (double)tokens * payload * (topk + 1)).kv("time_ns", t)
+                   .kv(per_block ? "ns_per_token_per_sm" : "ns_per_token_per_warp", t / per_unit);
+      if (!per_block) r.kv("ns_per_token_per_sm", t * sms / tokens);
+      emit(name, r);
     }
 }
 

@@ -114,8 +114,29 @@ def alloc_part(torch, reps: int = 5) -> list[dict]:
     return rows
 
 
+def _carveout(torch, sms: int) -> bool:
+    """Ask cuBLAS(Lt) to leave ``sms`` SMs out of its grid (PyTorch's experimental SM carve-out, the
+    cublasLt SM_COUNT_TARGET attribute); False where this PyTorch has no such switch."""
+    f = getattr(torch._C, "_set_sm_carveout_experimental", None)
+    if f is None:
+        return False
+    f(sms if sms else None)
+    return True
+
+
 def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
-    """bf16 GEMM time while k SMs are held by a persistent spinning kernel on another stream."""
+    """bf16 GEMM time while k SMs are held by a persistent spinning kernel on another stream: as
+    cuBLAS sizes its grid by default (all SMs), and told to leave those k SMs out (sm_carveout)."""
+    rows = []
+    for told in (False, True):
+        if told and not _carveout(torch, 0):
+            break
+        rows += _gemm_rows(torch, cp, reps, told)
+    _carveout(torch, 0)
+    return rows
+
+
+def _gemm_rows(torch, cp, reps: int, told: bool) -> list[dict]:
     m, k, n = GEMM_SHAPE
     gen = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -142,6 +163,8 @@ def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
                 reserve((sms,), (128,), (flag, started, timeout), shared_mem=smem)
             with cs_gemm:
                 wait_started((1,), (1,), (started, cp.int32(sms), timeout))
+        if told:
+            _carveout(torch, sms)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         with torch.cuda.stream(s_gemm):
             a @ b
@@ -154,7 +177,8 @@ def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
         torch.cuda.synchronize()
         got = int(started.get()[0])
         t = statistics.median(e0.elapsed_time(e1) * 1e6 for e0, e1 in events)
-        rows.append({"reserved_sms": sms, "spinners_started": got, "m": m, "k": k, "n": n, "dtype": "bf16",
+        rows.append({"reserved_sms": sms, "sm_carveout": sms if told else 0, "spinners_started": got,
+                     "m": m, "k": k, "n": n, "dtype": "bf16",
                      "time_ns": t, "tflops": 2 * m * k * n / t / 1e3, "reps": reps})
     return rows
 
@@ -213,13 +237,20 @@ def copy_gemm_part(torch, cp, reps: int = 10) -> list[dict]:
         one(COPY_SMS[0], True, True)
     gemm_alone = statistics.median(one(0, False, True)[1] for _ in range(reps))
     rows = []
-    for sms in COPY_SMS:
-        alone = statistics.median(one(sms, True, False)[0] for _ in range(reps))
-        beside = [one(sms, True, True) for _ in range(reps)]
-        c, g = statistics.median(x[0] for x in beside), statistics.median(x[1] for x in beside)
-        rows.append({"sms": sms, "bytes": COPY_BYTES, "copy_alone_ns": alone, "copy_beside_gemm_ns": c,
-                     "copy_slowdown": c / alone, "gemm_alone_ns": gemm_alone, "gemm_beside_copy_ns": g,
-                     "gemm_slowdown": g / gemm_alone, "gemms": GEMMS_BESIDE, "m": m, "k": k, "n": n, "reps": reps})
+    for told in (False, True):  # the GEMMs' grid over all SMs, then told to leave the copy's SMs out
+        if told and not _carveout(torch, 0):
+            break
+        for sms in COPY_SMS:
+            alone = statistics.median(one(sms, True, False)[0] for _ in range(reps))
+            if told:
+                _carveout(torch, sms)
+            beside = [one(sms, True, True) for _ in range(reps)]
+            _carveout(torch, 0)
+            c, g = statistics.median(x[0] for x in beside), statistics.median(x[1] for x in beside)
+            rows.append({"sms": sms, "sm_carveout": sms if told else 0, "bytes": COPY_BYTES, "copy_alone_ns": alone,
+                         "copy_beside_gemm_ns": c, "copy_slowdown": c / alone, "gemm_alone_ns": gemm_alone,
+                         "gemm_beside_copy_ns": g, "gemm_slowdown": g / gemm_alone, "gemms": GEMMS_BESIDE,
+                         "m": m, "k": k, "n": n, "reps": reps})
     return rows
 
 
