@@ -26,7 +26,7 @@ from tracekit.hardware import load_profile
 from tracekit.hardware.profile import parse_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = "docs/calibration/h200x2_microbench.json"
+COMMITTED = "docs/calibration/h200_microbench.json"  # the suite on one H200, 2026-12-05
 MICROBENCH = ROOT / "tools" / "microbench"
 
 
@@ -38,32 +38,35 @@ def synthetic_results(p: dict[str, float], noise: float = 0.0, seed: int = 0) ->
     jitter = lambda v: float(v * (1 + noise * rng.uniform(-1, 1)))  # noqa: E731
     warp_rate = p["warp_gbyte_s"]  # one warp's copy rate, bytes per ns
     b = {}
-    b["hbm_copy_per_sm"] = [{"sms": s, "threads": 512, "bytes": 1 << 28, "time_ns": (1 << 28) / r, "gbyte_s": jitter(r)}
-                            for s, r in [(1, p["sm_copy"]), (1, p["sm_copy"]), (8, 7.8 * p["sm_copy"])]]
+    b["hbm_copy_per_sm"] = [{"sms": s, "threads": 512, "unroll": u, "bytes": 1 << 28, "time_ns": (1 << 28) / r,
+                             "gbyte_s": jitter(r)}  # the one-load-in-flight copy is latency-bound: not fitted
+                            for s, u, r in [(1, 1, p["sm_copy"] / 2.5), (1, 4, p["sm_copy"]), (1, 4, p["sm_copy"]),
+                                            (8, 4, 7.8 * p["sm_copy"])]]
     b["kernel_launch"] = [{"method": m, "launches": 1000, "ns_per_launch": jitter(v), "repeat": i}
                           for i in range(5) for m, v in [("event_back_to_back", p["launch"]), ("host_call", 2000.0)]]
     rows = []
-    for w in (1, 3):
+    for w, sms in ((1, 1), (24, 1), (24, 4)):  # fitted: one SM with the most warps, per SM
         for dtype, payload, scales in [("bf16", 1792, 0), ("bf16", 7168, 0), ("bf16", 14336, 0), ("fp8", 3584, 28),
                                        ("fp8", 7168, 56)]:
             meta = 4 + 64 + 4 * scales
-            t = p["dispatch"] + (payload + meta) / warp_rate + (p["fp8"] if scales else 0)
+            t = p["dispatch"] + (payload + meta) / (20 * warp_rate) + (p["fp8"] if scales else 0)
+            t = t if (w, sms) == (24, 1) else t * 1.3  # rows the fit must leave out
             rows.append({"dtype": dtype, "payload_bytes": payload, "scales": scales, "topk": 8, "meta_bytes": meta,
-                         "sms": 1, "warps_per_sm": w, "tokens": 128 * w, "chunk": 0, "time_ns": 128 * t,
-                         "ns_per_token_per_warp": jitter(t if w == 1 else t * 1.3), "ns_per_token_per_sm": t / w,
-                         "gbyte_s": 1.0})
+                         "sms": sms, "warps_per_sm": w, "tokens": 128 * w, "chunk": 0, "time_ns": 128 * t,
+                         "ns_per_token_per_warp": t * w, "ns_per_token_per_sm": jitter(t), "gbyte_s": 1.0})
     b["token_copy_loop"] = rows
     b["chunk_sync"] = [{"payload_bytes": pb, "chunk": c, "ring_tokens": 256, "tokens": 2048, "time_ns": 1.0,
                         "ns_per_token": jitter(pb / warp_rate + 40 + p["chunk_sync"] / c), "ns_per_chunk": 1.0}
                        for pb in (16, 7168, 14336) for c in (1, 2, 4, 8, 16, 32)]
-    b["combine_reduce"] = [{"payload_bytes": pb, "topk": k, "sms": 1, "warps_per_sm": 1, "tokens": 128,
-                            "bytes_moved": 1.0, "time_ns": 1.0,
-                            "ns_per_token_per_warp": jitter(p["combine"] + k * p["topk"] + (k + 1) * pb / warp_rate)}
-                           for pb in (3584, 7168, 14336) for k in (1, 2, 4, 8)]
+    b["combine_reduce"] = [{"payload_bytes": pb, "topk": k, "sms": 1, "warps_per_sm": w, "tokens": 128 * w,
+                            "bytes_moved": 1.0, "time_ns": 1.0, "ns_per_token_per_warp": 1.0,
+                            "ns_per_token_per_sm": jitter((p["combine"] + k * p["topk"] + (k + 1) * pb / (20 * warp_rate))
+                                                          * (1.0 if w == 24 else 9.0))}
+                           for w in (1, 24) for pb in (3584, 7168, 14336) for k in (1, 2, 4, 8)]
     b["cast_fp8"] = [{"hidden": h, "msg_bytes": h + h // 32, "topk": k, "sms": 1, "warps_per_sm": w, "tokens": 256,
                       "time_ns": 1.0,
                       "ns_per_token_per_sm": jitter((p["ll_token"] + k * p["ll_sel"]) * (h / REFERENCE_HIDDEN)
-                                                    * (1.0 if w == 32 else 2.5))}
+                                                    * (1.0 if w == 32 else 2.5) * (1.0 if k else 0.3))}
                      for h in (2048, 4096, REFERENCE_HIDDEN) for k in (0, 1, 2, 4, 8) for w in (8, 32)
                      if k == 0 or h == REFERENCE_HIDDEN]
     b["ll_combine"] = [{"payload_bytes": pb, "topk": k, "sms": 1, "warps_per_sm": 32, "tokens": 256, "bytes_moved": 1.0,
@@ -71,7 +74,7 @@ def synthetic_results(p: dict[str, float], noise: float = 0.0, seed: int = 0) ->
                         "ns_per_token_per_sm": jitter(p["ll_combine"] * pb / REFERENCE_ROW_BYTES + k * pb / 20.0)}
                        for pb in (3584, 7168, 14336) for k in (1, 2, 4, 8)]
     b["layout"] = [{"tokens": t, "experts": e, "ranks": r, "topk": 8, "blocks": e // 4 + 1, "empty_kernel_ns": 2500.0,
-                    "time_ns": 2500.0 + jitter(p["layout_base"] + t * e * p["layout_te"])}
+                    "time_ns": 2500.0 + jitter(p["layout_base"] + t * p["layout_t"] + t * r * p["layout_tr"])}
                    for e in (64, 256) for t in (256, 4096, 16384) for r in (8, 32)]
     b["notify"] = [{"ranks": r, "tokens": 4096, "experts": 256, "channels": 24, "empty_kernel_ns": 2500.0,
                     "time_ns": 2500.0 + jitter(p["notify_base"] + r * p["notify_rank"])} for r in (2, 4, 8, 16, 32, 64)]
@@ -91,7 +94,7 @@ EXPECTED_KEYS = {  # parameter of synthetic_results -> profile field it must com
     "fp8": "gpu.fp8_token_ns", "chunk_sync": "gpu.chunk_sync_ns", "combine": "gpu.combine_token_ns",
     "topk": "gpu.combine_topk_ns", "ll_token": "gpu.ll_token_ns", "ll_sel": "gpu.ll_selection_ns",
     "ll_combine": "gpu.ll_combine_token_ns", "layout_base": "host.layout_base_ns",
-    "layout_te": "host.layout_token_expert_ns", "notify_base": "host.notify_base_ns",
+    "layout_t": "host.layout_token_ns", "layout_tr": "host.layout_token_rank_ns", "notify_base": "host.notify_base_ns",
     "notify_rank": "host.notify_rank_ns", "cpu_wait": "host.cpu_wait_ns", "alloc": "host.alloc_ns",
     "sync": "host.stream_sync_ns",
 }
@@ -101,7 +104,8 @@ params_strategy = st.fixed_dictionaries({
     "warp_gbyte_s": st.integers(2, 40).map(float), "dispatch": st.integers(0, 600), "fp8": st.integers(0, 300),
     "chunk_sync": st.integers(0, 3000), "combine": st.integers(0, 600), "topk": st.integers(0, 300),
     "ll_token": st.integers(0, 2000), "ll_sel": st.integers(0, 1000), "ll_combine": st.integers(0, 2000),
-    "layout_base": st.integers(0, 9000), "layout_te": st.integers(1, 999).map(lambda v: v / 1e4),
+    "layout_base": st.integers(0, 9000), "layout_t": st.integers(1, 9999).map(lambda v: v / 1e3),
+    "layout_tr": st.integers(1, 999).map(lambda v: v / 1e4),
     "notify_base": st.integers(0, 9000), "notify_rank": st.integers(0, 500), "cpu_wait": st.integers(100, 9000),
     "alloc": st.integers(100, 30000), "sync": st.integers(100, 9000),
 })
@@ -130,7 +134,7 @@ def test_noisy_rows_give_each_parameter_within_the_noise(p, seed):
     assert abs(fits["gpu.sm_copy_bandwidth_gbyte_s"].value - p["sm_copy"]) <= 0.01 * p["sm_copy"] + 0.05 + 1e-9
     assert abs(fits["host.alloc_ns"].value - p["alloc"]) <= 0.01 * p["alloc"] + 0.5
     # a least-squares intercept moves by at most the noise on the largest row it was fitted from
-    biggest = max(r["ns_per_token_per_warp"] for r in synthetic_results(p)["benchmarks"]["token_copy_loop"])
+    biggest = max(r["ns_per_token_per_sm"] for r in synthetic_results(p)["benchmarks"]["token_copy_loop"])
     assert abs(fits["gpu.dispatch_token_ns"].value - p["dispatch"]) <= 0.05 * biggest + 1
 
 
@@ -143,7 +147,7 @@ def test_every_source_names_file_benchmark_points_and_residual():
 
 _PARAMS = {"sm_copy": 48.6, "launch": 4000, "warp_gbyte_s": 12.0, "dispatch": 150, "fp8": 60, "chunk_sync": 700,
            "combine": 140, "topk": 60, "ll_token": 300, "ll_sel": 250, "ll_combine": 200, "layout_base": 2500,
-           "layout_te": 0.002, "notify_base": 3000, "notify_rank": 40, "cpu_wait": 1500, "alloc": 9000, "sync": 2500}
+           "layout_t": 3.5, "layout_tr": 0.04, "notify_base": 3000, "notify_rank": 40, "cpu_wait": 1500, "alloc": 9000, "sync": 2500}
 
 
 def test_the_cli_writes_a_checked_profile_with_fitted_and_inherited_fields(tmp_path, capsys):
@@ -173,21 +177,40 @@ def test_profile_toml_round_trips_every_shipped_profile():
 
 
 # -- the must-show: the committed results reproduce the shipped H200 profile -------------------------------
+_FROM = re.compile(r"^fitted from (docs/calibration/[^:]+):")
+
+
 def _shipped_fitted(prof):
-    return {f"{s}.{k}": v for s, fields in prof.sources.items() for k, v in fields.items()
-            if v.startswith("fitted from docs/calibration/")}
+    return {f"{s}.{k}": v for s, fields in prof.sources.items() for k, v in fields.items() if _FROM.match(v)}
 
 
 @pytest.fixture(scope="module")
 def calibrated_h200(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cal") / "h200.toml"
+    """h200-nvlink with each fitted field replaced by ``tracekit calibrate`` on the committed results
+    file its source names (the command as docs/calibration.md gives it, repository-relative paths)."""
+    shipped = load_profile("h200-nvlink")
+    files = sorted({_FROM.match(v).group(1) for v in _shipped_fitted(shipped).values()})
+    assert COMMITTED in files, "h200-nvlink has no value fitted from the suite's committed H200 results"
+    values = {s: dict(f) for s, f in shipped.values.items()}
+    sources = {s: dict(f) for s, f in shipped.sources.items()}
     cwd = os.getcwd()
-    os.chdir(ROOT)  # the command as docs/calibration.md gives it, with the repository-relative path
+    os.chdir(ROOT)
     try:
-        assert main(["calibrate", COMMITTED, "-o", str(out), "--base", "h200-nvlink"]) == 0
+        for i, path in enumerate(files):
+            out = tmp_path_factory.mktemp("cal") / f"h200_{i}.toml"
+            assert main(["calibrate", path, "-o", str(out), "--base", "h200-nvlink"]) == 0
+            cal = load_profile(str(out))
+            for key, source in _shipped_fitted(shipped).items():
+                if source.startswith(f"fitted from {path}:"):
+                    section, _, field = key.partition(".")
+                    values[section][field], sources[section][field] = cal.get(key), cal.sources[section][field]
     finally:
         os.chdir(cwd)
-    return load_profile(str(out))
+    doc = {"name": "h200-calibrated", "description": "fits of the committed results"}
+    for section, fields in values.items():
+        if isinstance(fields, dict):
+            doc[section] = {k: {"value": v, "source": sources[section][k]} for k, v in fields.items()}
+    return parse_profile(doc, "calibrated")
 
 
 def test_calibrate_on_the_committed_results_reproduces_the_shipped_h200_values(calibrated_h200):
@@ -195,7 +218,6 @@ def test_calibrate_on_the_committed_results_reproduces_the_shipped_h200_values(c
     fitted = _shipped_fitted(shipped)
     assert fitted, "h200-nvlink has no value fitted from docs/calibration/"
     for key, source in fitted.items():
-        assert source.startswith(f"fitted from {COMMITTED}"), key
         assert calibrated_h200.get(key) == shipped.get(key), key
         section, _, field = key.partition(".")
         assert calibrated_h200.sources[section][field] == source, key
@@ -298,7 +320,7 @@ def test_run_suite_pure_parts():
 def test_the_committed_conversion_is_what_convert_legacy_writes():
     legacy = json.loads((ROOT / "docs" / "calibration" / "h200x2.json").read_text())
     converted = _load_tool("convert_legacy").convert(legacy, "docs/calibration/h200x2.json")
-    assert json.loads((ROOT / COMMITTED).read_text()) == converted
+    assert json.loads((ROOT / "docs/calibration/h200x2_microbench.json").read_text()) == converted
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ from tracekit.hardware.profile import Profile, parse_profile
 #: The reference token of the per-token fields: DeepSeek-V3's hidden size 7168 (BF16 row 14336 B).
 REFERENCE_HIDDEN = 7168
 REFERENCE_ROW_BYTES = 2 * REFERENCE_HIDDEN
+#: warps per SM of the combine rows fitted: DeepEP's intranode combine block (768 threads)
+COMBINE_WARPS = 24
 _FIX_FILE = "give the JSON written by tools/microbench/run_suite.py"
 
 
@@ -161,8 +163,12 @@ class _NoRows(Exception):
 def _fit_hbm_copy(rows, where):
     bench = "hbm_copy_per_sm"
     one = _select(rows, bench, where, sms=1)
+    unrolled = all("unroll" in r for r in one)  # files before the unrolled copy have one kernel
+    if unrolled:  # the copy with loads in flight, as DeepEP's unrolled warp copies keep them
+        one = _select(one, bench, where, unroll="max")
     f = _median(_column(one, "gbyte_s", bench, where))
-    return f, {"gpu.sm_copy_bandwidth_gbyte_s": (0, 1.0, "median GB/s of the one-SM rows")}
+    text = "median GB/s of the one-SM rows" + (" of the most-unrolled copy" if unrolled else "")
+    return f, {"gpu.sm_copy_bandwidth_gbyte_s": (0, 1.0, text)}
 
 
 def _median_of(bench: str, col: str, method: str, key: str, scale: float, text: str):
@@ -177,10 +183,13 @@ _Col = Callable[[str], np.ndarray]
 
 
 def _linear(bench: str, y: Callable[[_Col], np.ndarray], terms: Sequence[Callable[[_Col], Any]],
-            fields: Mapping[str, int], text: str, need: str, **select: object):
-    """Least squares ``y = sum(coef_i * term_i)`` over the rows matching ``select``; ``fields`` maps a
-    profile field to the index of its coefficient. A term may return a list of columns (one per level)."""
+            fields: Mapping[str, int], text: str, need: str, keep: Callable[[Mapping[str, Any]], bool] | None = None,
+            **select: object):
+    """Least squares ``y = sum(coef_i * term_i)`` over the rows matching ``select`` (and ``keep``);
+    ``fields`` maps a profile field to the index of its coefficient. A term may return a list of
+    columns (one per level)."""
     def fit(rows, where):
+        rows = [r for r in rows if keep(r)] if keep else rows
         sel = _select(rows, bench, where, **select) if select else list(rows)
         col: _Col = lambda name: _column(sel, name, bench, where)  # noqa: E731
         target = y(col)
@@ -201,33 +210,42 @@ FITS: dict[str, Callable] = {
     "hbm_copy_per_sm": _fit_hbm_copy,
     "kernel_launch": _median_of("kernel_launch", "ns_per_launch", "event_back_to_back", "gpu.kernel_launch_ns",
                                 1.0, "median of back-to-back empty launches (events)"),
+    # per SM with the most warps (24, as DeepEP's 768-thread blocks): the replay charges a channel's SM
+    # per token (tracekit/model/cluster.py copy_ns), its warps working side by side
     "token_copy_loop": _linear(
-        "token_copy_loop", lambda c: c("ns_per_token_per_warp"),
+        "token_copy_loop", lambda c: c("ns_per_token_per_sm"),
         [_ONE, lambda c: c("payload_bytes") + c("meta_bytes"), lambda c: (c("scales") > 0).astype(np.float64)],
-        {"gpu.dispatch_token_ns": 0, "gpu.fp8_token_ns": 2}, "ns/token/warp = a + bytes/rate + b*[scales]",
-        "one-warp rows with and without scales at two or more payload sizes", warps_per_sm=1, chunk=0),
+        {"gpu.dispatch_token_ns": 0, "gpu.fp8_token_ns": 2},
+        "ns/token/SM = a + bytes/rate + b*[scales] on one SM with the most warps",
+        "one-SM rows with and without scales at two or more payload sizes", warps_per_sm="max", sms=1, chunk=0),
     "chunk_sync": _linear(
         "chunk_sync", lambda c: c("ns_per_token"),
         [lambda c: 1.0 / c("chunk"),
          lambda c: [(c("payload_bytes") == p).astype(np.float64) for p in np.unique(c("payload_bytes"))]],
         {"gpu.chunk_sync_ns": 0}, "ns/token = c/chunk + a[payload]", "two or more chunk sizes per payload"),
     "combine_reduce": _linear(
-        "combine_reduce", lambda c: c("ns_per_token_per_warp"),
+        "combine_reduce", lambda c: c("ns_per_token_per_sm"),
         [_ONE, lambda c: c("topk"), lambda c: (c("topk") + 1) * c("payload_bytes")],
-        {"gpu.combine_token_ns": 0, "gpu.combine_topk_ns": 1}, "ns/token/warp = a + b*topk + bytes/rate",
-        "one-warp rows at two or more top-k values and payload sizes", warps_per_sm=1),
+        {"gpu.combine_token_ns": 0, "gpu.combine_topk_ns": 1},
+        "ns/token/SM = a + b*topk + bytes/rate on one SM with 24 warps",
+        "24-warp rows at two or more top-k values and payload sizes", warps_per_sm=COMBINE_WARPS, sms=1),
+    # top-k >= 1: a token with no selection sends nothing (its row times the cast alone), and a
+    # dispatched token always has one (the first selection's message copy and flag are in ll_token_ns)
     "cast_fp8": _linear(
         "cast_fp8", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
-        {"gpu.ll_token_ns": 0, "gpu.ll_selection_ns": 1}, f"ns/token/SM = a + b*topk at hidden {REFERENCE_HIDDEN}",
-        f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values", hidden=REFERENCE_HIDDEN, warps_per_sm="max"),
+        {"gpu.ll_token_ns": 0, "gpu.ll_selection_ns": 1},
+        f"ns/token/SM = a + b*topk at hidden {REFERENCE_HIDDEN}, top-k >= 1",
+        f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values >= 1", keep=lambda r: r.get("topk", 0) >= 1,
+        hidden=REFERENCE_HIDDEN, warps_per_sm="max"),
     "ll_combine": _linear(
         "ll_combine", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
         {"gpu.ll_combine_token_ns": 0}, f"ns/token/SM = a + b*topk at {REFERENCE_ROW_BYTES} B rows",
         "two or more top-k values", payload_bytes=REFERENCE_ROW_BYTES),
     "layout": _linear(
-        "layout", lambda c: c("time_ns") - c("empty_kernel_ns"), [_ONE, lambda c: c("tokens") * c("experts")],
-        {"host.layout_base_ns": 0, "host.layout_token_expert_ns": 1},
-        "(time - empty kernel) = a + b*tokens*experts", "two or more values of tokens x experts"),
+        "layout", lambda c: c("time_ns") - c("empty_kernel_ns"),
+        [_ONE, lambda c: c("tokens"), lambda c: c("tokens") * c("ranks")],
+        {"host.layout_base_ns": 0, "host.layout_token_ns": 1, "host.layout_token_rank_ns": 2},
+        "(time - empty kernel) = a + b*tokens + c*tokens*ranks", "two or more token counts at two or more rank counts"),
     "notify": _linear(
         "notify", lambda c: c("time_ns") - c("empty_kernel_ns"), [_ONE, lambda c: c("ranks")],
         {"host.notify_base_ns": 0, "host.notify_rank_ns": 1}, "(time - empty kernel) = a + b*ranks",
@@ -248,7 +266,7 @@ def _rounded(key: str, raw: float) -> int | float:
     try:
         ftype = schemas.load("hardware").field(name, section).type
     except KeyError:
-        ftype = "float64" if name == "layout_token_expert_ns" or name.endswith("_gbyte_s") else "int64"
+        ftype = "float64" if name.startswith("layout_token") or name.endswith("_gbyte_s") else "int64"
     if ftype == "int64":
         return int(round(raw))
     if name.endswith("_gbyte_s"):

@@ -77,6 +77,19 @@ __global__ void copy16(const int4* __restrict__ src, int4* __restrict__ dst, lon
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = ld_nc(src + i);
 }
 
+// The same copy with 4 vectors in flight per thread (loads first, then stores), as DeepEP's unrolled
+// warp copies keep several loads outstanding: one SM's rate is bound by the bytes it has in flight.
+__global__ void copy16_unroll4(const int4* __restrict__ src, int4* __restrict__ dst, long long n) {
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    int4 v0 = ld_nc(src + i), v1 = ld_nc(src + i + stride), v2 = ld_nc(src + i + 2 * stride),
+         v3 = ld_nc(src + i + 3 * stride);
+    dst[i] = v0; dst[i + stride] = v1; dst[i + 2 * stride] = v2; dst[i + 3 * stride] = v3;
+  }
+  for (; i < n; i += stride) dst[i] = ld_nc(src + i);
+}
+
 // DeepEP-like send warp: each warp copies a contiguous range of tokens one at a time, the whole warp on
 // one token (int4 lanes), then writes the token's metadata: source index, top-k indices and weights,
 // and (FP8 payloads) the per-128-channel scales. With chunk > 0 the warp publishes a tail counter
@@ -568,11 +581,15 @@ static void bench_hbm_copy_per_sm() {
   const long long bytes = 256ll << 20;
   const long long n = bytes / 16;
   std::vector<int> blocks = {1, 2, 4, 8, 16, 24, 32, g_sms, 2 * g_sms};
-  for (int b : blocks) {
-    double t = time_ns([&] { copy16<<<b, 512>>>(g_a, g_b, n); }, "hbm_copy_per_sm");
-    emit("hbm_copy_per_sm", Row().kv("sms", b).kv("threads", 512).kv("bytes", bytes).kv("time_ns", t)
-                                .kv("gbyte_s", bytes / t));
-  }
+  for (int unroll : {1, 4})
+    for (int b : blocks) {
+      double t = time_ns([&] {
+        if (unroll == 1) copy16<<<b, 512>>>(g_a, g_b, n);
+        else copy16_unroll4<<<b, 512>>>(g_a, g_b, n);
+      }, "hbm_copy_per_sm");
+      emit("hbm_copy_per_sm", Row().kv("sms", b).kv("threads", 512).kv("unroll", unroll).kv("bytes", bytes)
+                                  .kv("time_ns", t).kv("gbyte_s", bytes / t));
+    }
 }
 
 static CopyArgs copy_args(int tokens, int payload, int topk, int nscales, int chunk, int* tail) {

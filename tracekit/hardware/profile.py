@@ -106,7 +106,9 @@ def _all_keys() -> list[str]:
 
 #: Fields a profile may still carry from an older schema, with what replaces them.
 _REMOVED = {("gpu", "per_token_overhead_ns"): "gpu.dispatch_token_ns and gpu.combine_token_ns (per phase; "
-            "gpu.fp8_token_ns for scales, gpu.chunk_sync_ns per chunk)"}
+            "gpu.fp8_token_ns for scales, gpu.chunk_sync_ns per chunk)",
+            ("host", "layout_token_expert_ns"): "host.layout_token_ns and host.layout_token_rank_ns (the layout "
+            "kernel's time grows with tokens and ranks, not experts: docs/calibration.md)"}
 
 
 def _field(section: str, field: str, where: str) -> schemas.Field:

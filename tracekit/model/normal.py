@@ -77,15 +77,15 @@ def _rows_channels(layout: DispatchLayout, channels: int) -> tuple[np.ndarray, n
     return src, tok, np.minimum(ch, channels - 1)
 
 
-def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, num_experts: int, cached: bool,
+def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, cached: bool,
               phase: str) -> tuple[np.ndarray, np.ndarray]:
     """The host part of a call, per rank; returns (the call's first task, the task after which the
     phase's data may move).
 
     The CPU synchronises the communication stream with the compute stream (``host.stream_sync_ns``) and
     launches kernels (``gpu.kernel_launch_ns`` each) while the GPU runs them. A dispatch without a
-    cached handle runs the layout kernel (``host.layout_base_ns`` + ``layout_token_expert_ns`` per
-    token x expert), the notify kernel (count exchange and barrier: ``notify_base_ns`` +
+    cached handle runs the layout kernel (``host.layout_base_ns`` + per token ``layout_token_ns`` +
+    ``layout_token_rank_ns`` per rank), the notify kernel (count exchange and barrier: ``notify_base_ns`` +
     ``notify_rank_ns`` per peer rank, after every rank's layout), then the CPU waits for the receive
     counts (``cpu_wait_ns``), allocates the outputs (``alloc_ns``) and launches the data kernel. A
     cached dispatch and every combine run DeepEP's cached notify instead (buffer clean-up and a barrier
@@ -111,7 +111,8 @@ def _prologue(cl: Cluster, tokens_per_rank: np.ndarray, num_experts: int, cached
         cl.g.add_edges(launch, start)
         cl.g.add_edges(notify, start)
         return first, start
-    work = hw.host.layout_base_ns + np.ceil(tokens_per_rank * num_experts * hw.host.layout_token_expert_ns)
+    per_token = hw.host.layout_token_ns + R * hw.host.layout_token_rank_ns
+    work = hw.host.layout_base_ns + np.ceil(tokens_per_rank * per_token)
     layout = cl.add(R, "layout", ranks, dur=work.astype(np.int64))
     cl.g.add_edges(first, layout)
     second = cl.add(R, "launch", ranks, dur=launch_ns)  # the CPU launches notify while layout runs
@@ -208,7 +209,7 @@ def build_dispatch(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: R
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "dispatch")
     wire = bpt + (cfg.meta_bytes_per_token if cfg.meta_bytes_per_token is not None else 8 + 8 * routing.topk)
     tokens_per_rank = np.bincount(src, minlength=cl.R)
-    call, start = _prologue(cl, tokens_per_rank, routing.meta.num_experts, cfg.cached, "dispatch")
+    call, start = _prologue(cl, tokens_per_rank, cfg.cached, "dispatch")
     lat_nvl = hw.nvlink.latency_ns + hw.nvlink.signal_ns
     early = cfg.credit_return == "early"
     row, dst = np.nonzero(layout.is_token_in_rank)
@@ -369,7 +370,7 @@ def build_combine(routing: Routing, layout: DispatchLayout, hw: Profile, cfg: Re
     """The combine of one (step, layer): every (token, rank) contribution goes back and is reduced."""
     pc, g, cl, bpt, src, tok, ch = _phase_setup(routing, layout, hw, cfg, "combine")
     wire = bpt
-    call, start = _prologue(cl, np.bincount(src, minlength=cl.R), routing.meta.num_experts, cfg.cached, "combine")
+    call, start = _prologue(cl, np.bincount(src, minlength=cl.R), cfg.cached, "combine")
     row, holder = np.nonzero(layout.is_token_in_rank)
     row = row.astype(np.int64)
     holder = holder.astype(np.int64)
