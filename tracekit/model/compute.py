@@ -17,7 +17,7 @@ gives, for ``tokens`` tokens on one rank, each kernel's FLOPs, HBM bytes and out
   ``3 H F`` weights once).
 
 SM scaling rule (its shape measured on the lent H200, ``gemm_sm_reserved`` in docs/calibration.md:
-a cuBLAS bf16 GEMM of 4096x7168x2048 takes 148 us on 132 SMs and 274-283 us with 8-48 SMs held, the
+a cuBLAS bf16 GEMM of 4096x7168x2048 takes 147 us on 132 SMs and 271-282 us with 8-48 SMs held, the
 step of a second wave; the rule gives that step with ~256x256 work units, while the 128x128 tiles
 below, DeepGEMM's block and not cuBLAS's, give 1.25-1.75x; DeepGEMM itself is not measured): a kernel
 splits its output into ``tiles`` of 128 x 128 (the CUTLASS/DeepGEMM Hopper block; attention: one
