@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GEMM_SHAPE = (4096, 7168, 2048)  # M, K, N: A is M x K, B is K x N
+GROUPED_SHAPE = (8, 512, 7168, 4096)  # experts, tokens each, K, N: DeepSeek-V3 at EP32 (8 local experts), gate+up
 RESERVED_SMS = (0, 8, 16, 24, 32, 48)
 
 SPIN_SRC = r"""
@@ -136,13 +137,31 @@ def gemm_part(torch, cp, reps: int = 20) -> list[dict]:
     return rows
 
 
-def _gemm_rows(torch, cp, reps: int, told: bool) -> list[dict]:
-    m, k, n = GEMM_SHAPE
+def grouped_part(torch, cp, reps: int = 20) -> list[dict]:
+    """An MoE expert GEMM as the grouped kernel PyTorch ships (torch._grouped_mm: a rank's local experts,
+    their tokens stacked) while k SMs are held, as gemm_sm_reserved times a plain GEMM."""
+    return _gemm_rows(torch, cp, reps, False, grouped=True)
+
+
+def _operands(torch, grouped: bool):
+    """(callable computing the product, m, k, n, groups) on seeded random bf16 operands."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
-    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+    if not grouped:
+        m, k, n = GEMM_SHAPE
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16, generator=gen)
+        return (lambda: a @ b), m, k, n, 1
+    g, per, k, n = GROUPED_SHAPE
+    a = torch.randn(g * per, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    b = torch.randn(g, n, k, device="cuda", dtype=torch.bfloat16, generator=gen).transpose(-2, -1)  # column-major
+    offs = torch.arange(per, g * per + 1, per, device="cuda", dtype=torch.int32)
+    return (lambda: torch._grouped_mm(a, b, offs=offs)), g * per, k, n, g
+
+
+def _gemm_rows(torch, cp, reps: int, told: bool, grouped: bool = False) -> list[dict]:
+    mm, m, k, n, groups = _operands(torch, grouped)
     for _ in range(5):
-        a @ b
+        mm()
     torch.cuda.synchronize()
     mod = cp.RawModule(code=SPIN_SRC)
     reserve, wait_started, set_flag = (mod.get_function(x) for x in ("reserve", "wait_started", "set_flag"))
@@ -167,10 +186,10 @@ def _gemm_rows(torch, cp, reps: int, told: bool) -> list[dict]:
             _carveout(torch, sms)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         with torch.cuda.stream(s_gemm):
-            a @ b
+            mm()
             for e0, e1 in events:
                 e0.record()
-                a @ b
+                mm()
                 e1.record()
         with cs_gemm:
             set_flag((1,), (1,), (flag,))
@@ -178,7 +197,7 @@ def _gemm_rows(torch, cp, reps: int, told: bool) -> list[dict]:
         got = int(started.get()[0])
         t = statistics.median(e0.elapsed_time(e1) * 1e6 for e0, e1 in events)
         rows.append({"reserved_sms": sms, "sm_carveout": sms if told else 0, "spinners_started": got,
-                     "m": m, "k": k, "n": n, "dtype": "bf16",
+                     "m": m, "k": k, "n": n, "groups": groups, "dtype": "bf16",
                      "time_ns": t, "tflops": 2 * m * k * n / t / 1e3, "reps": reps})
     return rows
 
@@ -325,6 +344,8 @@ def main() -> None:
                 log.write("CuPy not installed: gemm_sm_reserved skipped\n")
             else:
                 parts.append(_optional("gemm_sm_reserved", lambda: {"gemm_sm_reserved": gemm_part(torch, cp)}, log))
+                parts.append(_optional("grouped_gemm_sm_reserved",
+                                       lambda: {"grouped_gemm_sm_reserved": grouped_part(torch, cp)}, log))
                 parts.append(_optional("copy_beside_gemm", lambda: {"copy_beside_gemm": copy_gemm_part(torch, cp)}, log))
         if args.peer:
             parts.append(_optional("peer", lambda: peer_part(log), log))
