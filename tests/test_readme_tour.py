@@ -55,6 +55,9 @@ def test_the_tour_parses_into_known_commands():
     for name in re.findall(r"[\w./*-]+\.(?:parquet|json\.gz|npz|npy|json|toml)\b", text):
         produced = any(name == o or (o.endswith("/") and name.startswith(o)) for o in outputs)
         assert produced or (ROOT / name).exists(), f"the tour reads {name}, which a fresh clone does not have"
+    ignored = {ln.strip() for ln in (ROOT / ".gitignore").read_text().splitlines()}
+    for out in outputs:  # run from the clone's root, the tour leaves no untracked clutter
+        assert f"/{out}" in ignored or f"/{out}/" in ignored, f".gitignore does not cover the tour's output {out}"
 
 
 @pytest.mark.slow
