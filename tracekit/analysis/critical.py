@@ -148,7 +148,9 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if span <= 0 or keys > (2**62) // span:
         return None
     rk -= lo
-    order = np.argsort(rk, kind="stable")  # stable: within a key, rows stay in position order, so ends ascend
+    # stable: within a key, rows stay in position order, so ends ascend; numpy sorts keys of 16 bits
+    # or fewer by radix (one pass per byte), the rest by merging
+    order = np.argsort(_narrow_keys(rk, keys), kind="stable")
     cand = idx[order]
     del idx
     packed = rk[order]
@@ -156,14 +158,14 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     packed *= span
     packed += end[cand]
     packed -= t0
+    # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
+    # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
     q = kl.astype(np.int64)  # in place from here: these arrays are as long as the trace
     del codes, kl, kr
     q -= lo
     q *= span
     q += ts
     q -= t0
-    # the last of the same key that ended by ts, worked out in the order of the sorted queries (a
-    # binary search of sorted queries stays in cache: a third of the time of 6.5 M unsorted ones)
     qo = np.argsort(q).astype(pos)
     q.sort()  # = q[qo], in place
     found, miss = np.empty(n, pos), np.empty(n, bool)
@@ -181,6 +183,15 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     out = np.empty(n, pos)
     out[qo] = res
     return out
+
+
+def _narrow_keys(rk: np.ndarray, keys: int) -> np.ndarray:
+    """``rk`` (values ``0 .. keys - 1``) in the narrowest unsigned type that holds them: the same
+    stable order, sorted by radix where that type has 16 bits or fewer."""
+    for t in (np.uint8, np.uint16):
+        if keys <= np.iinfo(t).max + 1:
+            return rk.astype(t)
+    return rk
 
 
 def _latest_before(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_key: str | None = None) -> np.ndarray:
