@@ -252,6 +252,8 @@ def _bad(tmp_path, text):
     ('{"meta": {}, "benchmarks": {"notify": [{"ranks": 8, "time_ns": 5000, "empty_kernel_ns": 2000}]}}',
      "benchmark notify has too few distinct rows"),
     ('{"meta": {}, "benchmarks": {"gemm_sm_reserved": []}}', "no benchmark that tracekit calibrate fits"),
+    ('{"meta": {}, "benchmarks": {"cast_fp8": [{"hidden": 7168, "warps_per_sm": 32, "ns_per_token_per_sm": 3000.0},'
+     ' {"hidden": 7168, "warps_per_sm": 32, "ns_per_token_per_sm": 3100.0}]}}', "missing column topk"),
 ])
 def test_a_bad_results_file_is_one_line_and_exit_2(tmp_path, capsys, text, message):
     out = tmp_path / "p.toml"

@@ -183,14 +183,17 @@ _Col = Callable[[str], np.ndarray]
 
 
 def _linear(bench: str, y: Callable[[_Col], np.ndarray], terms: Sequence[Callable[[_Col], Any]],
-            fields: Mapping[str, int], text: str, need: str, keep: Callable[[Mapping[str, Any]], bool] | None = None,
+            fields: Mapping[str, int], text: str, need: str, keep: Callable[[_Col], np.ndarray] | None = None,
             **select: object):
-    """Least squares ``y = sum(coef_i * term_i)`` over the rows matching ``select`` (and ``keep``);
-    ``fields`` maps a profile field to the index of its coefficient. A term may return a list of
-    columns (one per level)."""
+    """Least squares ``y = sum(coef_i * term_i)`` over the rows matching ``select`` and, of those,
+    the ones where the mask ``keep`` (of their columns, like a term) holds; ``fields`` maps a
+    profile field to the index of its coefficient. A term may return a list of columns (one per level)."""
     def fit(rows, where):
-        rows = [r for r in rows if keep(r)] if keep else rows
         sel = _select(rows, bench, where, **select) if select else list(rows)
+        if keep is not None:  # a missing column is the same one-line error as in a term
+            sel = [r for r, k in zip(sel, keep(lambda name: _column(sel, name, bench, where))) if k]
+            if not sel:
+                raise _NoRows(f"{bench} has none of the rows its fit needs ({need})")
         col: _Col = lambda name: _column(sel, name, bench, where)  # noqa: E731
         target = y(col)
         x = []
@@ -235,7 +238,7 @@ FITS: dict[str, Callable] = {
         "cast_fp8", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
         {"gpu.ll_token_ns": 0, "gpu.ll_selection_ns": 1},
         f"ns/token/SM = a + b*topk at hidden {REFERENCE_HIDDEN}, top-k >= 1",
-        f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values >= 1", keep=lambda r: r.get("topk", 0) >= 1,
+        f"hidden {REFERENCE_HIDDEN} rows at two or more top-k values >= 1", keep=lambda c: c("topk") >= 1,
         hidden=REFERENCE_HIDDEN, warps_per_sm="max"),
     "ll_combine": _linear(
         "ll_combine", lambda c: c("ns_per_token_per_sm"), [_ONE, lambda c: c("topk")],
@@ -266,7 +269,7 @@ def _rounded(key: str, raw: float) -> int | float:
     try:
         ftype = schemas.load("hardware").field(name, section).type
     except KeyError:
-        ftype = "float64" if name.startswith("layout_token") or name.endswith("_gbyte_s") else "int64"
+        ftype = "float64" if name.endswith("_gbyte_s") else "int64"
     if ftype == "int64":
         return int(round(raw))
     if name.endswith("_gbyte_s"):

@@ -188,10 +188,7 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
 def _narrow_keys(rk: np.ndarray, keys: int) -> np.ndarray:
     """``rk`` (values ``0 .. keys - 1``) in the narrowest unsigned type that holds them: the same
     stable order, sorted by radix where that type has 16 bits or fewer."""
-    for t in (np.uint8, np.uint16):
-        if keys <= np.iinfo(t).max + 1:
-            return rk.astype(t)
-    return rk
+    return rk.astype(np.min_scalar_type(keys - 1))
 
 
 def _latest_before(ev: pl.DataFrame, key: str, valid: pl.Expr, *, right_key: str | None = None) -> np.ndarray:

@@ -316,8 +316,8 @@ def _per_message_numpy(x: pl.DataFrame) -> pl.DataFrame | None:
         return None
     key, bits = np.zeros(x.height, np.int64), 0
     for c in _MESSAGE:
-        s = x[c].cast(pl.Categorical).to_physical() if x[c].dtype == pl.String else x[c]
-        s = s.to_physical() if isinstance(s.dtype, pl.Categorical) else s
+        s = x[c].cast(pl.Categorical) if x[c].dtype == pl.String else x[c]
+        s = s.to_physical() if isinstance(s.dtype, pl.Categorical) else s  # codes, as narrow as stored
         v = s.to_numpy()  # as stored: widened as it is added (no int64 copy of every column)
         lo = int(v.min())
         width = max(int(v.max()) - lo, 0).bit_length() or 1
