@@ -64,7 +64,7 @@ def test_static_replay_has_no_fabric_section_and_dynamic_is_deterministic(ep64_s
 
 
 def test_pfc_off_drops_and_retransmits_instead_of_pausing():
-    small = synth(SynthConfig(preset="prefill", ep=32, tokens=512, skew=1.2, seed=2))
+    small = synth(SynthConfig(preset="prefill", ep=32, tokens=64, skew=1.2, seed=2))  # ~3k drops, 75k events
     hw = load_profile("ascend910b-roce").with_overrides({"fabric.pfc": 0, "switch.buffer_bytes": 1_000_000,
                                                          "fabric.rto_ns": 200_000})
     res = replay(small, hw, ReplayConfig(fabric="dynamic"))
@@ -119,7 +119,7 @@ def test_dynamic_replay_timeline_holds_the_fabric_tracks(tmp_path):
     from tracekit.io.perfetto.check import check_trace
     from tracekit.io.replay_out import write_replay
 
-    small = synth(SynthConfig(preset="prefill", ep=32, tokens=512, skew=1.2, seed=2))
+    small = synth(SynthConfig(preset="prefill", ep=32, tokens=64, skew=1.2, seed=2))  # ~3k drops, 75k events
     hw = load_profile("ascend910b-roce").with_overrides({"fabric.pfc": 0, "switch.buffer_bytes": 1_000_000,
                                                          "fabric.rto_ns": 200_000})
     res = replay(small, hw, ReplayConfig(fabric="dynamic"))
