@@ -39,15 +39,12 @@ CASES = [("msg_id", pl.col("msg_id") >= 0, None), ("resource", pl.lit(True), Non
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=rows, case=st.sampled_from(CASES), batch=st.sampled_from([1, 3, 1 << 20]))
-def test_numpy_predecessors_equal_polars_asof(rows, case, batch):
-    import tracekit.analysis.critical as critical
-
-    critical._SEARCH_BATCH, saved = batch, critical._SEARCH_BATCH  # searched in batches of 1, 3 or all
-    try:
-        _check_case(rows, case)
-    finally:
-        critical._SEARCH_BATCH = saved
+@given(rows=rows, case=st.sampled_from(CASES), spread=st.sampled_from([1, 2**40]))
+def test_numpy_predecessors_equal_polars_asof(rows, case, spread):
+    """``spread`` multiplies the integer keys (msg_id by 2**40, the Int32 ranks by 2**20): the
+    sparse-key path, whose keys are numbered densely first."""
+    wide = [r[:3] + tuple(v * min(spread, 2**20) if v >= 0 else v for v in r[3:5]) + (r[5] * spread,) for r in rows]
+    _check_case(wide, case)
 
 
 def _check_case(rows, case):
@@ -61,12 +58,10 @@ def _check_case(rows, case):
     np.testing.assert_array_equal(fast, _latest_before_polars(ev, key, valid, right_key=right_key))
 
 
-def test_numpy_predecessors_decline_nulls_and_overflow():
+def test_numpy_predecessors_decline_nulls():
     ev = _prepare(_events([(0, 5, "a", 0, 1, 2), (2**61, 2**61, "b", 1, 0, 3)]))
     ok = np.ones(ev.height, bool)
     assert _latest_before_numpy(ev.with_columns(pl.lit(None, pl.Int64).alias("msg_id")), "msg_id", ok, "msg_id") is None
-    wide = ev.with_columns(pl.Series("msg_id", [0, 2**40]))
-    assert _latest_before_numpy(wide, "msg_id", ok, "msg_id") is None
 
 
 flows = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 5)), st.one_of(st.none(), st.integers(0, 6))),
@@ -140,3 +135,19 @@ def test_end_start_order_is_lexsort(pairs, wide):
     ts = np.asarray([p[0] for p in pairs], np.int64) * (2**33 if wide else 1)  # wide: beyond the packed form
     end = ts + np.asarray([p[1] for p in pairs], np.int64)
     np.testing.assert_array_equal(_end_start_order(ts, end), np.lexsort((ts, end)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ends=st.lists(st.integers(0, 60), max_size=80), data=st.data())
+def test_galloping_search_equals_a_binary_search(ends, data):
+    """The predecessor kernel's search from the bucket's last answer finds what searchsorted finds,
+    wherever the hint lies in the bucket."""
+    from tracekit.analysis.critical import _first_end_after
+
+    cend = np.array(sorted(ends), np.int64)
+    a0 = data.draw(st.integers(0, cend.size))
+    b0 = data.draw(st.integers(a0, cend.size))
+    p = data.draw(st.integers(a0, b0))
+    t = data.draw(st.integers(-1, 61))
+    want = a0 + int(np.searchsorted(cend[a0:b0], t, side="right"))
+    assert _first_end_after(cend, a0, b0, p, t) == want
