@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tracekit import schemas
+from tracekit._jit import COMPILE_NOTICE
 from tracekit.cli import build_parser, main
 
 #: Values that break integer metadata, sizes and flags: overflow, negative, zero, wrong type.
@@ -130,7 +131,8 @@ _KNOWN: set[str] = set()
 
 def check_error_line(err: str, culprit: list[str]) -> str:
     """Why ``err`` breaks the one-line rule, or '' if it keeps it."""
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    lines = [ln for ln in err.splitlines()
+             if ln.strip() and not ln.startswith(("warning:", COMPILE_NOTICE))]  # notices, not errors
     if len(lines) != 1:
         return f"{len(lines)} error lines"
     line = lines[0]

@@ -15,6 +15,7 @@ import pytest
 from badinputs import check_error_line, known_flags, run_many
 from tracekit.cli import main
 from tracekit.io import atomic
+from same_bytes import assert_same_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,9 @@ def test_the_judge_catches_what_it_should():
     assert check_error_line("tracekit: error: tracekit: bad (fix)", []) != ""
     assert check_error_line("tracekit: error: bad (fix)\nmore\n", []) != ""
     assert check_error_line("tracekit: error: bad, no fix", []) != ""
+    notice = "tracekit: compiling kernels for first use (once; cached in /c)\n"  # a cold cache's notice
+    assert check_error_line(notice + "tracekit: error: f.parquet: bad (fix it)", ["f.parquet"]) == ""
+    assert check_error_line(notice, []) != ""
     assert check_error_line("tracekit: error: bad (pass --no-such-flag)", []) != ""
     assert check_error_line("tracekit: error: bad (pass --num-sms 4)", []) == ""
 
@@ -99,7 +103,7 @@ def test_a_replay_written_beside_its_input_keeps_the_input(tmp_path, capsys):
     before = (tmp_path / "routing.parquet").read_bytes()
     (tmp_path / "timeline.pftrace").write_text("old")
     assert main(["replay", str(tmp_path / "routing.parquet"), "--no-timeline", "--quiet", "-o", str(tmp_path)]) == 0
-    assert (tmp_path / "routing.parquet").read_bytes() == before
+    assert_same_bytes((tmp_path / "routing.parquet").read_bytes(), before, "routing.parquet")
     assert not (tmp_path / "timeline.pftrace").exists()  # the replay's own stale output is gone
     assert (tmp_path / "summary.json").is_file()
 

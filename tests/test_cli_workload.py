@@ -5,6 +5,7 @@ from tracekit.cli import main
 from tracekit.io.tables import read_table
 from tracekit.io.validate import read_routing
 from tracekit.workload.synth import SynthConfig, synth
+from same_bytes import assert_same_bytes
 
 
 def _run(capsys, *argv):
@@ -34,7 +35,7 @@ def test_synth_writes_the_same_table_as_the_api(tmp_path, capsys):
     again = tmp_path / "again.parquet"
     assert _run(capsys, "synth", "--ep", 16, "--tokens", 32, "--skew", 0.5, "--masked", 3, "--layers", 2, "--seed", 7,
                 "-o", again, "--quiet") == (0, "", "")
-    assert again.read_bytes() == out.read_bytes()
+    assert_same_bytes(again, out)
 
 
 def test_synth_presets_and_dtypes(tmp_path, capsys):

@@ -28,6 +28,7 @@ from tracekit.workload.layout import dispatch_layout
 from tracekit.workload.synth import SynthConfig, synth
 
 from test_diff import assert_antisymmetric
+from same_bytes import assert_same_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 FP8_OVER_BF16 = (1 + 4 / 128) / 2
@@ -274,4 +275,4 @@ def test_cli_perfetto_writes_both_timelines_as_read(dirs, tmp_path):
                      pl.read_parquet(dirs[label] / "counters.parquet"))
               for side, label in (("before", "fp8"), ("after", "bf16"))}
     write_trace_groups(tmp_path / "ref.pftrace", groups, title=f"tracekit diff: {dirs['fp8']} -> {dirs['bf16']}")
-    assert out.read_bytes() == (tmp_path / "ref.pftrace").read_bytes()
+    assert_same_bytes(out, tmp_path / "ref.pftrace")

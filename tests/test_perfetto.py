@@ -15,6 +15,7 @@ from tracekit.errors import TracekitError
 from tracekit.io import perfetto as pf
 from tracekit.io.perfetto import read_trace, write_json, write_trace, write_trace_groups
 from tracekit.io.perfetto.check import check_trace, iter_frames
+from same_bytes import assert_same_bytes
 
 RESOURCES = ["node0/rank0/sm/ch0", "node0/rank0/sm/ch1", "node0/rank1/nic0/qp3", "node0/rank1/nic0/tx",
              "node1/rank8/hbm", "switch0/port12", "node1/rank9/nvlink/rx", "node0/rank1/nic0/qp10"]
@@ -291,7 +292,8 @@ def test_bytes_do_not_depend_on_worker_threads_or_their_timing(tmp_path, monkeyp
         monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
         monkeypatch.setattr(sink.Sink.__init__, "__defaults__", (chunk, 16 << 20))
         files.append(write_trace(tmp_path / f"w{cpus}_{chunk}_{len(files)}.pftrace", ev).read_bytes())
-    assert files[0] == files[1] == files[2]
+    assert_same_bytes(files[0], files[1], "1 vs 4 workers")
+    assert_same_bytes(files[1], files[2], "4 workers twice")
     assert files[3] != files[0]  # smaller bundles: other bytes, the same trace
     back, _ = read_trace(tmp_path / "w2_700_3.pftrace")
     _same_rows(_conformed(ev, "events"), back)
@@ -301,8 +303,8 @@ def test_columns_all_at_their_default_are_the_same_as_absent(tmp_path):
     ev = _flows([0, 10, 20], [5, 5, 5], [1, None, None], [None, 1, None])
     full = ev.with_columns(kind=pl.lit("comm"), phase=pl.lit(""), args=pl.lit(""), stall_cause=pl.lit(""))
     a = write_trace(tmp_path / "a.pftrace", ev).read_bytes()
-    assert write_trace(tmp_path / "b.pftrace", full).read_bytes() == a
-    assert write_trace(tmp_path / "c.pftrace", full.to_arrow()).read_bytes() == a
+    assert_same_bytes(write_trace(tmp_path / "b.pftrace", full).read_bytes(), a, "defaults written")
+    assert_same_bytes(write_trace(tmp_path / "c.pftrace", full.to_arrow()).read_bytes(), a, "from Arrow")
     mixed = full.with_columns(pl.Series("kind", ["comm", "sync", "comm"]))
     back, _ = read_trace(write_trace(tmp_path / "d.pftrace", mixed))
     assert back.sort("ts_ns")["kind"].to_list() == ["comm", "sync", "comm"]

@@ -6,6 +6,7 @@ import pytest
 
 from tracekit.cli import main
 from tracekit.io.validate import validate_file
+from same_bytes import assert_same_bytes
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -28,7 +29,7 @@ def test_committed_samples_are_exactly_the_listed_ones():
 def test_regenerating_gives_identical_bytes(tmp_path, capsys):
     _make_samples().main(tmp_path)
     for path in sorted(SAMPLES_DIR.glob("*.parquet")):
-        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+        assert_same_bytes(tmp_path / path.name, path, path.name)
 
 
 def _readme_commands():
@@ -43,7 +44,7 @@ def test_readme_commands_reproduce_the_files(tmp_path, capsys, command):
     target = SAMPLES_DIR / Path(argv[i + 1]).name
     argv[i + 1] = str(tmp_path / target.name)
     assert main(argv + ["--quiet"]) == 0
-    assert (tmp_path / target.name).read_bytes() == target.read_bytes()
+    assert_same_bytes(tmp_path / target.name, target, target.name)
 
 
 def test_readme_lists_every_sample():

@@ -21,6 +21,7 @@ from tracekit.cli import main
 from tracekit.errors import TracekitError
 from tracekit.sweep import SweepInterrupted, best_points, load_grid, parse_grid, run_sweep
 from tracekit.sweep.runner import point_path
+from same_bytes import assert_same_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,9 +230,9 @@ def test_local_pool_rows_equal_in_process_rows(tmp_path):
     a = run_sweep(grid, tmp_path / "a", workers=0, quiet=True)
     b = run_sweep(grid, tmp_path / "b", workers=2, quiet=True)
     for p in grid.points:
-        assert point_path(a.out, p.key).read_bytes() == point_path(b.out, p.key).read_bytes()
+        assert_same_bytes(point_path(a.out, p.key), point_path(b.out, p.key))
     assert a.results.equals(b.results)
-    assert (tmp_path / "a" / "results.parquet").read_bytes() == (tmp_path / "b" / "results.parquet").read_bytes()
+    assert_same_bytes(tmp_path / "a" / "results.parquet", tmp_path / "b" / "results.parquet")
 
 
 @pytest.mark.slow
@@ -252,8 +253,8 @@ def test_ray_rows_are_byte_identical_to_the_local_pool(tmp_path):
     for p in grid.points:
         a, b = pq.read_table(point_path(local.out, p.key)), pq.read_table(point_path(remote.out, p.key))
         assert a.equals(b) and a.schema.metadata == b.schema.metadata
-        assert point_path(local.out, p.key).read_bytes() == point_path(remote.out, p.key).read_bytes()
-    assert (tmp_path / "local" / "results.parquet").read_bytes() == (tmp_path / "ray" / "results.parquet").read_bytes()
+        assert_same_bytes(point_path(local.out, p.key), point_path(remote.out, p.key))
+    assert_same_bytes(tmp_path / "local" / "results.parquet", tmp_path / "ray" / "results.parquet")
 
 
 @pytest.mark.slow

@@ -36,6 +36,10 @@ def configure_cache(version: str) -> None:
         numba.config.CACHE_DIR = path
 
 
+#: how the one-line notice of a first compilation begins (a notice, not an error: it can come before
+#: a command's one error line)
+COMPILE_NOTICE = "tracekit: compiling kernels for first use"
+
 _state = {"registered": False, "announced": False, "prefetch": False}
 
 
@@ -57,8 +61,7 @@ def announce_compilation(prefetch: bool = True) -> None:
             if not _state["announced"]:
                 _state["announced"] = True
                 where = os.environ.get("NUMBA_CACHE_DIR")
-                print(f"tracekit: compiling kernels for first use (once; cached in {where})", file=sys.stderr,
-                      flush=True)
+                print(f"{COMPILE_NOTICE} (once; cached in {where})", file=sys.stderr, flush=True)
                 if _state["prefetch"] and os.environ.get("TRACEKIT_PREFETCH", "1") != "0":
                     _start_prefetch()
 
