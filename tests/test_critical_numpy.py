@@ -151,3 +151,12 @@ def test_galloping_search_equals_a_binary_search(ends, data):
     t = data.draw(st.integers(-1, 61))
     want = a0 + int(np.searchsorted(cend[a0:b0], t, side="right"))
     assert _first_end_after(cend, a0, b0, p, t) == want
+
+
+def test_unsigned_64_bit_keys_search_like_signed_ones():
+    ev = _prepare(_events([(0, 5, "a", 0, 1, 2), (6, 1, "b", 1, 0, 2), (9, 1, "b", 1, 0, 3)]))
+    ok = np.ones(ev.height, bool)
+    want = _latest_before_numpy(ev, "msg_id", ok, "msg_id")
+    got = _latest_before_numpy(ev.with_columns(pl.col("msg_id").cast(pl.UInt64)), "msg_id", ok, "msg_id")
+    np.testing.assert_array_equal(got, want)
+    assert want.tolist() == [-1, 0, -1]

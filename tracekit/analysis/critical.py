@@ -142,6 +142,8 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
         return np.full(n, -1, pos)
     ts, end = np.asarray(ev["ts_ns"].to_numpy(), np.int64), np.asarray(ev["_end"].to_numpy(), np.int64)
     ck = kr[idx]  # the candidates' keys, gathered once
+    if kl.dtype == np.uint64 or ck.dtype == np.uint64:  # numba's uint64 - int64 is a float
+        kl, ck = kl.astype(np.int64), ck.astype(np.int64)
     lo, hi = int(ck.min()), int(ck.max())
     if hi - lo > 4 * n + 1024:  # sparse key values: number the candidates' keys densely first
         keys = np.unique(ck)
