@@ -145,15 +145,20 @@ def _latest_before_numpy(ev: pl.DataFrame, key: str, valid: np.ndarray, right_ke
     if kl.dtype == np.uint64 or ck.dtype == np.uint64:  # numba's uint64 - int64 is a float
         kl, ck = kl.astype(np.int64), ck.astype(np.int64)
     lo, hi = int(ck.min()), int(ck.max())
-    if hi - lo > 4 * n + 1024:  # sparse key values: number the candidates' keys densely first
-        keys = np.unique(ck)
-        ck = np.searchsorted(keys, ck)
-        kl = np.searchsorted(keys, kl)  # a row whose key no candidate has finds none in its bucket
-        kl[keys[np.minimum(kl, keys.size - 1)] != codes[0]] = keys.size
-        lo, hi = 0, keys.size - 1
+    if hi - lo > 4 * n + 1024:  # sparse key values: one bucket per distinct value, not per value in range
+        kl, ck, lo, hi = _dense_keys(kl, ck)
     out = np.empty(n, pos)
     _latest_before_kernel(kl, ck, idx, ts, end, lo, hi - lo + 1, out)
     return out
+
+
+def _dense_keys(kl: np.ndarray, ck: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The candidates' keys ``ck`` numbered 0.. by their distinct values, the rows' keys ``kl`` by the
+    same numbers (a key no candidate has gets the number past the last: an empty bucket)."""
+    keys = np.unique(ck)
+    dense = np.searchsorted(keys, kl)
+    dense[keys[np.minimum(dense, keys.size - 1)] != kl] = keys.size
+    return dense, np.searchsorted(keys, ck), 0, keys.size - 1
 
 
 @njit(cache=True, nogil=True)
